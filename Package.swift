@@ -1,0 +1,89 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One module per layer, bottom to top:
+// Multiformats → Identity → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "PointSub",
+    platforms: [.macOS(.v14), .iOS(.v17)],
+    products: [
+        .library(name: "PointSub", targets: ["PointSub"]),
+        .library(name: "LibP2P", targets: ["LibP2P"]),
+        .executable(name: "pointsub", targets: ["pointsub"]),
+        .executable(name: "pointsub-bench", targets: ["pointsub-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
+    ],
+    targets: [
+        .target(name: "Multiformats", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        .target(name: "Identity", dependencies: [
+            "Multiformats",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        .target(name: "Transport", dependencies: [
+            "Multiformats",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .target(name: "Multistream", dependencies: [
+            "Multiformats",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .target(name: "Noise", dependencies: [
+            "Identity",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        .target(name: "Yamux", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Atomics", package: "swift-atomics"),
+        ], swiftSettings: strict),
+        .target(name: "LibP2P", dependencies: [
+            "Multiformats", "Identity", "Transport", "Multistream", "Noise", "Yamux",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        .target(name: "Protocols", dependencies: [
+            "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .target(name: "PointSub", dependencies: ["LibP2P", "Protocols"], swiftSettings: strict),
+        .executableTarget(name: "pointsub", dependencies: [
+            "PointSub",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "pointsub-bench", dependencies: [
+            "PointSub",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"], swiftSettings: strict),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity"], swiftSettings: strict),
+        .testTarget(name: "MultistreamTests", dependencies: [
+            "Multistream", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "NoiseTests", dependencies: [
+            "Noise", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "YamuxTests", dependencies: [
+            "Yamux", .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "LibP2PTests", dependencies: [
+            "PointSub", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "InteropTests", dependencies: ["PointSub"], swiftSettings: strict),
+    ]
+)

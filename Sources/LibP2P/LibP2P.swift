@@ -1,0 +1,1 @@
+// LibP2P module
