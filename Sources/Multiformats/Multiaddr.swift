@@ -22,6 +22,10 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible, LosslessSt
     }
 
     /// Parses the text form, throwing `MultiformatsError` on invalid input.
+    ///
+    /// Note: because `Multiaddr` is `ExpressibleByStringLiteral`, Swift treats
+    /// `Multiaddr("/ip4/…")` with a *literal* argument as literal coercion (SE-0213),
+    /// which traps on invalid text. Pass a `String` value to get the throwing parser.
     public init(_ string: String) throws {
         try self.init(parsing: string)
     }
