@@ -47,6 +47,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [

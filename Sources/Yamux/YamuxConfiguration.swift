@@ -1,0 +1,156 @@
+import NIOCore
+
+/// Which side of the underlying connection this session is.
+///
+/// The initiator (the side that dialed the connection) allocates odd stream IDs,
+/// the responder even ones (yamux spec, "StreamID Field": client odd, server even).
+public enum YamuxRole: Sendable, Hashable {
+    case initiator
+    case responder
+}
+
+/// Tunables of a yamux session. The defaults follow the spec and go-yamux / rust-yamux.
+public struct YamuxConfiguration: Sendable, Hashable {
+    /// The spec's initial window: both sides assume it for every new stream without any frame.
+    public static let specInitialStreamWindow: UInt32 = 256 * 1024
+
+    /// Receive window every stream starts with. The spec lets a peer *assume* 256 KiB, so a
+    /// smaller value cannot be announced (there is no negative window update); values below
+    /// 256 KiB are raised to it. A larger value is announced with the SYN / ACK frame.
+    public var initialStreamWindow: UInt32 = YamuxConfiguration.specInitialStreamWindow {
+        didSet { initialStreamWindow = max(initialStreamWindow, Self.specInitialStreamWindow) }
+    }
+
+    /// Upper bound of the auto-tuned receive window of one stream (this bounds the memory one
+    /// stream can make us buffer).
+    public var maxStreamWindow: UInt32 = 16 * 1024 * 1024
+
+    /// Concurrently open streams per session, counted separately for each direction.
+    public var maxStreams: Int = 1024
+
+    /// Inbound streams whose SYN was received but that the application has not taken from
+    /// `inboundStreams` yet (so they are not ACKed). A SYN beyond this is answered with RST.
+    public var maxAcceptBacklog: Int = 256
+
+    /// Outbound streams we have opened that the peer has not ACKed yet. The libp2p spec says
+    /// an implementation SHOULD NOT exceed 256; `openStream()` waits while the backlog is full.
+    public var maxOutboundAckBacklog: Int = 256
+
+    /// Largest payload of one data frame we send.
+    ///
+    /// Default 65 507 = 65 535 (largest Noise transport message) − 16 (AEAD tag) − 12 (yamux
+    /// header): yamux usually runs over Noise, and a frame of this size plus its header fits
+    /// exactly into one Noise message, so no frame is split across two Noise messages and no
+    /// tiny trailing message is produced. It also keeps one stream from hogging the connection
+    /// for long: streams with data take turns frame by frame.
+    public var maxDataFrameSize: Int = 65_535 - 16 - 12
+
+    /// Interval between keep-alive pings; `nil` disables keep-alive (and the initial RTT ping).
+    public var keepAliveInterval: TimeAmount? = .seconds(30)
+
+    /// How long a keep-alive ping may stay unanswered before the session is closed with
+    /// `YamuxError.Code.keepAliveTimeout`.
+    public var keepAliveTimeout: TimeAmount = .seconds(30)
+
+    public init() {}
+
+    public static var defaults: Self { .init() }
+
+    /// Largest frame the decoder accepts: a data frame can never legally exceed the largest
+    /// receive window, plus slack for control frames (which have no payload).
+    var maxFrameSize: Int { Int(maxStreamWindow) + 64 * 1024 }
+
+    /// The configuration with every value clamped to something workable.
+    var normalized: Self {
+        var copy = self
+        copy.initialStreamWindow = max(initialStreamWindow, Self.specInitialStreamWindow)
+        copy.maxStreamWindow = max(maxStreamWindow, copy.initialStreamWindow)
+        copy.maxStreams = max(1, maxStreams)
+        copy.maxAcceptBacklog = max(1, maxAcceptBacklog)
+        copy.maxOutboundAckBacklog = max(1, maxOutboundAckBacklog)
+        copy.maxDataFrameSize = min(max(1, maxDataFrameSize), Int(UInt32.max))
+        return copy
+    }
+}
+
+/// GoAway error code (the "Length" field of a GoAway frame).
+public struct YamuxGoAwayCode: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let normal = YamuxGoAwayCode(rawValue: 0)
+    public static let protocolError = YamuxGoAwayCode(rawValue: 1)
+    public static let internalError = YamuxGoAwayCode(rawValue: 2)
+
+    public var description: String {
+        switch self {
+        case .normal: return "normal"
+        case .protocolError: return "protocol error"
+        case .internalError: return "internal error"
+        default: return "code \(rawValue)"
+        }
+    }
+}
+
+/// Every error the Yamux module throws.
+public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// The peer violated the protocol (generic).
+        public static let protocolError = Code("protocolError")
+        /// The peer sent more data than the receive window allowed.
+        public static let windowExceeded = Code("windowExceeded")
+        /// A frame longer than the decoder's limit.
+        public static let frameTooLarge = Code("frameTooLarge")
+        /// Frame type other than 0...3.
+        public static let unknownFrameType = Code("unknownFrameType")
+        /// Header version other than 0.
+        public static let invalidVersion = Code("invalidVersion")
+        /// Stream ID 0 on a stream frame, a SYN of the wrong parity, or a duplicate SYN.
+        public static let invalidStreamID = Code("invalidStreamID")
+        /// `maxStreams` outbound streams are already open, or stream IDs are exhausted.
+        public static let streamLimit = Code("streamLimit")
+        /// The accept backlog was full (used for streams we refused).
+        public static let acceptBacklogFull = Code("acceptBacklogFull")
+        /// The stream was reset (by the peer, or locally with `reset()`).
+        public static let streamReset = Code("streamReset")
+        /// The operation is not possible any more on this stream (e.g. write after closeWrite).
+        public static let streamClosed = Code("streamClosed")
+        /// The session (or its channel) is closed.
+        public static let sessionClosed = Code("sessionClosed")
+        /// The peer sent GoAway: no new streams may be opened.
+        public static let goAwayReceived = Code("goAwayReceived")
+        /// We sent GoAway (or are closing): no new streams may be opened.
+        public static let goAwaySent = Code("goAwaySent")
+        /// A keep-alive ping was not answered in time.
+        public static let keepAliveTimeout = Code("keepAliveTimeout")
+        /// API misuse, e.g. two concurrent readers of one stream.
+        public static let invalidUsage = Code("invalidUsage")
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String = "") {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String {
+        message.isEmpty ? "YamuxError(\(code))" : "YamuxError(\(code)): \(message)"
+    }
+
+    /// Whether this error means the peer broke the protocol (answered with GoAway(protocol error)).
+    var isProtocolViolation: Bool {
+        switch code {
+        case .protocolError, .windowExceeded, .frameTooLarge, .unknownFrameType, .invalidVersion,
+            .invalidStreamID:
+            return true
+        default:
+            return false
+        }
+    }
+}

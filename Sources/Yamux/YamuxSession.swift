@@ -1,0 +1,120 @@
+import NIOCore
+
+/// A yamux session (`/yamux/1.0.0`) over one channel.
+///
+/// All protocol state lives in a `YamuxHandler` on the channel's event loop; this façade is
+/// `Sendable` and hops to the loop for every operation.
+public final class YamuxSession: Sendable {
+    public static let protocolID = "/yamux/1.0.0"
+
+    public let eventLoop: EventLoop
+    /// Completes when the session ended: succeeds on a normal end (close, GoAway, the
+    /// channel closed), fails with the `YamuxError` that ended it otherwise.
+    public let closeFuture: EventLoopFuture<Void>
+    public let role: YamuxRole
+
+    let handler: NIOLoopBound<YamuxHandler>
+    let shared: YamuxSharedState
+
+    private init(role: YamuxRole, handler: YamuxHandler) {
+        self.role = role
+        self.eventLoop = handler.eventLoop
+        self.handler = NIOLoopBound(handler, eventLoop: handler.eventLoop)
+        self.shared = handler.shared
+        self.closeFuture = handler.closePromise.futureResult
+    }
+
+    /// Adds the yamux handler to the end of `channel`'s pipeline and returns the session.
+    /// Must be called on the channel's event loop. The handler accepts bytes right away, so
+    /// bytes left over from the protocol negotiation can be fired into it immediately after.
+    public static func install(
+        on channel: Channel, role: YamuxRole, configuration: YamuxConfiguration = .defaults
+    ) throws -> YamuxSession {
+        channel.eventLoop.preconditionInEventLoop()
+        let handler = YamuxHandler(role: role, configuration: configuration, eventLoop: channel.eventLoop)
+        let session = YamuxSession(role: role, handler: handler)
+        do {
+            try channel.pipeline.syncOperations.addHandler(handler)
+        } catch {
+            handler.closePromise.fail(error)
+            throw error
+        }
+        return session
+    }
+
+    /// Opens a new outbound stream. The SYN is sent right away (data may follow at once);
+    /// suspends while `maxOutboundAckBacklog` of our streams are unacknowledged.
+    /// Throws `.streamLimit` at `maxStreams`, `.goAwayReceived` / `.goAwaySent` after GoAway,
+    /// `.sessionClosed` when the session ended.
+    public func openStream() async throws -> YamuxStream {
+        let handler = self.handler
+        return try await YamuxStream.mapErrors {
+            try await self.eventLoop.flatSubmit { handler.value.openStream() }.get()
+        }
+    }
+
+    /// Streams opened by the peer, in order (single consumer). A stream is ACKed when it is
+    /// taken from this sequence. Ends when the session ends or stops accepting streams.
+    public var inboundStreams: YamuxInboundStreams { YamuxInboundStreams(session: self) }
+
+    /// Sends a ping and returns the round-trip time.
+    public func ping() async throws -> Duration {
+        let handler = self.handler
+        let rtt = try await YamuxStream.mapErrors {
+            try await self.eventLoop.flatSubmit { handler.value.ping() }.get()
+        }
+        return .nanoseconds(rtt.nanoseconds)
+    }
+
+    /// Sends GoAway with `code` and refuses new streams in both directions from now on;
+    /// existing streams continue. (py-libp2p tears the connection down on any GoAway: to
+    /// end a session politely, use `close(graceful: true)`.)
+    public func goAway(_ code: YamuxGoAwayCode = .normal) async {
+        let handler = self.handler
+        try? await eventLoop.submit { handler.value.goAway(code) }.get()
+    }
+
+    /// Closes the session. `graceful`: refuse new streams (and reset those the application
+    /// never took), wait until every open stream is closed or reset or `deadline` passes,
+    /// then send GoAway(normal) and close the channel. Otherwise GoAway(normal) and close at
+    /// once, failing the open streams with `.sessionClosed`. Returns when the session ended.
+    public func close(graceful: Bool = true, deadline: NIODeadline? = nil) async {
+        let handler = self.handler
+        eventLoop.execute { handler.value.close(graceful: graceful, deadline: deadline) }
+        try? await closeFuture.get()
+    }
+
+    public var isClosed: Bool { shared.isClosed.load(ordering: .acquiring) }
+
+    /// Streams currently open in either direction (including unaccepted inbound ones).
+    public var openStreamCount: Int { shared.openStreams.load(ordering: .relaxed) }
+
+    /// Smoothed round-trip time measured by pings, if any.
+    public var roundTripTime: Duration? {
+        shared.rtt.map { .nanoseconds($0.nanoseconds) }
+    }
+}
+
+/// The peer's new streams (single consumer). Iteration ends (nil) when the session ends or
+/// stops accepting streams; the session's error, if any, is in `closeFuture`.
+public struct YamuxInboundStreams: AsyncSequence, Sendable {
+    public typealias Element = YamuxStream
+    let session: YamuxSession
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let session: YamuxSession
+
+        public mutating func next() async -> YamuxStream? {
+            let handler = session.handler
+            let eventLoop = session.eventLoop
+            let future = eventLoop.flatSubmit { handler.value.nextInbound() }
+            return await withTaskCancellationHandler {
+                (try? await future.get()) ?? nil
+            } onCancel: {
+                eventLoop.execute { handler.value.cancelInboundWait() }
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(session: session) }
+}

@@ -1,0 +1,282 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// One yamux stream: an ordered, flow-controlled byte stream inside a session.
+///
+/// Thread-safety: the read side lives in `readState` under a lock, so `read()` is cheap and
+/// touches the event loop only when a WINDOW_UPDATE is due; everything else (writes, FIN,
+/// RST, protocol state) is owned by the session's handler on the channel's event loop and
+/// reached by hopping there. One reader at a time; writes may come from any task (they are
+/// queued in call order per event-loop arrival).
+public final class YamuxStream: Sendable, CustomStringConvertible {
+    /// The stream ID (odd: opened by the connection's initiator, even: by the responder).
+    public let id: UInt32
+    /// Whether we opened this stream (as opposed to the peer).
+    public let isOutbound: Bool
+    public let eventLoop: EventLoop
+
+    let handler: NIOLoopBound<YamuxHandler>
+    let shared: YamuxSharedState
+    let readState: NIOLockedValueBox<ReadState>
+
+    init(id: UInt32, isOutbound: Bool, handler: NIOLoopBound<YamuxHandler>, shared: YamuxSharedState, window: YamuxReceiveWindow) {
+        self.id = id
+        self.isOutbound = isOutbound
+        self.eventLoop = handler.eventLoop
+        self.handler = handler
+        self.shared = shared
+        self.readState = NIOLockedValueBox(ReadState(window: window))
+    }
+
+    public var description: String { "YamuxStream(\(id))" }
+
+    // MARK: Read state
+
+    enum ReadEnd {
+        /// The peer sent FIN: EOF after the queued data.
+        case eof
+        /// Failure after the queued data (session ended), or right away (reset: queue dropped).
+        case error(YamuxError)
+    }
+
+    struct ReadState {
+        var buffers = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+        var bufferedBytes = 0
+        var waiter: CheckedContinuation<ByteBuffer?, any Error>?
+        var end: ReadEnd?
+        /// `close()` was called: data is discarded (but still credited).
+        var readClosed = false
+        var window: YamuxReceiveWindow
+        /// Why writes fail from now on (reset, session end), if known.
+        var writeError: YamuxError?
+
+        init(window: YamuxReceiveWindow) { self.window = window }
+    }
+
+    private enum Poll {
+        case data(ByteBuffer, credit: UInt32?)
+        case eof
+        case failure(any Error)
+        case pending
+    }
+
+    private func poll(_ s: inout ReadState) -> Poll {
+        if s.readClosed { return .failure(YamuxError(.streamClosed, "read after close() on stream \(id)")) }
+        if let buffer = s.buffers.popFirst() {
+            s.bufferedBytes -= buffer.readableBytes
+            // No credit once the peer finished sending (or the session ended).
+            let credit = s.end == nil ? s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt) : nil
+            return .data(buffer, credit: credit)
+        }
+        switch s.end {
+        case .eof: return .eof
+        case .error(let error): return .failure(error)
+        case nil: return .pending
+        }
+    }
+
+    private func sendCredit(_ delta: UInt32?) {
+        guard let delta else { return }
+        let handler = self.handler
+        let id = self.id
+        eventLoop.execute { handler.value.credit(streamID: id, delta: delta) }
+    }
+
+    /// The next chunk of data, in order; nil at end of stream (the peer sent FIN).
+    /// Throws `YamuxError` `.streamReset` after an RST, the session's error when it ended,
+    /// `.streamClosed` after `close()`, `CancellationError` if the task is cancelled.
+    /// Chunks are the peer's data frames as received (at most one frame each).
+    public func read() async throws -> ByteBuffer? {
+        switch readState.withLockedValue({ poll(&$0) }) {
+        case .data(let buffer, let credit):
+            sendCredit(credit)
+            return buffer
+        case .eof:
+            return nil
+        case .failure(let error):
+            throw error
+        case .pending:
+            break
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer?, any Error>) in
+                let outcome: Poll = readState.withLockedValue { s in
+                    let outcome = poll(&s)
+                    guard case .pending = outcome else { return outcome }
+                    if s.waiter != nil {
+                        return .failure(YamuxError(.invalidUsage, "concurrent read() on stream \(id)"))
+                    }
+                    // Checked under the lock: either we see the cancellation here, or the
+                    // cancellation handler runs after we stored the waiter and resumes it.
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    s.waiter = continuation
+                    return .pending
+                }
+                switch outcome {
+                case .pending:
+                    return
+                case .data(let buffer, let credit):
+                    sendCredit(credit)
+                    continuation.resume(returning: buffer)
+                case .eof:
+                    continuation.resume(returning: nil)
+                case .failure(let error):
+                    continuation.resume(throwing: error)
+                }
+            }
+        } onCancel: {
+            let waiter = readState.withLockedValue { s in
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
+    public var inbound: Inbound { Inbound(stream: self) }
+
+    public struct Inbound: AsyncSequence, Sendable {
+        public typealias Element = ByteBuffer
+        let stream: YamuxStream
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let stream: YamuxStream
+            public mutating func next() async throws -> ByteBuffer? { try await stream.read() }
+        }
+
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
+    }
+
+    // MARK: Write side
+
+    /// Sends `data`, split into frames of at most `maxDataFrameSize` bytes. Suspends until all
+    /// of it fitted into the peer's window and was written to the channel (the channel must
+    /// be writable for data frames to go out): this is the back-pressure.
+    public func write(_ data: ByteBuffer) async throws {
+        let handler = self.handler
+        try await Self.mapErrors {
+            try await self.eventLoop.flatSubmit { handler.value.write(stream: self, data: data) }.get()
+        }
+    }
+
+    /// Half-close: sends FIN after the queued writes. Reading continues until the peer's FIN.
+    public func closeWrite() async throws {
+        let handler = self.handler
+        try await Self.mapErrors {
+            try await self.eventLoop.flatSubmit { handler.value.closeWrite(stream: self) }.get()
+        }
+    }
+
+    /// Aborts the stream in both directions (RST). Queued data is dropped; pending and later
+    /// reads throw `.streamReset`, pending writes fail.
+    public func reset() {
+        let error = YamuxError(.streamReset, "stream \(id) reset locally")
+        let waiter = readState.withLockedValue { s -> CheckedContinuation<ByteBuffer?, any Error>? in
+            s.buffers.removeAll()
+            s.bufferedBytes = 0
+            if case .error = s.end {} else { s.end = .error(error) }
+            if s.writeError == nil { s.writeError = error }
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(throwing: error)
+        let handler = self.handler
+        let id = self.id
+        eventLoop.execute { handler.value.resetStream(streamID: id) }
+    }
+
+    /// Closes the stream: stops reading and half-closes the write side (`closeWrite()`).
+    ///
+    /// Data still queued or arriving later is discarded, but still credited, so the peer's
+    /// writer never stalls (a stalled py-libp2p writer resets the stream after 5 s). The
+    /// stream is released once the peer also sent FIN (or RST); an unexpected amount of data
+    /// after close is not treated as an error. Use `reset()` to abort instead. Errors of the
+    /// FIN (e.g. the session is gone) are ignored.
+    public func close() async {
+        let (credit, waiter) = readState.withLockedValue { s -> (UInt32?, CheckedContinuation<ByteBuffer?, any Error>?) in
+            guard !s.readClosed else { return (nil, nil) }
+            s.readClosed = true
+            let discarded = s.bufferedBytes
+            s.buffers.removeAll()
+            s.bufferedBytes = 0
+            let credit = discarded > 0 && s.end == nil ? s.window.consumed(discarded, now: .now(), rtt: shared.rtt) : nil
+            defer { s.waiter = nil }
+            return (credit, s.waiter)
+        }
+        waiter?.resume(throwing: YamuxError(.streamClosed, "stream \(id) closed"))
+        sendCredit(credit)
+        try? await closeWrite()
+    }
+
+    // MARK: Called by the handler on the event loop
+
+    /// Queues data for the reader (or hands it to a waiting one). Returns a credit delta to
+    /// send now, if one is due.
+    func deliver(_ buffer: ByteBuffer) -> UInt32? {
+        let (waiter, credit) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, UInt32?) in
+            if s.end != nil { return (nil, nil) }
+            if s.readClosed {
+                return (nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+            }
+            if let waiter = s.waiter {
+                // A reader waits, so nothing is queued: hand the data over directly.
+                s.waiter = nil
+                return (waiter, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+            }
+            s.buffers.append(buffer)
+            s.bufferedBytes += buffer.readableBytes
+            return (nil, nil)
+        }
+        waiter?.resume(returning: buffer)
+        return credit
+    }
+
+    /// The peer sent FIN.
+    func remoteFinished() {
+        let waiter = readState.withLockedValue { s -> CheckedContinuation<ByteBuffer?, any Error>? in
+            if s.end == nil { s.end = .eof }
+            guard s.buffers.isEmpty else { return nil }
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    /// The stream failed: `discardQueued` (reset) fails the reader right away, otherwise it
+    /// first gets the queued data, and keeps its EOF if the peer had finished.
+    func fail(_ error: YamuxError, discardQueued: Bool) {
+        let (waiter, readError) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, YamuxError?) in
+            if s.writeError == nil { s.writeError = error }
+            if discardQueued {
+                s.buffers.removeAll()
+                s.bufferedBytes = 0
+                if case .error = s.end {} else { s.end = .error(error) }
+            } else if s.end == nil {
+                s.end = .error(error)
+            }
+            guard s.buffers.isEmpty, case .error(let e) = s.end else { return (nil, nil) }
+            defer { s.waiter = nil }
+            return (s.waiter, e)
+        }
+        if let waiter, let readError { waiter.resume(throwing: readError) }
+    }
+
+    /// Why writes fail, if the stream ended.
+    var terminalWriteError: YamuxError? { readState.withLockedValue { $0.writeError } }
+
+    /// Current receive window (grows with auto-tuning), for tests and diagnostics.
+    var receiveWindowSize: UInt32 { readState.withLockedValue { $0.window.windowSize } }
+
+    static func mapErrors<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as YamuxError {
+            throw error
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            throw YamuxError(.sessionClosed, "\(error)")
+        }
+    }
+}
