@@ -53,12 +53,14 @@ let package = Package(
         .target(name: "LibP2P", dependencies: [
             "Multiformats", "Identity", "Transport", "Multistream", "Noise", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Protocols", dependencies: [
             "LibP2P",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "PointSub", dependencies: ["LibP2P", "Protocols"], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
@@ -66,7 +68,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [
-            "PointSub",
+            "PointSub", "Noise",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
@@ -83,8 +85,13 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "LibP2PTests", dependencies: [
-            "PointSub", .product(name: "NIOEmbedded", package: "swift-nio"),
+            "PointSub", "Multistream", "Noise", "Yamux",
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
-        .testTarget(name: "InteropTests", dependencies: ["PointSub"], swiftSettings: strict),
+        .testTarget(name: "InteropTests", dependencies: [
+            "PointSub", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
     ]
 )

@@ -1,1 +1,28 @@
-// PointSub module
+@_exported import Identity
+@_exported import LibP2P
+@_exported import Multiformats
+@_exported import Protocols
+
+/// Runs `body` with a started host that answers identify and ping, then shuts the host down
+/// gracefully (open streams get the configured grace period), whether `body` returns or throws.
+public func withHost<T: Sendable>(
+    identity: PrivateKey = .generateEd25519(),
+    configuration: P2PHost.Configuration = .defaults,
+    _ body: (P2PHost) async throws -> T
+) async throws -> T {
+    var configuration = configuration
+    let hasIdentify = configuration.services.contains { $0 is IdentifyService }
+    let hasPing = configuration.services.contains { $0 is PingService }
+    if !hasIdentify { configuration.services.insert(IdentifyService(), at: 0) }
+    if !hasPing { configuration.services.append(PingService()) }
+    let host = P2PHost(identity: identity, configuration: configuration)
+    do {
+        try await host.start()
+        let result = try await body(host)
+        await host.shutdown()
+        return result
+    } catch {
+        await host.shutdown()
+        throw error
+    }
+}

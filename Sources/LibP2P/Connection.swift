@@ -1,0 +1,90 @@
+import Identity
+import Multiformats
+import Multistream
+import NIOCore
+import Yamux
+
+/// A secured, multiplexed connection to one peer.
+public final class Connection: Sendable, Hashable, CustomStringConvertible {
+    public enum Direction: String, Sendable {
+        case inbound
+        case outbound
+    }
+
+    public let id: UInt64
+    public let remotePeer: PeerID
+    public let remotePublicKey: PublicKey
+    public let direction: Direction
+    public let localAddress: Multiaddr?
+    public let remoteAddress: Multiaddr
+    public let openedAt: ContinuousClock.Instant
+    /// The security and muxer protocols negotiated.
+    public let security = "/noise"
+    public let muxer = "/yamux/1.0.0"
+    let session: YamuxSession
+    let negotiationTimeout: Duration
+
+    init(
+        id: UInt64, remotePeer: PeerID, remotePublicKey: PublicKey, direction: Direction,
+        localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration
+    ) {
+        self.id = id
+        self.remotePeer = remotePeer
+        self.remotePublicKey = remotePublicKey
+        self.direction = direction
+        self.localAddress = localAddress
+        self.remoteAddress = remoteAddress
+        self.openedAt = .now
+        self.session = session
+        self.negotiationTimeout = negotiationTimeout
+    }
+
+    public var isClosed: Bool { session.isClosed }
+    public var streamCount: Int { session.openStreamCount }
+
+    /// Opens a stream and negotiates the first of `protocols` the remote supports.
+    public func newStream(protocols: [String]) async throws -> P2PStream {
+        precondition(!protocols.isEmpty, "newStream needs at least one protocol")
+        let stream = try await session.openStream()
+        do {
+            let (proto, leftover) = try await withTimeout(negotiationTimeout, "protocol negotiation") {
+                try await MultistreamNegotiator.negotiate(
+                    role: .dialer(proposals: protocols), write: { try await stream.write($0) }, read: { try await stream.read() })
+            }
+            return P2PStream(stream: stream, protocolID: proto, connection: self, leftover: leftover)
+        } catch let error as MultistreamError where error.code == .noProtocolInCommon {
+            stream.reset()
+            throw HostError(
+                .protocolNotSupported, "\(remotePeer) supports none of \(protocols.joined(separator: ", "))",
+                underlying: [error])
+        } catch {
+            stream.reset()
+            throw error
+        }
+    }
+
+    /// Measures the round-trip time with a Yamux ping.
+    public func muxerPing() async throws -> Duration {
+        try await session.ping()
+    }
+
+    /// Closes the connection. `graceful`: wait for open streams to finish (at most `timeout`) first.
+    public func close(graceful: Bool = true, timeout: Duration = .seconds(5)) async {
+        let deadline = NIODeadline.now() + timeout.timeAmount
+        await session.close(graceful: graceful, deadline: deadline)
+    }
+
+    public static func == (lhs: Connection, rhs: Connection) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+
+    public var description: String {
+        "Connection(\(id), \(direction.rawValue), \(remotePeer) at \(remoteAddress))"
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

@@ -1,1 +1,0 @@
-// LibP2P module

@@ -1,0 +1,503 @@
+import Identity
+import Logging
+import Multiformats
+import Multistream
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Transport
+import Yamux
+
+/// Something that adds behaviour to a host when it starts (identify, ping, perf, …).
+public protocol HostService: Sendable {
+    func attach(to host: P2PHost) async throws
+}
+
+/// What happened on a host. Subscribe with `P2PHost.events()`.
+public enum HostEvent: Sendable {
+    /// A connection finished its upgrade.
+    case connectionOpened(Connection)
+    case connectionClosed(Connection)
+    /// The first connection to a peer opened.
+    case peerConnected(PeerID)
+    /// The last connection to a peer closed.
+    case peerDisconnected(PeerID)
+    /// Identify learned the peer's protocols and agent version.
+    case peerIdentified(PeerID)
+    /// An inbound connection failed its upgrade (bad handshake, timeout, protocol violation).
+    case inboundUpgradeFailed(remoteAddress: Multiaddr?, error: any Error)
+}
+
+/// A libp2p host: one identity, TCP listeners, connections to peers, and stream handlers by protocol.
+public final class P2PHost: Sendable {
+    public typealias StreamHandler = @Sendable (P2PStream) async throws -> Void
+
+    public struct Configuration: Sendable {
+        /// Addresses to listen on when the host starts (e.g. `/ip4/127.0.0.1/tcp/0`).
+        public var listenAddresses: [Multiaddr] = []
+        public var agentVersion = "pointsub-swift/0.1.0"
+        public var protocolVersion = "ipfs/0.1.0"
+        /// TCP connect plus the whole upgrade, per address tried.
+        public var dialTimeout: Duration = .seconds(15)
+        /// How long an inbound connection has to finish its security and muxer handshakes.
+        public var handshakeTimeout: Duration = .seconds(10)
+        /// How long a new stream has to agree on a protocol.
+        public var streamNegotiationTimeout: Duration = .seconds(10)
+        /// Connections, established plus upgrading; more inbound ones are closed at once.
+        public var maxConnections = 1024
+        /// Inbound connections still in their handshake at once.
+        public var maxPendingInbound = 64
+        /// How long `shutdown()` lets open streams finish.
+        public var shutdownGracePeriod: Duration = .seconds(5)
+        public var yamux: YamuxConfiguration = .defaults
+        /// Started in this order when the host starts.
+        public var services: [any HostService] = []
+        /// Event loop threads when the host makes its own group.
+        public var eventLoopThreads = System.coreCount
+        public var logger = Logger(label: "pointsub.host", factory: { _ in SwiftLogNoOpLogHandler() })
+
+        public init() {}
+
+        public static var defaults: Configuration { Configuration() }
+
+        public static func defaults(_ configure: (inout Configuration) -> Void) -> Configuration {
+            var c = Configuration()
+            configure(&c)
+            return c
+        }
+    }
+
+    private struct State {
+        var started = false
+        var shuttingDown = false
+        var listeners: [TCPListener] = []
+        var connections: [PeerID: [Connection]] = [:]
+        var pendingInbound = 0
+        var dials: [PeerID: Task<Connection, any Error>] = [:]
+        var handlers: [String: StreamHandler] = [:]
+        var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
+        var connectionObservers: [@Sendable (Connection) -> Void] = []
+        var protocolObservers: [@Sendable () -> Void] = []
+        var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+        var nextID: UInt64 = 1
+
+        mutating func takeID() -> UInt64 {
+            defer { nextID += 1 }
+            return nextID
+        }
+
+        var connectionCount: Int { connections.values.reduce(0) { $0 + $1.count } }
+    }
+
+    public let identity: PrivateKey
+    public let peerID: PeerID
+    public let peerstore = Peerstore()
+    public let configuration: Configuration
+    public let eventLoopGroup: any EventLoopGroup
+    private let ownsGroup: Bool
+    private let transport: TCPTransport
+    private let upgrader: Upgrader
+    private let state = NIOLockedValueBox(State())
+    var logger: Logger { configuration.logger }
+
+    public init(identity: PrivateKey, configuration: Configuration = .defaults, eventLoopGroup: (any EventLoopGroup)? = nil) {
+        self.identity = identity
+        self.peerID = PeerID(publicKey: identity.publicKey)
+        self.configuration = configuration
+        if let eventLoopGroup {
+            self.eventLoopGroup = eventLoopGroup
+            self.ownsGroup = false
+        } else {
+            self.eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+            self.ownsGroup = true
+        }
+        self.transport = TCPTransport(group: self.eventLoopGroup)
+        self.upgrader = Upgrader(
+            identity: identity, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount)
+    }
+
+    // MARK: - Lifecycle
+
+    /// Starts the services and listens on the configured addresses.
+    public func start() async throws {
+        let first = state.withLockedValue { s -> Bool in
+            defer { s.started = true }
+            return !s.started
+        }
+        guard first else { return }
+        for service in configuration.services { try await service.attach(to: self) }
+        for address in configuration.listenAddresses { _ = try await listen(on: address) }
+    }
+
+    /// Stops listening, lets open streams finish for up to `gracePeriod`, closes every connection,
+    /// and ends event subscriptions. Safe to call more than once.
+    public func shutdown(gracePeriod: Duration? = nil) async {
+        let (listeners, connections, dials, alreadyDown) = state.withLockedValue { s in
+            defer { s.shuttingDown = true }
+            return (s.listeners, s.connections.values.flatMap { $0 }, Array(s.dials.values), s.shuttingDown)
+        }
+        if alreadyDown { return }
+        for listener in listeners { await listener.close() }
+        for dial in dials { dial.cancel() }
+        let grace = gracePeriod ?? configuration.shutdownGracePeriod
+        await withTaskGroup(of: Void.self) { group in
+            for connection in connections {
+                group.addTask { await connection.close(graceful: true, timeout: grace) }
+            }
+        }
+        let (tasks, subscribers) = state.withLockedValue { s in
+            defer {
+                s.handlerTasks = [:]
+                s.subscribers = [:]
+            }
+            return (Array(s.handlerTasks.values), Array(s.subscribers.values))
+        }
+        for task in tasks { task.cancel() }
+        for subscriber in subscribers { subscriber.finish() }
+        if ownsGroup { try? await eventLoopGroup.shutdownGracefully() }
+    }
+
+    // MARK: - Listening
+
+    /// Listens on `address` (TCP). Returns the bound address with the real port.
+    @discardableResult
+    public func listen(on address: Multiaddr) async throws -> Multiaddr {
+        try checkRunning()
+        let listener = try await transport.listen(on: address) { [weak self] channel in
+            guard let self else { return channel.close() }
+            return self.acceptInbound(channel)
+        }
+        state.withLockedValue { $0.listeners.append(listener) }
+        logger.info("listening", metadata: ["address": "\(listener.address)"])
+        return listener.address
+    }
+
+    /// Bound listen addresses, without `/p2p/`. A wildcard address (0.0.0.0, ::) is expanded to the
+    /// addresses of this machine's interfaces.
+    public var listenAddresses: [Multiaddr] {
+        let bound = state.withLockedValue { $0.listeners.map(\.address) }
+        return bound.flatMap { Self.expandWildcard($0) }
+    }
+
+    /// Listen addresses ending in `/p2p/<our peer ID>`, ready to hand to another peer.
+    public var addresses: [Multiaddr] {
+        listenAddresses.map { $0.appending(peerID: peerID) }
+    }
+
+    private static func expandWildcard(_ address: Multiaddr) -> [Multiaddr] {
+        guard let socket = try? address.socketAddress(), let port = socket.port,
+            socket.ipAddress == "0.0.0.0" || socket.ipAddress == "::"
+        else { return [address] }
+        let wantV4 = socket.ipAddress == "0.0.0.0"
+        let devices = (try? System.enumerateDevices()) ?? []
+        var out: [Multiaddr] = []
+        for device in devices {
+            guard var deviceAddress = device.address else { continue }
+            switch deviceAddress {
+            case .v4 where wantV4, .v6 where !wantV4:
+                deviceAddress.port = port
+                if let m = try? Multiaddr(socketAddress: deviceAddress), !out.contains(m) { out.append(m) }
+            default: continue
+            }
+        }
+        return out.isEmpty ? [address] : out
+    }
+
+    private func checkRunning() throws {
+        if state.withLockedValue({ $0.shuttingDown }) {
+            throw HostError(.shutDown, "the host is shut down")
+        }
+    }
+
+    // MARK: - Stream handlers
+
+    /// Handles inbound streams for `protocolID`. Throws `.handlerExists` if one is set already.
+    public func setStreamHandler(_ protocolID: String, _ handler: @escaping StreamHandler) throws {
+        try state.withLockedValue { s in
+            guard s.handlers[protocolID] == nil else {
+                throw HostError(.handlerExists, "a handler for \(protocolID) is already set")
+            }
+            s.handlers[protocolID] = handler
+        }
+        notifyProtocolsChanged()
+    }
+
+    public func removeStreamHandler(_ protocolID: String) {
+        let removed = state.withLockedValue { $0.handlers.removeValue(forKey: protocolID) != nil }
+        if removed { notifyProtocolsChanged() }
+    }
+
+    /// The protocols we have handlers for, sorted.
+    public var supportedProtocols: [String] {
+        state.withLockedValue { $0.handlers.keys.sorted() }
+    }
+
+    private func notifyProtocolsChanged() {
+        for observer in state.withLockedValue({ $0.protocolObservers }) { observer() }
+    }
+
+    /// Called (synchronously) when the set of supported protocols changes; identify push uses it.
+    public func addProtocolsObserver(_ observer: @escaping @Sendable () -> Void) {
+        state.withLockedValue { $0.protocolObservers.append(observer) }
+    }
+
+    /// Called (synchronously, on an event loop) for every new connection; keep it short.
+    public func addConnectionObserver(_ observer: @escaping @Sendable (Connection) -> Void) {
+        state.withLockedValue { $0.connectionObservers.append(observer) }
+    }
+
+    // MARK: - Events
+
+    /// A new subscription to host events. Holds the newest 1024 events if not consumed.
+    public func events() -> AsyncStream<HostEvent> {
+        let (stream, continuation) = AsyncStream<HostEvent>.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        let id = state.withLockedValue { s -> UInt64? in
+            guard !s.shuttingDown else { return nil }
+            let id = s.takeID()
+            s.subscribers[id] = continuation
+            return id
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// Delivers an event to every subscriber (services post their own, e.g. `.peerIdentified`).
+    public func emit(_ event: HostEvent) {
+        for subscriber in state.withLockedValue({ Array($0.subscribers.values) }) { subscriber.yield(event) }
+    }
+
+    // MARK: - Connections
+
+    /// Open connections to `peer`, oldest first.
+    public func connections(to peer: PeerID) -> [Connection] {
+        state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+    }
+
+    public var connectedPeers: [PeerID] {
+        state.withLockedValue { Array($0.connections.keys) }
+    }
+
+    public var allConnections: [Connection] {
+        state.withLockedValue { $0.connections.values.flatMap { $0 } }
+    }
+
+    /// Connects to `peer`, reusing an open connection. Concurrent callers for the same peer share
+    /// one dial. `addresses` are added to the peerstore (temporary TTL) before dialing.
+    public func connect(to peer: PeerID, addresses: [Multiaddr] = []) async throws -> Connection {
+        guard peer != peerID else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
+        try checkRunning()
+        if let existing = connections(to: peer).first { return existing }
+        if !addresses.isEmpty { peerstore.addAddresses(addresses, for: peer, ttl: .temporary) }
+        let task = state.withLockedValue { s -> Task<Connection, any Error> in
+            if let inFlight = s.dials[peer] { return inFlight }
+            let task = Task { [self] in
+                defer { _ = state.withLockedValue { $0.dials.removeValue(forKey: peer) } }
+                return try await dialAddresses(of: peer)
+            }
+            s.dials[peer] = task
+            return task
+        }
+        return try await task.value
+    }
+
+    /// Connects to the peer at `address`. With `/p2p/<id>`, the remote must prove it is that peer
+    /// and an open connection is reused; without, the address is dialed and whoever answers is accepted.
+    public func connect(to address: Multiaddr) async throws -> Connection {
+        if let peer = address.peerID {
+            return try await connect(to: peer, addresses: [address])
+        }
+        try checkRunning()
+        return try await dial(address, expectedPeer: nil)
+    }
+
+    /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it supports.
+    public func newStream(to peer: PeerID, protocols: [String]) async throws -> P2PStream {
+        let connection = try await connect(to: peer)
+        return try await connection.newStream(protocols: protocols)
+    }
+
+    public func newStream(to address: Multiaddr, protocols: [String]) async throws -> P2PStream {
+        let connection = try await connect(to: address)
+        return try await connection.newStream(protocols: protocols)
+    }
+
+    private func dialAddresses(of peer: PeerID) async throws -> Connection {
+        let candidates = peerstore.addresses(for: peer).filter(TCPTransport.canHandle)
+        guard !candidates.isEmpty else {
+            throw HostError(.noAddresses, "no dialable address known for \(peer)")
+        }
+        var errors: [any Error] = []
+        for address in candidates {
+            do {
+                return try await dial(address, expectedPeer: peer)
+            } catch {
+                logger.debug("dial failed", metadata: ["address": "\(address)", "error": "\(error)"])
+                errors.append(error)
+                if Task.isCancelled { break }
+            }
+        }
+        if errors.count == 1, let only = errors.first as? HostError, only.code == .dialTimeout { throw only }
+        throw HostError(.dialFailed, "could not connect to \(peer)", underlying: errors)
+    }
+
+    private func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
+        let plain = address.removingPeerID()
+        guard TCPTransport.canHandle(plain) else {
+            throw HostError(.invalidAddress, "no transport for \(address)")
+        }
+        let timeout = configuration.dialTimeout
+        let upgrader = self.upgrader
+        do {
+            return try await withTimeout(timeout, "dial \(address)") { [self] in
+                // The upgrade starts once the channel is connected (below).
+                let channel = try await transport.dial(plain, timeout: timeout.timeAmount) { channel in
+                    channel.eventLoop.makeSucceededVoidFuture()
+                }
+                let result: Upgrader.Result
+                do {
+                    result = try await upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer)).get()
+                } catch {
+                    channel.close(promise: nil)
+                    throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
+                }
+                if result.remote.remotePeer == peerID {
+                    channel.close(promise: nil)
+                    throw HostError(.dialSelf, "\(address) is ourselves")
+                }
+                return try register(result, channel: channel, direction: .outbound, remoteAddress: plain)
+            }
+        } catch let error as HostError where error.code == .timeout {
+            throw HostError(.dialTimeout, "dialing \(address) timed out after \(timeout)")
+        }
+    }
+
+    /// Runs on the accepted channel's event loop, before it is active.
+    private func acceptInbound(_ channel: Channel) -> EventLoopFuture<Void> {
+        let admitted = state.withLockedValue { s -> Bool in
+            guard !s.shuttingDown, s.pendingInbound < configuration.maxPendingInbound,
+                s.connectionCount + s.pendingInbound < configuration.maxConnections
+            else { return false }
+            s.pendingInbound += 1
+            return true
+        }
+        guard admitted else {
+            logger.debug("inbound connection refused: limit reached")
+            return channel.close()
+        }
+        let remote = channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+        upgrader.upgrade(channel: channel, role: .responder).whenComplete { [self] result in
+            state.withLockedValue { $0.pendingInbound -= 1 }
+            switch result {
+            case .success(let upgraded):
+                do {
+                    _ = try register(
+                        upgraded, channel: channel, direction: .inbound,
+                        remoteAddress: remote ?? Multiaddr([]))
+                } catch {
+                    channel.close(promise: nil)
+                }
+            case .failure(let error):
+                logger.debug("inbound upgrade failed", metadata: ["error": "\(error)"])
+                emit(.inboundUpgradeFailed(remoteAddress: remote, error: error))
+            }
+        }
+        return channel.eventLoop.makeSucceededVoidFuture()
+    }
+
+    private func register(
+        _ result: Upgrader.Result, channel: Channel, direction: Connection.Direction, remoteAddress: Multiaddr
+    ) throws -> Connection {
+        let peer = result.remote.remotePeer
+        let (connection, isFirst, observers) = try state.withLockedValue { s in
+            guard !s.shuttingDown else { throw HostError(.shutDown, "the host is shut down") }
+            let connection = Connection(
+                id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
+                direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
+                remoteAddress: remoteAddress, session: result.session,
+                negotiationTimeout: configuration.streamNegotiationTimeout)
+            s.connections[peer, default: []].append(connection)
+            return (connection, s.connections[peer]!.count == 1, s.connectionObservers)
+        }
+        peerstore.setPublicKey(result.remote.remotePublicKey, for: peer)
+        if direction == .outbound { peerstore.addAddresses([remoteAddress], for: peer, ttl: .connected) }
+        result.session.closeFuture.whenComplete { [weak self] _ in self?.unregister(connection) }
+        logger.debug("connection opened", metadata: ["peer": "\(peer)", "direction": "\(direction.rawValue)"])
+        emit(.connectionOpened(connection))
+        if isFirst { emit(.peerConnected(peer)) }
+        serveInboundStreams(of: connection)
+        for observer in observers { observer(connection) }
+        return connection
+    }
+
+    private func unregister(_ connection: Connection) {
+        let peer = connection.remotePeer
+        let wasLast = state.withLockedValue { s -> Bool in
+            guard var list = s.connections[peer], let index = list.firstIndex(of: connection) else { return false }
+            list.remove(at: index)
+            s.connections[peer] = list.isEmpty ? nil : list
+            return list.isEmpty
+        }
+        emit(.connectionClosed(connection))
+        if wasLast {
+            peerstore.updateAddressTTL(for: peer, to: .recentlyConnected)
+            emit(.peerDisconnected(peer))
+        }
+    }
+
+    // MARK: - Inbound streams
+
+    private func serveInboundStreams(of connection: Connection) {
+        track { [self] in
+            for await stream in connection.session.inboundStreams {
+                track { await self.handleInbound(stream, on: connection) }
+            }
+        }
+    }
+
+    /// Runs `work` as a task that shutdown cancels if it is still running.
+    private func track(_ work: @escaping @Sendable () async -> Void) {
+        let id = state.withLockedValue { $0.takeID() }
+        let task = Task { [weak self] in
+            await work()
+            _ = self?.state.withLockedValue { $0.handlerTasks.removeValue(forKey: id) }
+        }
+        state.withLockedValue { s in
+            if s.shuttingDown { task.cancel() } else { s.handlerTasks[id] = task }
+        }
+    }
+
+    private func handleInbound(_ stream: YamuxStream, on connection: Connection) async {
+        let protocols = supportedProtocols
+        let negotiated: (protocol: String, leftover: ByteBuffer)
+        do {
+            negotiated = try await withTimeout(configuration.streamNegotiationTimeout, "protocol negotiation") {
+                try await MultistreamNegotiator.negotiate(
+                    role: .listener(protocols: protocols), write: { try await stream.write($0) },
+                    read: { try await stream.read() })
+            }
+        } catch {
+            logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
+            stream.reset()
+            return
+        }
+        guard let handler = state.withLockedValue({ $0.handlers[negotiated.protocol] }) else {
+            stream.reset()  // removed while we negotiated
+            return
+        }
+        let p2pStream = P2PStream(
+            stream: stream, protocolID: negotiated.protocol, connection: connection, leftover: negotiated.leftover)
+        do {
+            try await handler(p2pStream)
+            await p2pStream.close()
+        } catch {
+            logger.debug("stream handler failed", metadata: ["protocol": "\(negotiated.protocol)", "error": "\(error)"])
+            p2pStream.reset()
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Identity
+import Multiformats
+import NIOConcurrencyHelpers
+import NIOCore
+import Yamux
+
+/// A negotiated libp2p stream: one protocol, between us and `remotePeer`, over a Yamux stream.
+///
+/// One reader and one writer at a time (reads and writes may run concurrently with each other).
+/// Reading credits the peer's send window as data is consumed, so a slow reader slows the sender.
+public final class P2PStream: Sendable {
+    public let protocolID: String
+    public let connection: Connection
+    private let stream: YamuxStream
+    /// Bytes read from the stream but not yet returned (negotiation leftovers, partial reads).
+    private let pending: NIOLockedValueBox<ByteBuffer>
+
+    init(stream: YamuxStream, protocolID: String, connection: Connection, leftover: ByteBuffer) {
+        self.stream = stream
+        self.protocolID = protocolID
+        self.connection = connection
+        self.pending = NIOLockedValueBox(leftover)
+    }
+
+    public var remotePeer: PeerID { connection.remotePeer }
+    public var streamID: UInt32 { stream.id }
+
+    /// The next chunk of data, or nil once the remote has closed its write side.
+    public func read() async throws -> ByteBuffer? {
+        let buffered: ByteBuffer? = pending.withLockedValue { pending in
+            guard pending.readableBytes > 0 else { return nil }
+            defer { pending = ByteBuffer() }
+            return pending
+        }
+        if let buffered { return buffered }
+        return try await stream.read()
+    }
+
+    private func unread(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        pending.withLockedValue { pending in
+            var buffer = buffer
+            if pending.readableBytes > 0 { buffer.writeBuffer(&pending) }
+            pending = buffer
+        }
+    }
+
+    /// Reads exactly `count` bytes; throws `.unexpectedEOF` if the stream ends first.
+    public func readExactly(_ count: Int) async throws -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(count)
+        while out.readableBytes < count {
+            guard var chunk = try await read() else {
+                throw HostError(.unexpectedEOF, "stream ended after \(out.readableBytes) of \(count) bytes")
+            }
+            let take = min(count - out.readableBytes, chunk.readableBytes)
+            var part = chunk.readSlice(length: take)!
+            out.writeBuffer(&part)
+            unread(chunk)
+        }
+        return out
+    }
+
+    /// Reads until the remote closes its write side; throws `.limitReached` beyond `maxBytes`.
+    public func readToEnd(maxBytes: Int) async throws -> ByteBuffer {
+        var out = ByteBuffer()
+        while var chunk = try await read() {
+            guard out.readableBytes + chunk.readableBytes <= maxBytes else {
+                throw HostError(.limitReached, "stream sent more than \(maxBytes) bytes")
+            }
+            out.writeBuffer(&chunk)
+        }
+        return out
+    }
+
+    /// Reads a uvarint length followed by that many bytes. Returns nil on a clean end of stream
+    /// before the first byte. The length is checked against `maxLength` before anything is buffered.
+    public func readLengthPrefixed(maxLength: Int) async throws -> ByteBuffer? {
+        var header = ByteBuffer()
+        while true {
+            guard var chunk = try await read() else {
+                if header.readableBytes == 0 { return nil }
+                throw HostError(.unexpectedEOF, "stream ended inside a length prefix")
+            }
+            header.writeBuffer(&chunk)
+            let parsed: (value: UInt64, length: Int)?
+            do {
+                parsed = try header.getVarint(at: header.readerIndex)
+            } catch {
+                throw HostError(.protocolViolation, "invalid length prefix", underlying: [error])
+            }
+            guard let (length, prefixLength) = parsed else { continue }
+            guard length <= UInt64(maxLength) else {
+                throw HostError(.protocolViolation, "message of \(length) bytes exceeds the limit of \(maxLength)")
+            }
+            header.moveReaderIndex(forwardBy: prefixLength)
+            unread(header)
+            return try await readExactly(Int(length))
+        }
+    }
+
+    /// Writes `uvarint(count) ‖ bytes`.
+    public func writeLengthPrefixed(_ message: some Collection<UInt8>) async throws {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(message.count + 10)
+        buffer.writeVarint(UInt64(message.count))
+        buffer.writeBytes(message)
+        try await write(buffer)
+    }
+
+    /// Suspends until the data is within the peer's window and handed to the connection.
+    public func write(_ buffer: ByteBuffer) async throws {
+        try await stream.write(buffer)
+    }
+
+    public func write(_ bytes: some Sequence<UInt8>) async throws {
+        try await stream.write(ByteBuffer(bytes: bytes))
+    }
+
+    /// Half-closes: we send no more, the remote may still send.
+    public func closeWrite() async throws {
+        try await stream.closeWrite()
+    }
+
+    /// Abruptly ends both directions.
+    public func reset() {
+        stream.reset()
+    }
+
+    /// Closes our write side and stops reading.
+    public func close() async {
+        await stream.close()
+    }
+
+    /// The stream's data as an AsyncSequence of chunks (single consumer).
+    public var inbound: Inbound { Inbound(stream: self) }
+
+    public struct Inbound: AsyncSequence, Sendable {
+        public typealias Element = ByteBuffer
+        let stream: P2PStream
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let stream: P2PStream
+            public mutating func next() async throws -> ByteBuffer? { try await stream.read() }
+        }
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
+    }
+}

@@ -1,0 +1,94 @@
+import Identity
+import Multistream
+import NIOCore
+import Noise
+import Yamux
+
+/// Upgrades a raw TCP channel to a secured, multiplexed libp2p connection:
+/// multistream-select `/noise` → Noise XX → multistream-select `/yamux/1.0.0` → Yamux.
+///
+/// Each step's handler is added when the previous one finishes, in that promise's callback on the
+/// event loop, so no bytes can slip between steps; a finished multistream handler hands the bytes
+/// that followed negotiation to its successor when it is removed.
+struct Upgrader: Sendable {
+    static let securityProtocol = "/noise"
+    static let muxerProtocol = "/yamux/1.0.0"
+
+    enum Role {
+        case initiator(expectedPeer: PeerID?)
+        case responder
+    }
+
+    let identity: PrivateKey
+    let yamux: YamuxConfiguration
+    let timeout: TimeAmount
+
+    struct Result: Sendable {
+        let remote: NoiseHandshakeResult
+        let session: YamuxSession
+    }
+
+    func upgrade(channel: Channel, role: Role) -> EventLoopFuture<Result> {
+        let loop = channel.eventLoop
+        let done = loop.makePromise(of: Result.self)
+        let deadline = loop.scheduleTask(in: timeout) {
+            done.fail(HostError(.upgradeFailed, "connection upgrade timed out"))
+            channel.close(promise: nil)
+        }
+        done.futureResult.whenComplete { _ in deadline.cancel() }
+        done.futureResult.whenFailure { _ in channel.close(promise: nil) }
+        loop.execute {
+            self.start(channel: channel, role: role).cascade(to: done)
+        }
+        return done.futureResult
+    }
+
+    private func start(channel: Channel, role: Role) -> EventLoopFuture<Result> {
+        let loop = channel.eventLoop
+        let isInitiator: Bool
+        let expectedPeer: PeerID?
+        switch role {
+        case .initiator(let peer):
+            isInitiator = true
+            expectedPeer = peer
+        case .responder:
+            isInitiator = false
+            expectedPeer = nil
+        }
+        @Sendable func negotiation(_ proto: String) -> (NIOLoopBound<MultistreamNegotiationHandler>, EventLoopFuture<String>) {
+            let promise = loop.makePromise(of: String.self)
+            let role: MultistreamNegotiator.Role = isInitiator ? .dialer(proposals: [proto]) : .listener(protocols: [proto])
+            return (NIOLoopBound(MultistreamNegotiationHandler(role: role, promise: promise), eventLoop: loop), promise.futureResult)
+        }
+        let identity = self.identity
+        let yamux = self.yamux
+        do {
+            // Handlers are not Sendable: NIOLoopBound carries them into callbacks, which all run on `loop`.
+            let (security, securityDone) = negotiation(Self.securityProtocol)
+            try channel.pipeline.syncOperations.addHandler(security.value)
+            return securityDone.flatMapThrowing { _ -> EventLoopFuture<NoiseHandshakeResult> in
+                let promise = loop.makePromise(of: NoiseHandshakeResult.self)
+                let handshake = NoiseLibp2pHandshake(
+                    role: isInitiator ? .initiator : .responder, identity: identity, expectedRemotePeer: expectedPeer)
+                try channel.pipeline.syncOperations.addHandler(
+                    NoiseHandler(handshake: handshake, promise: promise), position: .after(security.value))
+                _ = channel.pipeline.syncOperations.removeHandler(security.value)
+                return promise.futureResult
+            }
+            .flatMap { $0 }
+            .flatMapThrowing { remote -> EventLoopFuture<Result> in
+                let (muxer, muxerDone) = negotiation(Self.muxerProtocol)
+                try channel.pipeline.syncOperations.addHandler(muxer.value)
+                return muxerDone.flatMapThrowing { _ in
+                    let session = try YamuxSession.install(
+                        on: channel, role: isInitiator ? .initiator : .responder, configuration: yamux)
+                    _ = channel.pipeline.syncOperations.removeHandler(muxer.value)
+                    return Result(remote: remote, session: session)
+                }
+            }
+            .flatMap { $0 }
+        } catch {
+            return loop.makeFailedFuture(error)
+        }
+    }
+}

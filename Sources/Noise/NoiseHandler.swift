@@ -1,0 +1,227 @@
+import Identity
+import NIOCore
+
+/// Secures a channel with the libp2p Noise handshake, then encrypts and decrypts transport messages.
+///
+/// Wire framing (libp2p noise spec): every handshake and transport message is prefixed with a 2-byte
+/// big-endian length, so a message is at most 65535 bytes, i.e. 65519 bytes of plaintext + 16-byte tag.
+/// Inbound: ciphertext in, plaintext out. Outbound: plaintext in, ciphertext out. Writes made during
+/// the handshake are held and sent once it completes.
+public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    public static let maxMessageLength = Int(UInt16.max)
+    public static let maxPlaintextLength = maxMessageLength - NoiseCipherState.tagLength
+
+    private enum State {
+        case handshaking(NoiseLibp2pHandshake)
+        case transport(send: NoiseCipherState, receive: NoiseCipherState)
+        case failed
+    }
+
+    private var state: State
+    private var inbound = ByteBuffer()
+    private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    private var pendingFlush = false
+    private var started = false
+    private let handshakePromise: EventLoopPromise<NoiseHandshakeResult>
+
+    public init(handshake: NoiseLibp2pHandshake, promise: EventLoopPromise<NoiseHandshakeResult>) {
+        self.state = .handshaking(handshake)
+        self.handshakePromise = promise
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context: context) }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard !started, case .handshaking(var handshake) = state else { return }
+        started = true
+        do {
+            if let first = try handshake.start() {
+                state = .handshaking(handshake)
+                writeHandshakeMessage(first, context: context)
+            }
+        } catch {
+            fail(context: context, error: error)
+        }
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if inbound.readableBytes == 0 {
+            inbound = bytes
+        } else {
+            inbound.writeBuffer(&bytes)
+        }
+        var plaintext: ByteBuffer?
+        do {
+            while let length = inbound.getInteger(at: inbound.readerIndex, as: UInt16.self),
+                inbound.readableBytes >= 2 + Int(length)
+            {
+                inbound.moveReaderIndex(forwardBy: 2)
+                switch state {
+                case .failed:
+                    return
+                case .handshaking(var handshake):
+                    let message = inbound.readBytes(length: Int(length))!
+                    let reply = try handshake.receive(message)
+                    state = .handshaking(handshake)
+                    if let reply { writeHandshakeMessage(reply, context: context) }
+                    if let result = handshake.result {
+                        let (send, receive) = handshake.split()
+                        state = .transport(send: send, receive: receive)
+                        flushPendingWrites(context: context)
+                        handshakePromise.succeed(result)
+                    }
+                case .transport(let send, var receive):
+                    if plaintext == nil {
+                        plaintext = context.channel.allocator.buffer(capacity: inbound.readableBytes)
+                    }
+                    let start = inbound.readerIndex
+                    try inbound.withUnsafeReadableBytes { raw in
+                        try receive.open(UnsafeRawBufferPointer(rebasing: raw[..<Int(length)]), into: &plaintext!)
+                    }
+                    inbound.moveReaderIndex(to: start + Int(length))
+                    state = .transport(send: send, receive: receive)
+                }
+            }
+        } catch {
+            if let plaintext, plaintext.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plaintext)) }
+            fail(context: context, error: error)
+            return
+        }
+        if inbound.readableBytes == 0 {
+            inbound.clear()
+        } else if inbound.readerIndex > 65536 {
+            inbound.discardReadBytes()
+        }
+        if let plaintext, plaintext.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(plaintext))
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        if case .transport = state { context.fireChannelReadComplete() }
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let buffer = unwrapOutboundIn(data)
+        switch state {
+        case .handshaking:
+            pendingWrites.append((buffer, promise))
+        case .failed:
+            promise?.fail(NoiseError(.connectionClosed, "secure channel failed"))
+        case .transport:
+            writeEncrypted(buffer, promise: promise, context: context)
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        if case .handshaking = state {
+            pendingFlush = true
+        } else {
+            context.flush()
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        if case .handshaking = state {
+            state = .failed
+            let error = NoiseError(.connectionClosed, "connection closed during the Noise handshake")
+            handshakePromise.fail(error)
+            failPendingWrites(error)
+        }
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if case .handshaking = state {
+            fail(context: context, error: error)
+        } else {
+            context.fireErrorCaught(error)
+        }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        if case .handshaking = state {
+            state = .failed
+            handshakePromise.fail(NoiseError(.connectionClosed, "Noise handler removed during the handshake"))
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func writeHandshakeMessage(_ message: [UInt8], context: ChannelHandlerContext) {
+        var out = context.channel.allocator.buffer(capacity: message.count + 2)
+        out.writeInteger(UInt16(message.count))
+        out.writeBytes(message)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    /// Encrypts `buffer` as as many transport messages as needed, in one outbound buffer.
+    /// An empty write sends nothing: py-libp2p drops the connection on a zero-length Noise message.
+    private func writeEncrypted(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        guard case .transport(var send, let receive) = state else { return }
+        guard buffer.readableBytes > 0 else {
+            promise?.succeed()
+            return
+        }
+        let chunks = (buffer.readableBytes + Self.maxPlaintextLength - 1) / Self.maxPlaintextLength
+        var out = context.channel.allocator.buffer(
+            capacity: buffer.readableBytes + chunks * (2 + NoiseCipherState.tagLength))
+        do {
+            try buffer.withUnsafeReadableBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = min(Self.maxPlaintextLength, raw.count - offset)
+                    out.writeInteger(UInt16(n + NoiseCipherState.tagLength))
+                    try send.seal(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]), into: &out)
+                    offset += n
+                }
+            }
+        } catch {
+            promise?.fail(error)
+            fail(context: context, error: error)
+            return
+        }
+        state = .transport(send: send, receive: receive)
+        context.write(wrapOutboundOut(out), promise: promise)
+    }
+
+    private func flushPendingWrites(context: ChannelHandlerContext) {
+        let writes = pendingWrites
+        pendingWrites = []
+        for (buffer, promise) in writes { writeEncrypted(buffer, promise: promise, context: context) }
+        if pendingFlush || !writes.isEmpty {
+            pendingFlush = false
+            context.flush()
+        }
+    }
+
+    private func failPendingWrites(_ error: Error) {
+        let writes = pendingWrites
+        pendingWrites = []
+        for (_, promise) in writes { promise?.fail(error) }
+    }
+
+    private func fail(context: ChannelHandlerContext, error: Error) {
+        if case .failed = state { return }
+        let wasHandshaking: Bool
+        if case .handshaking = state { wasHandshaking = true } else { wasHandshaking = false }
+        state = .failed
+        failPendingWrites(error)
+        if wasHandshaking { handshakePromise.fail(error) }
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,130 @@
+import Crypto
+import Identity
+import Multiformats
+
+/// Who the remote turned out to be.
+public struct NoiseHandshakeResult: Sendable {
+    public let remotePeer: PeerID
+    public let remotePublicKey: PublicKey
+}
+
+/// The libp2p handshake payload (noise spec in libp2p/specs):
+/// `NoiseHandshakePayload { bytes identity_key = 1; bytes identity_sig = 2; NoiseExtensions extensions = 4; }`
+struct NoiseHandshakePayload: Equatable {
+    var identityKey: [UInt8]
+    var identitySignature: [UInt8]
+
+    func encoded() -> [UInt8] {
+        var w = ProtobufWriter()
+        w.writeBytesField(1, identityKey)
+        w.writeBytesField(2, identitySignature)
+        return w.bytes
+    }
+
+    init(identityKey: [UInt8], identitySignature: [UInt8]) {
+        self.identityKey = identityKey
+        self.identitySignature = identitySignature
+    }
+
+    init(decoding bytes: [UInt8]) throws(NoiseError) {
+        var key: [UInt8]?
+        var signature: [UInt8]?
+        do {
+            var reader = ProtobufReader(bytes)
+            while let (field, value) = try reader.next() {
+                switch (field, value) {
+                case (1, .bytes(let b)): key = b
+                case (2, .bytes(let b)): signature = b
+                default: continue  // extensions (4) and unknown fields: we need none of them
+                }
+            }
+        } catch {
+            throw NoiseError(.invalidPayload, "handshake payload is not a valid protobuf")
+        }
+        guard let key, let signature else {
+            throw NoiseError(.invalidPayload, "handshake payload lacks the identity key or signature")
+        }
+        self.init(identityKey: key, identitySignature: signature)
+    }
+}
+
+/// The libp2p Noise handshake: XX plus the identity payload, which binds the libp2p identity key to
+/// the Noise static key with a signature over `"noise-libp2p-static-key:" ‖ static public key`.
+/// The responder sends its payload in message 2, the initiator in message 3; message 1 has none.
+public struct NoiseLibp2pHandshake {
+    static let signaturePrefix = Array("noise-libp2p-static-key:".utf8)
+
+    public typealias Role = NoiseHandshakeState.Role
+
+    private var state: NoiseHandshakeState
+    private let identity: PrivateKey
+    private let expectedRemotePeer: PeerID?
+    private let staticPublicKey: [UInt8]
+    public private(set) var result: NoiseHandshakeResult?
+
+    public init(
+        role: Role,
+        identity: PrivateKey,
+        expectedRemotePeer: PeerID? = nil,
+        staticKey: Curve25519.KeyAgreement.PrivateKey = .init(),
+        ephemeralKey: Curve25519.KeyAgreement.PrivateKey = .init()
+    ) {
+        self.state = NoiseHandshakeState(role: role, staticKey: staticKey, ephemeralKey: ephemeralKey)
+        self.identity = identity
+        self.expectedRemotePeer = expectedRemotePeer
+        self.staticPublicKey = Array(staticKey.publicKey.rawRepresentation)
+    }
+
+    public var isComplete: Bool { result != nil }
+
+    /// The initiator's first message; nil for the responder.
+    public mutating func start() throws -> [UInt8]? {
+        guard state.role == .initiator else { return nil }
+        return try state.writeMessage(payload: [])
+    }
+
+    /// Processes one handshake message; returns what to send in reply, if anything.
+    public mutating func receive(_ message: [UInt8]) throws -> [UInt8]? {
+        let payload = try state.readMessage(message)
+        switch (state.role, state.messageIndex) {
+        case (.responder, 1):
+            return try state.writeMessage(payload: try localPayload())
+        case (.initiator, 2):
+            result = try verify(payload)
+            return try state.writeMessage(payload: try localPayload())
+        case (.responder, 3):
+            result = try verify(payload)
+            return nil
+        default:
+            throw NoiseError(.malformedHandshakeMessage, "unexpected handshake message")
+        }
+    }
+
+    public func split() -> (send: NoiseCipherState, receive: NoiseCipherState) { state.split() }
+
+    private func localPayload() throws -> [UInt8] {
+        let signature = try identity.sign(Self.signaturePrefix + staticPublicKey)
+        return NoiseHandshakePayload(identityKey: identity.publicKey.marshal(), identitySignature: signature).encoded()
+    }
+
+    private func verify(_ bytes: [UInt8]) throws -> NoiseHandshakeResult {
+        let payload = try NoiseHandshakePayload(decoding: bytes)
+        guard let remoteStatic = state.remoteStaticKey else {
+            throw NoiseError(.malformedHandshakeMessage, "remote static key unknown")
+        }
+        let key: PublicKey
+        do {
+            key = try PublicKey(marshaled: payload.identityKey)
+        } catch {
+            throw NoiseError(.invalidPayload, "remote identity key: \(error)")
+        }
+        guard key.verify(signature: payload.identitySignature, for: Self.signaturePrefix + remoteStatic) else {
+            throw NoiseError(.invalidSignature, "identity signature over the Noise static key does not verify")
+        }
+        let peer = PeerID(publicKey: key)
+        if let expectedRemotePeer, expectedRemotePeer != peer {
+            throw NoiseError(.peerIDMismatch, "dialed \(expectedRemotePeer) but the remote is \(peer)")
+        }
+        return NoiseHandshakeResult(remotePeer: peer, remotePublicKey: key)
+    }
+}

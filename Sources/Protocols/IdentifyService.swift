@@ -1,0 +1,99 @@
+import Identity
+import LibP2P
+import Multiformats
+import NIOCore
+
+/// Identify (`/ipfs/id/1.0.0`) and identify push (`/ipfs/id/push/1.0.0`).
+///
+/// On every new connection we ask the remote who it is and record its protocols, agent version,
+/// listen addresses and key in the peerstore, then emit `.peerIdentified`. We answer the same
+/// question for others, and push our new protocol list to connected peers when it changes.
+/// Both py-libp2p and go-libp2p frame the message with a uvarint length, and so do we.
+public struct IdentifyService: HostService {
+    public static let protocolID = "/ipfs/id/1.0.0"
+    public static let pushProtocolID = "/ipfs/id/push/1.0.0"
+    /// Far above any real message (a few hundred bytes); bounds what a peer can make us buffer.
+    public static let maxMessageSize = 64 * 1024
+
+    public init() {}
+
+    public func attach(to host: P2PHost) async throws {
+        try host.setStreamHandler(Self.protocolID) { stream in
+            let message = Self.localMessage(host: host, observed: stream.connection.remoteAddress)
+            try await stream.writeLengthPrefixed(message.encoded())
+            try await stream.closeWrite()
+        }
+        try host.setStreamHandler(Self.pushProtocolID) { stream in
+            guard let bytes = try await stream.readLengthPrefixed(maxLength: Self.maxMessageSize) else { return }
+            let message = try IdentifyMessage(decoding: Array(buffer: bytes))
+            Self.record(message, from: stream.connection, host: host)
+        }
+        host.addConnectionObserver { connection in
+            Task {
+                do {
+                    _ = try await Self.identify(connection, host: host)
+                } catch {
+                    host.configuration.logger.debug("identify failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        host.addProtocolsObserver {
+            let connections = host.allConnections
+            guard !connections.isEmpty else { return }
+            Task { await Self.push(to: connections, host: host) }
+        }
+    }
+
+    /// Asks the peer on `connection` to identify itself; records and returns the answer.
+    @discardableResult
+    public static func identify(_ connection: Connection, host: P2PHost) async throws -> IdentifyMessage {
+        let stream = try await connection.newStream(protocols: [protocolID])
+        defer { stream.reset() }
+        guard let bytes = try await stream.readLengthPrefixed(maxLength: maxMessageSize) else {
+            throw HostError(.unexpectedEOF, "identify stream closed without a message")
+        }
+        let message = try IdentifyMessage(decoding: Array(buffer: bytes))
+        if let key = message.publicKey, !connection.remotePeer.matches(key) {
+            throw HostError(.protocolViolation, "identify public key does not match \(connection.remotePeer)")
+        }
+        record(message, from: connection, host: host)
+        return message
+    }
+
+    static func localMessage(host: P2PHost, observed: Multiaddr?) -> IdentifyMessage {
+        var message = IdentifyMessage()
+        message.publicKey = host.identity.publicKey
+        message.listenAddresses = host.listenAddresses
+        message.protocols = host.supportedProtocols
+        message.observedAddress = observed
+        message.protocolVersion = host.configuration.protocolVersion
+        message.agentVersion = host.configuration.agentVersion
+        return message
+    }
+
+    static func record(_ message: IdentifyMessage, from connection: Connection, host: P2PHost) {
+        let peer = connection.remotePeer
+        if let key = message.publicKey { host.peerstore.setPublicKey(key, for: peer) }
+        host.peerstore.setProtocols(message.protocols, for: peer)
+        host.peerstore.setAgentVersion(message.agentVersion, protocolVersion: message.protocolVersion, for: peer)
+        host.peerstore.addAddresses(message.listenAddresses, for: peer, ttl: .connected)
+        host.emit(.peerIdentified(peer))
+    }
+
+    static func push(to connections: [Connection], host: P2PHost) async {
+        await withTaskGroup(of: Void.self) { group in
+            for connection in connections {
+                group.addTask {
+                    do {
+                        let stream = try await connection.newStream(protocols: [pushProtocolID])
+                        let message = localMessage(host: host, observed: connection.remoteAddress)
+                        try await stream.writeLengthPrefixed(message.encoded())
+                        await stream.close()
+                    } catch {
+                        host.configuration.logger.debug("identify push failed", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import Noise
+import PointSub
+
+/// `swift run -c release pointsub-bench [--quick]`: prints, for this machine, in one run:
+/// the ChaChaPoly seal rate on one core, single-stream throughput over raw TCP and over
+/// Noise + Yamux, connect + first stream + 1-byte echo latency, and secured connections per second.
+@main
+struct Bench {
+    static func main() async throws {
+        let quick = CommandLine.arguments.contains("--quick")
+        print("pointsub-bench on \(machineDescription())")
+        print(String(repeating: "-", count: 72))
+
+        let seal = chachaRate(seconds: quick ? 0.5 : 2)
+        print(String(format: "ChaChaPoly seal (one core, 65519-byte messages)   %8.1f MiB/s", seal))
+
+        let streamBytes = quick ? 64 << 20 : 512 << 20
+        let tcp = try await rawTCPThroughput(bytes: streamBytes)
+        print(String(format: "raw TCP single connection                        %8.1f MiB/s", tcp))
+
+        let p2p = try await streamThroughput(bytes: streamBytes)
+        print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
+
+        let (median, p99) = try await connectEchoLatency(iterations: quick ? 50 : 500)
+        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", median, p99))
+
+        let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
+        print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
+    }
+
+    static func machineDescription() -> String {
+        let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+            .split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
+        return "\(cpu), \(System.coreCount) cores"
+    }
+
+    static func chachaRate(seconds: Double) -> Double {
+        var state = NoiseHandshakeState(role: .initiator, staticKey: .init())
+        var responder = NoiseHandshakeState(role: .responder, staticKey: .init())
+        _ = try! responder.readMessage(state.writeMessage(payload: []))
+        _ = try! state.readMessage(responder.writeMessage(payload: []))
+        _ = try! responder.readMessage(state.writeMessage(payload: []))
+        var (cipher, _) = state.split()
+        let message = [UInt8](repeating: 0xAB, count: NoiseHandler.maxPlaintextLength)
+        var out = ByteBuffer()
+        out.reserveCapacity(70_000)
+        let clock = ContinuousClock()
+        let start = clock.now
+        var bytes = 0
+        while (clock.now - start) < .seconds(seconds) {
+            for _ in 0..<16 {
+                out.clear()
+                message.withUnsafeBytes { try! cipher.seal($0, into: &out) }
+                bytes += message.count
+            }
+        }
+        return Double(bytes) / 1_048_576 / (clock.now - start).secondsValue
+    }
+
+    /// Counts bytes until `expected`, then completes.
+    final class Sink: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        let expected: Int
+        let done: EventLoopPromise<Void>
+        var received = 0
+        init(expected: Int, done: EventLoopPromise<Void>) {
+            self.expected = expected
+            self.done = done
+        }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received += unwrapInboundIn(data).readableBytes
+            if received >= expected { done.succeed() }
+        }
+    }
+
+    static func rawTCPThroughput(bytes: Int) async throws -> Double {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let done = group.next().makePromise(of: Void.self)
+        let server = try await ServerBootstrap(group: group)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Sink(expected: bytes, done: done))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(to: server.localAddress!) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let chunk = ByteBuffer(repeating: 0x5A, count: 256 * 1024)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await client.executeThenClose { _, outbound in
+            var sent = 0
+            while sent < bytes {
+                try await outbound.write(chunk)
+                sent += chunk.readableBytes
+            }
+            try await done.futureResult.get()
+        }
+        let rate = Double(bytes) / 1_048_576 / (clock.now - start).secondsValue
+        try await server.close()
+        return rate
+    }
+
+    static func serverConfig() -> P2PHost.Configuration {
+        .defaults {
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+            $0.services = [EchoService()]
+        }
+    }
+
+    static func streamThroughput(bytes: Int) async throws -> Double {
+        try await withHost(configuration: serverConfig()) { server in
+            try server.setStreamHandler("/bench/sink/1.0.0") { stream in
+                var received = 0
+                while let chunk = try await stream.read() { received += chunk.readableBytes }
+                try await stream.write(ByteBuffer(string: "\(received)"))
+            }
+            return try await withHost { client in
+                _ = try await client.connect(to: server.addresses[0])
+                let stream = try await client.newStream(to: server.peerID, protocols: ["/bench/sink/1.0.0"])
+                let chunk = ByteBuffer(repeating: 0x5A, count: 256 * 1024)
+                let clock = ContinuousClock()
+                let start = clock.now
+                var sent = 0
+                while sent < bytes {
+                    try await stream.write(chunk)
+                    sent += chunk.readableBytes
+                }
+                try await stream.closeWrite()
+                let reply = try await stream.readToEnd(maxBytes: 64)
+                let elapsed = (clock.now - start).secondsValue
+                precondition(String(buffer: reply) == "\(bytes)", "sink received \(String(buffer: reply)) of \(bytes)")
+                return Double(bytes) / 1_048_576 / elapsed
+            }
+        }
+    }
+
+    static func connectEchoLatency(iterations: Int) async throws -> (median: Double, p99: Double) {
+        try await withHost(configuration: serverConfig()) { server in
+            try await withHost { client in
+                let address = server.addresses[0]
+                var samples: [Double] = []
+                let clock = ContinuousClock()
+                for i in 0..<(iterations + 10) {
+                    let start = clock.now
+                    let connection = try await client.connect(to: address)
+                    let stream = try await connection.newStream(protocols: [EchoService.protocolID])
+                    try await stream.write(ByteBuffer(bytes: [42]))
+                    let echo = try await stream.readExactly(1)
+                    let elapsed = (clock.now - start).secondsValue * 1000
+                    precondition(echo.getInteger(at: echo.readerIndex, as: UInt8.self) == 42)
+                    if i >= 10 { samples.append(elapsed) }  // the first few warm up
+                    stream.reset()
+                    await connection.close(graceful: false)
+                }
+                samples.sort()
+                return (samples[samples.count / 2], samples[min(samples.count - 1, Int(Double(samples.count) * 0.99))])
+            }
+        }
+    }
+
+    static func connectionsPerSecond(seconds: Double, workers: Int) async throws -> Double {
+        try await withHost(configuration: serverConfig()) { server in
+            let address = server.addresses[0]
+            let clock = ContinuousClock()
+            let start = clock.now
+            let total = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<workers {
+                    group.addTask {
+                        try await withHost { client in
+                            var count = 0
+                            while (clock.now - start) < .seconds(seconds) {
+                                let connection = try await client.connect(to: address)
+                                count += 1
+                                await connection.close(graceful: false)
+                            }
+                            return count
+                        }
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+            return Double(total) / (clock.now - start).secondsValue
+        }
+    }
+}
+
+extension Duration {
+    var secondsValue: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

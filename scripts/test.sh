@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: unit, loopback, and interop against py-libp2p 0.8.1 (both directions).
+# Installs what the tests need when it is missing: libgmp-dev and the py-libp2p virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== setting up the py-libp2p interop peer"
+bash scripts/setup-interop.sh
+
+echo "== building"
+swift build --build-tests
+
+echo "== testing"
+log=$(mktemp)
+set +e
+swift test --skip-build 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# Interop tests must run, not skip: fail if none of them ran.
+if ! grep -q 'InteropTests' "$log" && ! grep -Eq 'Suite "?InteropTests' "$log"; then
+    echo "interop tests did not run" >&2
+    status=1
+fi
+passed=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | grep -Eo '[0-9]+' | tail -1 || true)
+rm -f "$log"
+if [ "$status" -eq 0 ]; then
+    echo "swift-testing: ${passed:-0} passed, 0 failed"
+fi
+exit "$status"
