@@ -62,7 +62,9 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
-        .target(name: "PointSub", dependencies: ["LibP2P", "Protocols"], swiftSettings: strict),
+        .target(name: "PointSub", dependencies: [
+            "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
+        ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "PointSub",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

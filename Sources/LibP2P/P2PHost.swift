@@ -355,13 +355,16 @@ public final class P2PHost: Sendable {
         let upgrader = self.upgrader
         do {
             return try await withTimeout(timeout, "dial \(address)") { [self] in
-                // The upgrade starts once the channel is connected (below).
+                let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
                 let channel = try await transport.dial(plain, timeout: timeout.timeAmount) { channel in
-                    channel.eventLoop.makeSucceededVoidFuture()
+                    upgrade.withLockedValue {
+                        $0 = upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer))
+                    }
+                    return channel.eventLoop.makeSucceededVoidFuture()
                 }
                 let result: Upgrader.Result
                 do {
-                    result = try await upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer)).get()
+                    result = try await upgrade.withLockedValue { $0! }.get()
                 } catch {
                     channel.close(promise: nil)
                     throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])

@@ -28,6 +28,7 @@ struct Upgrader: Sendable {
         let session: YamuxSession
     }
 
+    /// Call it from the channel's initializer, before the channel is active.
     func upgrade(channel: Channel, role: Role) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
         let done = loop.makePromise(of: Result.self)
@@ -37,8 +38,12 @@ struct Upgrader: Sendable {
         }
         done.futureResult.whenComplete { _ in deadline.cancel() }
         done.futureResult.whenFailure { _ in channel.close(promise: nil) }
-        loop.execute {
-            self.start(channel: channel, role: role).cascade(to: done)
+        // Called from a channel initializer, the first handler goes in before the channel can read:
+        // the remote's first bytes (its multistream header) must not reach an empty pipeline.
+        if loop.inEventLoop {
+            start(channel: channel, role: role).cascade(to: done)
+        } else {
+            loop.execute { self.start(channel: channel, role: role).cascade(to: done) }
         }
         return done.futureResult
     }

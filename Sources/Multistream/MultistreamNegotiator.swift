@@ -152,19 +152,20 @@ public struct MultistreamNegotiator: Sendable {
     /// The next complete message, or nil when more bytes are needed. Limits are checked before
     /// waiting for (and so buffering) the body.
     private mutating func nextMessage() throws(MultistreamError) -> String? {
+        // A valid prefix for a ≤ 1024-byte message has at most 2 bytes: anything longer is refused
+        // before it is decoded (and before its body could be buffered).
+        if let b0 = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            let b1 = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self), b0 & 0x80 != 0, b1 & 0x80 != 0
+        {
+            throw MultistreamError(.messageTooLong, "message length prefix too long")
+        }
         let prefix: (value: UInt64, length: Int)?
         do {
             prefix = try buffer.getVarint(at: buffer.readerIndex)
         } catch {
             throw MultistreamError(.invalidLength, "invalid length prefix")
         }
-        guard let (length, prefixLength) = prefix else {
-            // A valid prefix for a ≤ 1024-byte message has at most 2 bytes.
-            if buffer.readableBytes >= 2 {
-                throw MultistreamError(.messageTooLong, "message length prefix too long")
-            }
-            return nil
-        }
+        guard let (length, prefixLength) = prefix else { return nil }
         guard length <= UInt64(Self.maxMessageLength) else {
             throw MultistreamError(.messageTooLong, "message of \(length) bytes exceeds \(Self.maxMessageLength)")
         }

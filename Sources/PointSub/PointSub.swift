@@ -1,6 +1,10 @@
 @_exported import Identity
 @_exported import LibP2P
 @_exported import Multiformats
+@_exported import Multistream
+@_exported import Noise
+@_exported import Transport
+@_exported import Yamux
 @_exported import Protocols
 
 /// Runs `body` with a started host that answers identify and ping, then shuts the host down
