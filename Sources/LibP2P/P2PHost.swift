@@ -17,7 +17,9 @@ public protocol HostService: Sendable {
 public enum HostEvent: Sendable {
     /// A connection finished its upgrade.
     case connectionOpened(Connection)
-    case connectionClosed(Connection)
+    /// A connection ended; `error` says why when it was not a clean close (e.g. a YamuxError for a
+    /// peer that broke the muxer protocol).
+    case connectionClosed(Connection, error: (any Error)?)
     /// The first connection to a peer opened.
     case peerConnected(PeerID)
     /// The last connection to a peer closed.
@@ -429,7 +431,13 @@ public final class P2PHost: Sendable {
         }
         peerstore.setPublicKey(result.remote.remotePublicKey, for: peer)
         if direction == .outbound { peerstore.addAddresses([remoteAddress], for: peer, ttl: .connected) }
-        result.session.closeFuture.whenComplete { [weak self] _ in self?.unregister(connection) }
+        result.session.closeFuture.whenComplete { [weak self] result in
+            if case .failure(let error) = result {
+                self?.unregister(connection, error: error)
+            } else {
+                self?.unregister(connection, error: nil)
+            }
+        }
         logger.debug("connection opened", metadata: ["peer": "\(peer)", "direction": "\(direction.rawValue)"])
         emit(.connectionOpened(connection))
         if isFirst { emit(.peerConnected(peer)) }
@@ -438,7 +446,7 @@ public final class P2PHost: Sendable {
         return connection
     }
 
-    private func unregister(_ connection: Connection) {
+    private func unregister(_ connection: Connection, error: (any Error)?) {
         let peer = connection.remotePeer
         let wasLast = state.withLockedValue { s -> Bool in
             guard var list = s.connections[peer], let index = list.firstIndex(of: connection) else { return false }
@@ -446,7 +454,10 @@ public final class P2PHost: Sendable {
             s.connections[peer] = list.isEmpty ? nil : list
             return list.isEmpty
         }
-        emit(.connectionClosed(connection))
+        if let error {
+            logger.debug("connection failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+        emit(.connectionClosed(connection, error: error))
         if wasLast {
             peerstore.updateAddressTTL(for: peer, to: .recentlyConnected)
             emit(.peerDisconnected(peer))

@@ -66,10 +66,7 @@ struct EchoCommand: AsyncParsableCommand {
     /// Sends `bytes` of pseudo-random data while reading the echo back; true when it matches.
     static func echoOnce(host: P2PHost, peer: PeerID, bytes: Int, seed: UInt64) async throws -> Bool {
         let stream = try await host.newStream(to: peer, protocols: [EchoService.protocolID])
-        var generator = SplitMix(seed: seed &+ 0x9E37_79B9)
-        var payload = ByteBuffer()
-        payload.reserveCapacity(bytes)
-        for _ in 0..<bytes { payload.writeInteger(UInt8(truncatingIfNeeded: generator.next())) }
+        let payload = SplitMix.payload(bytes: bytes, seed: seed)
         let toSend = payload
         async let sent: Void = {
             var rest = toSend
@@ -88,6 +85,22 @@ struct EchoCommand: AsyncParsableCommand {
 
 /// A tiny deterministic generator for test payloads.
 struct SplitMix {
+    /// `bytes` pseudo-random bytes, filled 8 at a time.
+    static func payload(bytes: Int, seed: UInt64) -> ByteBuffer {
+        var generator = SplitMix(seed: seed &+ 0x9E37_79B9)
+        var buffer = ByteBuffer(repeating: 0, count: bytes)
+        buffer.withUnsafeMutableReadableBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                var word = generator.next()
+                let n = min(8, raw.count - offset)
+                withUnsafeBytes(of: &word) { raw.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: n) }
+                offset += n
+            }
+        }
+        return buffer
+    }
+
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
