@@ -47,10 +47,8 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         precondition(!protocols.isEmpty, "newStream needs at least one protocol")
         let stream = try await session.openStream()
         do {
-            let (proto, leftover) = try await withTimeout(negotiationTimeout, "protocol negotiation") {
-                try await MultistreamNegotiator.negotiate(
-                    role: .dialer(proposals: protocols), write: { try await stream.write($0) }, read: { try await stream.read() })
-            }
+            let (proto, leftover) = try await P2PHost.negotiate(
+                stream, role: .dialer(proposals: protocols), timeout: negotiationTimeout)
             return P2PStream(stream: stream, protocolID: proto, connection: self, leftover: leftover)
         } catch let error as MultistreamError where error.code == .noProtocolInCommon {
             stream.reset()

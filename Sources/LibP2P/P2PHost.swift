@@ -5,6 +5,7 @@ import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Noise
 import Transport
 import Yamux
 
@@ -114,8 +115,10 @@ public final class P2PHost: Sendable {
             self.ownsGroup = true
         }
         self.transport = TCPTransport(group: self.eventLoopGroup)
+        // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
+        let local = try! NoiseLocalIdentity(identity: identity)
         self.upgrader = Upgrader(
-            identity: identity, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount)
+            local: local, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount)
     }
 
     // MARK: - Lifecycle
@@ -490,11 +493,8 @@ public final class P2PHost: Sendable {
         let protocols = supportedProtocols
         let negotiated: (protocol: String, leftover: ByteBuffer)
         do {
-            negotiated = try await withTimeout(configuration.streamNegotiationTimeout, "protocol negotiation") {
-                try await MultistreamNegotiator.negotiate(
-                    role: .listener(protocols: protocols), write: { try await stream.write($0) },
-                    read: { try await stream.read() })
-            }
+            negotiated = try await Self.negotiate(
+                stream, role: .listener(protocols: protocols), timeout: configuration.streamNegotiationTimeout)
         } catch {
             logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
             stream.reset()
@@ -512,6 +512,28 @@ public final class P2PHost: Sendable {
         } catch {
             logger.debug("stream handler failed", metadata: ["protocol": "\(negotiated.protocol)", "error": "\(error)"])
             p2pStream.reset()
+        }
+    }
+
+    /// multistream-select on a new stream, bounded by `timeout`: a timer on the stream's event loop
+    /// resets the stream (cheaper than a task group per stream on this hot path).
+    static func negotiate(
+        _ stream: YamuxStream, role: MultistreamNegotiator.Role, timeout: Duration
+    ) async throws -> (protocol: String, leftover: ByteBuffer) {
+        let timedOut = NIOLockedValueBox(false)
+        let timer = stream.eventLoop.scheduleTask(in: timeout.timeAmount) {
+            timedOut.withLockedValue { $0 = true }
+            stream.reset()
+        }
+        defer { timer.cancel() }
+        do {
+            return try await MultistreamNegotiator.negotiate(
+                role: role, write: { try await stream.write($0) }, read: { try await stream.read() })
+        } catch {
+            if timedOut.withLockedValue({ $0 }) {
+                throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", underlying: [error])
+            }
+            throw error
         }
     }
 }

@@ -19,7 +19,7 @@ struct Upgrader: Sendable {
         case responder
     }
 
-    let identity: PrivateKey
+    let local: NoiseLocalIdentity
     let yamux: YamuxConfiguration
     let timeout: TimeAmount
 
@@ -65,7 +65,7 @@ struct Upgrader: Sendable {
             let role: MultistreamNegotiator.Role = isInitiator ? .dialer(proposals: [proto]) : .listener(protocols: [proto])
             return (NIOLoopBound(MultistreamNegotiationHandler(role: role, promise: promise), eventLoop: loop), promise.futureResult)
         }
-        let identity = self.identity
+        let local = self.local
         let yamux = self.yamux
         do {
             // Handlers are not Sendable: NIOLoopBound carries them into callbacks, which all run on `loop`.
@@ -74,7 +74,7 @@ struct Upgrader: Sendable {
             return securityDone.flatMapThrowing { _ -> EventLoopFuture<NoiseHandshakeResult> in
                 let promise = loop.makePromise(of: NoiseHandshakeResult.self)
                 let handshake = NoiseLibp2pHandshake(
-                    role: isInitiator ? .initiator : .responder, identity: identity, expectedRemotePeer: expectedPeer)
+                    role: isInitiator ? .initiator : .responder, local: local, expectedRemotePeer: expectedPeer)
                 try channel.pipeline.syncOperations.addHandler(
                     NoiseHandler(handshake: handshake, promise: promise), position: .after(security.value))
                 _ = channel.pipeline.syncOperations.removeHandler(security.value)

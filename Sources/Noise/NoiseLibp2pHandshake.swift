@@ -48,6 +48,26 @@ struct NoiseHandshakePayload: Equatable {
     }
 }
 
+/// Our side's long-lived Noise material: the static X25519 key and the handshake payload that binds
+/// it to our libp2p identity. Made once per host, so a handshake needs no Ed25519 signature of its own.
+public struct NoiseLocalIdentity: Sendable {
+    let staticKeyBytes: [UInt8]
+    let payload: [UInt8]
+
+    public init(identity: PrivateKey, staticKey: Curve25519.KeyAgreement.PrivateKey = .init()) throws {
+        self.staticKeyBytes = Array(staticKey.rawRepresentation)
+        let staticPublic = Array(staticKey.publicKey.rawRepresentation)
+        let signature = try identity.sign(NoiseLibp2pHandshake.signaturePrefix + staticPublic)
+        self.payload = NoiseHandshakePayload(identityKey: identity.publicKey.marshal(), identitySignature: signature)
+            .encoded()
+    }
+
+    var staticKey: Curve25519.KeyAgreement.PrivateKey {
+        // The bytes came from a valid key.
+        try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: staticKeyBytes)
+    }
+}
+
 /// The libp2p Noise handshake: XX plus the identity payload, which binds the libp2p identity key to
 /// the Noise static key with a signature over `"noise-libp2p-static-key:" ‖ static public key`.
 /// The responder sends its payload in message 2, the initiator in message 3; message 1 has none.
@@ -57,22 +77,24 @@ public struct NoiseLibp2pHandshake {
     public typealias Role = NoiseHandshakeState.Role
 
     private var state: NoiseHandshakeState
-    private let identity: PrivateKey
+    private let local: NoiseLocalIdentity
     private let expectedRemotePeer: PeerID?
-    private let staticPublicKey: [UInt8]
     public private(set) var result: NoiseHandshakeResult?
 
     public init(
         role: Role,
-        identity: PrivateKey,
+        local: NoiseLocalIdentity,
         expectedRemotePeer: PeerID? = nil,
-        staticKey: Curve25519.KeyAgreement.PrivateKey = .init(),
         ephemeralKey: Curve25519.KeyAgreement.PrivateKey = .init()
     ) {
-        self.state = NoiseHandshakeState(role: role, staticKey: staticKey, ephemeralKey: ephemeralKey)
-        self.identity = identity
+        self.state = NoiseHandshakeState(role: role, staticKey: local.staticKey, ephemeralKey: ephemeralKey)
+        self.local = local
         self.expectedRemotePeer = expectedRemotePeer
-        self.staticPublicKey = Array(staticKey.publicKey.rawRepresentation)
+    }
+
+    /// A handshake with a fresh static key (one signature per handshake); hosts use `init(role:local:…)`.
+    public init(role: Role, identity: PrivateKey, expectedRemotePeer: PeerID? = nil) throws {
+        self.init(role: role, local: try NoiseLocalIdentity(identity: identity), expectedRemotePeer: expectedRemotePeer)
     }
 
     public var isComplete: Bool { result != nil }
@@ -88,10 +110,10 @@ public struct NoiseLibp2pHandshake {
         let payload = try state.readMessage(message)
         switch (state.role, state.messageIndex) {
         case (.responder, 1):
-            return try state.writeMessage(payload: try localPayload())
+            return try state.writeMessage(payload: local.payload)
         case (.initiator, 2):
             result = try verify(payload)
-            return try state.writeMessage(payload: try localPayload())
+            return try state.writeMessage(payload: local.payload)
         case (.responder, 3):
             result = try verify(payload)
             return nil
@@ -101,11 +123,6 @@ public struct NoiseLibp2pHandshake {
     }
 
     public func split() -> (send: NoiseCipherState, receive: NoiseCipherState) { state.split() }
-
-    private func localPayload() throws -> [UInt8] {
-        let signature = try identity.sign(Self.signaturePrefix + staticPublicKey)
-        return NoiseHandshakePayload(identityKey: identity.publicKey.marshal(), identitySignature: signature).encoded()
-    }
 
     private func verify(_ bytes: [UInt8]) throws -> NoiseHandshakeResult {
         let payload = try NoiseHandshakePayload(decoding: bytes)

@@ -25,8 +25,9 @@ struct Bench {
         let p2p = try await streamThroughput(bytes: streamBytes)
         print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
 
-        let (median, p99) = try await connectEchoLatency(iterations: quick ? 50 : 500)
-        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", median, p99))
+        let latency = try await connectEchoLatency(iterations: quick ? 50 : 500)
+        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
+        print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
 
         let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
         print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
@@ -146,26 +147,47 @@ struct Bench {
         }
     }
 
-    static func connectEchoLatency(iterations: Int) async throws -> (median: Double, p99: Double) {
+    struct Latency {
+        var median: Double
+        var p99: Double
+        var connect: Double
+        var open: Double
+        var echo: Double
+    }
+
+    static func connectEchoLatency(iterations: Int) async throws -> Latency {
         try await withHost(configuration: serverConfig()) { server in
             try await withHost { client in
                 let address = server.addresses[0]
-                var samples: [Double] = []
+                var total: [Double] = []
+                var connect: [Double] = []
+                var open: [Double] = []
+                var echo: [Double] = []
                 let clock = ContinuousClock()
                 for i in 0..<(iterations + 10) {
-                    let start = clock.now
+                    let t0 = clock.now
                     let connection = try await client.connect(to: address)
+                    let t1 = clock.now
                     let stream = try await connection.newStream(protocols: [EchoService.protocolID])
+                    let t2 = clock.now
                     try await stream.write(ByteBuffer(bytes: [42]))
-                    let echo = try await stream.readExactly(1)
-                    let elapsed = (clock.now - start).secondsValue * 1000
-                    precondition(echo.getInteger(at: echo.readerIndex, as: UInt8.self) == 42)
-                    if i >= 10 { samples.append(elapsed) }  // the first few warm up
+                    let reply = try await stream.readExactly(1)
+                    let t3 = clock.now
+                    precondition(reply.getInteger(at: reply.readerIndex, as: UInt8.self) == 42)
+                    if i >= 10 {  // the first few warm up
+                        total.append((t3 - t0).secondsValue * 1000)
+                        connect.append((t1 - t0).secondsValue * 1000)
+                        open.append((t2 - t1).secondsValue * 1000)
+                        echo.append((t3 - t2).secondsValue * 1000)
+                    }
                     stream.reset()
                     await connection.close(graceful: false)
                 }
-                samples.sort()
-                return (samples[samples.count / 2], samples[min(samples.count - 1, Int(Double(samples.count) * 0.99))])
+                func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+                let sorted = total.sorted()
+                return Latency(
+                    median: median(total), p99: sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))],
+                    connect: median(connect), open: median(open), echo: median(echo))
             }
         }
     }

@@ -33,7 +33,7 @@ private func securedChannelWithoutMuxer(to server: P2PHost) async throws -> (Cha
             let done = securityDone.futureResult.flatMapThrowing { _ -> EventLoopFuture<NoiseHandshakeResult> in
                 let noiseDone = loop.makePromise(of: NoiseHandshakeResult.self)
                 try channel.pipeline.syncOperations.addHandler(
-                    NoiseHandler(handshake: NoiseLibp2pHandshake(role: .initiator, identity: identity), promise: noiseDone),
+                    NoiseHandler(handshake: try NoiseLibp2pHandshake(role: .initiator, identity: identity), promise: noiseDone),
                     position: .after(security.value))
                 _ = channel.pipeline.syncOperations.removeHandler(security.value)
                 return noiseDone.futureResult
