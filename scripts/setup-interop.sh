@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Prepare the Python side of the interop tests: Interop/.venv with the exact
+# packages of Interop/requirements.txt (py-libp2p 0.8.1 and its dependencies).
+#
+#   scripts/setup-interop.sh        # idempotent; prints nothing and exits 0 on success
+#
+# Steps:
+#   1. libgmp-dev (needed to build fastecdsa) via apt-get if `dpkg -s` says it
+#      is missing (as root, or with `sudo -n` if available).  Skipped on hosts
+#      without dpkg (e.g. macOS: `brew install gmp` yourself).
+#   2. Interop/.venv via `python3 -m venv` if missing or broken
+#      (override the interpreter with INTEROP_PYTHON=/path/to/python3.11+).
+#   3. `pip install -r Interop/requirements.txt` only when requirements.txt
+#      (or the interpreter) changed since the last successful install; the
+#      stamp is Interop/.venv/.requirements.sha256.  When a previous install
+#      exists with other requirements, the venv is rebuilt from scratch so it
+#      never keeps stale packages.
+# On failure it prints what failed (with the command's output) to stderr and
+# exits non-zero.  Concurrent runs are serialised with flock when available.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+INTEROP="$ROOT/Interop"
+VENV="$INTEROP/.venv"
+REQ="$INTEROP/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+PYTHON="${INTEROP_PYTHON:-python3}"
+
+fail() {
+    echo "setup-interop: error: $*" >&2
+    exit 1
+}
+
+# Run a command quietly; on failure show its output and stop.
+# Usage: run <timeout-seconds> <hint or ""> cmd args...
+run() {
+    local limit="$1" hint="$2" out
+    shift 2
+    local tmo=()
+    if command -v timeout >/dev/null 2>&1; then tmo=(timeout "$limit"); fi
+    if ! out="$(${tmo[@]+"${tmo[@]}"} "$@" 2>&1)"; then
+        {
+            echo "setup-interop: error: command failed: $*"
+            printf '%s\n' "$out" | tail -n 60
+            if [ -n "$hint" ]; then echo "setup-interop: hint: $hint"; fi
+        } >&2
+        exit 1
+    fi
+}
+
+[ -f "$REQ" ] || fail "missing $REQ"
+
+# Serialise concurrent runs (e.g. several test processes starting at once).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$INTEROP/.setup-interop.lock"
+    if ! flock -w 900 9; then fail "timed out waiting for another setup-interop run"; fi
+fi
+
+# 1. libgmp-dev --------------------------------------------------------------
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libgmp-dev >/dev/null 2>&1; then
+    SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+            SUDO=(sudo -n)
+        else
+            fail "libgmp-dev is not installed and we are not root (and passwordless sudo is not available); run: apt-get install libgmp-dev"
+        fi
+    fi
+    run 600 "" ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    run 900 "" ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev
+fi
+
+# 2. venv ---------------------------------------------------------------------
+command -v "$PYTHON" >/dev/null 2>&1 || fail "$PYTHON not found (set INTEROP_PYTHON)"
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; then
+    fail "$PYTHON is $("$PYTHON" -V 2>&1); Python >= 3.11 is required (set INTEROP_PYTHON)"
+fi
+
+venv_ok() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1
+}
+
+make_venv() {
+    # A half-created venv left by a failed run is caught by venv_ok next time.
+    rm -rf "$VENV"
+    run 300 "on Debian/Ubuntu install python3-venv" "$PYTHON" -m venv "$VENV"
+}
+
+if ! venv_ok; then
+    make_venv
+    venv_ok || { rm -rf "$VENV"; fail "created $VENV but its python/pip does not work"; }
+fi
+
+# 3. requirements -------------------------------------------------------------
+want="$("$VENV/bin/python" - "$REQ" <<'EOF'
+import hashlib, sys
+h = hashlib.sha256(open(sys.argv[1], "rb").read())
+h.update(("\npython " + sys.version).encode())
+print(h.hexdigest())
+EOF
+)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+
+if [ "$want" != "$have" ]; then
+    if [ -n "$have" ]; then
+        # Another set of requirements was installed before: start clean.
+        make_venv
+    fi
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONNOUSERSITE=1
+    unset PIP_USER PIP_TARGET PIP_PREFIX PIP_REQUIRE_VIRTUALENV || true
+    rm -f "$STAMP"
+    run 1800 "if building fastecdsa failed: it needs a C compiler (gcc), the Python headers (python3-dev) and libgmp-dev" \
+        "$VENV/bin/python" -m pip install --quiet --timeout 60 -r "$REQ"
+    run 120 "" "$VENV/bin/python" -c 'import libp2p, trio, nacl, base58'
+    printf '%s\n' "$want" >"$STAMP"
+fi
+
+exit 0
