@@ -9,7 +9,8 @@ extension MultistreamNegotiator {
         read: () async throws -> ByteBuffer?
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
         var negotiator = MultistreamNegotiator(role: role)
-        try await write(ByteBuffer(bytes: negotiator.start()))
+        let first = negotiator.start()
+        if !first.isEmpty { try await write(ByteBuffer(bytes: first)) }
         while true {
             guard let chunk = try await read() else {
                 throw MultistreamError(.unexpectedEOF, "stream closed during negotiation")

@@ -35,6 +35,7 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
         guard !started else { return }
         started = true
         let bytes = negotiator.start()
+        guard !bytes.isEmpty else { return }
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
     }
 

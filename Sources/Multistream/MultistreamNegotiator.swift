@@ -53,21 +53,25 @@ public struct MultistreamNegotiator: Sendable {
         }
     }
 
-    /// The bytes to send first. The dialer pipelines the header with its first proposal (one write);
-    /// the listener sends its header straight away, which the spec allows and saves a round trip.
+    /// The bytes to send first. The dialer pipelines the header with its first proposal (one write).
+    /// The listener sends nothing yet: its header goes out with its first answer, in one write, as
+    /// soon as the dialer has spoken (a dialer always speaks first, so nobody waits on it).
     public mutating func start() -> [UInt8] {
         precondition(isIdle, "start() called twice")
         var out: [UInt8] = []
-        Self.encode(Self.header, into: &out)
         switch role {
         case .dialer(let proposals):
+            Self.encode(Self.header, into: &out)
             Self.encode(proposals[0], into: &out)
             state = .dialerAwaitingHeader(index: 0)
         case .listener:
             state = .listenerAwaitingHeader
+            listenerHeaderPending = true
         }
         return out
     }
+
+    private var listenerHeaderPending = false
 
     private var isIdle: Bool {
         if case .idle = state { return true }
@@ -84,6 +88,10 @@ public struct MultistreamNegotiator: Sendable {
     public mutating func receive(_ bytes: ByteBuffer) throws(MultistreamError) -> Step {
         buffer.writeImmutableBuffer(bytes)
         var step = Step(send: [], negotiated: nil)
+        if listenerHeaderPending && bytes.readableBytes > 0 {
+            listenerHeaderPending = false
+            Self.encode(Self.header, into: &step.send)
+        }
         do {
             while negotiatedProtocol == nil, let message = try nextMessage() {
                 try handle(message, step: &step)
