@@ -1,0 +1,187 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Testing
+
+/// Runs the built `pointsub` binary the way a user would.
+enum CLI {
+    static let repoRoot: URL = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url
+    }()
+
+    static var binary: URL {
+        get throws {
+            for config in ["debug", "release"] {
+                let url = repoRoot.appendingPathComponent(".build/\(config)/pointsub")
+                if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+            }
+            throw Failure(description: "pointsub is not built (swift build --build-tests builds it)")
+        }
+    }
+
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func run(_ arguments: [String], timeout: TimeInterval = 60) async throws -> Result {
+        let process = Process()
+        process.executableURL = try binary
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let box = NIOLockedValueBox<(Data, Data)>((Data(), Data()))
+        let group = DispatchGroup()
+        for (i, pipe) in [out, err].enumerated() {
+            group.enter()
+            DispatchQueue.global().async {
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                box.withLockedValue { if i == 0 { $0.0 = data } else { $0.1 = data } }
+                group.leave()
+            }
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() > deadline {
+                process.terminate()
+                throw Failure(description: "pointsub \(arguments.joined(separator: " ")) timed out")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        group.wait()
+        let (o, e) = box.withLockedValue { $0 }
+        return Result(
+            status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+            stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// A serving command; returns once it printed its first `/p2p/` address.
+    final class Server: Sendable {
+        let process: Process
+        let address: String
+
+        init(_ arguments: [String]) async throws {
+            let process = Process()
+            process.executableURL = try CLI.binary
+            process.arguments = arguments
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let lines = NIOLockedValueBox<[String]>([])
+            let handle = out.fileHandleForReading
+            Thread.detachNewThread {
+                var pending = Data()
+                while true {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    pending.append(chunk)
+                    while let nl = pending.firstIndex(of: 0x0A) {
+                        lines.withLockedValue { $0.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)) }
+                        pending.removeSubrange(pending.startIndex...nl)
+                    }
+                }
+            }
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, process.isRunning {
+                if let first = lines.withLockedValue({ $0.first }) {
+                    self.process = process
+                    self.address = first
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            process.terminate()
+            throw Failure(description: "pointsub \(arguments.joined(separator: " ")) printed no address")
+        }
+
+        /// Sends `signal` and returns the exit status.
+        func stop(signal: Int32 = SIGTERM) async throws -> Int32 {
+            kill(process.processIdentifier, signal)
+            let deadline = Date().addingTimeInterval(15)
+            while process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            if process.isRunning {
+                process.terminate()
+                throw Failure(description: "did not exit after signal \(signal)")
+            }
+            return process.terminationStatus
+        }
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct CLITests {
+    @Test func idPrintsTheSeedsPeerID() async throws {
+        let one = try await CLI.run(["id", "--seed", "1"])
+        #expect(one.status == 0)
+        #expect(one.stdout == "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X\n")
+        let zero = try await CLI.run(["id", "--seed", "0"])
+        #expect(zero.stdout == "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\n")
+    }
+
+    @Test func keygenThenIdFromTheKeyFile() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pointsub-\(UUID()).key").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let made = try await CLI.run(["keygen", path])
+        #expect(made.status == 0)
+        let id = try await CLI.run(["id", "--key", path])
+        #expect(id.stdout == made.stdout)
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+    }
+
+    @Test func echoServerAndClientThenSIGTERMExitsZero() async throws {
+        let server = try await CLI.Server(["echo", "-l", "0", "--seed", "1"])
+        #expect(server.address.hasPrefix("/ip4/127.0.0.1/tcp/"))
+        #expect(server.address.hasSuffix("/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"))
+        let client = try await CLI.run(["echo", "-d", server.address, "--size", "1MiB", "--streams", "4"])
+        #expect(client.status == 0, "\(client.stdout)\(client.stderr)")
+        #expect(client.stdout.contains("echoed 4194304 bytes on 4 stream(s)"))
+        let ping = try await CLI.run(["ping", server.address, "--count", "3", "--interval", "10"])
+        #expect(ping.status == 0, "\(ping.stderr)")
+        #expect(ping.stdout.components(separatedBy: "\n").filter { $0.hasPrefix("ping ") }.count == 3)
+        #expect(try await server.stop(signal: SIGTERM) == 0)
+    }
+
+    @Test func echoListenOnMultiaddrAndSIGINT() async throws {
+        let server = try await CLI.Server(["echo", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        #expect(server.address.contains("/p2p/12D3KooW"))
+        #expect(try await server.stop(signal: SIGINT) == 0)
+    }
+
+    @Test func perfJSONEndsWithOneResultLine() async throws {
+        let server = try await CLI.Server(["perf", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        let run = try await CLI.run(["perf", server.address, "--upload", "4MiB", "--download", "2MiB", "--json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let last = run.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let json = try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any]
+        #expect(json?["upload_bytes"] as? Int == 4 << 20)
+        #expect(json?["download_bytes"] as? Int == 2 << 20)
+        #expect(try await server.stop() == 0)
+    }
+
+    @Test func badArgumentsFailWithNonZeroStatus() async throws {
+        #expect(try await CLI.run(["echo"]).status != 0)
+        #expect(try await CLI.run(["ping", "/ip4/127.0.0.1/tcp/1"]).status != 0)  // no /p2p/
+        #expect(try await CLI.run(["id", "--seed", "1", "--key", "x"]).status != 0)
+        let refused = try await CLI.run([
+            "ping", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X", "--count", "1",
+        ])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("could not connect"))
+    }
+
+    @Test func demoRuns() async throws {
+        let demo = try await CLI.run(["demo"], timeout: 120)
+        #expect(demo.status == 0, "\(demo.stderr)")
+        #expect(demo.stdout.contains("echo on /echo/1.0.0: sent \"hello, libp2p\", got \"hello, libp2p\""))
+        #expect(demo.stdout.contains("both hosts shut down cleanly"))
+    }
+}
