@@ -67,6 +67,7 @@ let package = Package(
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "PointSub",
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [

@@ -55,8 +55,6 @@ public final class P2PHost: Sendable {
         public var yamux: YamuxConfiguration = .defaults
         /// Started in this order when the host starts.
         public var services: [any HostService] = []
-        /// Event loop threads when the host makes its own group.
-        public var eventLoopThreads = System.coreCount
         public var logger = Logger(label: "pointsub.host", factory: { _ in SwiftLogNoOpLogHandler() })
 
         public init() {}
@@ -97,23 +95,20 @@ public final class P2PHost: Sendable {
     public let peerstore = Peerstore()
     public let configuration: Configuration
     public let eventLoopGroup: any EventLoopGroup
-    private let ownsGroup: Bool
     private let transport: TCPTransport
     private let upgrader: Upgrader
     private let state = NIOLockedValueBox(State())
     var logger: Logger { configuration.logger }
 
+    /// `eventLoopGroup`: where connections run; NIO's shared singleton group by default. The host
+    /// never shuts the group down.
     public init(identity: PrivateKey, configuration: Configuration = .defaults, eventLoopGroup: (any EventLoopGroup)? = nil) {
         self.identity = identity
         self.peerID = PeerID(publicKey: identity.publicKey)
         self.configuration = configuration
-        if let eventLoopGroup {
-            self.eventLoopGroup = eventLoopGroup
-            self.ownsGroup = false
-        } else {
-            self.eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
-            self.ownsGroup = true
-        }
+        // By default every host shares NIO's singleton group (one thread per core): two hosts in one
+        // process should not each start their own threads.
+        self.eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         self.transport = TCPTransport(group: self.eventLoopGroup)
         // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
         let local = try! NoiseLocalIdentity(identity: identity)
@@ -158,8 +153,12 @@ public final class P2PHost: Sendable {
             return (Array(s.handlerTasks.values), Array(s.subscribers.values))
         }
         for task in tasks { task.cancel() }
+        // Cancelled tasks end quickly now that their connections are closed; wait for them (bounded)
+        // so none touches an event loop after the group is gone.
+        _ = try? await withTimeout(.seconds(2), "waiting for handler tasks") {
+            for task in tasks { await task.value }
+        }
         for subscriber in subscribers { subscriber.finish() }
-        if ownsGroup { try? await eventLoopGroup.shutdownGracefully() }
     }
 
     // MARK: - Listening
@@ -477,7 +476,12 @@ public final class P2PHost: Sendable {
         }
     }
 
-    /// Runs `work` as a task that shutdown cancels if it is still running.
+    /// Runs `work` as a task that `shutdown()` cancels and waits for. Services use it for their
+    /// background work (e.g. identify on a new connection).
+    public func spawn(_ work: @escaping @Sendable () async -> Void) {
+        track(work)
+    }
+
     private func track(_ work: @escaping @Sendable () async -> Void) {
         let id = state.withLockedValue { $0.takeID() }
         let task = Task { [weak self] in

@@ -51,21 +51,25 @@ struct NoiseHandshakePayload: Equatable {
 /// Our side's long-lived Noise material: the static X25519 key and the handshake payload that binds
 /// it to our libp2p identity. Made once per host, so a handshake needs no Ed25519 signature of its own.
 public struct NoiseLocalIdentity: Sendable {
-    let staticKeyBytes: [UInt8]
+    /// swift-crypto 3 does not mark its key types Sendable; this box is immutable after init.
+    private final class KeyBox: @unchecked Sendable {
+        let key: Curve25519.KeyAgreement.PrivateKey
+        init(_ key: Curve25519.KeyAgreement.PrivateKey) { self.key = key }
+    }
+
+    private let box: KeyBox
     let payload: [UInt8]
 
     public init(identity: PrivateKey, staticKey: Curve25519.KeyAgreement.PrivateKey = .init()) throws {
-        self.staticKeyBytes = Array(staticKey.rawRepresentation)
+        // Kept as a key object: rebuilding it from bytes would redo a scalar multiplication per handshake.
+        self.box = KeyBox(staticKey)
         let staticPublic = Array(staticKey.publicKey.rawRepresentation)
         let signature = try identity.sign(NoiseLibp2pHandshake.signaturePrefix + staticPublic)
         self.payload = NoiseHandshakePayload(identityKey: identity.publicKey.marshal(), identitySignature: signature)
             .encoded()
     }
 
-    var staticKey: Curve25519.KeyAgreement.PrivateKey {
-        // The bytes came from a valid key.
-        try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: staticKeyBytes)
-    }
+    var staticKey: Curve25519.KeyAgreement.PrivateKey { box.key }
 }
 
 /// The libp2p Noise handshake: XX plus the identity payload, which binds the libp2p identity key to

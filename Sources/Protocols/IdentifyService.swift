@@ -29,7 +29,7 @@ public struct IdentifyService: HostService {
             Self.record(message, from: stream.connection, host: host)
         }
         host.addConnectionObserver { connection in
-            Task {
+            host.spawn {
                 do {
                     _ = try await Self.identify(connection, host: host)
                 } catch {
@@ -40,7 +40,7 @@ public struct IdentifyService: HostService {
         host.addProtocolsObserver {
             let connections = host.allConnections
             guard !connections.isEmpty else { return }
-            Task { await Self.push(to: connections, host: host) }
+            host.spawn { await Self.push(to: connections, host: host) }
         }
     }
 

@@ -100,14 +100,18 @@ public struct TCPTransport: Sendable {
         timeout: TimeAmount,
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws -> Channel {
-        let (host, port) = try Self.hostAndPort(address)
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer(initializer)
         do {
-            return try await ClientBootstrap(group: group)
-                .connectTimeout(timeout)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer(initializer)
-                .connect(host: host, port: port)
-                .get()
+            // An IP address is connected to directly: connect(host:port:) would run the resolver
+            // (on a thread pool) even for a literal, which costs more than the loopback handshake.
+            if let socket = try? address.removingPeerID().socketAddress() {
+                return try await bootstrap.connect(to: socket).get()
+            }
+            let (host, port) = try Self.hostAndPort(address)
+            return try await bootstrap.connect(host: host, port: port).get()
         } catch let error as ChannelError {
             if case .connectTimeout = error {
                 throw TransportError(.dialTimeout, "connecting to \(address) timed out")

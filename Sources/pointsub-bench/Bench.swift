@@ -11,6 +11,9 @@ import PointSub
 @main
 struct Bench {
     static func main() async throws {
+        // Run Swift tasks on NIO's event loops, as the CLI does: no thread hop between a task and
+        // its channel's loop.
+        _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         let quick = CommandLine.arguments.contains("--quick")
         print("pointsub-bench on \(machineDescription())")
         print(String(repeating: "-", count: 72))

@@ -1,9 +1,19 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import PointSub
 
 @main
+enum Main {
+    static func main() async {
+        // Swift tasks run on NIO's event loops: no thread hop between a task and its connection.
+        _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await PointSubCommand.main()
+    }
+}
+
 struct PointSubCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pointsub",
