@@ -433,6 +433,37 @@ struct RawSessionTests {
         }
     }
 
+    @Test("openStream waits while the outbound ACK backlog is full, resumes on ACK")
+    func outboundAckBacklog() async throws {
+        var config = YamuxConfiguration.testing
+        config.maxOutboundAckBacklog = 1
+        let peer = try await RawPeer.make(role: .initiator, configuration: config)
+        let first = try await peer.session.openStream()
+        #expect(try await peer.nextFrame() == .windowUpdate(streamID: 1, flags: .syn, delta: 0))
+        let second = Task { try await peer.session.openStream() }
+        try await peer.barrier()
+        #expect(try await peer.writtenFrame() == nil)  // no second SYN yet
+        try await peer.inject(.windowUpdate(streamID: first.id, flags: .ack, delta: 0))
+        #expect(try await peer.nextFrame() == .windowUpdate(streamID: 3, flags: .syn, delta: 0))
+        #expect(try await second.value.id == 3)
+        try await peer.channel.close()
+    }
+
+    @Test("a cancelled read throws CancellationError and loses no data")
+    func cancelledRead() async throws {
+        let peer = try await RawPeer.make(role: .responder)
+        try await peer.inject(.windowUpdate(streamID: 1, flags: .syn, delta: 0))
+        var inbound = peer.session.inboundStreams.makeAsyncIterator()
+        let stream = try #require(await inbound.next())
+        let reader = Task { try await stream.read() }
+        reader.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await reader.value }
+        try await peer.inject(.data(streamID: 1, flags: .fin, payload: ByteBuffer(string: "kept")))
+        #expect(try await stream.read() == ByteBuffer(string: "kept"))
+        #expect(try await stream.read() == nil)
+        try await peer.channel.close()
+    }
+
     @Test("openStream beyond maxStreams throws streamLimit")
     func openStreamLimit() async throws {
         var config = YamuxConfiguration.testing
