@@ -509,7 +509,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard state != .ended else { return }
         state = .ended
         shared.isClosed.store(true, ordering: .releasing)
-        if let goAway, !stateMachine.isFailed {
+        if let goAway, !stateMachine.isFailed, !stateMachine.localGoAway {
             writeFrame(stateMachine.goAway(goAway), promise: nil)
         }
         flushIfNeeded()
