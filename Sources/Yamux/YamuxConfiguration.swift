@@ -113,7 +113,8 @@ public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let invalidStreamID = Code("invalidStreamID")
         /// `maxStreams` outbound streams are already open, or stream IDs are exhausted.
         public static let streamLimit = Code("streamLimit")
-        /// The accept backlog was full (used for streams we refused).
+        /// The accept backlog was full. (Part of the contract; currently never thrown: refused
+        /// inbound SYNs are answered with RST and never reach the application.)
         public static let acceptBacklogFull = Code("acceptBacklogFull")
         /// The stream was reset (by the peer, or locally with `reset()`).
         public static let streamReset = Code("streamReset")

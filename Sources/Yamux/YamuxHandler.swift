@@ -91,6 +91,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if context.channel.isActive { startKeepAlive() }
+        flushIfNeeded()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -450,14 +451,14 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func sendPing(promise: EventLoopPromise<TimeAmount>?) -> UInt32 {
         nextPingID &+= 1
         let id = nextPingID
-        pings[id] = PingRecord(start: .now(), promise: promise)
+        pings[id] = PingRecord(start: eventLoop.now, promise: promise)
         writeFrame(.ping(opaque: id, ack: false), promise: nil)
         return id
     }
 
     private func receivedPong(_ opaque: UInt32) {
         guard let record = pings.removeValue(forKey: opaque) else { return }  // unknown: ignore
-        let rtt = NIODeadline.now() - record.start
+        let rtt = eventLoop.now - record.start
         shared.recordRTT(rtt)
         record.promise?.succeed(rtt)
         if keepAlivePingID == opaque {
@@ -495,6 +496,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    // MARK: - Introspection for tests
+
+    var isClosingForTests: Bool { state == .closing }
+    var pendingDataBytesForTests: Int { stateMachine.streams.values.reduce(0) { $0 + $1.pendingBytes } }
+
     // MARK: - End of session
 
     /// Ends the session once: optionally sends GoAway, fails everything still pending, closes
@@ -503,7 +509,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard state != .ended else { return }
         state = .ended
         shared.isClosed.store(true, ordering: .releasing)
-        if let goAway, !stateMachine.isFailed {
+        if let goAway, !stateMachine.isFailed, !stateMachine.localGoAway {
             writeFrame(stateMachine.goAway(goAway), promise: nil)
         }
         flushIfNeeded()

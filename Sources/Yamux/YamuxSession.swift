@@ -4,6 +4,17 @@ import NIOCore
 ///
 /// All protocol state lives in a `YamuxHandler` on the channel's event loop; this façade is
 /// `Sendable` and hops to the loop for every operation.
+///
+/// Flow control and back-pressure, end to end:
+/// - Receiving: each stream's queue holds at most the window we granted (256 KiB at first,
+///   auto-tuned up to `maxStreamWindow`, see `YamuxReceiveWindow`); credit is only given for
+///   data the application read, so a slow reader stalls its sender, never our memory.
+/// - Sending: `YamuxStream.write` suspends until its bytes fitted into the peer's window and
+///   the last frame was written to the channel; data frames are only produced while the
+///   channel is writable, so a slow connection (TCP, Noise below) stalls the writers.
+/// - Streams: the peer's unaccepted streams are bounded by `maxAcceptBacklog` (excess SYNs
+///   get RST), open streams per direction by `maxStreams`, and our unacknowledged SYNs by
+///   `maxOutboundAckBacklog` (`openStream()` waits).
 public final class YamuxSession: Sendable {
     public static let protocolID = "/yamux/1.0.0"
 
