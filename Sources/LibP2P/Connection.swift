@@ -43,9 +43,26 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public var streamCount: Int { session.openStreamCount }
 
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
-    public func newStream(protocols: [String]) async throws -> P2PStream {
+    ///
+    /// `lazy`: propose `protocols[0]` and return at once, without waiting a round trip for the
+    /// answer; the first read checks it (a refusal then surfaces as `.protocolNotSupported`). Use it
+    /// when the peer is known to support the protocol — `P2PHost.newStream` does so when identify
+    /// said it does, as go-libp2p does.
+    public func newStream(protocols: [String], lazy: Bool = false) async throws -> P2PStream {
         precondition(!protocols.isEmpty, "newStream needs at least one protocol")
         let stream = try await session.openStream()
+        if lazy {
+            var negotiator = MultistreamNegotiator(role: .dialer(proposals: [protocols[0]]))
+            do {
+                try await stream.write(ByteBuffer(bytes: negotiator.start()))
+            } catch {
+                stream.reset()
+                throw error
+            }
+            return P2PStream(
+                stream: stream, protocolID: protocols[0], connection: self, leftover: ByteBuffer(),
+                unverified: negotiator)
+        }
         do {
             let (proto, leftover) = try await P2PHost.negotiate(
                 stream, role: .dialer(proposals: protocols), timeout: negotiationTimeout)

@@ -320,14 +320,24 @@ public final class P2PHost: Sendable {
         return try await dial(address, expectedPeer: nil)
     }
 
-    /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it supports.
+    /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it
+    /// supports. When identify already told us which of them the peer supports, that one is proposed
+    /// lazily (no round trip before the stream is returned; go-libp2p does the same).
     public func newStream(to peer: PeerID, protocols: [String]) async throws -> P2PStream {
         let connection = try await connect(to: peer)
-        return try await connection.newStream(protocols: protocols)
+        return try await openStream(on: connection, protocols: protocols)
     }
 
     public func newStream(to address: Multiaddr, protocols: [String]) async throws -> P2PStream {
         let connection = try await connect(to: address)
+        return try await openStream(on: connection, protocols: protocols)
+    }
+
+    private func openStream(on connection: Connection, protocols: [String]) async throws -> P2PStream {
+        let known = Set(peerstore.protocols(for: connection.remotePeer))
+        if let preferred = protocols.first(where: known.contains) {
+            return try await connection.newStream(protocols: [preferred], lazy: true)
+        }
         return try await connection.newStream(protocols: protocols)
     }
 

@@ -1,5 +1,6 @@
 import Identity
 import Multiformats
+import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
 import Yamux
@@ -14,12 +15,18 @@ public final class P2PStream: Sendable {
     private let stream: YamuxStream
     /// Bytes read from the stream but not yet returned (negotiation leftovers, partial reads).
     private let pending: NIOLockedValueBox<ByteBuffer>
+    /// Lazy negotiation: the listener's answer to our proposal, still to be checked by the first read.
+    private let unverified: NIOLockedValueBox<MultistreamNegotiator?>
 
-    init(stream: YamuxStream, protocolID: String, connection: Connection, leftover: ByteBuffer) {
+    init(
+        stream: YamuxStream, protocolID: String, connection: Connection, leftover: ByteBuffer,
+        unverified: MultistreamNegotiator? = nil
+    ) {
         self.stream = stream
         self.protocolID = protocolID
         self.connection = connection
         self.pending = NIOLockedValueBox(leftover)
+        self.unverified = NIOLockedValueBox(unverified)
     }
 
     public var remotePeer: PeerID { connection.remotePeer }
@@ -27,6 +34,9 @@ public final class P2PStream: Sendable {
 
     /// The next chunk of data, or nil once the remote has closed its write side.
     public func read() async throws -> ByteBuffer? {
+        if var negotiator = unverified.withLockedValue({ $0 }) {
+            try await verifyNegotiation(&negotiator)
+        }
         let buffered: ByteBuffer? = pending.withLockedValue { pending in
             guard pending.readableBytes > 0 else { return nil }
             defer { pending = ByteBuffer() }
@@ -34,6 +44,27 @@ public final class P2PStream: Sendable {
         }
         if let buffered { return buffered }
         return try await stream.read()
+    }
+
+    /// Reads the listener's answer to a lazily sent proposal. A refusal resets the stream.
+    private func verifyNegotiation(_ negotiator: inout MultistreamNegotiator) async throws {
+        do {
+            while true {
+                guard let chunk = try await stream.read() else {
+                    throw MultistreamError(.unexpectedEOF, "stream closed during negotiation")
+                }
+                if try negotiator.receive(chunk).negotiated != nil { break }
+            }
+        } catch let error as MultistreamError {
+            unverified.withLockedValue { $0 = nil }
+            stream.reset()
+            if error.code == .noProtocolInCommon {
+                throw HostError(.protocolNotSupported, "\(remotePeer) does not support \(protocolID)", underlying: [error])
+            }
+            throw error
+        }
+        unverified.withLockedValue { $0 = nil }
+        unread(negotiator.takeLeftover())
     }
 
     private func unread(_ buffer: ByteBuffer) {

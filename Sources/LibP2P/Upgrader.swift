@@ -63,7 +63,10 @@ struct Upgrader: Sendable {
         @Sendable func negotiation(_ proto: String) -> (NIOLoopBound<MultistreamNegotiationHandler>, EventLoopFuture<String>) {
             let promise = loop.makePromise(of: String.self)
             let role: MultistreamNegotiator.Role = isInitiator ? .dialer(proposals: [proto]) : .listener(protocols: [proto])
-            return (NIOLoopBound(MultistreamNegotiationHandler(role: role, promise: promise), eventLoop: loop), promise.futureResult)
+            // The dialer does not wait for the listener's confirmation (one round trip saved per
+            // step); the handler checks it later and removes itself.
+            let handler = MultistreamNegotiationHandler(role: role, promise: promise, optimistic: isInitiator)
+            return (NIOLoopBound(handler, eventLoop: loop), promise.futureResult)
         }
         let local = self.local
         let yamux = self.yamux
@@ -77,7 +80,7 @@ struct Upgrader: Sendable {
                     role: isInitiator ? .initiator : .responder, local: local, expectedRemotePeer: expectedPeer)
                 try channel.pipeline.syncOperations.addHandler(
                     NoiseHandler(handshake: handshake, promise: promise), position: .after(security.value))
-                _ = channel.pipeline.syncOperations.removeHandler(security.value)
+                if !isInitiator { _ = channel.pipeline.syncOperations.removeHandler(security.value) }
                 return promise.futureResult
             }
             .flatMap { $0 }
@@ -87,7 +90,7 @@ struct Upgrader: Sendable {
                 return muxerDone.flatMapThrowing { _ in
                     let session = try YamuxSession.install(
                         on: channel, role: isInitiator ? .initiator : .responder, configuration: yamux)
-                    _ = channel.pipeline.syncOperations.removeHandler(muxer.value)
+                    if !isInitiator { _ = channel.pipeline.syncOperations.removeHandler(muxer.value) }
                     return Result(remote: remote, session: session)
                 }
             }

@@ -6,6 +6,12 @@ import NIOCore
 /// that came after the last negotiation message until it is removed, and fires them to the handler
 /// that replaced it. The usual sequence, done synchronously in the promise's callback on the event
 /// loop: add the next handler after this one, then remove this one.
+///
+/// Optimistic mode (a dialer with one proposal): the promise succeeds as soon as the proposal is
+/// sent, so the next protocol's first bytes follow it without waiting a round trip. The handler
+/// stays in the pipeline until the listener's answer arrives, checks it, hands on what follows, and
+/// removes itself; a refusal closes the channel with the error. Listeners read negotiation messages
+/// exactly (go, rust and py-libp2p do), so the early bytes wait for the next protocol's handler.
 public final class MultistreamNegotiationHandler: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
@@ -16,10 +22,18 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
     private var started = false
     private var finished = false
     private var leftover: ByteBuffer?
+    private let optimistic: String?
+    /// Optimistic mode: the promise succeeded, the listener's answer is still to be checked.
+    private var verifying = false
 
-    public init(role: MultistreamNegotiator.Role, promise: EventLoopPromise<String>) {
+    public init(role: MultistreamNegotiator.Role, promise: EventLoopPromise<String>, optimistic: Bool = false) {
         self.negotiator = MultistreamNegotiator(role: role)
         self.promise = promise
+        if optimistic, case .dialer(let proposals) = role, proposals.count == 1 {
+            self.optimistic = proposals[0]
+        } else {
+            self.optimistic = nil
+        }
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -37,10 +51,19 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
         let bytes = negotiator.start()
         guard !bytes.isEmpty else { return }
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        if let optimistic {
+            finished = true
+            verifying = true
+            promise.succeed(optimistic)
+        }
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
+        if verifying {
+            verify(context: context, bytes)
+            return
+        }
         if finished {
             leftover.setOrWriteImmutableBuffer(bytes)
             return
@@ -62,7 +85,30 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
         }
     }
 
+    private func verify(context: ChannelHandlerContext, _ bytes: ByteBuffer) {
+        do {
+            let step = try negotiator.receive(bytes)
+            guard step.negotiated != nil else { return }
+            verifying = false
+            let rest = negotiator.takeLeftover()
+            if rest.readableBytes > 0 { leftover.setOrWriteImmutableBuffer(rest) }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        } catch {
+            verifying = false
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+        }
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
+        if verifying {
+            // The listener hung up instead of confirming (a refusing listener may read our
+            // optimistic bytes as garbage and close without its `na`): say so before the next
+            // protocol's handler reports a bare EOF.
+            verifying = false
+            context.fireErrorCaught(
+                MultistreamError(.unexpectedEOF, "the listener closed the connection before confirming the protocol"))
+        }
         if !finished {
             finished = true
             promise.fail(MultistreamError(.unexpectedEOF, "connection closed during negotiation"))

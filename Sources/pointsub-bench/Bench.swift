@@ -13,7 +13,9 @@ struct Bench {
     static func main() async throws {
         // Run Swift tasks on NIO's event loops, as the CLI does: no thread hop between a task and
         // its channel's loop.
-        _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        if !CommandLine.arguments.contains("--default-executor") {
+            _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        }
         let quick = CommandLine.arguments.contains("--quick")
         print("pointsub-bench on \(machineDescription())")
         print(String(repeating: "-", count: 72))

@@ -104,6 +104,9 @@ struct InteropTests {
                 #expect(host.peerstore.info(for: connection.remotePeer)?.agentVersion == "py-libp2p-interop/0.8.1")
 
                 // …and ours reaches py.
+                // Now that identify told us py speaks /echo/1.0.0, streams to it are negotiated lazily.
+                try await Self.echo(host, peer: connection.remotePeer, bytes: 4096, streams: 2)
+
                 let seen = try await py.identified(peer: host.peerID.b58String)
                 #expect(seen["agent"] as? String == Self.agent)
                 let protocols = seen["protocols"] as? [String] ?? []

@@ -1,3 +1,4 @@
+import Multistream
 import NIOCore
 import NIOPosix
 import PointSub
@@ -207,5 +208,61 @@ struct HostTests {
                 #expect(client.peerstore.protocols(for: server.peerID).contains("/late/1.0.0"))
             }
         }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2)))
+struct OptimisticNegotiationTests {
+    @Test func lazyStreamAfterIdentifyWorks() async throws {
+        try await withHost(configuration: listeningConfig()) { server in
+            try await withHost { client in
+                let connection = try await client.connect(to: server.addresses[0])
+                try await IdentifyService.identify(connection, host: client)
+                #expect(client.peerstore.protocols(for: server.peerID).contains(EchoService.protocolID))
+                // Known protocol: newStream proposes lazily and the first read checks the answer.
+                #expect(try await echo(client, to: server.peerID, "lazy") == "lazy")
+                let direct = try await connection.newStream(protocols: [EchoService.protocolID], lazy: true)
+                try await direct.write(ByteBuffer(string: "x"))
+                #expect(String(buffer: try await direct.readExactly(1)) == "x")
+                await direct.close()
+            }
+        }
+    }
+
+    @Test func lazyStreamRefusalSurfacesOnFirstRead() async throws {
+        try await withHost(configuration: listeningConfig()) { server in
+            try await withHost { client in
+                let connection = try await client.connect(to: server.addresses[0])
+                let stream = try await connection.newStream(protocols: ["/nope/1.0.0"], lazy: true)
+                await #expect { _ = try await stream.read() } throws: {
+                    ($0 as? HostError)?.code == .protocolNotSupported
+                }
+                #expect(try await echo(client, to: server.peerID, "ok") == "ok")
+            }
+        }
+    }
+
+    @Test func optimisticUpgradeRefusedByListenerFailsTheDial() async throws {
+        // A listener that speaks multistream but refuses everything.
+        let refuser = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        MultistreamNegotiationHandler(
+                            role: .listener(protocols: ["/tls/1.0.0"]), promise: channel.eventLoop.makePromise()))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = refuser.localAddress!.port!
+        try await withHost { client in
+            let someone = PeerID(publicKey: PrivateKey.ed25519(seed: 8).publicKey)
+            let address = try Multiaddr("/ip4/127.0.0.1/tcp/\(port)").appending(peerID: someone)
+            await #expect { try await client.connect(to: address) } throws: { error in
+                let upgrade = (error as? HostError)?.underlying.first as? HostError
+                let code = (upgrade?.underlying.first as? MultistreamError)?.code
+                return code == .noProtocolInCommon || code == .unexpectedEOF
+            }
+        }
+        try await refuser.close()
     }
 }
