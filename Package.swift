@@ -103,11 +103,10 @@ let package = Package(
             "PointSub", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
-        .testTarget(name: "CLITests", dependencies: [
+        .target(name: "TestSupport", dependencies: [
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-        ], swiftSettings: strict),
-        .testTarget(name: "InteropTests", dependencies: [
-            "PointSub", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-        ], swiftSettings: strict),
+        ], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: strict),
+        .testTarget(name: "InteropTests", dependencies: ["PointSub", "TestSupport"], swiftSettings: strict),
     ]
 )

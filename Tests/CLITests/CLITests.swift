@@ -1,117 +1,35 @@
 import Foundation
-import NIOConcurrencyHelpers
+import TestSupport
 import Testing
 
 /// Runs the built `pointsub` binary the way a user would.
 enum CLI {
-    static let repoRoot: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url
-    }()
-
     static var binary: URL {
         get throws {
             for config in ["debug", "release"] {
-                let url = repoRoot.appendingPathComponent(".build/\(config)/pointsub")
+                let url = ChildProcess.repoRoot.appendingPathComponent(".build/\(config)/pointsub")
                 if FileManager.default.isExecutableFile(atPath: url.path) { return url }
             }
-            throw Failure(description: "pointsub is not built (swift build --build-tests builds it)")
+            throw ChildProcess.Failure("pointsub is not built (swift build --build-tests builds it)")
         }
     }
 
-    struct Failure: Error, CustomStringConvertible { let description: String }
-
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
+    static func run(_ arguments: [String], timeout: TimeInterval = 60) async throws -> ChildProcess.Output {
+        try await ChildProcess.run(try binary, arguments, timeout: timeout)
     }
 
-    static func run(_ arguments: [String], timeout: TimeInterval = 60) async throws -> Result {
-        let process = Process()
-        process.executableURL = try binary
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let box = NIOLockedValueBox<(Data, Data)>((Data(), Data()))
-        let group = DispatchGroup()
-        for (i, pipe) in [out, err].enumerated() {
-            group.enter()
-            DispatchQueue.global().async {
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                box.withLockedValue { if i == 0 { $0.0 = data } else { $0.1 = data } }
-                group.leave()
-            }
-        }
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning {
-            if Date() > deadline {
-                process.terminate()
-                throw Failure(description: "pointsub \(arguments.joined(separator: " ")) timed out")
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        group.wait()
-        let (o, e) = box.withLockedValue { $0 }
-        return Result(
-            status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-            stderr: String(decoding: e, as: UTF8.self))
-    }
-
-    /// A serving command; returns once it printed its first `/p2p/` address.
-    final class Server: Sendable {
-        let process: Process
+    /// A serving command, once it printed its first `/p2p/` address.
+    struct Server {
+        let running: ChildProcess.Running
         let address: String
 
         init(_ arguments: [String]) async throws {
-            let process = Process()
-            process.executableURL = try CLI.binary
-            process.arguments = arguments
-            let out = Pipe()
-            process.standardOutput = out
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let lines = NIOLockedValueBox<[String]>([])
-            let handle = out.fileHandleForReading
-            Thread.detachNewThread {
-                var pending = Data()
-                while true {
-                    let chunk = handle.availableData
-                    if chunk.isEmpty { break }
-                    pending.append(chunk)
-                    while let nl = pending.firstIndex(of: 0x0A) {
-                        lines.withLockedValue { $0.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)) }
-                        pending.removeSubrange(pending.startIndex...nl)
-                    }
-                }
-            }
-            let deadline = Date().addingTimeInterval(30)
-            while Date() < deadline, process.isRunning {
-                if let first = lines.withLockedValue({ $0.first }) {
-                    self.process = process
-                    self.address = first
-                    return
-                }
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            process.terminate()
-            throw Failure(description: "pointsub \(arguments.joined(separator: " ")) printed no address")
+            running = try ChildProcess.Running(try CLI.binary, arguments)
+            address = try await running.firstLine(timeout: .seconds(30)) { $0.contains("/p2p/") }
         }
 
-        /// Sends `signal` and returns the exit status.
         func stop(signal: Int32 = SIGTERM) async throws -> Int32 {
-            kill(process.processIdentifier, signal)
-            let deadline = Date().addingTimeInterval(15)
-            while process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
-            if process.isRunning {
-                process.terminate()
-                throw Failure(description: "did not exit after signal \(signal)")
-            }
-            return process.terminationStatus
+            try await running.stop(signal: signal)
         }
     }
 }

@@ -31,8 +31,14 @@ struct InteropTests {
 
     func withPyListener<T: Sendable>(seed: UInt64, _ body: (PyListener, Multiaddr) async throws -> T) async throws -> T {
         let py = try await PyListener.start(seed: seed)
-        defer { py.stop() }
-        return try await body(py, try Multiaddr(py.address))
+        do {
+            let result = try await body(py, try Multiaddr(py.address))
+            await py.stop()
+            return result
+        } catch {
+            await py.stop()
+            throw error
+        }
     }
 
     static func echo(_ host: P2PHost, peer: PeerID, bytes: Int, streams: Int) async throws {
