@@ -51,6 +51,9 @@ public struct YamuxConfiguration: Sendable, Hashable {
     /// How long a keep-alive ping may stay unanswered before the session is closed with
     /// `YamuxError.Code.keepAliveTimeout`.
     public var keepAliveTimeout: TimeAmount = .seconds(30)
+    /// After `YamuxStream.close()`, how long the peer has to end its side (FIN or RST) before the
+    /// stream is reset, so a peer that never finishes cannot pin stream slots. nil waits forever.
+    public var closeLingerTimeout: TimeAmount? = .seconds(60)
 
     public init() {}
 

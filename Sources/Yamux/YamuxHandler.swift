@@ -423,6 +423,14 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         return promise.futureResult
     }
 
+    /// Resets a stream we closed if the peer has not ended its side within the linger timeout.
+    func lingerAfterClose(streamID id: UInt32) {
+        guard let timeout = configuration.closeLingerTimeout, streams[id] != nil else { return }
+        eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            if streams[id] != nil { resetStream(streamID: id) }
+        }
+    }
+
     func resetStream(streamID id: UInt32) {
         defer { afterOperation() }
         guard let (frame, promises) = stateMachine.reset(streamID: id) else { return }

@@ -207,6 +207,9 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         waiter?.resume(throwing: YamuxError(.streamClosed, "stream \(id) closed"))
         sendCredit(credit)
         try? await closeWrite()
+        let handler = self.handler
+        let id = self.id
+        eventLoop.execute { handler.value.lingerAfterClose(streamID: id) }
     }
 
     // MARK: Called by the handler on the event loop

@@ -34,6 +34,9 @@ struct Bench {
         print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
         print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
 
+        let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
+        print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
+
         let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
         print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
     }
@@ -193,6 +196,29 @@ struct Bench {
                 return Latency(
                     median: median(total), p99: sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))],
                     connect: median(connect), open: median(open), echo: median(echo))
+            }
+        }
+    }
+
+    /// Streams on one open connection to a peer that identify has described (so the protocol is
+    /// proposed lazily).
+    static func streamEchoLatency(iterations: Int) async throws -> (Double, Double) {
+        try await withHost(configuration: serverConfig()) { server in
+            try await withHost { client in
+                let connection = try await client.connect(to: server.addresses[0])
+                try await IdentifyService.identify(connection, host: client)
+                let clock = ContinuousClock()
+                var samples: [Double] = []
+                for i in 0..<(iterations + 20) {
+                    let start = clock.now
+                    let stream = try await client.newStream(to: server.peerID, protocols: [EchoService.protocolID])
+                    try await stream.write(ByteBuffer(bytes: [7]))
+                    _ = try await stream.readExactly(1)
+                    if i >= 20 { samples.append((clock.now - start).secondsValue * 1000) }
+                    await stream.close()
+                }
+                samples.sort()
+                return (samples[samples.count / 2], samples[min(samples.count - 1, Int(Double(samples.count) * 0.99))])
             }
         }
     }

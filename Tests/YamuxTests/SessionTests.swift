@@ -407,6 +407,30 @@ struct RawSessionTests {
         }
     }
 
+    @Test("a closed stream whose peer never ends its side is reset after the linger timeout")
+    func closeLingerTimeout() async throws {
+        var config = YamuxConfiguration.testing
+        config.closeLingerTimeout = .seconds(60)
+        let peer = try await RawPeer.make(role: .initiator, configuration: config)
+        let loop = try #require(peer.channel.eventLoop as? NIOAsyncTestingEventLoop)
+        let stream = try await peer.session.openStream()
+        let syn = try await peer.nextFrame()
+        #expect(syn.flags.contains(.syn) && syn.streamID == stream.id)
+        await stream.close()
+        let fin = try await peer.nextFrame()
+        #expect(fin.flags.contains(.fin) && fin.streamID == stream.id)
+        try await peer.barrier()
+        #expect(peer.session.openStreamCount == 1)  // the peer has not finished its side
+        await loop.advanceTime(by: .seconds(59))
+        #expect(try await peer.writtenFrame() == nil)
+        await loop.advanceTime(by: .seconds(1))
+        let rst = try await peer.nextFrame()
+        #expect(rst.flags.contains(.rst) && rst.streamID == stream.id)
+        try await peer.barrier()
+        #expect(peer.session.openStreamCount == 0)
+        try await peer.channel.close()
+    }
+
     @Test("keep-alive: unanswered ping closes the session with keepAliveTimeout")
     func keepAliveTimeout() async throws {
         var config = YamuxConfiguration.testing
