@@ -28,6 +28,24 @@ and serves /echo/1.0.0, /ipfs/ping/1.0.0 (py built-in), /ipfs/id/1.0.0
 and /perf/1.0.0 until stdin reaches EOF, SIGTERM/SIGINT arrives, or
 ``--lifetime`` seconds pass; then it exits 0.
 
+listen also serves PointSub request/response (docs/PROTOCOL.md) on
+/pointsub/reverse/1.0.0 (response = payload reversed byte-wise),
+/pointsub/upper/1.0.0 (response = payload with ASCII a-z upper-cased) and
+/pointsub/fail/1.0.0 (always an error message, code 1 ``handler``, text
+``py handler failed: <payload as UTF-8, invalid bytes -> U+FFFD>`` cut to
+64 KiB at a character boundary): any number of requests per stream, one at a
+time; maximum block size ``--max-block-size`` (default 32 MiB) checked on
+``length`` and ``original`` before any payload byte is read (error
+``tooLarge``, then FIN, then RST); compressed and plain requests accepted
+(inflating at most ``original`` + 1 bytes); replies zlib-compressed (level 6)
+when the payload is >= 1 KiB and 10 * compressed <= 9 * original; error
+``malformed`` + FIN + RST on a bad kind, reserved flag bits, a non-minimal or
+over-long (> 9 bytes) uvarint, bad zlib data, an inflated size other than
+``original``, or bytes after the end of the zlib stream.  EOF between two
+messages: the server closes its side; EOF inside a message: RST, no reply.
+``--pointsub-rst-only`` leaves out the FIN between the error and the RST (to
+test clients against the bare "error, then RST" of the spec).
+
 dial: runs one test and prints exactly one JSON line: ``{"ok":true,...}``
 (exit 0) or ``{"ok":false,"error":"..."}`` (exit 1; 3 on --timeout; 2 on bad
 arguments).  --timeout (default 60 s) covers connect + test::
@@ -38,6 +56,42 @@ arguments).  --timeout (default 60 s) covers connect + test::
                "protocols":[..],"listen_addrs":[..],"observed_addr":..,
                "public_key_matches":bool}
     perf      {"ok":true,"upload_bytes":B,"download_bytes":B,"seconds":s}
+    pointsub  {"ok":true,"requests":N,"compressed_requests":k,
+               "compressed_replies":m,"stream_reused":bool,"seconds":s}
+              (+ "error_code":3,"after_error":"reset" when --size exceeds
+              --max-block-size; then "requests" is 1)
+    pointsub-raw
+              {"ok":true,"kind":K,"flags":F,"payload_hex":..,"header_hex":..,
+               ["original":n,] ["code":c,"message":..,] "after":A}
+              or {"ok":true,"reset":true,"how":"reset"|"eof"}
+
+pointsub: ``--protocol P`` (one of the three above) ``[--count N]`` (default
+5) ``[--size B]`` (default 1 MiB; 0 allowed) ``[--compressible]``
+``[--fail-prefix TEXT]`` ``[--max-block-size B]``.  Opens ONE stream and sends
+N requests on it one after the other; request i carries B bytes of
+pseudo-random data (``random.Random(0x50534220 << 32 | i)``) or, with
+--compressible, the text ``PointSub request <i>: the quick brown fox jumps
+over the lazy dog. `` repeated and cut to B bytes.  Requests are compressed by
+the same rule as replies.  Each reply is checked: reverse -> reversed
+payload, upper -> upper-cased payload, fail -> error code 1 with exactly
+``--fail-prefix`` (default ``py handler failed: ``) + payload as text, cut to
+64 KiB (a success for this test).  If B exceeds --max-block-size the server
+must instead answer the first request with a ``tooLarge`` error and reset the
+stream (then the test stops after that request).  After the last reply the
+client closes its write side and requires the server to close its side
+(EOF, no reset).  ``compressed_requests``/``compressed_replies`` count
+messages sent/received with flags bit 0 set; ``stream_reused`` is true when
+>= 2 requests were answered on the one stream.  A reply whose length or
+original exceeds our --max-block-size makes us reset and fail.
+
+pointsub-raw: ``--protocol P`` (any ID) ``--hex HEX`` ``[--half-close]``.
+Writes the bytes on a fresh stream (then, with --half-close, closes our write
+side), reads one reply message and prints it: kind, flags, the payload
+(decompressed if flagged) as hex, the header as received, and for errors the
+code and message.  "after" is what the server did next within 2 s: "reset",
+"eof" (it closed its side), "data" (it sent more) or "open" (nothing).  If
+the stream ended before a reply, ``"reset":true`` with ``"how"`` telling a
+reset from a close (EOF).
 
 "seconds" is measured from opening the stream(s) to the last byte/EOF;
 observed_addr is null when the remote sent none; addresses that do not parse
@@ -116,6 +170,39 @@ with this file):
   the peer sits in a 60 s negative dial cache.
 * Importing ``libp2p`` takes 0.7-2 s (it imports QUIC, WebRTC, ... too);
   ``peer.py id`` does not import it.
+
+PointSub-specific quirks (measured py<->py):
+
+* A yamux RST *without* a FIN before it makes py's ``read()`` raise
+  StreamReset even while data that arrived before the RST is still buffered
+  (Yamux.read_stream checks ``reset_received`` before the buffer unless
+  ``recv_closed`` is set).  In practice a reply followed at once by a RST was
+  lost every time (6/6 runs): py processes both frames before the reading
+  task runs.  So (1) our server sends its tooLarge/malformed error, then a
+  FIN, then the RST (after FIN+RST py still returns the buffered data), and
+  (2) our client (PsReader) reads the data left in py's stream buffer after
+  a StreamReset before reporting the reset.  --pointsub-rst-only makes the
+  server send the bare "error, RST" to exercise (2).
+* ``read(n)`` returns whatever is buffered, at most n: a 32 MiB payload
+  arrives in ~520 reads of at most 65,524 bytes (one yamux frame: py's writer
+  cuts every write into frames of 64 KiB - 12 bytes) when the reader keeps
+  up, and in reads of up to the receive window (256 KiB at first) when it
+  does not.  Headers are read with read(1) so that nothing past the header is
+  taken before the size checks.
+* Every ``read()`` sends a WINDOW_UPDATE for the bytes read (py's
+  PY_YAMUX_RELEASE_ON_READ is on by default), even a 1-byte one, so a peer
+  sees several tiny WINDOW_UPDATEs per PointSub header.  A small round trip
+  py<->py takes ~7 ms on loopback (100 requests on one stream: 0.7 s); how
+  much of that these frames cost was not measured.
+* A 32 MiB write is no problem through ``write_all`` (window-sized pieces);
+  py never sends more than the peer's window.  When the server refuses a
+  big request without reading it, the client's writer sits at a zero window
+  until the server's RST marks the stream closed, then fails; our client
+  therefore writes and reads each request concurrently and never cancels a
+  write in progress (cancelling py inside a frame write could cut the frame
+  and break the connection).
+* zlib at level 6 takes ~1 s per 32 MiB of random data (which then does not
+  qualify), ~0.15 s for 32 MiB of repetitive text.
 """
 
 from __future__ import annotations
@@ -131,6 +218,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 AGENT_VERSION = "py-libp2p-interop/0.8.1"
@@ -537,6 +625,306 @@ async def _reset(stream: Any) -> None:
 
 
 # --------------------------------------------------------------------------
+# PointSub request/response (docs/PROTOCOL.md)
+# --------------------------------------------------------------------------
+
+PS_REVERSE = "/pointsub/reverse/1.0.0"
+PS_UPPER = "/pointsub/upper/1.0.0"
+PS_FAIL = "/pointsub/fail/1.0.0"
+PS_PROTOCOLS = (PS_REVERSE, PS_UPPER, PS_FAIL)
+
+PS_REQUEST, PS_RESPONSE, PS_ERROR = 0x01, 0x02, 0x03
+PS_FLAG_COMPRESSED = 0x01
+PS_CODES = {1: "handler", 2: "busy", 3: "tooLarge", 4: "malformed", 5: "timeout",
+            6: "unavailable"}
+PS_HANDLER, PS_TOO_LARGE, PS_MALFORMED = 1, 3, 4
+PS_DEFAULT_MAX_BLOCK = 32 * 1024 * 1024
+PS_MAX_BLOCK = PS_DEFAULT_MAX_BLOCK  # --max-block-size
+PS_COMPRESS_MIN = 1024  # compress only payloads of at least 1 KiB ...
+PS_MAX_ERROR_TEXT = 64 * 1024  # error message text: at most 64 KiB (UTF-8 bytes)
+PS_UVARINT_MAX_BYTES = 9
+PS_FAIL_PREFIX = "py handler failed: "
+PS_RST_ONLY = False  # listen --pointsub-rst-only: no FIN between error and RST
+
+
+class PsViolation(Exception):
+    """The peer broke docs/PROTOCOL.md (server answers `malformed`)."""
+
+
+class PsTooLarge(Exception):
+    """`length` or `original` above the maximum block size."""
+
+
+class PsEOF(Exception):
+    """The stream ended inside a message (a connection error)."""
+
+
+def ps_uvarint(n: int) -> bytes:
+    if n < 0 or n >= 1 << 63:
+        raise ValueError(f"uvarint out of range: {n}")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def ps_compress(payload: bytes) -> bytes | None:
+    """zlib data if the rules say to compress (>= 1 KiB, saves >= 10 %), else None.
+
+    zlib level 6 (the default).  "Saves at least 10 %" is evaluated exactly:
+    10 * compressed <= 9 * original.
+    """
+    if len(payload) < PS_COMPRESS_MIN:
+        return None
+    c = zlib.compress(payload)
+    return c if 10 * len(c) <= 9 * len(payload) else None
+
+
+def ps_encode(kind: int, payload: bytes, compress: bool = True) -> tuple[bytes, bytes]:
+    """(header, wire payload) of one message."""
+    c = ps_compress(payload) if compress else None
+    if c is None:
+        return bytes([kind, 0]) + ps_uvarint(len(payload)), payload
+    return (
+        bytes([kind, PS_FLAG_COMPRESSED]) + ps_uvarint(len(c)) + ps_uvarint(len(payload)),
+        c,
+    )
+
+
+def ps_decompress(data: bytes, original: int) -> bytes:
+    """Inflate at most original + 1 bytes; anything but exactly `original`
+    bytes from one complete zlib stream (no trailing bytes) is a violation."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, original + 1)  # max_length 0 would mean "no limit"
+    except zlib.error as e:
+        raise PsViolation(f"bad zlib data: {e}")
+    if len(out) > original:
+        raise PsViolation(f"payload inflates to more than original={original} bytes")
+    if not d.eof:
+        raise PsViolation(
+            f"truncated zlib data (inflated {len(out)} of original={original} bytes)"
+        )
+    if len(out) != original:
+        raise PsViolation(f"payload inflates to {len(out)} bytes, original={original}")
+    if d.unused_data:
+        raise PsViolation(f"{len(d.unused_data)} bytes after the end of the zlib data")
+    return out
+
+
+def ps_error_payload(code: int, text: str) -> bytes:
+    return bytes([code]) + ps_error_text(text)
+
+
+def ps_error_text(text: str) -> bytes:
+    """UTF-8 text cut to at most 64 KiB at a character boundary."""
+    b = text.encode("utf-8")
+    if len(b) > PS_MAX_ERROR_TEXT:
+        b = b[:PS_MAX_ERROR_TEXT].decode("utf-8", "ignore").encode("utf-8")
+    return b
+
+
+def ps_fail_text(payload: bytes, prefix: str = PS_FAIL_PREFIX) -> bytes:
+    """Message of /pointsub/fail: prefix + payload decoded as UTF-8 (invalid
+    sequences become U+FFFD, Python's "replace"), cut to 64 KiB."""
+    return ps_error_text(prefix + payload.decode("utf-8", "replace"))
+
+
+def ps_apply(protocol: str, payload: bytes) -> tuple[int, bytes]:
+    """What our server answers: (kind, uncompressed payload)."""
+    if protocol == PS_REVERSE:
+        return PS_RESPONSE, payload[::-1]
+    if protocol == PS_UPPER:
+        return PS_RESPONSE, payload.upper()  # bytes.upper(): ASCII a-z only
+    return PS_ERROR, bytes([PS_HANDLER]) + ps_fail_text(payload)
+
+
+class PsMessage:
+    def __init__(self, kind: int, flags: int, length: int, original: int | None,
+                 header: bytes, payload: bytes) -> None:
+        self.kind, self.flags, self.length, self.original = kind, flags, length, original
+        self.header, self.payload = header, payload
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & PS_FLAG_COMPRESSED)
+
+
+class PsReader:
+    """Reads PointSub messages from a py NetStream, never past the current one.
+
+    Headers are read with read(1) calls, payloads with read(remaining), so
+    nothing beyond what the current message needs is taken from py's buffer.
+
+    py 0.8.1 quirk: when a yamux RST arrives without a FIN before it, py's
+    read() raises StreamReset even if data that arrived *before* the RST is
+    still buffered (the buffer is kept in Yamux.stream_buffers, only not
+    returned).  A server that answers `tooLarge`/`malformed` and resets right
+    away would then lose its error reply at a py client depending on task
+    scheduling.  On the first StreamReset we therefore hand out what is left
+    in that buffer (it is all data the peer sent before its RST), then raise.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.salvage: bytearray | None = None
+        self.salvaged = 0
+        self.reads = 0
+        self.read_bytes = 0
+        self.max_read = 0
+
+    async def read_up_to(self, n: int) -> bytes:
+        """Up to n bytes; b"" at EOF; StreamReset after a reset."""
+        if self.salvage is None:
+            try:
+                data = await read_some(self.stream, n)
+            except L.StreamReset:
+                ms = getattr(self.stream, "muxed_stream", None)
+                buf = None
+                try:
+                    buf = ms.conn.stream_buffers.get(ms.stream_id)
+                except Exception:
+                    pass
+                if not buf:
+                    raise
+                log.info("pointsub: stream reset with %d bytes still buffered; "
+                         "reading them before reporting the reset", len(buf))
+                self.salvage = buf
+            else:
+                self.reads += 1
+                self.read_bytes += len(data)
+                self.max_read = max(self.max_read, len(data))
+                return data
+        if not self.salvage:
+            raise L.StreamReset("stream reset by the peer")
+        data = bytes(self.salvage[:n])
+        del self.salvage[:n]
+        self.salvaged += len(data)
+        return data
+
+    async def read_exact(self, n: int, what: str) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = await self.read_up_to(n - len(buf))
+            if not chunk:
+                raise PsEOF(f"stream ended inside {what} ({len(buf)} of {n} bytes)")
+            buf += chunk
+        return bytes(buf)
+
+    async def read_uvarint(self, what: str, header: bytearray) -> int:
+        value = 0
+        for i in range(PS_UVARINT_MAX_BYTES):
+            b = (await self.read_exact(1, what))[0]
+            header.append(b)
+            value |= (b & 0x7F) << (7 * i)
+            if not b & 0x80:
+                if b == 0 and i > 0:
+                    raise PsViolation(f"non-minimal uvarint in {what}: {header.hex()}")
+                return value
+        raise PsViolation(f"uvarint in {what} longer than {PS_UVARINT_MAX_BYTES} bytes")
+
+    async def read_message(self, server: bool) -> PsMessage | None:
+        """The next message; None on a clean EOF before its first byte.
+
+        Raises PsViolation, PsTooLarge, PsEOF (EOF inside the message) or
+        StreamReset.  Limits are checked before the payload is read.
+        """
+        first = await self.read_up_to(1)
+        if not first:
+            return None
+        kind = first[0]
+        allowed = (PS_REQUEST,) if server else (PS_RESPONSE, PS_ERROR)
+        if kind not in allowed:
+            raise PsViolation(f"unexpected message kind 0x{kind:02x}")
+        header = bytearray(first)
+        flags = (await self.read_exact(1, "the flags"))[0]
+        header.append(flags)
+        if flags & ~PS_FLAG_COMPRESSED:
+            raise PsViolation(f"reserved flag bits set: 0x{flags:02x}")
+        length = await self.read_uvarint("length", header)
+        if length > PS_MAX_BLOCK:
+            raise PsTooLarge(
+                f"length {length} exceeds the maximum block size of {PS_MAX_BLOCK} bytes"
+            )
+        original = None
+        if flags & PS_FLAG_COMPRESSED:
+            original = await self.read_uvarint("original", header)
+            if original > PS_MAX_BLOCK:
+                raise PsTooLarge(
+                    f"original {original} exceeds the maximum block size of "
+                    f"{PS_MAX_BLOCK} bytes"
+                )
+        wire = await self.read_exact(length, "the payload")
+        payload = wire if original is None else ps_decompress(wire, original)
+        return PsMessage(kind, flags, length, original, bytes(header), payload)
+
+
+async def ps_write(stream: Any, kind: int, payload: bytes) -> bool:
+    """Write one message (compressed per the rules); True if compressed."""
+    header, wire = ps_encode(kind, payload)
+    await write_all(stream, header + wire)
+    return bool(header[1] & PS_FLAG_COMPRESSED)
+
+
+async def ps_refuse(stream: Any, code: int, text: str) -> None:
+    """Error reply, then FIN, then RST.
+
+    The FIN before the RST is a py workaround: a py reader keeps (and
+    returns) buffered data after FIN+RST but not after a bare RST (see
+    PsReader).  The RST still aborts the unread rest of the request.
+    """
+    try:
+        with trio.fail_after(10):
+            await ps_write(stream, PS_ERROR, ps_error_payload(code, text))
+            if not PS_RST_ONLY:
+                await stream.close_write()
+    except Exception as e:
+        log.info("pointsub: could not send the %s error: %r", PS_CODES[code], e)
+    await _reset(stream)
+
+
+def make_ps_handler(protocol: str) -> Any:
+    async def handler(stream: Any) -> None:
+        peer = _peer_of(stream)
+        r = PsReader(stream)
+        n = 0
+        try:
+            while True:
+                try:
+                    msg = await r.read_message(server=True)
+                except PsTooLarge as e:
+                    log.info("pointsub %s: %s: request %d too large: %s", protocol, peer, n, e)
+                    await ps_refuse(stream, PS_TOO_LARGE, f"request too large: {e}")
+                    return
+                except PsViolation as e:
+                    log.info("pointsub %s: %s: request %d malformed: %s", protocol, peer, n, e)
+                    await ps_refuse(stream, PS_MALFORMED, f"malformed request: {e}")
+                    return
+                if msg is None:  # client closed its write side between messages
+                    await stream.close()
+                    log.info("pointsub %s: %s: %d requests, closed (reads: %d, "
+                             "largest %d bytes)", protocol, peer, n, r.reads, r.max_read)
+                    return
+                kind, payload = ps_apply(protocol, msg.payload)
+                compressed = await ps_write(stream, kind, payload)
+                n += 1
+                log.debug("pointsub %s: %s: request %d: %d bytes%s -> %d bytes%s", protocol,
+                          peer, n, len(msg.payload), " (compressed)" if msg.compressed else "",
+                          len(payload), " (compressed)" if compressed else "")
+        except Exception as e:  # EOF inside a message, reset, write failure
+            log.info("pointsub %s: %s: %s after %d requests; resetting", protocol, peer,
+                     _describe(e), n)
+            await _reset(stream)
+
+    return handler
+
+
+# --------------------------------------------------------------------------
 # listen mode
 # --------------------------------------------------------------------------
 
@@ -657,6 +1045,8 @@ async def wait_stdin_eof() -> None:
 
 async def run_listen(args: argparse.Namespace) -> int:
     host = make_host(args.seed)
+    for proto in PS_PROTOCOLS:
+        host.set_stream_handler(proto, make_ps_handler(proto))
     listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
     reporter = IdentifyReporter(host)
     reporter.install()
@@ -872,11 +1262,230 @@ async def test_perf(host: Any, pid: Any, args: argparse.Namespace) -> dict[str, 
     }
 
 
+def ps_request_payload(i: int, size: int, compressible: bool) -> bytes:
+    """Payload of request i: pseudo-random bytes, or repetitive ASCII text
+    (with lower-case letters, so /pointsub/upper changes it) that zlib
+    shrinks to well under 10 % once it is at least 1 KiB."""
+    if compressible:
+        unit = f"PointSub request {i}: the quick brown fox jumps over the lazy dog. ".encode()
+        return (unit * (size // len(unit) + 1))[:size]
+    return random.Random((0x50534220 << 32) | i).randbytes(size)
+
+
+async def ps_stream_end(r: PsReader, timeout: float, linger: bool = True) -> str:
+    """How the peer ends the stream after a reply: "reset", "eof" (FIN),
+    "data" (it sent more) or "open" (nothing within `timeout`).  After an
+    EOF, `linger` waits up to 1 s for a RST right behind the FIN."""
+    with trio.move_on_after(timeout):
+        try:
+            more = await r.read_up_to(1)
+        except L.StreamReset:
+            return "reset"
+        if more:
+            return "data"
+        if not linger:
+            return "eof"
+        # EOF.  A RST right behind the FIN (as our server sends) only shows
+        # up as a flag on the yamux stream.
+        ms = getattr(r.stream, "muxed_stream", None)
+        with trio.move_on_after(min(1.0, timeout)):
+            while not getattr(ms, "reset_received", False):
+                await trio.sleep(0.01)
+            return "reset"
+        return "eof"
+    return "open"
+
+
+def _ps_describe_reply(msg: PsMessage) -> str:
+    if msg.kind == PS_ERROR and msg.payload:
+        code = msg.payload[0]
+        text = msg.payload[1:201].decode("utf-8", "replace")
+        return f"error code {code} ({PS_CODES.get(code, 'unknown')}): {text!r}"
+    return f"kind 0x{msg.kind:02x}, {len(msg.payload)} payload bytes"
+
+
+async def test_pointsub(host: Any, pid: Any, args: argparse.Namespace) -> dict[str, Any]:
+    proto, size, count = args.protocol, args.size, args.count
+    if proto not in PS_PROTOCOLS:
+        raise TestFailure(f"--test pointsub: unknown --protocol {proto!r}")
+    oversize = size > PS_MAX_BLOCK  # the server must refuse it (tooLarge, then reset)
+    t0 = time.perf_counter()
+    stream = await host.new_stream(pid, [proto])
+    r = PsReader(stream)
+    sent = compressed_requests = compressed_replies = 0
+    end = None
+    try:
+        for i in range(count):
+            payload = ps_request_payload(i, size, args.compressible)
+            write_error: list[BaseException] = []
+            wrote = trio.Event()
+            reply: list[PsMessage | None] = []
+
+            async def writer() -> None:
+                nonlocal compressed_requests
+                try:
+                    if await ps_write(stream, PS_REQUEST, payload):
+                        compressed_requests += 1
+                except Exception as e:  # e.g. reset after an early error reply
+                    write_error.append(e)
+                wrote.set()
+
+            async def reader() -> None:
+                try:
+                    reply.append(await r.read_message(server=False))
+                except PsTooLarge as e:  # we reset the stream (below) and report
+                    raise TestFailure(f"reply {i} too large for us: {e}")
+                except PsViolation as e:
+                    raise TestFailure(f"reply {i} malformed: {e}")
+                except PsEOF as e:
+                    raise TestFailure(f"reply {i}: {e}")
+
+            # Write and read concurrently: a server may answer (tooLarge,
+            # malformed) before it has read the whole request.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                try:
+                    await reader()
+                except BaseException:
+                    if write_error:
+                        log.info("pointsub: write failed: %s", _describe(write_error[0]))
+                    raise
+                if not wrote.is_set():
+                    # Early reply (e.g. tooLarge): the server resets the
+                    # stream, which ends the writer.  It is not cancelled:
+                    # cancelling py inside a frame write could cut the frame.
+                    log.info("pointsub: reply %d arrived before the request was written", i)
+                    with trio.move_on_after(5):
+                        await wrote.wait()
+                    if not wrote.is_set():
+                        await _reset(stream)
+            sent += 1
+            msg = reply[0]
+            if msg is None:
+                raise TestFailure(f"request {i}: stream closed without a reply"
+                                  + (f" (write: {_describe(write_error[0])})"
+                                     if write_error else ""))
+            if msg.compressed:
+                compressed_replies += 1
+            if oversize:
+                if msg.kind != PS_ERROR or msg.payload[:1] != bytes([PS_TOO_LARGE]):
+                    raise TestFailure(f"request {i} ({size} bytes > {PS_MAX_BLOCK}): "
+                                      f"expected a tooLarge error, got {_ps_describe_reply(msg)}")
+                end = await ps_stream_end(r, 5.0)
+                if end != "reset":
+                    raise TestFailure(f"tooLarge error not followed by a reset (stream: {end})")
+                break
+            if write_error:
+                raise TestFailure(f"request {i}: write failed: {_describe(write_error[0])}")
+            if proto == PS_FAIL:
+                if msg.kind != PS_ERROR or not msg.payload:
+                    raise TestFailure(f"request {i}: expected an error, got "
+                                      f"{_ps_describe_reply(msg)}")
+                code, text = msg.payload[0], msg.payload[1:]
+                want = ps_fail_text(payload, args.fail_prefix)
+                if code != PS_HANDLER or text != want:
+                    raise TestFailure(
+                        f"request {i}: expected error code 1 with {len(want)} bytes of text "
+                        f"{want[:80]!r}..., got {_ps_describe_reply(msg)} "
+                        f"({len(text)} bytes of text)")
+            else:
+                if msg.kind != PS_RESPONSE:
+                    raise TestFailure(f"request {i}: expected a response, got "
+                                      f"{_ps_describe_reply(msg)}")
+                want = payload[::-1] if proto == PS_REVERSE else payload.upper()
+                if msg.payload != want:
+                    at = next((k for k, (a, b) in enumerate(zip(msg.payload, want)) if a != b),
+                              min(len(msg.payload), len(want)))
+                    raise TestFailure(
+                        f"request {i}: wrong response ({len(msg.payload)} bytes, expected "
+                        f"{len(want)}; first difference at byte {at})")
+        if not oversize:
+            # End the exchange: close our write side; the server must close its.
+            await stream.close_write()
+            # (py forgets a stream once both sides sent FIN, so a RST behind
+            # the server's FIN could not be seen here anyway: no linger.)
+            end = await ps_stream_end(r, 5.0, linger=False)
+            if end != "eof":
+                raise TestFailure(f"after our close the server's side went {end!r}, "
+                                  f"expected a close (EOF)")
+            await stream.close()
+    except BaseException:
+        await _reset(stream)
+        raise
+    secs = time.perf_counter() - t0
+    log.info("pointsub: %d reads, largest %d bytes, %d bytes salvaged after a reset",
+             r.reads, r.max_read, r.salvaged)
+    result: dict[str, Any] = {
+        "ok": True,
+        "requests": sent,
+        "compressed_requests": compressed_requests,
+        "compressed_replies": compressed_replies,
+        "stream_reused": sent >= 2,
+    }
+    if oversize:
+        result.update({"error_code": PS_TOO_LARGE, "after_error": end})
+    result["seconds"] = round(secs, 6)
+    return result
+
+
+async def test_pointsub_raw(host: Any, pid: Any, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        data = bytes.fromhex("".join(args.hex.split()))
+    except ValueError as e:
+        raise TestFailure(f"--hex: {e}")
+    stream = await host.new_stream(pid, [args.protocol])
+    r = PsReader(stream)
+    try:
+        async def writer() -> None:
+            try:
+                await write_all(stream, data)
+                if args.half_close:
+                    await stream.close_write()
+            except Exception as e:
+                log.info("pointsub-raw: write failed: %s", _describe(e))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            try:
+                msg = await r.read_message(server=False)
+            except L.StreamReset:
+                msg = "reset"
+            except PsEOF as e:
+                raise TestFailure(f"incomplete reply: {e}")
+            except PsTooLarge as e:
+                raise TestFailure(f"reply too large for us: {e}")
+            except PsViolation as e:
+                raise TestFailure(f"malformed reply: {e}")
+        if msg is None or msg == "reset":
+            await _reset(stream)
+            return {"ok": True, "reset": True, "how": "eof" if msg is None else "reset"}
+        result: dict[str, Any] = {
+            "ok": True,
+            "kind": msg.kind,
+            "flags": msg.flags,
+            "payload_hex": msg.payload.hex(),
+            "header_hex": msg.header.hex(),
+        }
+        if msg.original is not None:
+            result["original"] = msg.original
+        if msg.kind == PS_ERROR and msg.payload:
+            result["code"] = msg.payload[0]
+            result["message"] = msg.payload[1:].decode("utf-8", "replace")
+        result["after"] = await ps_stream_end(r, 2.0)
+        await _reset(stream)
+        return result
+    except BaseException:
+        await _reset(stream)
+        raise
+
+
 TESTS = {
     "echo": test_echo,
     "ping": test_ping,
     "identify": test_identify,
     "perf": test_perf,
+    "pointsub": test_pointsub,
+    "pointsub-raw": test_pointsub_raw,
 }
 
 
@@ -999,18 +1608,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ignore-stdin", action="store_true",
                     help="do not exit on stdin EOF (manual runs)")
     sp.add_argument("--window-stall", type=float, default=WINDOW_STALL)
+    sp.add_argument("--max-block-size", type=int, default=PS_DEFAULT_MAX_BLOCK,
+                    help="pointsub: maximum block size in bytes (default 32 MiB)")
+    sp.add_argument("--pointsub-rst-only", action="store_true",
+                    help="pointsub: send tooLarge/malformed errors followed by a bare "
+                         "RST (no FIN before it)")
 
     sp = sub.add_parser("dial", help="dial a peer and run one test")
     sp.add_argument("multiaddr", help="…/p2p/<peer id>")
     common(sp)
     sp.add_argument("--test", choices=sorted(TESTS), required=True)
     sp.add_argument("--timeout", type=float, default=60.0)
-    sp.add_argument("--size", type=int, default=1024 * 1024, help="echo: bytes per stream")
+    sp.add_argument("--size", type=int, default=1024 * 1024,
+                    help="echo: bytes per stream; pointsub: bytes per request")
     sp.add_argument("--streams", type=int, default=1, help="echo: concurrent streams")
-    sp.add_argument("--count", type=int, default=5, help="ping: round trips")
+    sp.add_argument("--count", type=int, default=5,
+                    help="ping: round trips; pointsub: requests on the one stream")
     sp.add_argument("--upload", type=int, default=1024 * 1024, help="perf: bytes up")
     sp.add_argument("--download", type=int, default=1024 * 1024, help="perf: bytes down")
     sp.add_argument("--window-stall", type=float, default=WINDOW_STALL)
+    sp.add_argument("--protocol", help="pointsub, pointsub-raw: protocol ID")
+    sp.add_argument("--compressible", action="store_true",
+                    help="pointsub: repetitive text payloads instead of random bytes")
+    sp.add_argument("--fail-prefix", default=PS_FAIL_PREFIX,
+                    help="pointsub on /pointsub/fail/1.0.0: expected message prefix")
+    sp.add_argument("--hex", help="pointsub-raw: bytes to write, as hex")
+    sp.add_argument("--half-close", action="store_true",
+                    help="pointsub-raw: close our write side after the bytes")
+    sp.add_argument("--max-block-size", type=int, default=PS_DEFAULT_MAX_BLOCK,
+                    help="pointsub: maximum block size in bytes (default 32 MiB)")
     return p
 
 
@@ -1033,10 +1659,11 @@ def setup_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global WINDOW_STALL
+    global WINDOW_STALL, PS_MAX_BLOCK, PS_RST_ONLY
     argv = sys.argv[1:] if argv is None else argv
     _Parser.json_errors = "dial" in argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.cmd == "id":
         emit(fast_peer_id(args.seed))
         return EXIT_OK
@@ -1049,6 +1676,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.timeout <= 0:
             emit_result({"ok": False, "error": "--timeout must be > 0"})
             return EXIT_FAIL
+        if args.test.startswith("pointsub") and not args.protocol:
+            parser.error(f"--test {args.test} needs --protocol")
+        if args.test == "pointsub" and args.protocol not in PS_PROTOCOLS:
+            parser.error(f"--test pointsub: --protocol must be one of {', '.join(PS_PROTOCOLS)}")
+        if args.test == "pointsub-raw" and args.hex is None:
+            parser.error("--test pointsub-raw needs --hex")
         # Last line of defence: whatever happens (even a wedged event loop),
         # print a result and exit shortly after --timeout.
         hard = args.timeout + 20.0
@@ -1056,6 +1689,11 @@ def main(argv: list[str] | None = None) -> int:
             hard, EXIT_TIMEOUT, {"ok": False, "error": f"hard timeout after {hard:g} s"}
         )
     WINDOW_STALL = args.window_stall
+    if args.cmd in ("listen", "dial"):
+        if not 0 <= args.max_block_size < 1 << 63:
+            parser.error("--max-block-size must be in [0, 2^63)")
+        PS_MAX_BLOCK = args.max_block_size
+        PS_RST_ONLY = getattr(args, "pointsub_rst_only", False)
 
     setup_logging(args.verbose)
     _import_libp2p()
