@@ -182,7 +182,9 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let error = YamuxError(.streamReset, "stream \(id) reset by peer")
                 for promise in promises { promise.fail(error) }
                 if let stream = streams.removeValue(forKey: id) {
-                    stream.fail(error, discardQueued: true)
+                    // The reader still gets what arrived before the reset (e.g. an error reply
+                    // sent just before it), then the reset error.
+                    stream.fail(error, discardQueued: false)
                     if let index = acceptQueue.firstIndex(where: { $0 === stream }) {
                         acceptQueue.remove(at: index)
                     }
