@@ -30,13 +30,16 @@ public struct PointSubRequest: Sendable {
 
 /// Reads the next message from `stream` through `parser`. Returns nil on a clean end of stream
 /// between messages; throws `PointSubError` for bad bytes (`.truncated` when the stream ends
-/// inside a message) and the stream's own errors as they are. `firstBytes` runs when the first
-/// bytes of the message arrive (not for bytes that were already buffered).
+/// inside a message) and the stream's own errors as they are. `firstBytes` runs once the message
+/// has its first bytes (already buffered ones included), before they are parsed.
 func readMessage(
     from stream: P2PStream, into parser: inout PointSubMessageParser, firstBytes: () throws -> Void = {}
 ) async throws -> PointSubMessage? {
-    if let message = try parser.next() { return message }
     var started = parser.bufferedBytes > 0
+    if started {
+        try firstBytes()
+        if let message = try parser.next() { return message }
+    }
     while true {
         guard let chunk = try await stream.read() else {
             try parser.finish()
