@@ -257,12 +257,24 @@ func expectViolation(
     }
 }
 
+/// Pseudo-random bytes (SplitMix64; SystemRandomNumberGenerator is a syscall per call on Linux).
 func randomBytes(_ count: Int) -> ByteBuffer {
-    var generator = SystemRandomNumberGenerator()
+    var state = UInt64.random(in: 0...UInt64.max)
+    func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
     var buffer = ByteBuffer()
-    buffer.reserveCapacity(count)
-    for _ in 0..<(count / 8) { buffer.writeInteger(generator.next() as UInt64) }
-    for _ in 0..<(count % 8) { buffer.writeInteger(UInt8.random(in: 0...255)) }
+    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
+        for word in 0..<(count / 8) {
+            pointer.storeBytes(of: next(), toByteOffset: word * 8, as: UInt64.self)
+        }
+        for index in (count / 8 * 8)..<count { pointer[index] = UInt8(truncatingIfNeeded: next()) }
+        return count
+    }
     return buffer
 }
 

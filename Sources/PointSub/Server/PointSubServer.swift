@@ -142,6 +142,11 @@ public final class PointSubServer: Sendable {
         }
     }
 
+    /// Resets every live stream, as a broken network would (for tests).
+    func debugResetStreams() {
+        for record in state.withLockedValue({ Array($0.records.values) }) { record.stream.reset() }
+    }
+
     public var statistics: Statistics { state.withLockedValue { $0.stats } }
     /// The current (adaptive) limit on concurrent streams.
     public var connectionLimit: Int { limiter.limit }
@@ -226,10 +231,10 @@ public final class PointSubServer: Sendable {
         while true {
             let message: PointSubMessage?
             do {
-                message = try await readMessage(from: stream, into: &parser) {
-                    try beginRequest(id)
-                    watchdog.arm(configuration.readTimeout)
-                }
+                message = try await readMessage(
+                    from: stream, into: &parser, firstBytes: { try beginRequest(id) },
+                    // Only a request that does not arrive in one piece needs the timer.
+                    incomplete: { watchdog.armIfIdle(configuration.readTimeout) })
             } catch let error as PointSubError {
                 watchdog.disarm()
                 await refuseBadRequest(stream, error, watchdog: watchdog)
@@ -242,9 +247,10 @@ public final class PointSubServer: Sendable {
                 }
                 return
             } catch {
-                // Reset by the client, closed by the cleanup or stop(), or the read timeout fired
-                // (the watchdog reset the stream): nothing to answer.
-                stream.reset()
+                // Closed by the cleanup or stop(): our FIN is out, the client sees a clean end
+                // (spec: it may resend elsewhere). Otherwise reset by the client, or the read
+                // timeout fired (the watchdog reset the stream): nothing to answer.
+                if !isClosing(id) { stream.reset() }
                 return
             }
             watchdog.disarm()
@@ -291,6 +297,8 @@ public final class PointSubServer: Sendable {
                 break
             }
 
+            // Counted before the write so the client never sees a reply the counters miss.
+            let more = countRequest(id, compressedReply: reply.isCompressed)
             watchdog.arm(configuration.writeTimeout)
             do {
                 try await stream.write(reply.encoded())
@@ -299,7 +307,7 @@ public final class PointSubServer: Sendable {
                 return
             }
             watchdog.disarm()
-            guard finishRequest(id, compressedReply: reply.isCompressed) else { return }
+            guard more, finishRequest(id) else { return }
         }
     }
 
@@ -314,6 +322,10 @@ public final class PointSubServer: Sendable {
         }
     }
 
+    private func isClosing(_ id: UInt64) -> Bool {
+        state.withLockedValue { $0.records[id]?.closing ?? false }
+    }
+
     private func cancelHandler(_ id: UInt64) {
         state.withLockedValue { s -> Task<Void, Never>? in
             s.records[id]?.handlerCancelled = true
@@ -321,22 +333,30 @@ public final class PointSubServer: Sendable {
         }?.cancel()
     }
 
-    /// The reply went out. Returns whether to wait for another request.
-    private func finishRequest(_ id: UInt64, compressedReply: Bool) -> Bool {
+    /// The reply is about to go out. Returns false when the stream ends after it
+    /// (`maxRequestsPerConnection` reached).
+    private func countRequest(_ id: UInt64, compressedReply: Bool) -> Bool {
         state.withLockedValue { s in
             s.stats.requestsHandled += 1
             if compressedReply { s.stats.compressedResponses += 1 }
-            guard var record = s.records[id] else { return false }
-            record.requestCount += 1
-            record.lastActive = .now
-            record.phase = .waiting
-            record.handlerTask = nil
-            record.handlerCancelled = false
-            s.records[id] = record
-            if let max = configuration.maxRequestsPerConnection, record.requestCount >= max {
+            guard let count = s.records[id]?.requestCount else { return false }
+            s.records[id]!.requestCount = count + 1
+            if let max = configuration.maxRequestsPerConnection, count + 1 >= max {
                 s.stats.streamsRetired += 1
                 return false
             }
+            return true
+        }
+    }
+
+    /// The reply went out: wait for the next request unless the server is stopping.
+    private func finishRequest(_ id: UInt64) -> Bool {
+        state.withLockedValue { s in
+            guard s.records[id] != nil else { return false }
+            s.records[id]!.lastActive = .now
+            s.records[id]!.phase = .waiting
+            s.records[id]!.handlerTask = nil
+            s.records[id]!.handlerCancelled = false
             return !s.stopping
         }
     }
@@ -445,13 +465,17 @@ final class StreamWatchdog: Sendable {
         }
     }
 
+    /// Arms the timer unless it is armed already.
+    func armIfIdle(_ duration: Duration) {
+        if state.withLockedValue({ $0.timer == nil }) { arm(duration) }
+    }
+
     func disarm() {
         let timer = state.withLockedValue { s -> Scheduled<Void>? in
-            defer {
-                s.generation += 1
-                s.timer = nil
-            }
-            return s.timer
+            guard let timer = s.timer else { return nil }
+            s.generation += 1
+            s.timer = nil
+            return timer
         }
         timer?.cancel()
     }

@@ -31,9 +31,11 @@ public struct PointSubRequest: Sendable {
 /// Reads the next message from `stream` through `parser`. Returns nil on a clean end of stream
 /// between messages; throws `PointSubError` for bad bytes (`.truncated` when the stream ends
 /// inside a message) and the stream's own errors as they are. `firstBytes` runs once the message
-/// has its first bytes (already buffered ones included), before they are parsed.
+/// has its first bytes (already buffered ones included), before they are parsed; `incomplete`
+/// runs each time a started message needs another read.
 func readMessage(
-    from stream: P2PStream, into parser: inout PointSubMessageParser, firstBytes: () throws -> Void = {}
+    from stream: P2PStream, into parser: inout PointSubMessageParser, firstBytes: () throws -> Void = {},
+    incomplete: () -> Void = {}
 ) async throws -> PointSubMessage? {
     var started = parser.bufferedBytes > 0
     if started {
@@ -41,6 +43,7 @@ func readMessage(
         if let message = try parser.next() { return message }
     }
     while true {
+        if started { incomplete() }
         guard let chunk = try await stream.read() else {
             try parser.finish()
             return nil
