@@ -189,8 +189,17 @@ struct StreamLifecycleTests {
             // Break the pooled stream: the server resets it behind the client's back.
             let serverStreams = server.connectionsInfo()
             #expect(serverStreams.count == 1)
+            let connection = try #require(client.host.connections(to: peer).first)
+            // Only our pooled stream is left once identify's streams are done.
+            #expect(await eventually { connection.streamCount == 1 })
             server.debugResetStreams()
             #expect(await eventually { server.connectionsInfo().isEmpty })
+            // Once the client's side has seen the reset (the stream is gone from its session),
+            // the pooled stream fails on reuse before the request is written, and the request
+            // goes out again on a fresh stream. (A reset that crosses the request on the wire
+            // is reported as connectionFailed(requestSent: true): the server might have
+            // processed it.)
+            #expect(await eventually { connection.streamCount == 0 })
             #expect(try await client.send("cd", to: peer, protocol: "/reverse/1.0.0") == "dc")
             let after = client.pooledStreamIDs(peer: peer, protocol: "/reverse/1.0.0")
             #expect(after.count == 1 && after != before)

@@ -1,6 +1,4 @@
 import LibP2P
-import Yamux
-import Transport
 
 /// The error code of an error message (`kind` 0x03), docs/PROTOCOL.md "Errors".
 public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
