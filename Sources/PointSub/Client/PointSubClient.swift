@@ -1,0 +1,463 @@
+import Identity
+import LibP2P
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Sends PointSub requests (docs/PROTOCOL.md) to peers and returns their replies.
+///
+/// Streams are pooled per (peer, protocol): after a complete exchange the stream goes back to
+/// the pool and the next request to the same peer and protocol reuses it.
+public final class PointSubClient: Sendable {
+    /// A stream this client opened, pooled or in use.
+    final class ClientStream: Sendable {
+        let id: UInt64
+        let stream: P2PStream
+        let protocolID: String
+        let created: ContinuousClock.Instant
+        /// Mutable bookkeeping; the stream itself is used by one exchange at a time (it is
+        /// either in the pool or checked out by exactly one `send`).
+        let info: NIOLockedValueBox<(lastActive: ContinuousClock.Instant, requestCount: Int, idle: Bool)>
+
+        init(id: UInt64, stream: P2PStream, protocolID: String) {
+            let now = ContinuousClock.now
+            self.id = id
+            self.stream = stream
+            self.protocolID = protocolID
+            self.created = now
+            self.info = NIOLockedValueBox((now, 0, false))
+        }
+    }
+
+    struct PoolKey: Hashable {
+        var peer: PeerID
+        var protocolID: String
+    }
+
+    private struct State {
+        var closed = false
+        var idle: [PoolKey: [ClientStream]] = [:]
+        var live: [UInt64: ClientStream] = [:]
+        var nextID: UInt64 = 1
+        var stats = Statistics()
+        var cleanupTask: Task<Void, Never>?
+    }
+
+    /// The request's fate as far as a timeout or cancellation needs to know it; shared by the
+    /// waiting caller and the task doing the exchange.
+    private final class Progress: Sendable {
+        private let state = NIOLockedValueBox<(stream: ClientStream?, requestSent: Bool, abandoned: Bool)>((nil, false, false))
+
+        /// The exchange starts on `stream`; false if the caller gave up already.
+        func use(_ stream: ClientStream) -> Bool {
+            state.withLockedValue { s in
+                guard !s.abandoned else { return false }
+                s.stream = stream
+                s.requestSent = false
+                return true
+            }
+        }
+
+        func markSent() { state.withLockedValue { $0.requestSent = true } }
+
+        /// The exchange on the current stream is over; true if the stream may go back to the pool.
+        func finish() -> Bool {
+            state.withLockedValue { s in
+                s.stream = nil
+                return !s.abandoned
+            }
+        }
+
+        /// A retryable failure: nothing was processed, so for a later timeout the request counts as unsent.
+        func resetSent() { state.withLockedValue { $0.requestSent = false } }
+
+        /// The caller gives up: resets the stream in use (ending its pending read or write) and
+        /// returns whether the request had been sent.
+        func abandon() -> Bool {
+            let (stream, sent) = state.withLockedValue { s in
+                s.abandoned = true
+                defer { s.stream = nil }
+                return (s.stream, s.requestSent)
+            }
+            stream?.stream.reset()
+            return sent
+        }
+    }
+
+    /// A pooled stream died before the request could be answered without the server having
+    /// processed it: send again on a fresh stream.
+    private struct StaleStream: Error {
+        var cause: any Error
+    }
+
+    public let host: P2PHost
+    public let configuration: Configuration
+    private let pool: BufferPool
+    private let state = NIOLockedValueBox(State())
+
+    /// Throws `.invalidConfiguration` for an unusable configuration.
+    public init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+        try configuration.validate()
+        self.host = host
+        self.configuration = configuration
+        self.pool = BufferPool(
+            maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
+        let interval = configuration.cleanupInterval
+        let task = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard let self, !Task.isCancelled else { return }
+                self.closeExpiredStreams()
+            }
+        }
+        state.withLockedValue { $0.cleanupTask = task }
+    }
+
+    deinit {
+        state.withLockedValue { $0.cleanupTask?.cancel() }
+    }
+
+    // MARK: - Sending
+
+    /// Sends `request` to `peer` on `protocolID` and returns the response.
+    ///
+    /// `timeout` (default `requestTimeout`) bounds the whole call, retries included. Retryable
+    /// failures (`PointSubError.isRetryable`) are retried up to `maxRetries` times after
+    /// `retryInterval` ± jitter. An error message from the server is thrown as `.remote(code)`
+    /// with the server's text, never returned as a response. Cancelling the calling task
+    /// resets the stream and throws `.cancelled`.
+    public func send(
+        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
+    ) async throws(PointSubError) -> ByteBuffer {
+        let limit = timeout ?? configuration.requestTimeout
+        let closed = state.withLockedValue { s in
+            if !s.closed { s.stats.requests += 1 }
+            return s.closed
+        }
+        guard !closed else { throw PointSubError(.clientClosed, "the client is closed") }
+        do {
+            let reply = try await send(request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit)
+            state.withLockedValue { $0.stats.succeeded += 1 }
+            return reply
+        } catch {
+            state.withLockedValue { $0.stats.failed += 1 }
+            throw error
+        }
+    }
+
+    /// `send` with plain bytes.
+    public func send(
+        _ request: [UInt8], to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
+    ) async throws(PointSubError) -> [UInt8] {
+        let reply = try await send(ByteBuffer(bytes: request), to: peer, protocol: protocolID, timeout: timeout)
+        return Array(reply.readableBytesView)
+    }
+
+    private func send(_ request: ByteBuffer, key: PoolKey, limit: Duration) async throws(PointSubError) -> ByteBuffer {
+        guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
+        guard request.readableBytes <= configuration.maxBlockSize else {
+            throw PointSubError(
+                .messageTooLarge,
+                "request of \(request.readableBytes) bytes exceeds the maximum block size of \(configuration.maxBlockSize)")
+        }
+        guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
+        let message = PointSubMessage.make(kind: .request, payload: request, compress: configuration.compression)
+        if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
+        let encoded = message.encoded()
+        let progress = Progress()
+        do {
+            return try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
+                try await self.attempts(encoded, key: key, progress: progress)
+            }
+        } catch let error as PointSubError {
+            throw error
+        } catch is TimeLimitExceeded {
+            let sent = progress.abandon()
+            throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) within \(limit)")
+        } catch {
+            _ = progress.abandon()
+            throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+        }
+    }
+
+    /// The first attempt and the retries.
+    private func attempts(_ encoded: ByteBuffer, key: PoolKey, progress: Progress) async throws -> ByteBuffer {
+        var retries = 0
+        var freshStream = false
+        while true {
+            do {
+                return try await exchange(encoded, key: key, progress: progress, freshStream: freshStream)
+            } catch let stale as StaleStream {
+                // A pooled stream that failed before the request was fully written, or ended
+                // without a reply byte (spec: the server processes no request after closing
+                // its side), is retried once on a fresh stream without counting as a retry.
+                guard !freshStream else { throw stale.cause }
+                state.withLockedValue { $0.stats.staleStreamRetries += 1 }
+                freshStream = true
+            } catch let error as PointSubError {
+                let closed = state.withLockedValue { $0.closed }
+                guard error.isRetryable, retries < configuration.maxRetries, !closed else { throw error }
+                retries += 1
+                freshStream = false
+                progress.resetSent()
+                state.withLockedValue { $0.stats.retries += 1 }
+                try await Task.sleep(for: jittered(configuration.retryInterval))
+            }
+        }
+    }
+
+    private func jittered(_ interval: Duration) -> Duration {
+        let jitter = configuration.retryJitter
+        guard jitter > 0 else { return interval }
+        return interval * (1 + Double.random(in: -jitter...jitter))
+    }
+
+    /// One request/reply exchange on a pooled or new stream.
+    private func exchange(
+        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, freshStream: Bool
+    ) async throws -> ByteBuffer {
+        let pooled = freshStream ? nil : checkOut(key)
+        let stream: ClientStream
+        if let pooled { stream = pooled } else { stream = try await open(key) }
+        let reused = pooled != nil
+        guard progress.use(stream) else {
+            drop(stream, reset: true)
+            throw CancellationError()
+        }
+        do {
+            try await stream.stream.write(encoded)
+        } catch {
+            drop(stream, reset: true)
+            if reused { throw StaleStream(cause: connectionFailed(sent: false, "writing the request failed", error)) }
+            throw connectionFailed(sent: false, "writing the request failed", error)
+        }
+        progress.markSent()
+
+        var parser = PointSubMessageParser(
+            maxBlockSize: configuration.maxBlockSize, accepting: [.response, .error], buffer: pool.take())
+        defer { pool.give(parser.takeBuffer()) }
+        let reply: PointSubMessage
+        do {
+            guard let message = try await readMessage(from: stream.stream, into: &parser) else {
+                drop(stream, reset: false)
+                let error = connectionFailed(sent: true, "the server closed the stream without replying", nil)
+                if reused { throw StaleStream(cause: error) }
+                throw error
+            }
+            reply = message
+        } catch let error as PointSubError {
+            // Spec "Limits": a reply over our limit (or any bad reply): reset and report.
+            drop(stream, reset: true)
+            if error.violation == .truncated {
+                throw connectionFailed(sent: true, "the stream ended inside the reply", error)
+            }
+            throw error
+        } catch let stale as StaleStream {
+            throw stale
+        } catch {
+            drop(stream, reset: true)
+            throw connectionFailed(sent: true, "reading the reply failed", error)
+        }
+        guard parser.bufferedBytes == 0 else {
+            drop(stream, reset: true)
+            throw PointSubError(.protocolViolation, "the server sent bytes after its reply", violation: .unsolicitedData)
+        }
+        let payload: ByteBuffer
+        do {
+            payload = try reply.decodedPayload(maxBlockSize: configuration.maxBlockSize)
+        } catch {
+            drop(stream, reset: true)
+            throw error
+        }
+        if reply.isCompressed { state.withLockedValue { $0.stats.compressedResponses += 1 } }
+        switch reply.kind {
+        case .response:
+            checkIn(stream, key: key, progress: progress)
+            return payload
+        case .error:
+            let remote: RemoteErrorPayload
+            do {
+                remote = try RemoteErrorPayload(decoding: payload)
+            } catch {
+                drop(stream, reset: true)
+                throw error
+            }
+            switch remote.code {
+            case .handler, .timeout:
+                // The server answered and waits for the next request: the stream stays usable.
+                checkIn(stream, key: key, progress: progress)
+            default:
+                // busy, tooLarge, malformed, unavailable: the server ends the stream.
+                drop(stream, reset: remote.code == .tooLarge || remote.code == .malformed)
+            }
+            throw PointSubError(.remote(remote.code), remote.message)
+        case .request:
+            preconditionFailure("the parser accepts only responses and errors")
+        }
+    }
+
+    private func connectionFailed(sent: Bool, _ text: String, _ underlying: (any Error)?) -> PointSubError {
+        PointSubError(.connectionFailed(requestSent: sent), text, underlying: underlying)
+    }
+
+    /// Connects if needed and opens a stream negotiated for the key's protocol, within `connectTimeout`.
+    private func open(_ key: PoolKey) async throws -> ClientStream {
+        let host = self.host
+        let stream: P2PStream
+        do {
+            stream = try await runWithTimeLimit(
+                configuration.connectTimeout, on: host.eventLoopGroup.next(), discard: { $0.reset() }
+            ) {
+                try await host.newStream(to: key.peer, protocols: [key.protocolID])
+            }
+        } catch is TimeLimitExceeded {
+            throw PointSubError(
+                .timeout(requestSent: false), "opening a stream to \(key.peer) took longer than \(configuration.connectTimeout)")
+        } catch let error as HostError where error.code == .protocolNotSupported {
+            throw PointSubError(.protocolNotSupported, "\(key.peer) does not serve \(key.protocolID)", underlying: error)
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            throw connectionFailed(sent: false, "could not open a stream to \(key.peer) for \(key.protocolID)", error)
+        }
+        return state.withLockedValue { s in
+            defer { s.nextID += 1 }
+            let client = ClientStream(id: s.nextID, stream: stream, protocolID: key.protocolID)
+            s.live[client.id] = client
+            s.stats.streamsOpened += 1
+            return client
+        }
+    }
+
+    // MARK: - Pool
+
+    /// The most recently used idle stream for `key` that is still usable.
+    private func checkOut(_ key: PoolKey) -> ClientStream? {
+        let now = ContinuousClock.now
+        let idleTimeout = configuration.idleTimeout
+        let (found, expired) = state.withLockedValue { s -> (ClientStream?, [ClientStream]) in
+            var expired: [ClientStream] = []
+            defer { for stream in expired { s.live.removeValue(forKey: stream.id) } }
+            while let candidate = s.idle[key]?.popLast() {
+                let usable = candidate.info.withLockedValue { info -> Bool in
+                    guard !candidate.stream.connection.isClosed, now - info.lastActive < idleTimeout else { return false }
+                    info.idle = false
+                    return true
+                }
+                if usable {
+                    s.stats.streamsReused += 1
+                    return (candidate, expired)
+                }
+                expired.append(candidate)
+            }
+            return (nil, expired)
+        }
+        for stream in expired { Task { await stream.stream.close() } }
+        return found
+    }
+
+    /// After a complete exchange: back to the pool, or closed if the pool is full, the client
+    /// closed, or the caller gave up.
+    private func checkIn(_ stream: ClientStream, key: PoolKey, progress: Progress) {
+        let wanted = progress.finish()
+        let pooled = state.withLockedValue { s -> Bool in
+            stream.info.withLockedValue { info in
+                info.requestCount += 1
+                info.lastActive = .now
+            }
+            guard wanted, !s.closed, (s.idle[key]?.count ?? 0) < configuration.maxIdleStreams else {
+                s.live.removeValue(forKey: stream.id)
+                return false
+            }
+            stream.info.withLockedValue { $0.idle = true }
+            s.idle[key, default: []].append(stream)
+            return true
+        }
+        if !pooled { Task { await stream.stream.close() } }
+    }
+
+    /// A stream that broke or that the server ended: never reused.
+    private func drop(_ stream: ClientStream, reset: Bool) {
+        state.withLockedValue { s in
+            s.live.removeValue(forKey: stream.id)
+            s.stats.streamsDropped += 1
+        }
+        if reset {
+            stream.stream.reset()
+        } else {
+            Task { await stream.stream.close() }
+        }
+    }
+
+    /// Closes pooled streams unused for `idleTimeout` (or whose connection ended).
+    func closeExpiredStreams(now: ContinuousClock.Instant = .now) {
+        let idleTimeout = configuration.idleTimeout
+        let expired = state.withLockedValue { s -> [ClientStream] in
+            var expired: [ClientStream] = []
+            for (key, streams) in s.idle {
+                let (keep, drop) = streams.partitioned { stream in
+                    stream.info.withLockedValue { now - $0.lastActive < idleTimeout } && !stream.stream.connection.isClosed
+                }
+                s.idle[key] = keep.isEmpty ? nil : keep
+                expired += drop
+            }
+            for stream in expired { s.live.removeValue(forKey: stream.id) }
+            return expired
+        }
+        for stream in expired { Task { await stream.stream.close() } }
+    }
+
+    /// Closes the pooled streams; later sends throw `.clientClosed`. Streams in use are closed
+    /// when their exchange ends.
+    public func close() async {
+        let (idle, cleanup) = state.withLockedValue { s in
+            s.closed = true
+            let idle = s.idle.values.flatMap { $0 }
+            s.idle = [:]
+            for stream in idle { s.live.removeValue(forKey: stream.id) }
+            defer { s.cleanupTask = nil }
+            return (idle, s.cleanupTask)
+        }
+        cleanup?.cancel()
+        for stream in idle { await stream.stream.close() }
+    }
+
+    // MARK: - Introspection
+
+    /// The streams this client has open (pooled or in use).
+    public func connectionsInfo() -> [ConnectionInfo] {
+        let now = ContinuousClock.now
+        let live = state.withLockedValue { $0.live.values.sorted { $0.id < $1.id } }
+        return live.map { stream in
+            let info = stream.info.withLockedValue { $0 }
+            return ConnectionInfo(
+                id: stream.id, remotePeer: stream.stream.remotePeer, protocolID: stream.protocolID,
+                created: stream.created, lastActive: info.lastActive, idleTime: now - info.lastActive,
+                requestCount: info.requestCount, isIdle: info.idle)
+        }
+    }
+
+    /// Idle streams in the pool for (peer, protocol).
+    public func pooledStreamCount(peer: PeerID, protocol protocolID: String) -> Int {
+        state.withLockedValue { $0.idle[PoolKey(peer: peer, protocolID: protocolID)]?.count ?? 0 }
+    }
+
+    /// Identities (`ConnectionInfo.id`) of the idle streams pooled for (peer, protocol), for
+    /// tests and diagnostics: the same ID before and after a request proves the stream was reused.
+    public func pooledStreamIDs(peer: PeerID, protocol protocolID: String) -> [UInt64] {
+        state.withLockedValue { $0.idle[PoolKey(peer: peer, protocolID: protocolID)]?.map(\.id) ?? [] }
+    }
+
+    public var statistics: Statistics { state.withLockedValue { $0.stats } }
+    public var bufferPoolStatistics: BufferPool.Statistics { pool.statistics }
+}
+
+extension Array {
+    fileprivate func partitioned(_ belongsInFirst: (Element) -> Bool) -> ([Element], [Element]) {
+        var first: [Element] = []
+        var second: [Element] = []
+        for element in self {
+            if belongsInFirst(element) { first.append(element) } else { second.append(element) }
+        }
+        return (first, second)
+    }
+}

@@ -1,0 +1,484 @@
+import Identity
+import LibP2P
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Serves PointSub requests (docs/PROTOCOL.md) for one or more protocol IDs on a host.
+///
+/// Each inbound stream is one PointSub "connection": the server reads a request, runs the
+/// handler (bounded by `handlerTimeout`), writes the reply, and waits for the next request on
+/// the same stream until the client closes it, it has been idle too long, or it reached
+/// `maxRequestsPerConnection`.
+public final class PointSubServer: Sendable {
+    public typealias Handler = @Sendable (PointSubRequest) async throws -> ByteBuffer
+
+    private enum Phase {
+        /// Waiting for the first byte of the next request.
+        case waiting
+        /// Receiving, handling, or answering a request.
+        case busy
+    }
+
+    private struct Record {
+        let id: UInt64
+        let stream: P2PStream
+        let protocolID: String
+        let created: ContinuousClock.Instant
+        var lastActive: ContinuousClock.Instant
+        var requestCount = 0
+        var phase = Phase.waiting
+        /// Set by the idle cleanup or `stop()` on a waiting stream: no further request is
+        /// processed on it, and its pending read ends.
+        var closing = false
+        var handlerTask: Task<Void, Never>?
+        /// The client went away while the handler ran (it may not have started yet).
+        var handlerCancelled = false
+    }
+
+    private struct State {
+        var protocols: Set<String> = []
+        var records: [UInt64: Record] = [:]
+        var nextID: UInt64 = 1
+        var stopping = false
+        var cleanupTask: Task<Void, Never>?
+        var stats = Statistics()
+    }
+
+    /// Why a request is not read any further (thrown out of `readMessage`'s first-bytes hook).
+    private struct Retired: Error {
+        /// The server is stopping: answer `unavailable` (nothing was processed).
+        var stopping: Bool
+    }
+
+    public let host: P2PHost
+    public let configuration: Configuration
+    private let limiter: ConnectionLimiter
+    private let pool: BufferPool
+    private let state = NIOLockedValueBox(State())
+
+    /// Throws `.invalidConfiguration` for an unusable configuration.
+    public init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+        try configuration.validate()
+        self.host = host
+        self.configuration = configuration
+        self.limiter = ConnectionLimiter(configuration.connectionLimit)
+        self.pool = BufferPool(
+            maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
+    }
+
+    deinit {
+        state.withLockedValue { $0.cleanupTask?.cancel() }
+    }
+
+    // MARK: - Serving
+
+    /// Serves `protocolID` with `handler`. Throws `.alreadyServing` if this server or another
+    /// handler on the host serves it already, `.serverStopped` after `stop()`.
+    public func start(_ protocolID: String, handler: @escaping Handler) throws(PointSubError) {
+        let refusal = state.withLockedValue { s -> PointSubError? in
+            guard !s.stopping else { return PointSubError(.serverStopped, "the server is stopped") }
+            guard !s.protocols.contains(protocolID) else {
+                return PointSubError(.alreadyServing, "\(protocolID) is already served")
+            }
+            s.protocols.insert(protocolID)
+            return nil
+        }
+        if let refusal { throw refusal }
+        do {
+            try host.setStreamHandler(protocolID) { [weak self] stream in
+                guard let self else { return stream.reset() }
+                await self.serve(stream, protocolID: protocolID, handler: handler)
+            }
+        } catch {
+            _ = state.withLockedValue { $0.protocols.remove(protocolID) }
+            throw PointSubError(.alreadyServing, "the host already has a handler for \(protocolID)", underlying: error)
+        }
+        startCleanup()
+    }
+
+    /// `start` with a handler on plain bytes.
+    public func start(
+        _ protocolID: String, handler: @escaping @Sendable ([UInt8]) async throws -> [UInt8]
+    ) throws(PointSubError) {
+        try start(protocolID) { (request: PointSubRequest) in
+            ByteBuffer(bytes: try await handler(Array(request.payload.readableBytesView)))
+        }
+    }
+
+    /// Stops accepting (removes the stream handlers; streams waiting for a request are closed),
+    /// lets requests in progress finish for up to `gracePeriod`, then resets what is left and
+    /// cancels those handlers. A request that arrives meanwhile gets `unavailable`.
+    public func stop(gracePeriod: Duration = .seconds(5)) async {
+        let (protocols, waiting, cleanup) = state.withLockedValue { s in
+            let protocols = s.stopping ? [] : Array(s.protocols)
+            s.stopping = true
+            defer { s.cleanupTask = nil }
+            return (protocols, Self.retireWaiting(&s) { _ in true }, s.cleanupTask)
+        }
+        cleanup?.cancel()
+        for protocolID in protocols { host.removeStreamHandler(protocolID) }
+        for stream in waiting { await stream.close() }
+        let deadline = ContinuousClock.now + gracePeriod
+        while ContinuousClock.now < deadline, state.withLockedValue({ !$0.records.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        let left = state.withLockedValue { Array($0.records.values) }
+        for record in left {
+            record.handlerTask?.cancel()
+            record.stream.reset()
+        }
+    }
+
+    /// The live streams.
+    public func connectionsInfo() -> [ConnectionInfo] {
+        let now = ContinuousClock.now
+        return state.withLockedValue { s in
+            s.records.values.sorted { $0.id < $1.id }.map { r in
+                ConnectionInfo(
+                    id: r.id, remotePeer: r.stream.remotePeer, protocolID: r.protocolID, created: r.created,
+                    lastActive: r.lastActive, idleTime: now - r.lastActive, requestCount: r.requestCount,
+                    isIdle: r.phase == .waiting)
+            }
+        }
+    }
+
+    /// Resets every live stream, as a broken network would (for tests).
+    func debugResetStreams() {
+        for record in state.withLockedValue({ Array($0.records.values) }) { record.stream.reset() }
+    }
+
+    public var statistics: Statistics { state.withLockedValue { $0.stats } }
+    /// The current (adaptive) limit on concurrent streams.
+    public var connectionLimit: Int { limiter.limit }
+    public var bufferPoolStatistics: BufferPool.Statistics { pool.statistics }
+
+    // MARK: - Idle cleanup
+
+    private func startCleanup() {
+        state.withLockedValue { s in
+            guard s.cleanupTask == nil, !s.stopping else { return }
+            let interval = configuration.cleanupInterval
+            s.cleanupTask = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self, !Task.isCancelled else { return }
+                    await self.closeIdleStreams()
+                }
+            }
+        }
+    }
+
+    /// Closes the streams that waited for a request for `idleTimeout` or longer; returns how many.
+    @discardableResult
+    func closeIdleStreams(now: ContinuousClock.Instant = .now) async -> Int {
+        let idleTimeout = configuration.idleTimeout
+        let idle = state.withLockedValue { s in
+            let streams = Self.retireWaiting(&s) { now - $0.lastActive >= idleTimeout }
+            s.stats.idleStreamsClosed += streams.count
+            return streams
+        }
+        // close(): FIN after the last reply, and the pending read ends (spec "Streams": the
+        // server may close its side between messages).
+        for stream in idle { await stream.close() }
+        return idle.count
+    }
+
+    /// Marks the waiting streams that match as closing and returns them.
+    private static func retireWaiting(_ s: inout State, where matches: (Record) -> Bool) -> [P2PStream] {
+        var streams: [P2PStream] = []
+        for (id, record) in s.records where record.phase == .waiting && !record.closing && matches(record) {
+            s.records[id]!.closing = true
+            streams.append(record.stream)
+        }
+        return streams
+    }
+
+    // MARK: - One stream
+
+    private func serve(_ stream: P2PStream, protocolID: String, handler: @escaping Handler) async {
+        let loop = host.eventLoopGroup.next()
+        let watchdog = StreamWatchdog(stream: stream, eventLoop: loop)
+        defer { watchdog.disarm() }
+        guard limiter.tryAcquire() else {
+            state.withLockedValue { $0.stats.busyRefusals += 1 }
+            await refuse(stream, .busy, "the server is at its limit of \(limiter.limit) streams", watchdog: watchdog)
+            return
+        }
+        defer { limiter.release() }
+        let now = ContinuousClock.now
+        let id = state.withLockedValue { s -> UInt64? in
+            guard !s.stopping else {
+                s.stats.unavailableRefusals += 1
+                return nil
+            }
+            let id = s.nextID
+            s.nextID += 1
+            s.records[id] = Record(id: id, stream: stream, protocolID: protocolID, created: now, lastActive: now)
+            s.stats.streamsAccepted += 1
+            return id
+        }
+        guard let id else {
+            await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
+            return
+        }
+        defer { _ = state.withLockedValue { $0.records.removeValue(forKey: id) } }
+
+        var parser = PointSubMessageParser(
+            maxBlockSize: configuration.maxBlockSize, accepting: [.request], buffer: pool.take())
+        defer { pool.give(parser.takeBuffer()) }
+        // A new stream must send its first request within the read timeout.
+        watchdog.arm(configuration.readTimeout)
+        while true {
+            let message: PointSubMessage?
+            do {
+                message = try await readMessage(
+                    from: stream, into: &parser, firstBytes: { try beginRequest(id) },
+                    // Only a request that does not arrive in one piece needs the timer.
+                    incomplete: { watchdog.armIfIdle(configuration.readTimeout) })
+            } catch let error as PointSubError {
+                watchdog.disarm()
+                await refuseBadRequest(stream, error, watchdog: watchdog)
+                return
+            } catch let retired as Retired {
+                watchdog.disarm()
+                if retired.stopping {
+                    state.withLockedValue { $0.stats.unavailableRefusals += 1 }
+                    await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
+                }
+                return
+            } catch {
+                // Closed by the cleanup or stop(): our FIN is out, the client sees a clean end
+                // (spec: it may resend elsewhere). Otherwise reset by the client, or the read
+                // timeout fired (the watchdog reset the stream): nothing to answer.
+                if !isClosing(id) { stream.reset() }
+                return
+            }
+            watchdog.disarm()
+            guard let message else { return }  // the client closed its side: we close ours
+
+            let payload: ByteBuffer
+            do {
+                payload = try message.decodedPayload(maxBlockSize: configuration.maxBlockSize)
+            } catch {
+                await refuseBadRequest(stream, error, watchdog: watchdog)
+                return
+            }
+            if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
+
+            let request = PointSubRequest(payload: payload, peer: stream.remotePeer, protocolID: protocolID)
+            // While the handler runs, a read watches the stream: if the client resets it (e.g.
+            // its call was cancelled or timed out), the handler is cancelled. The client sends
+            // nothing else before our reply (spec: no pipelining); whatever the read returns is
+            // handed to the parser.
+            let watcher = Task { [weak self] () -> Result<ByteBuffer?, any Error> in
+                do {
+                    return .success(try await stream.read())
+                } catch {
+                    if !(error is CancellationError) { self?.cancelHandler(id) }
+                    return .failure(error)
+                }
+            }
+            let reply: PointSubMessage
+            do {
+                reply = try await handle(request, handler: handler, recordID: id, eventLoop: loop)
+            } catch {
+                watcher.cancel()
+                stream.reset()  // our own task was cancelled (host shutdown)
+                return
+            }
+            watcher.cancel()
+            switch await watcher.value {
+            case .success(let chunk):
+                if let chunk { parser.append(chunk) }
+            case .failure(let error) where !(error is CancellationError):
+                stream.reset()  // the client is gone: nobody to answer
+                return
+            case .failure:
+                break
+            }
+
+            // Counted before the write so the client never sees a reply the counters miss.
+            let more = countRequest(id, compressedReply: reply.isCompressed)
+            watchdog.arm(configuration.writeTimeout)
+            do {
+                try await stream.write(reply.encoded())
+            } catch {
+                stream.reset()
+                return
+            }
+            watchdog.disarm()
+            guard more, finishRequest(id) else { return }
+        }
+    }
+
+    /// First bytes of a request arrived: the stream is busy now, unless it was retired meanwhile.
+    private func beginRequest(_ id: UInt64) throws {
+        try state.withLockedValue { s in
+            guard let record = s.records[id] else { throw Retired(stopping: false) }
+            if record.closing { throw Retired(stopping: false) }
+            if s.stopping { throw Retired(stopping: true) }
+            s.records[id]!.phase = .busy
+            s.records[id]!.lastActive = .now
+        }
+    }
+
+    private func isClosing(_ id: UInt64) -> Bool {
+        state.withLockedValue { $0.records[id]?.closing ?? false }
+    }
+
+    private func cancelHandler(_ id: UInt64) {
+        state.withLockedValue { s -> Task<Void, Never>? in
+            s.records[id]?.handlerCancelled = true
+            return s.records[id]?.handlerTask
+        }?.cancel()
+    }
+
+    /// The reply is about to go out. Returns false when the stream ends after it
+    /// (`maxRequestsPerConnection` reached).
+    private func countRequest(_ id: UInt64, compressedReply: Bool) -> Bool {
+        state.withLockedValue { s in
+            s.stats.requestsHandled += 1
+            if compressedReply { s.stats.compressedResponses += 1 }
+            guard let count = s.records[id]?.requestCount else { return false }
+            s.records[id]!.requestCount = count + 1
+            if let max = configuration.maxRequestsPerConnection, count + 1 >= max {
+                s.stats.streamsRetired += 1
+                return false
+            }
+            return true
+        }
+    }
+
+    /// The reply went out: wait for the next request unless the server is stopping.
+    private func finishRequest(_ id: UInt64) -> Bool {
+        state.withLockedValue { s in
+            guard s.records[id] != nil else { return false }
+            s.records[id]!.lastActive = .now
+            s.records[id]!.phase = .waiting
+            s.records[id]!.handlerTask = nil
+            s.records[id]!.handlerCancelled = false
+            return !s.stopping
+        }
+    }
+
+    /// Runs the handler within `handlerTimeout` and turns its outcome into the reply. Throws
+    /// only when the calling task is cancelled.
+    private func handle(
+        _ request: PointSubRequest, handler: @escaping Handler, recordID: UInt64, eventLoop: any EventLoop
+    ) async throws -> PointSubMessage {
+        do {
+            let body = try await runWithTimeLimit(
+                configuration.handlerTimeout, on: eventLoop,
+                started: { task in
+                    let cancelled = state.withLockedValue { s in
+                        s.records[recordID]?.handlerTask = task
+                        return s.records[recordID]?.handlerCancelled ?? false
+                    }
+                    if cancelled { task.cancel() }
+                }
+            ) { try await handler(request) }
+            guard body.readableBytes <= configuration.maxBlockSize else {
+                state.withLockedValue { $0.stats.handlerErrors += 1 }
+                return .error(
+                    .handler,
+                    "the response of \(body.readableBytes) bytes exceeds the server's maximum block size of \(configuration.maxBlockSize)")
+            }
+            return .make(kind: .response, payload: body, compress: configuration.compression)
+        } catch is TimeLimitExceeded {
+            state.withLockedValue { $0.stats.handlerTimeouts += 1 }
+            return .error(.timeout, "the handler did not finish within \(configuration.handlerTimeout)")
+        } catch let error as CancellationError where Task.isCancelled {
+            throw error
+        } catch {
+            // Spec: a handler error reaches the client as an error message of code `handler`
+            // carrying the error's text.
+            state.withLockedValue { $0.stats.handlerErrors += 1 }
+            return .error(.handler, "\(error)")
+        }
+    }
+
+    /// Answers a request that broke the protocol or the size limit, then drains what the client
+    /// still sends for a short while and resets the stream.
+    private func refuseBadRequest(_ stream: P2PStream, _ error: any Error, watchdog: StreamWatchdog) async {
+        guard let error = error as? PointSubError else { return stream.reset() }
+        if error.violation == .truncated {
+            // The client ended its side inside a request: a connection error, nothing to answer.
+            return stream.reset()
+        }
+        let code: RemoteErrorCode = error.code == .messageTooLarge ? .tooLarge : .malformed
+        state.withLockedValue { s in
+            if code == .tooLarge { s.stats.tooLargeRefusals += 1 } else { s.stats.malformedRefusals += 1 }
+        }
+        await refuse(stream, code, error.message, watchdog: watchdog)
+        // Spec "Limits": the unread rest of the request is not buffered. We read and drop it
+        // (so the client's write can finish and it reads our answer) until the client closes
+        // or resets, at most `refusalLinger`; then reset.
+        watchdog.arm(configuration.refusalLinger)
+        while let chunk = try? await stream.read() { _ = chunk }
+        watchdog.disarm()
+        stream.reset()
+    }
+
+    /// Writes an error message and closes our side (within the write timeout).
+    private func refuse(_ stream: P2PStream, _ code: RemoteErrorCode, _ text: String, watchdog: StreamWatchdog) async {
+        watchdog.arm(configuration.writeTimeout)
+        do {
+            try await stream.write(PointSubMessage.error(code, text).encoded())
+            try await stream.closeWrite()
+        } catch {
+            stream.reset()
+        }
+        watchdog.disarm()
+    }
+}
+
+/// One timer per stream: when it fires, the stream is reset, which ends whatever read or
+/// write waits on it. Cheaper than a task per deadline on the per-request path.
+final class StreamWatchdog: Sendable {
+    private let stream: P2PStream
+    private let eventLoop: any EventLoop
+    /// The armed timer and a generation number so a stale timer never resets a re-armed stream.
+    private let state = NIOLockedValueBox<(timer: Scheduled<Void>?, generation: UInt64, fired: Bool)>((nil, 0, false))
+
+    init(stream: P2PStream, eventLoop: any EventLoop) {
+        self.stream = stream
+        self.eventLoop = eventLoop
+    }
+
+    func arm(_ duration: Duration) {
+        let (old, generation) = state.withLockedValue { s -> (Scheduled<Void>?, UInt64) in
+            defer { s.timer = nil }
+            s.generation += 1
+            return (s.timer, s.generation)
+        }
+        old?.cancel()
+        let timer = eventLoop.scheduleTask(in: duration.timeAmount) { [self] in
+            let fire = state.withLockedValue { s -> Bool in
+                guard s.generation == generation else { return false }
+                s.fired = true
+                return true
+            }
+            if fire { stream.reset() }
+        }
+        state.withLockedValue { s in
+            if s.generation == generation { s.timer = timer } else { timer.cancel() }
+        }
+    }
+
+    /// Arms the timer unless it is armed already.
+    func armIfIdle(_ duration: Duration) {
+        if state.withLockedValue({ $0.timer == nil }) { arm(duration) }
+    }
+
+    func disarm() {
+        let timer = state.withLockedValue { s -> Scheduled<Void>? in
+            guard let timer = s.timer else { return nil }
+            s.generation += 1
+            s.timer = nil
+            return timer
+        }
+        timer?.cancel()
+    }
+
+    var fired: Bool { state.withLockedValue { $0.fired } }
+}

@@ -1,0 +1,172 @@
+import LibP2P
+
+/// The error code of an error message (`kind` 0x03), docs/PROTOCOL.md "Errors".
+public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
+    /// 1: the application handler failed; the message is its error text.
+    case handler
+    /// 2: the server is at its concurrency limit; nothing was processed.
+    case busy
+    /// 3: the request exceeded the server's maximum block size.
+    case tooLarge
+    /// 4: the request broke the protocol.
+    case malformed
+    /// 5: the handler did not finish within the server's time limit.
+    case timeout
+    /// 6: the server is shutting down or no longer serves the protocol; nothing was processed.
+    case unavailable
+    /// A code this implementation does not know (reported as such, never retried).
+    case unknown(UInt8)
+
+    public init(rawValue: UInt8) {
+        switch rawValue {
+        case 1: self = .handler
+        case 2: self = .busy
+        case 3: self = .tooLarge
+        case 4: self = .malformed
+        case 5: self = .timeout
+        case 6: self = .unavailable
+        default: self = .unknown(rawValue)
+        }
+    }
+
+    public var rawValue: UInt8 {
+        switch self {
+        case .handler: 1
+        case .busy: 2
+        case .tooLarge: 3
+        case .malformed: 4
+        case .timeout: 5
+        case .unavailable: 6
+        case .unknown(let code): code
+        }
+    }
+
+    /// Spec table: only `busy` and `unavailable` guarantee that nothing was processed.
+    public var isRetryable: Bool {
+        switch self {
+        case .busy, .unavailable: true
+        default: false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .handler: "handler"
+        case .busy: "busy"
+        case .tooLarge: "tooLarge"
+        case .malformed: "malformed"
+        case .timeout: "timeout"
+        case .unavailable: "unavailable"
+        case .unknown(let code): "unknown(\(code))"
+        }
+    }
+}
+
+/// Every error the PointSub request/response layer reports.
+public struct PointSubError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable, Hashable, CustomStringConvertible {
+        /// The server answered with an error message; `message` is the server's text.
+        case remote(RemoteErrorCode)
+        /// A message is larger than our maximum block size (we refused to send or to read it).
+        case messageTooLarge
+        /// A local deadline passed. `requestSent`: the whole request had been written, so the
+        /// server may have processed it.
+        case timeout(requestSent: Bool)
+        /// Dialing, opening the stream, or the stream itself failed (see `underlying`).
+        case connectionFailed(requestSent: Bool)
+        /// The remote does not serve the protocol.
+        case protocolNotSupported
+        /// The remote broke the wire protocol (see `violation`).
+        case protocolViolation
+        /// The calling task was cancelled.
+        case cancelled
+        /// The client was closed.
+        case clientClosed
+        /// A configuration value is out of range.
+        case invalidConfiguration
+        /// `start` for a protocol this server (or another handler on the host) already serves.
+        case alreadyServing
+        /// The server was stopped.
+        case serverStopped
+
+        public var description: String {
+            switch self {
+            case .remote(let code): "remote(\(code))"
+            case .messageTooLarge: "messageTooLarge"
+            case .timeout(let sent): "timeout(requestSent: \(sent))"
+            case .connectionFailed(let sent): "connectionFailed(requestSent: \(sent))"
+            case .protocolNotSupported: "protocolNotSupported"
+            case .protocolViolation: "protocolViolation"
+            case .cancelled: "cancelled"
+            case .clientClosed: "clientClosed"
+            case .invalidConfiguration: "invalidConfiguration"
+            case .alreadyServing: "alreadyServing"
+            case .serverStopped: "serverStopped"
+            }
+        }
+    }
+
+    /// What exactly broke the protocol, for `.protocolViolation`.
+    public enum Violation: Sendable, Hashable {
+        case unknownKind(UInt8)
+        /// A valid kind from the wrong side (e.g. a response sent to a server).
+        case unexpectedKind(UInt8)
+        case reservedFlags(UInt8)
+        /// Non-minimal or over-long (more than 9 bytes) uvarint.
+        case invalidVarint
+        /// The stream ended inside a message.
+        case truncated
+        /// The zlib data is corrupt, truncated, or followed by extra bytes.
+        case corruptCompressedData
+        /// The decompressed size differs from `original`.
+        case originalSizeMismatch
+        /// An error message without a code byte, or with a message that is not UTF-8.
+        case invalidErrorPayload
+        /// Bytes that are not an answer to anything (e.g. after a reply, before the next request).
+        case unsolicitedData
+    }
+
+    public var code: Code
+    /// Human-readable text; for `.remote` exactly the server's message.
+    public var message: String
+    public var violation: Violation?
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, violation: Violation? = nil, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.violation = violation
+        self.underlying = underlying
+    }
+
+    static func violation(_ violation: Violation, _ message: String) -> PointSubError {
+        PointSubError(.protocolViolation, message, violation: violation)
+    }
+
+    /// Whether sending the same request again is safe and may succeed: the server said nothing
+    /// was processed (`busy`, `unavailable`), or the request never fully left us (connection
+    /// refused/reset, connect timeout) — except failures that cannot go away by retrying (no
+    /// address known for the peer, our own host shut down).
+    public var isRetryable: Bool {
+        switch code {
+        case .remote(let remote): return remote.isRetryable
+        case .timeout(let sent): return !sent
+        case .connectionFailed(let sent):
+            if sent { return false }
+            if let host = underlying as? HostError {
+                switch host.code {
+                case .noAddresses, .dialSelf, .invalidAddress, .shutDown: return false
+                default: return true
+                }
+            }
+            return true
+        default: return false
+        }
+    }
+
+    public var description: String {
+        var text = "PointSubError.\(code): \(message)"
+        if let underlying { text += " (\(underlying))" }
+        return text
+    }
+}

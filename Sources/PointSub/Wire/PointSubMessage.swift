@@ -1,0 +1,127 @@
+import Multiformats
+import NIOCore
+
+/// One PointSub message as it is on the wire (docs/PROTOCOL.md "Messages"):
+/// `kind` (1 byte) ‖ `flags` (1 byte) ‖ uvarint `length` ‖ [uvarint `original`] ‖ payload.
+public struct PointSubMessage: Sendable, Equatable {
+    public enum Kind: UInt8, Sendable, Hashable, CaseIterable {
+        case request = 0x01
+        case response = 0x02
+        case error = 0x03
+    }
+
+    /// Flag bit 0: the payload is zlib-compressed. Bits 1–7 are reserved and must be 0.
+    static let compressedFlag: UInt8 = 0x01
+
+    public var kind: Kind
+    /// The payload as on the wire: zlib data when `originalLength` is set.
+    public var payload: ByteBuffer
+    /// The payload's size after decompression; set exactly when the payload is compressed.
+    public var originalLength: Int?
+
+    public var isCompressed: Bool { originalLength != nil }
+
+    /// An uncompressed message.
+    public init(kind: Kind, payload: ByteBuffer) {
+        self.kind = kind
+        self.payload = payload
+        self.originalLength = nil
+    }
+
+    /// A message whose `payload` is already zlib data that decompresses to `originalLength` bytes.
+    public init(kind: Kind, compressedPayload: ByteBuffer, originalLength: Int) {
+        self.kind = kind
+        self.payload = compressedPayload
+        self.originalLength = originalLength
+    }
+
+    /// Builds the message for `payload`, compressing it when `compress` is on and the rule of
+    /// docs/PROTOCOL.md "Compression" says it is worth it (≥ 1 KiB, saves ≥ 10 %).
+    public static func make(kind: Kind, payload: ByteBuffer, compress: Bool) -> PointSubMessage {
+        if compress, let compressed = PointSubCompression.compressIfWorthwhile(payload) {
+            return PointSubMessage(kind: kind, compressedPayload: compressed, originalLength: payload.readableBytes)
+        }
+        return PointSubMessage(kind: kind, payload: payload)
+    }
+
+    /// An error message: `code` (1 byte) ‖ UTF-8 `message`, at most 64 KiB of text (cut at a
+    /// character boundary). Error messages are never compressed.
+    public static func error(_ code: RemoteErrorCode, _ message: String) -> PointSubMessage {
+        let utf8 = message.utf8
+        var cut = min(utf8.count, RemoteErrorPayload.maxMessageBytes)
+        if cut < utf8.count {
+            // Back off to the start of a scalar: UTF-8 continuation bytes are 0b10xxxxxx.
+            let bytes = Array(utf8.prefix(cut + 1))
+            while cut > 0 && bytes[cut] & 0xc0 == 0x80 { cut -= 1 }
+        }
+        var payload = ByteBuffer()
+        payload.reserveCapacity(1 + cut)
+        payload.writeInteger(code.rawValue)
+        payload.writeBytes(utf8.prefix(cut))
+        return PointSubMessage(kind: .error, payload: payload)
+    }
+
+    /// Size of the header for this message.
+    public var headerLength: Int {
+        var n = 2 + Varint.encodedLength(UInt64(payload.readableBytes))
+        if let originalLength { n += Varint.encodedLength(UInt64(originalLength)) }
+        return n
+    }
+
+    /// Appends header and payload to `buffer`.
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(minimumWritableBytes: headerLength + payload.readableBytes)
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(isCompressed ? Self.compressedFlag : 0)
+        buffer.writeVarint(UInt64(payload.readableBytes))
+        if let originalLength { buffer.writeVarint(UInt64(originalLength)) }
+        var payload = self.payload
+        buffer.writeBuffer(&payload)
+    }
+
+    /// The encoded message in a new buffer.
+    public func encoded() -> ByteBuffer {
+        var buffer = ByteBuffer()
+        encode(into: &buffer)
+        return buffer
+    }
+
+    /// The payload after decompression (the payload itself when not compressed). Checks
+    /// `original` against `maxBlockSize` first; stops as soon as the output would exceed it.
+    public func decodedPayload(maxBlockSize: Int) throws(PointSubError) -> ByteBuffer {
+        guard let originalLength else { return payload }
+        return try PointSubCompression.decompress(payload, originalLength: originalLength, maxBlockSize: maxBlockSize)
+    }
+}
+
+/// The payload of an error message (docs/PROTOCOL.md "Errors").
+public struct RemoteErrorPayload: Sendable, Equatable {
+    /// Spec: the message is UTF-8 text of at most 64 KiB.
+    public static let maxMessageBytes = 64 * 1024
+
+    public var code: RemoteErrorCode
+    public var message: String
+
+    public init(code: RemoteErrorCode, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// Parses a (decompressed) error payload. A missing code byte, invalid UTF-8, or a message
+    /// over 64 KiB is a protocol violation.
+    public init(decoding payload: ByteBuffer) throws(PointSubError) {
+        var payload = payload
+        guard let raw: UInt8 = payload.readInteger() else {
+            throw .violation(.invalidErrorPayload, "error message without a code")
+        }
+        guard payload.readableBytes <= Self.maxMessageBytes else {
+            throw .violation(.invalidErrorPayload, "error text of \(payload.readableBytes) bytes exceeds 64 KiB")
+        }
+        let bytes = payload.readableBytesView
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw .violation(.invalidErrorPayload, "error text is not valid UTF-8")
+        }
+        self.code = RemoteErrorCode(rawValue: raw)
+        self.message = text
+    }
+}
