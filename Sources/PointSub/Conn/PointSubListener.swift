@@ -36,12 +36,7 @@ public final class PointSubListener: AsyncSequence, Sendable, CustomStringConver
         do {
             // The handler captures only the queue: the host holds its handlers until they are removed.
             try host.setStreamHandler(protocolID) { stream in
-                let release = ConnSignal()
-                let connection = PointSubConnection(stream: stream, localPeer: localPeer, release: release)
-                guard queue.offer(connection) else {
-                    connection.reset()
-                    return
-                }
+                guard let release = queue.admit(stream, localPeer: localPeer) else { return }
                 // The host closes the stream when the handler returns: wait until the connection
                 // is closed (or dropped), or the host shuts down and cancels this task.
                 await release.wait()
@@ -108,6 +103,20 @@ public final class PointSubListener: AsyncSequence, Sendable, CustomStringConver
 
         var count: Int { state.withLockedValue { $0.connections.count } }
         var isClosed: Bool { state.withLockedValue { $0.closed } }
+
+        /// Wraps `stream` in a connection and offers it; resets it if refused. Returns the signal
+        /// that fires when the connection is done with the stream, or nil if it was refused.
+        /// (Synchronous, so the handler that awaits the signal holds no reference to the
+        /// connection, which must be free to deinitialize when its user drops it.)
+        func admit(_ stream: P2PStream, localPeer: PeerID) -> ConnSignal? {
+            let release = ConnSignal()
+            let connection = PointSubConnection(stream: stream, localPeer: localPeer, release: release)
+            guard offer(connection) else {
+                connection.reset()
+                return nil
+            }
+            return release
+        }
 
         /// Hands `connection` to a waiting consumer or queues it. False: closed or the backlog is full.
         func offer(_ connection: PointSubConnection) -> Bool {
