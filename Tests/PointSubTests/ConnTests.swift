@@ -345,6 +345,10 @@ struct ConnTests {
             #expect { try PointSubNet.listen(host: host, protocol: PingService.protocolID) } throws: {
                 netError($0, .alreadyListening)
             }
+            // The failed attempts left the existing handlers registered.
+            #expect(host.supportedProtocols.contains(testProtocol))
+            #expect(host.supportedProtocols.contains(PingService.protocolID))
+            #expect(!listener.isClosed)
             listener.close()
         }
     }

@@ -41,8 +41,15 @@ public final class PointSubListener: AsyncSequence, Sendable, CustomStringConver
                 // is closed (or dropped), or the host shuts down and cancels this task.
                 await release.wait()
             }
-        } catch let error as HostError where error.code == .handlerExists {
-            throw PointSubNetError(.alreadyListening, "a handler for \(protocolID) is already registered", underlying: [error])
+        } catch {
+            // Not registered: mark the queue closed so that deinit (which runs for a class whose
+            // initializer throws after initializing every property) leaves the other handler alone.
+            _ = queue.close()
+            if let error = error as? HostError, error.code == .handlerExists {
+                throw PointSubNetError(
+                    .alreadyListening, "a handler for \(protocolID) is already registered", underlying: [error])
+            }
+            throw error
         }
     }
 
