@@ -184,11 +184,11 @@ struct ConnTests {
             #expect(ContinuousClock.now - start >= .milliseconds(190))
 
             // Moving a deadline later while a read waits keeps it waiting.
-            dialed.setReadDeadline(.now + .milliseconds(100))
+            dialed.setReadDeadline(.now + .milliseconds(400))
             let second = Task { try await dialed.read() }
             try await Task.sleep(for: .milliseconds(30))
             dialed.setReadDeadline(.now + .seconds(30))
-            try await Task.sleep(for: .milliseconds(150))
+            try await Task.sleep(for: .milliseconds(500))  // past the first deadline
             try await accepted.write(Array("data".utf8))
             #expect(try await second.value.map { String(buffer: $0) } == "data")
 
