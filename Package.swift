@@ -74,6 +74,7 @@ let package = Package(
         .executableTarget(name: "pointsub", dependencies: [
             "PointSub",
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [

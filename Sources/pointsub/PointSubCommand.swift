@@ -8,6 +8,7 @@ import PointSub
 @main
 enum Main {
     static func main() async {
+        TerminationSignal.shared.install()
         // Swift tasks run on NIO's event loops: no thread hop between a task and its connection.
         _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         await PointSubCommand.main()
@@ -17,8 +18,11 @@ enum Main {
 struct PointSubCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pointsub",
-        abstract: "A libp2p node in Swift: identity, echo, ping, perf.",
-        subcommands: [IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self, DemoCommand.self]
+        abstract: "A libp2p node in Swift: identity, echo, ping, perf, PointSub request/response.",
+        subcommands: [
+            IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self,
+        ]
     )
 }
 

@@ -1,39 +1,59 @@
 import Dispatch
 import Foundation
+import NIOConcurrencyHelpers
 import PointSub
 
-/// Suspends until SIGINT or SIGTERM arrives.
-func waitForTerminationSignal() async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let queue = DispatchQueue(label: "pointsub.signals")
-        let once = SignalOnce(continuation)
+/// SIGINT/SIGTERM, caught from process start: a signal that arrives before a command waits for
+/// it (say, right after the listen addresses are printed) is remembered, not lost or fatal.
+final class TerminationSignal: Sendable {
+    static let shared = TerminationSignal()
+
+    private struct State {
+        var fired = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let queue = DispatchQueue(label: "pointsub.signals")
+    /// Written once by `install()`, first thing in main, before any other task runs; only kept alive.
+    nonisolated(unsafe) private var sources: [any DispatchSourceSignal] = []
+
+    /// Installs the handlers; call once, first thing in main.
+    func install() {
         for sig in [SIGINT, SIGTERM] {
+            // libdispatch on Linux catches the signal with its own handler; ignoring it first keeps
+            // the default action (termination) from racing the source's installation.
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            source.setEventHandler { once.fire() }
+            source.setEventHandler { [self] in fire() }
             source.resume()
-            SignalOnce.keep(source)
+            sources.append(source)
+        }
+    }
+
+    private func fire() {
+        let waiters = state.withLockedValue { s in
+            s.fired = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let already = state.withLockedValue { s in
+                if !s.fired { s.waiters.append(continuation) }
+                return s.fired
+            }
+            if already { continuation.resume() }
         }
     }
 }
 
-private final class SignalOnce: @unchecked Sendable {
-    // Touched only on the signal queue (and once at creation).
-    private var continuation: CheckedContinuation<Void, Never>?
-    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
-
-    init(_ continuation: CheckedContinuation<Void, Never>) {
-        self.continuation = continuation
-    }
-
-    func fire() {
-        continuation?.resume()
-        continuation = nil
-    }
-
-    static func keep(_ source: any DispatchSourceSignal) {
-        sources.append(source)
-    }
+/// Suspends until SIGINT or SIGTERM has arrived (at any time since the process started).
+func waitForTerminationSignal() async {
+    await TerminationSignal.shared.wait()
 }
 
 /// "16MiB", "1M", "64KiB", "1048576" → bytes.

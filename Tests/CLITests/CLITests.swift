@@ -96,6 +96,42 @@ struct CLITests {
         #expect(refused.stderr.contains("could not connect"))
     }
 
+    @Test func serveAndSendEachHandler() async throws {
+        let cases = [
+            ("echo", "Hello, PointSub ✓", "Hello, PointSub ✓"),
+            ("reverse", "Hello, PointSub", "buSdnioP ,olleH"),  // byte order: ASCII keeps it text
+            ("upper", "Hello, PointSub ✓", "HELLO, POINTSUB ✓"),
+        ]
+        for (handler, data, reply) in cases {
+            let server = try await CLI.Server(["serve", "-l", "0", "--protocol", "/kv/1.0.0", "--handler", handler])
+            #expect(server.address.contains("/p2p/"))
+            let send = try await CLI.run(["send", server.address, "--protocol", "/kv/1.0.0", "--data", data])
+            #expect(send.status == 0, "\(send.stderr)")
+            #expect(send.stdout == reply + "\n", "handler \(handler)")
+            #expect(try await server.stop() == 0)
+        }
+    }
+
+    @Test func sendCountPrintsRateAndLatency() async throws {
+        let server = try await CLI.Server(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--protocol", "/p/1"])
+        let send = try await CLI.run([
+            "send", server.address, "--protocol", "/p/1", "--size", "1KiB", "--count", "200", "--concurrency", "8",
+        ])
+        #expect(send.status == 0, "\(send.stderr)")
+        #expect(send.stdout.contains("200 requests of 1024 bytes, 8 in flight"))
+        #expect(send.stdout.contains("requests/s, p50"))
+        let wrong = try await CLI.run(["send", server.address, "--protocol", "/other/1", "--data", "x"])
+        #expect(wrong.status != 0)
+        #expect(try await server.stop() == 0)
+    }
+
+    @Test func signalRightAfterTheAddressIsNeverLost() async throws {
+        for _ in 0..<5 {
+            let server = try await CLI.Server(["echo", "-l", "0"])
+            #expect(try await server.stop(signal: SIGTERM) == 0)
+        }
+    }
+
     @Test func demoRuns() async throws {
         let demo = try await CLI.run(["demo"], timeout: 120)
         #expect(demo.status == 0, "\(demo.stderr)")
