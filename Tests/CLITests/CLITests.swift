@@ -99,7 +99,7 @@ struct CLITests {
     @Test func serveAndSendEachHandler() async throws {
         let cases = [
             ("echo", "Hello, PointSub ✓", "Hello, PointSub ✓"),
-            ("reverse", "Hello, PointSub", "buSdnioP ,olleH"),  // byte order: ASCII keeps it text
+            ("reverse", "Hello, PointSub", "buStnioP ,olleH"),  // byte order: ASCII keeps it text
             ("upper", "Hello, PointSub ✓", "HELLO, POINTSUB ✓"),
         ]
         for (handler, data, reply) in cases {
