@@ -365,33 +365,36 @@ public final class P2PHost: Sendable {
         guard TCPTransport.canHandle(plain) else {
             throw HostError(.invalidAddress, "no transport for \(address)")
         }
-        let timeout = configuration.dialTimeout
+        // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
+        // the upgrader's deadline, which starts in the initializer (no task group on this hot path).
+        let timeout = configuration.dialTimeout.timeAmount
         let upgrader = self.upgrader
+        let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
+        let channel: Channel
         do {
-            return try await withTimeout(timeout, "dial \(address)") { [self] in
-                let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
-                let channel = try await transport.dial(plain, timeout: timeout.timeAmount) { channel in
-                    upgrade.withLockedValue {
-                        $0 = upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer))
-                    }
-                    return channel.eventLoop.makeSucceededVoidFuture()
+            channel = try await transport.dial(plain, timeout: timeout) { channel in
+                upgrade.withLockedValue {
+                    $0 = upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout)
                 }
-                let result: Upgrader.Result
-                do {
-                    result = try await upgrade.withLockedValue { $0! }.get()
-                } catch {
-                    channel.close(promise: nil)
-                    throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
-                }
-                if result.remote.remotePeer == peerID {
-                    channel.close(promise: nil)
-                    throw HostError(.dialSelf, "\(address) is ourselves")
-                }
-                return try register(result, channel: channel, direction: .outbound, remoteAddress: plain)
+                return channel.eventLoop.makeSucceededVoidFuture()
             }
-        } catch let error as HostError where error.code == .timeout {
-            throw HostError(.dialTimeout, "dialing \(address) timed out after \(timeout)")
+        } catch let error as TransportError where error.code == .dialTimeout {
+            throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", underlying: [error])
         }
+        let result: Upgrader.Result
+        do {
+            result = try await upgrade.withLockedValue { $0! }.get()
+        } catch let error as HostError where error.code == .dialTimeout {
+            throw error
+        } catch {
+            channel.close(promise: nil)
+            throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
+        }
+        if result.remote.remotePeer == peerID {
+            channel.close(promise: nil)
+            throw HostError(.dialSelf, "\(address) is ourselves")
+        }
+        return try register(result, channel: channel, direction: .outbound, remoteAddress: plain)
     }
 
     /// Runs on the accepted channel's event loop, before it is active.

@@ -29,11 +29,18 @@ struct Upgrader: Sendable {
     }
 
     /// Call it from the channel's initializer, before the channel is active.
-    func upgrade(channel: Channel, role: Role) -> EventLoopFuture<Result> {
+    /// `timeout` overrides the configured handshake timeout (a dial passes its whole budget, which
+    /// then also covers the TCP connect, since the timer starts in the initializer).
+    func upgrade(channel: Channel, role: Role, timeout: TimeAmount? = nil) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
         let done = loop.makePromise(of: Result.self)
-        let deadline = loop.scheduleTask(in: timeout) {
-            done.fail(HostError(.upgradeFailed, "connection upgrade timed out"))
+        let limit = timeout ?? self.timeout
+        let deadline = loop.scheduleTask(in: limit) {
+            if case .initiator = role {
+                done.fail(HostError(.dialTimeout, "dial timed out after \(limit)"))
+            } else {
+                done.fail(HostError(.upgradeFailed, "connection upgrade timed out after \(limit)"))
+            }
             channel.close(promise: nil)
         }
         done.futureResult.whenComplete { _ in deadline.cancel() }
