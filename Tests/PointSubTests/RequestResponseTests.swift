@@ -173,6 +173,43 @@ struct RequestResponseTests {
         }
     }
 
+    /// Spec "Errors": a receiver does not enforce the 64 KiB limit on the text (only the maximum
+    /// block size) and decodes invalid UTF-8 with replacement characters; both are still the
+    /// server's typed error, not a protocol violation, and the stream stays usable.
+    @Test func errorTextIsNotLimitedTo64KiBAndInvalidUTF8IsReplaced() async throws {
+        try await withServerAndClient { _, client, serverHost in
+            let long = String(repeating: "e", count: 70_000)
+            let replies: [[UInt8]] = [
+                [0x01] + Array("bad ".utf8) + [0xff, 0xc3],  // an invalid byte, then a cut-off sequence
+                [0x05] + Array(long.utf8),
+            ]
+            // A server that answers every request with the next raw error payload.
+            try serverHost.setStreamHandler("/raw-errors/1.0.0") { stream in
+                var parser = PointSubMessageParser(maxBlockSize: 1 << 20, accepting: [.request])
+                for reply in replies {
+                    guard (try? await readMessage(from: stream, into: &parser)) != nil else { return stream.reset() }
+                    try? await stream.write(PointSubMessage(kind: .error, payload: ByteBuffer(bytes: reply)).encoded())
+                }
+                _ = try? await readMessage(from: stream, into: &parser)
+                await stream.close()
+            }
+            let peer = serverHost.peerID
+            for (index, want) in [(RemoteErrorCode.handler, "bad \u{FFFD}\u{FFFD}"), (.timeout, long)].enumerated() {
+                do {
+                    _ = try await client.send("x", to: peer, protocol: "/raw-errors/1.0.0")
+                    Issue.record("an error message must not come back as a reply")
+                } catch {
+                    let e = try #require(pointSubError(error))
+                    #expect(e.code == .remote(want.0), "reply \(index): \(e.code), \(e.message.prefix(80))")
+                    let same = e.message == want.1  // (not in #expect: 70,000 characters)
+                    #expect(same, "reply \(index): \(e.message.utf8.count) bytes: \(e.message.prefix(80))")
+                }
+            }
+            #expect(client.statistics.streamsOpened == 1)
+            #expect(client.statistics.streamsDropped == 0)
+        }
+    }
+
     @Test func invalidConfigurationsAreRefused() async throws {
         try await withHost { host in
             let badServers: [PointSubServer.Configuration] = [

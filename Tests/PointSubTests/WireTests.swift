@@ -156,9 +156,13 @@ func expectViolation(
         #expect { try RemoteErrorPayload(decoding: ByteBuffer()) } throws: {
             ($0 as? PointSubError)?.violation == .invalidErrorPayload
         }
-        #expect { try RemoteErrorPayload(decoding: buffer("01 ff fe")) } throws: {
-            ($0 as? PointSubError)?.violation == .invalidErrorPayload
-        }
+        // Spec: receivers decode invalid UTF-8 with replacement characters and do not enforce
+        // the 64 KiB limit on the text.
+        #expect(try RemoteErrorPayload(decoding: buffer("01 ff fe")) == RemoteErrorPayload(code: .handler, message: "\u{FFFD}\u{FFFD}"))
+        #expect(try RemoteErrorPayload(decoding: buffer("01 61 e2 82")) == RemoteErrorPayload(code: .handler, message: "a\u{FFFD}"))
+        var over = ByteBuffer(bytes: [0x04])
+        over.writeRepeatingByte(0x7a, count: 64 * 1024 + 1)
+        #expect(try RemoteErrorPayload(decoding: over).message.utf8.count == 64 * 1024 + 1)
         // The text is cut to 64 KiB at a character boundary.
         let long = String(repeating: "é", count: 40_000)  // 80,000 UTF-8 bytes
         let message = PointSubMessage.error(.handler, long)

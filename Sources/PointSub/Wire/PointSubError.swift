@@ -120,7 +120,7 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         case corruptCompressedData
         /// The decompressed size differs from `original`.
         case originalSizeMismatch
-        /// An error message without a code byte, or with a message that is not UTF-8.
+        /// An error message without a code byte (an empty payload).
         case invalidErrorPayload
         /// Bytes that are not an answer to anything (e.g. after a reply, before the next request).
         case unsolicitedData

@@ -96,7 +96,7 @@ public struct PointSubMessage: Sendable, Equatable {
 
 /// The payload of an error message (docs/PROTOCOL.md "Errors").
 public struct RemoteErrorPayload: Sendable, Equatable {
-    /// Spec: the message is UTF-8 text of at most 64 KiB.
+    /// Spec: a sender cuts the text to at most 64 KiB (receivers do not enforce it).
     public static let maxMessageBytes = 64 * 1024
 
     public var code: RemoteErrorCode
@@ -107,21 +107,15 @@ public struct RemoteErrorPayload: Sendable, Equatable {
         self.message = message
     }
 
-    /// Parses a (decompressed) error payload. A missing code byte, invalid UTF-8, or a message
-    /// over 64 KiB is a protocol violation.
+    /// Parses a (decompressed) error payload. Only a missing code byte is a protocol violation:
+    /// spec "Errors", a receiver does not enforce the 64 KiB limit on the text (a sender's rule;
+    /// the maximum block size still applies) and decodes invalid UTF-8 with replacement characters.
     public init(decoding payload: ByteBuffer) throws(PointSubError) {
         var payload = payload
         guard let raw: UInt8 = payload.readInteger() else {
             throw .violation(.invalidErrorPayload, "error message without a code")
         }
-        guard payload.readableBytes <= Self.maxMessageBytes else {
-            throw .violation(.invalidErrorPayload, "error text of \(payload.readableBytes) bytes exceeds 64 KiB")
-        }
-        let bytes = payload.readableBytesView
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw .violation(.invalidErrorPayload, "error text is not valid UTF-8")
-        }
         self.code = RemoteErrorCode(rawValue: raw)
-        self.message = text
+        self.message = String(decoding: payload.readableBytesView, as: UTF8.self)
     }
 }
