@@ -41,13 +41,6 @@ private func readCount(_ connection: PointSubConnection, _ count: Int) async thr
 }
 
 /// Polls `condition` every 10 ms for up to 5 s.
-private func eventually(_ condition: () -> Bool) async throws -> Bool {
-    for _ in 0..<500 {
-        if condition() { return true }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    return condition()
-}
 
 private func netError(_ error: any Error, _ code: PointSubNetError.Code) -> Bool {
     (error as? PointSubNetError)?.code == code
@@ -262,7 +255,7 @@ struct ConnTests {
                 let connection = try await PointSubNet.dial(host: client, peer: server.peerID, protocol: testProtocol)
                 try await connection.write([UInt8(i)])
                 queued.append(connection)
-                #expect(try await eventually { listener.queuedCount == i + 1 })
+                #expect(await eventually { listener.queuedCount == i + 1 })
             }
             // Beyond the backlog: reset.
             for _ in 0..<3 {
@@ -295,7 +288,7 @@ struct ConnTests {
             for _ in 0..<2 {
                 unaccepted.append(try await PointSubNet.dial(host: client, peer: server.peerID, protocol: testProtocol))
             }
-            #expect(try await eventually { listener.queuedCount == 2 })
+            #expect(await eventually { listener.queuedCount == 2 })
 
             // A second listener with a consumer waiting: close ends its iteration.
             let idle = try PointSubNet.listen(host: server, protocol: testProtocol + "/idle")

@@ -216,13 +216,15 @@ struct StreamLifecycleTests {
     }
 
     @Test func idleStreamsAreCleanedUp() async throws {
+        // Long enough that a fresh stream's first request always arrives before it counts as idle,
+        // even on a loaded 2-core machine (at 200 ms a retry stream was sometimes closed first).
         let serverConfig = PointSubServer.Configuration.defaults {
-            $0.idleTimeout = .milliseconds(200)
-            $0.cleanupInterval = .milliseconds(50)
+            $0.idleTimeout = .seconds(1)
+            $0.cleanupInterval = .milliseconds(100)
         }
         let clientConfig = PointSubClient.Configuration.defaults {
-            $0.idleTimeout = .milliseconds(300)
-            $0.cleanupInterval = .milliseconds(50)
+            $0.idleTimeout = .milliseconds(1500)
+            $0.cleanupInterval = .milliseconds(100)
         }
         try await withServerAndClient(server: serverConfig) { server, client, serverHost in
             try server.start("/reverse/1.0.0", handler: reverseHandler)
