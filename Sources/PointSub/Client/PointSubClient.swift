@@ -93,12 +93,15 @@ public final class PointSubClient: Sendable {
     public let configuration: Configuration
     private let pool: BufferPool
     private let state = NIOLockedValueBox(State())
+    /// The server nodes per protocol for `sendClosest` (PointSubClient+Closest.swift).
+    let nodeList: NodeList
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
     public init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
         try configuration.validate()
         self.host = host
         self.configuration = configuration
+        self.nodeList = NodeList(localPeer: host.peerID)
         self.pool = BufferPool(
             maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
         let interval = configuration.cleanupInterval
@@ -128,14 +131,24 @@ public final class PointSubClient: Sendable {
     public func send(
         _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
     ) async throws(PointSubError) -> ByteBuffer {
-        let limit = timeout ?? configuration.requestTimeout
+        try await send(
+            request, to: peer, protocol: protocolID, limit: timeout ?? configuration.requestTimeout,
+            maxRetries: configuration.maxRetries)
+    }
+
+    /// `send` with an explicit time limit and retry budget (`sendClosest` fails over to the next
+    /// node instead of retrying the same one).
+    func send(
+        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, limit: Duration, maxRetries: Int
+    ) async throws(PointSubError) -> ByteBuffer {
         let closed = state.withLockedValue { s in
             if !s.closed { s.stats.requests += 1 }
             return s.closed
         }
         guard !closed else { throw PointSubError(.clientClosed, "the client is closed") }
         do {
-            let reply = try await send(request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit)
+            let reply = try await send(
+                request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit, maxRetries: maxRetries)
             state.withLockedValue { $0.stats.succeeded += 1 }
             return reply
         } catch {
@@ -152,7 +165,9 @@ public final class PointSubClient: Sendable {
         return Array(reply.readableBytesView)
     }
 
-    private func send(_ request: ByteBuffer, key: PoolKey, limit: Duration) async throws(PointSubError) -> ByteBuffer {
+    private func send(
+        _ request: ByteBuffer, key: PoolKey, limit: Duration, maxRetries: Int
+    ) async throws(PointSubError) -> ByteBuffer {
         guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
         guard request.readableBytes <= configuration.maxBlockSize else {
             throw PointSubError(
@@ -166,7 +181,7 @@ public final class PointSubClient: Sendable {
         let progress = Progress()
         do {
             return try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
-                try await self.attempts(encoded, key: key, progress: progress)
+                try await self.attempts(encoded, key: key, progress: progress, maxRetries: maxRetries)
             }
         } catch let error as PointSubError {
             throw error
@@ -180,7 +195,9 @@ public final class PointSubClient: Sendable {
     }
 
     /// The first attempt and the retries.
-    private func attempts(_ encoded: ByteBuffer, key: PoolKey, progress: Progress) async throws -> ByteBuffer {
+    private func attempts(
+        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, maxRetries: Int
+    ) async throws -> ByteBuffer {
         var retries = 0
         var freshStream = false
         while true {
@@ -195,7 +212,7 @@ public final class PointSubClient: Sendable {
                 freshStream = true
             } catch let error as PointSubError {
                 let closed = state.withLockedValue { $0.closed }
-                guard error.isRetryable, retries < configuration.maxRetries, !closed else { throw error }
+                guard error.isRetryable, retries < maxRetries, !closed else { throw error }
                 retries += 1
                 freshStream = false
                 progress.resetSent()
