@@ -16,7 +16,20 @@ private let tagHandler: ClusterHandler = { index, request in
     ByteBuffer(string: "\(index):\(String(buffer: request.payload))")
 }
 
+/// A clock the test moves by hand (for the client's node cool-downs).
+private final class ManualClock: Sendable {
+    let start = ContinuousClock.now
+    private let offset = NIOLockedValueBox(Duration.zero)
+
+    var now: ContinuousClock.Instant { start + offset.withLockedValue { $0 } }
+
+    func advance(_ duration: Duration) {
+        offset.withLockedValue { $0 += duration }
+    }
+}
+
 /// Server hosts each serving `proto` with a PointSubServer, and a client connected to all of them.
+/// Cool-downs run on `clock`, which stands still unless the test advances it.
 private struct Cluster: Sendable {
     let hosts: [P2PHost]
     let servers: [PointSubServer]
@@ -24,6 +37,7 @@ private struct Cluster: Sendable {
     let counters: [Counter]
     let clientHost: P2PHost
     let client: PointSubClient
+    let clock: ManualClock
 
     var peers: [PeerID] { hosts.map(\.peerID) }
 
@@ -76,10 +90,12 @@ private func withCluster<T: Sendable>(
             clientHost.peerstore.addAddresses(host.addresses, for: host.peerID, ttl: .permanent)
             _ = try await clientHost.connect(to: host.peerID)
         }
-        let made = try PointSubClient(host: clientHost, configuration: clientConfiguration)
+        let clock = ManualClock()
+        let made = try PointSubClient(host: clientHost, configuration: clientConfiguration, nodeClock: { clock.now })
         client = made
         let result = try await body(
-            Cluster(hosts: hosts, servers: servers, counters: counters, clientHost: clientHost, client: made))
+            Cluster(
+                hosts: hosts, servers: servers, counters: counters, clientHost: clientHost, client: made, clock: clock))
         await cleanUp()
         return result
     } catch {
@@ -261,10 +277,14 @@ struct SendClosestTests {
             #expect(cluster.status(0)?.consecutiveFailures == 1)
 
             // After the cool-down (1 s) it is tried again, fails again, and cools for 2 s.
-            try await Task.sleep(for: .milliseconds(1100))
+            cluster.clock.advance(.milliseconds(999))
             #expect(try await cluster.sendClosest(text) == second)
-            #expect(cluster.client.statistics.requests == 5)
+            #expect(cluster.client.statistics.requests == 4, "still cooling")
+            cluster.clock.advance(.milliseconds(1))
+            #expect(try await cluster.sendClosest(text) == second)
+            #expect(cluster.client.statistics.requests == 6)
             #expect(cluster.status(0)?.consecutiveFailures == 2)
+            #expect(cluster.status(0)?.availableAt == cluster.clock.now + .seconds(2))
             #expect(cluster.counters[0].count == 0)
         }
     }
@@ -400,8 +420,8 @@ struct SendClosestTests {
     }
 
     @Test func roundTripTimeOrderingPicksTheFastestNode() async throws {
-        // Node 0 takes 400 ms, node 1 150 ms, node 2 answers at once.
-        let delays: [Duration] = [.milliseconds(400), .milliseconds(150), .zero]
+        // Node 0 takes 500 ms, node 1 200 ms, node 2 answers at once.
+        let delays: [Duration] = [.milliseconds(500), .milliseconds(200), .zero]
         try await withCluster(count: 3) { index, request in
             if delays[index] > .zero { try await Task.sleep(for: delays[index]) }
             return try await tagHandler(index, request)

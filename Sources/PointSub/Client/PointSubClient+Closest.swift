@@ -12,10 +12,11 @@ import NIOCore
 /// fastest first.
 ///
 /// **Round-trip time.** Every successful `sendClosest` exchange (whatever the ordering) records
-/// the time from sending the request to receiving the response into the node's smoothed RTT
-/// (`NodeList.recordRTT`, 7/8 old + 1/8 new, per peer). That is the time to an answer as this
+/// the time from starting to write the request to having the response into the node's smoothed
+/// RTT (`NodeList.recordRTT`, 7/8 old + 1/8 new, per peer). That is the time to an answer as this
 /// client sees it, handler time included — which is what "the fastest node" has to mean for a
-/// request/response service. The first sample may include dialing and opening the stream. Yamux
+/// request/response service — but not the time to connect or open a stream, which would
+/// penalize a node for its first request (and it would never get another to correct that). Yamux
 /// pings are not used: they measure only the network, and mixing them with answer times would
 /// rank a slow server with a fast link first. With `.roundTripTime`, nodes never measured are
 /// tried first (nearest to the request first), so a new node gets its first measurement from
@@ -235,10 +236,10 @@ extension PointSubClient {
     private func attempt(
         _ request: ByteBuffer, node: PeerID, protocolID: String, limit: Duration
     ) async -> Result<ByteBuffer, PointSubError> {
-        let start = ContinuousClock.now
         do {
-            let response = try await send(request, to: node, protocol: protocolID, limit: limit, maxRetries: 0)
-            nodeList.recordRTT(peer: node, .now - start)
+            let (response, roundTrip) = try await send(
+                request, to: node, protocol: protocolID, limit: limit, maxRetries: 0)
+            nodeList.recordRTT(peer: node, roundTrip)
             return .success(response)
         } catch {
             return .failure(error)

@@ -45,7 +45,9 @@ public final class PointSubClient: Sendable {
     /// The request's fate as far as a timeout or cancellation needs to know it; shared by the
     /// waiting caller and the task doing the exchange.
     private final class Progress: Sendable {
-        private let state = NIOLockedValueBox<(stream: ClientStream?, requestSent: Bool, abandoned: Bool)>((nil, false, false))
+        private let state = NIOLockedValueBox<
+            (stream: ClientStream?, requestSent: Bool, abandoned: Bool, started: ContinuousClock.Instant?)
+        >((nil, false, false, nil))
 
         /// The exchange starts on `stream`; false if the caller gave up already.
         func use(_ stream: ClientStream) -> Bool {
@@ -53,8 +55,15 @@ public final class PointSubClient: Sendable {
                 guard !s.abandoned else { return false }
                 s.stream = stream
                 s.requestSent = false
+                s.started = .now
                 return true
             }
+        }
+
+        /// Time since the last exchange started writing its request: the round trip once the
+        /// reply is in, without connecting or opening the stream.
+        var sinceExchangeStarted: Duration {
+            state.withLockedValue { s in s.started.map { .now - $0 } ?? .zero }
         }
 
         func markSent() { state.withLockedValue { $0.requestSent = true } }
@@ -97,11 +106,16 @@ public final class PointSubClient: Sendable {
     let nodeList: NodeList
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
-    public init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+    public convenience init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+        try self.init(host: host, configuration: configuration, nodeClock: { ContinuousClock.now })
+    }
+
+    /// `nodeClock`: the clock of the server nodes' cool-downs (tests pass a hand-driven one).
+    init(host: P2PHost, configuration: Configuration, nodeClock: @escaping NodeList.Clock) throws(PointSubError) {
         try configuration.validate()
         self.host = host
         self.configuration = configuration
-        self.nodeList = NodeList(localPeer: host.peerID)
+        self.nodeList = NodeList(localPeer: host.peerID, now: nodeClock)
         self.pool = BufferPool(
             maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
         let interval = configuration.cleanupInterval
@@ -133,14 +147,16 @@ public final class PointSubClient: Sendable {
     ) async throws(PointSubError) -> ByteBuffer {
         try await send(
             request, to: peer, protocol: protocolID, limit: timeout ?? configuration.requestTimeout,
-            maxRetries: configuration.maxRetries)
+            maxRetries: configuration.maxRetries
+        ).response
     }
 
     /// `send` with an explicit time limit and retry budget (`sendClosest` fails over to the next
-    /// node instead of retrying the same one).
+    /// node instead of retrying the same one); also returns the time from writing the request to
+    /// having the reply (not counting connecting and opening the stream).
     func send(
         _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, limit: Duration, maxRetries: Int
-    ) async throws(PointSubError) -> ByteBuffer {
+    ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
         let closed = state.withLockedValue { s in
             if !s.closed { s.stats.requests += 1 }
             return s.closed
@@ -167,7 +183,7 @@ public final class PointSubClient: Sendable {
 
     private func send(
         _ request: ByteBuffer, key: PoolKey, limit: Duration, maxRetries: Int
-    ) async throws(PointSubError) -> ByteBuffer {
+    ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
         guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
         guard request.readableBytes <= configuration.maxBlockSize else {
             throw PointSubError(
@@ -180,9 +196,10 @@ public final class PointSubClient: Sendable {
         let encoded = message.encoded()
         let progress = Progress()
         do {
-            return try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
+            let response = try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
                 try await self.attempts(encoded, key: key, progress: progress, maxRetries: maxRetries)
             }
+            return (response, progress.sinceExchangeStarted)
         } catch let error as PointSubError {
             throw error
         } catch is TimeLimitExceeded {
