@@ -379,7 +379,7 @@ struct SendClosestTests {
                 let start = ContinuousClock.now
                 task.cancel()
                 await #expect { try await task.value } throws: { code($0) == .cancelled }
-                #expect(ContinuousClock.now - start < .seconds(1))
+                #expect(ContinuousClock.now - start < .seconds(2))
                 for index in 0..<2 { #expect(cluster.status(index)?.consecutiveFailures == 0, "fanout \(fanout)") }
             }
             // Cancelled before it starts.
@@ -420,8 +420,8 @@ struct SendClosestTests {
     }
 
     @Test func roundTripTimeOrderingPicksTheFastestNode() async throws {
-        // Node 0 takes 500 ms, node 1 200 ms, node 2 answers at once.
-        let delays: [Duration] = [.milliseconds(500), .milliseconds(200), .zero]
+        // Nodes 0 and 1 take 600 and 400 ms, node 2 answers at once.
+        let delays: [Duration] = [.milliseconds(600), .milliseconds(400), .zero]
         try await withCluster(count: 3) { index, request in
             if delays[index] > .zero { try await Task.sleep(for: delays[index]) }
             return try await tagHandler(index, request)
@@ -433,10 +433,13 @@ struct SendClosestTests {
             #expect(warmed == [0, 1, 2])
             let rtts = (0..<3).map { cluster.status($0)?.rtt }
             #expect(rtts.allSatisfy { $0 != nil }, "\(rtts)")
-            #expect(rtts[2]! < rtts[1]! && rtts[1]! < rtts[0]!, "\(rtts)")
+            #expect(rtts[2]! < .milliseconds(400) && rtts[0]! >= .milliseconds(600) && rtts[1]! >= .milliseconds(400), "\(rtts)")
+            // (Nodes 0 and 1 are not compared: on a loaded machine a 200 ms margin is not enough.)
+            let byRTT = (0..<3).sorted { rtts[$0]! < rtts[$1]! }.map { cluster.peers[$0] }
+            #expect(byRTT.first == cluster.peers[2])
             #expect(
                 cluster.client.serverNodeOrder(for: ByteBuffer(string: "x"), protocol: proto, ordering: .roundTripTime)
-                    == [cluster.peers[2], cluster.peers[1], cluster.peers[0]])
+                    == byRTT)
             for i in 0..<5 {
                 #expect(try await cluster.sendClosest("fast \(i)", ordering: .roundTripTime) == 2)
             }
@@ -464,12 +467,12 @@ struct SendClosestTests {
             }
             // (The hanging node may not even have seen these requests before they were cancelled.)
 
-            // Without fanout the hanging node gets its share of the time (half of 1 s with two
+            // Without fanout the hanging node gets its share of the time (half of 4 s with two
             // nodes), fails, and the other answers within the call's timeout.
             let start = ContinuousClock.now
-            #expect(try await cluster.sendClosest(text, timeout: .seconds(1)) == 1)
+            #expect(try await cluster.sendClosest(text, timeout: .seconds(4)) == 1)
             let elapsed = ContinuousClock.now - start
-            #expect(elapsed >= .milliseconds(450) && elapsed < .seconds(1), "\(elapsed)")
+            #expect(elapsed >= .milliseconds(1950) && elapsed < .seconds(4), "\(elapsed)")
             let failed = try #require(cluster.status(0))
             #expect(failed.consecutiveFailures == 1)
             #expect(cluster.counters[0].count >= 1, "the hanging node got the request")
