@@ -45,7 +45,9 @@ public final class PointSubClient: Sendable {
     /// The request's fate as far as a timeout or cancellation needs to know it; shared by the
     /// waiting caller and the task doing the exchange.
     private final class Progress: Sendable {
-        private let state = NIOLockedValueBox<(stream: ClientStream?, requestSent: Bool, abandoned: Bool)>((nil, false, false))
+        private let state = NIOLockedValueBox<
+            (stream: ClientStream?, requestSent: Bool, abandoned: Bool, started: ContinuousClock.Instant?)
+        >((nil, false, false, nil))
 
         /// The exchange starts on `stream`; false if the caller gave up already.
         func use(_ stream: ClientStream) -> Bool {
@@ -53,8 +55,15 @@ public final class PointSubClient: Sendable {
                 guard !s.abandoned else { return false }
                 s.stream = stream
                 s.requestSent = false
+                s.started = .now
                 return true
             }
+        }
+
+        /// Time since the last exchange started writing its request: the round trip once the
+        /// reply is in, without connecting or opening the stream.
+        var sinceExchangeStarted: Duration {
+            state.withLockedValue { s in s.started.map { .now - $0 } ?? .zero }
         }
 
         func markSent() { state.withLockedValue { $0.requestSent = true } }
@@ -93,12 +102,20 @@ public final class PointSubClient: Sendable {
     public let configuration: Configuration
     private let pool: BufferPool
     private let state = NIOLockedValueBox(State())
+    /// The server nodes per protocol for `sendClosest` (PointSubClient+Closest.swift).
+    let nodeList: NodeList
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
-    public init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+    public convenience init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
+        try self.init(host: host, configuration: configuration, nodeClock: { ContinuousClock.now })
+    }
+
+    /// `nodeClock`: the clock of the server nodes' cool-downs (tests pass a hand-driven one).
+    init(host: P2PHost, configuration: Configuration, nodeClock: @escaping NodeList.Clock) throws(PointSubError) {
         try configuration.validate()
         self.host = host
         self.configuration = configuration
+        self.nodeList = NodeList(localPeer: host.peerID, now: nodeClock)
         self.pool = BufferPool(
             maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
         let interval = configuration.cleanupInterval
@@ -128,14 +145,26 @@ public final class PointSubClient: Sendable {
     public func send(
         _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
     ) async throws(PointSubError) -> ByteBuffer {
-        let limit = timeout ?? configuration.requestTimeout
+        try await send(
+            request, to: peer, protocol: protocolID, limit: timeout ?? configuration.requestTimeout,
+            maxRetries: configuration.maxRetries
+        ).response
+    }
+
+    /// `send` with an explicit time limit and retry budget (`sendClosest` fails over to the next
+    /// node instead of retrying the same one); also returns the time from writing the request to
+    /// having the reply (not counting connecting and opening the stream).
+    func send(
+        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, limit: Duration, maxRetries: Int
+    ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
         let closed = state.withLockedValue { s in
             if !s.closed { s.stats.requests += 1 }
             return s.closed
         }
         guard !closed else { throw PointSubError(.clientClosed, "the client is closed") }
         do {
-            let reply = try await send(request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit)
+            let reply = try await send(
+                request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit, maxRetries: maxRetries)
             state.withLockedValue { $0.stats.succeeded += 1 }
             return reply
         } catch {
@@ -152,7 +181,9 @@ public final class PointSubClient: Sendable {
         return Array(reply.readableBytesView)
     }
 
-    private func send(_ request: ByteBuffer, key: PoolKey, limit: Duration) async throws(PointSubError) -> ByteBuffer {
+    private func send(
+        _ request: ByteBuffer, key: PoolKey, limit: Duration, maxRetries: Int
+    ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
         guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
         guard request.readableBytes <= configuration.maxBlockSize else {
             throw PointSubError(
@@ -165,9 +196,10 @@ public final class PointSubClient: Sendable {
         let encoded = message.encoded()
         let progress = Progress()
         do {
-            return try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
-                try await self.attempts(encoded, key: key, progress: progress)
+            let response = try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
+                try await self.attempts(encoded, key: key, progress: progress, maxRetries: maxRetries)
             }
+            return (response, progress.sinceExchangeStarted)
         } catch let error as PointSubError {
             throw error
         } catch is TimeLimitExceeded {
@@ -180,7 +212,9 @@ public final class PointSubClient: Sendable {
     }
 
     /// The first attempt and the retries.
-    private func attempts(_ encoded: ByteBuffer, key: PoolKey, progress: Progress) async throws -> ByteBuffer {
+    private func attempts(
+        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, maxRetries: Int
+    ) async throws -> ByteBuffer {
         var retries = 0
         var freshStream = false
         while true {
@@ -195,7 +229,7 @@ public final class PointSubClient: Sendable {
                 freshStream = true
             } catch let error as PointSubError {
                 let closed = state.withLockedValue { $0.closed }
-                guard error.isRetryable, retries < configuration.maxRetries, !closed else { throw error }
+                guard error.isRetryable, retries < maxRetries, !closed else { throw error }
                 retries += 1
                 freshStream = false
                 progress.resetSent()

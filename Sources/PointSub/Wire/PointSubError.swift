@@ -88,6 +88,12 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         case alreadyServing
         /// The server was stopped.
         case serverStopped
+        /// A peer that cannot be a server node (our own peer ID).
+        case invalidNode
+        /// `sendClosest` for a protocol without server nodes.
+        case noServerNodes
+        /// `sendClosest` tried every node and each failed; `nodeFailures` holds each node's error.
+        case allNodesFailed
 
         public var description: String {
             switch self {
@@ -102,6 +108,9 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
             case .invalidConfiguration: "invalidConfiguration"
             case .alreadyServing: "alreadyServing"
             case .serverStopped: "serverStopped"
+            case .invalidNode: "invalidNode"
+            case .noServerNodes: "noServerNodes"
+            case .allNodesFailed: "allNodesFailed"
             }
         }
     }
@@ -131,6 +140,22 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var violation: Violation?
     public var underlying: (any Error)?
+    /// For `sendClosest` failures (`.allNodesFailed`, or `.timeout` when the call ran out of time
+    /// before trying every node): the node tried and the error it failed with, in the order tried.
+    public var nodeFailures: [NodeFailure] = []
+
+    /// One node's failure within a `sendClosest` call.
+    public struct NodeFailure: Sendable, CustomStringConvertible {
+        public var node: PeerID
+        public var error: PointSubError
+
+        public init(node: PeerID, error: PointSubError) {
+            self.node = node
+            self.error = error
+        }
+
+        public var description: String { "\(node): \(error)" }
+    }
 
     public init(_ code: Code, _ message: String, violation: Violation? = nil, underlying: (any Error)? = nil) {
         self.code = code
@@ -167,6 +192,7 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         var text = "PointSubError.\(code): \(message)"
         if let underlying { text += " (\(underlying))" }
+        if !nodeFailures.isEmpty { text += " [" + nodeFailures.map(\.description).joined(separator: "; ") + "]" }
         return text
     }
 }

@@ -1,0 +1,283 @@
+import NIOCore
+
+/// Server nodes and `sendClosest`: a request goes to the node "closest" to it, failing over down
+/// the list when a node fails.
+///
+/// Every method may be called from any task (the nodes live in a thread-safe `NodeList`).
+///
+/// **Ordering.** `.xorDistance` (the default) sorts the protocol's nodes by the XOR of
+/// SHA-256(request) and SHA-256(peer ID bytes), nearest first: the same request goes to the same
+/// node as long as the membership and the nodes' health hold, and different requests spread
+/// evenly. `.roundTripTime` sorts by the smoothed time the nodes took to answer (see below),
+/// fastest first.
+///
+/// **Round-trip time.** Every successful `sendClosest` exchange (whatever the ordering) records
+/// the time from starting to write the request to having the response into the node's smoothed
+/// RTT (`NodeList.recordRTT`, 7/8 old + 1/8 new, per peer). That is the time to an answer as this
+/// client sees it, handler time included — which is what "the fastest node" has to mean for a
+/// request/response service — but not the time to connect or open a stream, which would
+/// penalize a node for its first request (and it would never get another to correct that). Yamux
+/// pings are not used: they measure only the network, and mixing them with answer times would
+/// rank a slow server with a fast link first. With `.roundTripTime`, nodes never measured are
+/// tried first (nearest to the request first), so a new node gets its first measurement from
+/// real traffic instead of waiting behind the measured ones forever; measured nodes follow,
+/// fastest first, ties nearest to the request first.
+///
+/// **Failover.** Nodes are tried in order. An attempt is one `send` without the client's retries
+/// (a retryable error moves on to the next node instead of retrying the same one; a dead pooled
+/// stream is still replaced once within the attempt). A node that fails — connection errors,
+/// `protocolNotSupported`, timeouts, protocol violations, a reply over our block size, and the
+/// remote errors `busy`, `unavailable`, `tooLarge`, `malformed` and `timeout` — is put in
+/// cool-down (`NodeList.markFailure`: 2^(n−1) s after n failures in a row, at most 15 minutes)
+/// and left out of later orderings while it cools (unless every node is cooling). A node that
+/// answers is marked healthy (`markSuccess`), which ends its cool-down.
+///
+/// **Handler errors are answers.** A remote `handler` error is the application's answer to the
+/// request: it is thrown as `.remote(.handler)` at once, without failing over, and the node is
+/// marked healthy. (The Go original fails over on any error; but every node runs the same
+/// handler, so repeating the request elsewhere would most likely repeat the error, multiply the
+/// side effects and punish healthy nodes with cool-downs.)
+///
+/// **Time.** `timeout` (default `configuration.requestTimeout`) bounds the whole call. Each round
+/// (one node, or `fanout` nodes at once) gets an equal share of the time left: time left ÷ rounds
+/// left. A lone node gets the whole time; a node that fails fast passes its unused share on; a
+/// node that hangs cannot eat the time of the nodes after it.
+///
+/// **Fanout.** With `fanout` k > 1 the request goes to the first k nodes at once; the first
+/// answer (a response, or a handler error) wins and the other attempts are cancelled (their
+/// streams reset; they are not marked failed). If all k fail, the next k are tried the same way.
+/// Use it only for requests that are safe to process more than once.
+///
+/// **Errors.** `.invalidConfiguration` for `fanout` < 1 or a timeout that is not positive;
+/// `.messageTooLarge` for a request over `maxBlockSize` (nothing sent, no node marked);
+/// `.noServerNodes` when the protocol has no nodes; `.remote(.handler)` as above; `.cancelled`
+/// when the calling task is cancelled (at once; no node is marked failed); `.clientClosed`;
+/// `.allNodesFailed` when every node failed, with each node's error in `nodeFailures`, in the
+/// order tried; `.timeout(requestSent:)` (also with `nodeFailures`) if the time ran out before
+/// every node was tried.
+extension PointSubClient {
+    /// How `sendClosest` orders the nodes of a protocol.
+    public enum NodeOrdering: Sendable, Hashable {
+        /// By XOR distance between SHA-256 of the request and SHA-256 of the peer ID, nearest first.
+        case xorDistance
+        /// By measured time to an answer, fastest first; unmeasured nodes first of all.
+        case roundTripTime
+    }
+
+    // MARK: - Nodes
+
+    /// Adds `peer` as a server node for `protocolID`; returns false if it is one already (it keeps
+    /// its health and RTT). Throws `.invalidNode` for our own peer ID.
+    @discardableResult
+    public func addServerNode(_ peer: PeerID, protocol protocolID: String) throws(PointSubError) -> Bool {
+        do {
+            return try nodeList.add(peer, protocol: protocolID)
+        } catch {
+            throw PointSubError(.invalidNode, error.message, underlying: error)
+        }
+    }
+
+    /// Removes `peer` from `protocolID`'s server nodes; returns whether it was one. A
+    /// `sendClosest` already under way may still try it.
+    @discardableResult
+    public func removeServerNode(_ peer: PeerID, protocol protocolID: String) -> Bool {
+        nodeList.remove(peer, protocol: protocolID)
+    }
+
+    /// The server nodes of `protocolID` in the order they were added, including those cooling down.
+    public func serverNodes(protocol protocolID: String) -> [PeerID] {
+        nodeList.nodes(protocol: protocolID)
+    }
+
+    /// Removes every server node of `protocolID`.
+    public func clearServerNodes(protocol protocolID: String) {
+        nodeList.clear(protocol: protocolID)
+    }
+
+    /// A server node's health and measured RTT, or nil if `peer` is not a node of `protocolID`.
+    public func serverNodeStatus(_ peer: PeerID, protocol protocolID: String) -> NodeList.Status? {
+        nodeList.status(of: peer, protocol: protocolID)
+    }
+
+    /// The order `sendClosest` would try the nodes of `protocolID` in for `request` right now
+    /// (nodes cooling down left out unless all are).
+    public func serverNodeOrder(
+        for request: ByteBuffer, protocol protocolID: String, ordering: NodeOrdering = .xorDistance
+    ) -> [PeerID] {
+        switch ordering {
+        case .xorDistance:
+            return nodeList.orderedByXOR(request: request, protocol: protocolID)
+        case .roundTripTime:
+            let order = nodeList.orderedByRTT(request: request.readableBytesView, protocol: protocolID)
+            // If the first is cooling, all are, sorted by when they become available: keep that.
+            guard let first = order.first, nodeList.status(of: first, protocol: protocolID)?.availableAt == nil else {
+                return order
+            }
+            let measured = Set(order.filter { nodeList.rtt(of: $0) != nil })
+            return order.filter { !measured.contains($0) } + order.filter { measured.contains($0) }
+        }
+    }
+
+    // MARK: - Sending
+
+    /// Sends `request` to the closest available node of `protocolID` (see the notes on this
+    /// extension), failing over down the list, and returns the response with the node that
+    /// answered.
+    public func sendClosest(
+        _ request: ByteBuffer, protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
+        fanout: Int = 1, timeout: Duration? = nil
+    ) async throws(PointSubError) -> (response: ByteBuffer, node: PeerID) {
+        let limit = timeout ?? configuration.requestTimeout
+        guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
+        guard fanout >= 1 else { throw PointSubError(.invalidConfiguration, "fanout must be at least 1 (is \(fanout))") }
+        guard request.readableBytes <= configuration.maxBlockSize else {
+            throw PointSubError(
+                .messageTooLarge,
+                "request of \(request.readableBytes) bytes exceeds the maximum block size of \(configuration.maxBlockSize)")
+        }
+        guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
+        let nodes = serverNodeOrder(for: request, protocol: protocolID, ordering: ordering)
+        guard !nodes.isEmpty else { throw PointSubError(.noServerNodes, "no server nodes for \(protocolID)") }
+
+        let deadline = ContinuousClock.now + limit
+        var failures: [PointSubError.NodeFailure] = []
+        var next = 0
+        while next < nodes.count {
+            guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
+            let roundsLeft = (nodes.count - next + fanout - 1) / fanout
+            let share = (deadline - .now) / roundsLeft
+            guard share > .zero else {
+                var error = PointSubError(
+                    .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
+                    "no answer from the nodes of \(protocolID) within \(limit); \(nodes.count - next) not tried")
+                error.nodeFailures = failures
+                throw error
+            }
+            let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
+            next += batch.count
+            switch await round(request, nodes: batch, protocolID: protocolID, limit: share) {
+            case .answered(let response, let node):
+                return (response, node)
+            case .final(let error):
+                throw error
+            case .failed(let roundFailures):
+                failures += roundFailures
+            }
+        }
+        var error = PointSubError(.allNodesFailed, "all \(nodes.count) nodes of \(protocolID) failed")
+        error.nodeFailures = failures
+        throw error
+    }
+
+    /// `sendClosest` with plain bytes.
+    public func sendClosest(
+        _ request: [UInt8], protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
+        fanout: Int = 1, timeout: Duration? = nil
+    ) async throws(PointSubError) -> (response: [UInt8], node: PeerID) {
+        let (response, node) = try await sendClosest(
+            ByteBuffer(bytes: request), protocol: protocolID, ordering: ordering, fanout: fanout, timeout: timeout)
+        return (Array(response.readableBytesView), node)
+    }
+
+    // MARK: - Rounds
+
+    private enum RoundOutcome {
+        /// A node answered with a response.
+        case answered(ByteBuffer, PeerID)
+        /// The call ends with this error (a handler error, cancellation, the client closed).
+        case final(PointSubError)
+        /// Every node of the round failed.
+        case failed([PointSubError.NodeFailure])
+    }
+
+    /// What one node's attempt means for the call.
+    private enum Verdict {
+        case answer(ByteBuffer)
+        case final(PointSubError)
+        case failover(PointSubError)
+    }
+
+    /// Sends to every node of `nodes` at once; the first answer wins.
+    private func round(
+        _ request: ByteBuffer, nodes: [PeerID], protocolID: String, limit: Duration
+    ) async -> RoundOutcome {
+        if nodes.count == 1 {
+            let node = nodes[0]
+            let result = await attempt(request, node: node, protocolID: protocolID, limit: limit)
+            switch judge(result, node: node, protocolID: protocolID) {
+            case .answer(let response): return .answered(response, node)
+            case .final(let error): return .final(error)
+            case .failover(let error): return .failed([.init(node: node, error: error)])
+            }
+        }
+        return await withTaskGroup(of: (PeerID, Result<ByteBuffer, PointSubError>).self) { group in
+            for node in nodes {
+                group.addTask { (node, await self.attempt(request, node: node, protocolID: protocolID, limit: limit)) }
+            }
+            var failures: [PointSubError.NodeFailure] = []
+            for await (node, result) in group {
+                switch judge(result, node: node, protocolID: protocolID) {
+                case .answer(let response):
+                    // The losers' sends return at once when cancelled (their streams are reset).
+                    group.cancelAll()
+                    return .answered(response, node)
+                case .final(let error):
+                    group.cancelAll()
+                    return .final(error)
+                case .failover(let error):
+                    failures.append(.init(node: node, error: error))
+                }
+            }
+            return .failed(failures)
+        }
+    }
+
+    /// One node, one send without retries; records the time to a response.
+    private func attempt(
+        _ request: ByteBuffer, node: PeerID, protocolID: String, limit: Duration
+    ) async -> Result<ByteBuffer, PointSubError> {
+        do {
+            let (response, roundTrip) = try await send(
+                request, to: node, protocol: protocolID, limit: limit, maxRetries: 0)
+            nodeList.recordRTT(peer: node, roundTrip)
+            return .success(response)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Classifies an attempt's result and updates the node's health accordingly.
+    private func judge(_ result: Result<ByteBuffer, PointSubError>, node: PeerID, protocolID: String) -> Verdict {
+        switch result {
+        case .success(let response):
+            nodeList.markSuccess(node, protocol: protocolID)
+            return .answer(response)
+        case .failure(let error):
+            switch error.code {
+            case .remote(.handler):
+                // The node is fine: this is the application's answer.
+                nodeList.markSuccess(node, protocol: protocolID)
+                return .final(error)
+            case .cancelled, .clientClosed, .invalidConfiguration:
+                // Not the node's fault; within a fanout round only the caller's cancellation
+                // reaches here (losers are cancelled after the round is decided).
+                return .final(error)
+            default:
+                nodeList.markFailure(node, protocol: protocolID)
+                return .failover(error)
+            }
+        }
+    }
+}
+
+extension PointSubError {
+    /// Whether the failed request may have been processed by the node.
+    fileprivate var requestMaybeProcessed: Bool {
+        switch code {
+        case .timeout(let sent), .connectionFailed(let sent): sent
+        case .remote(let remote): !remote.isRetryable
+        case .protocolViolation, .messageTooLarge: true
+        default: false
+        }
+    }
+}
