@@ -287,6 +287,11 @@ public final class PointSubClient: Sendable {
             throw error
         } catch let stale as StaleStream {
             throw stale
+        } catch let error as HostError where error.code == .protocolNotSupported {
+            // A lazily negotiated stream (identify said the peer serves the protocol) learns of a
+            // refusal only here: the server never accepted the protocol, so nothing was processed.
+            drop(stream, reset: true)
+            throw PointSubError(.protocolNotSupported, "\(stream.stream.remotePeer) does not serve \(stream.protocolID)", underlying: error)
         } catch {
             drop(stream, reset: true)
             throw connectionFailed(sent: true, "reading the reply failed", error)
