@@ -5,21 +5,58 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [--quick]`: prints, for this machine, in one run:
-/// the ChaChaPoly seal rate on one core, single-stream throughput over raw TCP and over
-/// Noise + Yamux, connect + first stream + 1-byte echo latency, and secured connections per second.
+/// `swift run -c release pointsub-bench [host | rr] [--quick] [--default-executor]`
+///
+/// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
+///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
+///   secured connections per second.
+/// - `rr`: PointSub request/response (requests/s, p50/p99 latency) next to plain TCP with the
+///   same framing (see `RequestResponseBench`).
+/// - no subcommand: both.
 @main
 struct Bench {
+    static let usage = """
+        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression]
+          host                host-level figures (crypto, stream throughput, connect latency)
+          rr                  request/response: PointSub vs plain TCP with the same framing
+          (none)              both
+          --quick             shorter runs
+          --default-executor  keep Swift's default executor (default: NIO's event loops)
+          --no-compression    rr: PointSub client and server with compression off
+        """
+
     static func main() async throws {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.contains("--help") || arguments.contains("-h") {
+            print(usage)
+            return
+        }
+        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression"]
+        let commands = arguments.filter { !flags.contains($0) }
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "rr"].contains($0) }) else {
+            FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
+            exit(2)
+        }
         // Run Swift tasks on NIO's event loops, as the CLI does: no thread hop between a task and
         // its channel's loop.
-        if !CommandLine.arguments.contains("--default-executor") {
+        if !arguments.contains("--default-executor") {
             _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
-        let quick = CommandLine.arguments.contains("--quick")
+        let quick = arguments.contains("--quick")
         print("pointsub-bench on \(machineDescription())")
-        print(String(repeating: "-", count: 72))
+        let command = commands.first
+        if command == nil || command == "host" {
+            print(String(repeating: "-", count: 72))
+            try await hostFigures(quick: quick)
+        }
+        if command == nil || command == "rr" {
+            if command == nil { print() }
+            try await RequestResponseBench.run(quick: quick, compression: !arguments.contains("--no-compression"))
+        }
+    }
 
+    /// The host-level figures.
+    static func hostFigures(quick: Bool) async throws {
         let seal = chachaRate(seconds: quick ? 0.5 : 2)
         print(String(format: "ChaChaPoly seal (one core, 65519-byte messages)   %8.1f MiB/s", seal))
 

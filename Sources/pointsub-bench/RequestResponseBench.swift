@@ -1,0 +1,362 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PointSub
+
+/// `pointsub-bench rr`: request/response rate and latency of PointSub (client and server hosts
+/// in this process, Noise + Yamux over loopback TCP, an echo handler) next to plain TCP
+/// request/response with the same framing (PointSub messages, no libp2p) in the same run.
+///
+/// For each payload size and number of requests in flight, both sides run the same load: that
+/// many workers, each sending one request at a time and waiting for its reply (the protocol has
+/// no pipelining), PointSub over pooled streams of one connection, TCP over one connection per
+/// worker. Payloads are random bytes (compression is tried and skipped); one more row per size
+/// uses compressible text at the highest in-flight level, so the compression cost shows.
+enum RequestResponseBench {
+    static let protocolID = "/pointsub-bench/echo/1.0.0"
+    static let sizes = [64, 1024, 64 * 1024, 1024 * 1024]
+    static let inFlightLevels = [1, 64]
+
+    enum Payload: String {
+        case random
+        case text
+    }
+
+    struct Cell {
+        var size: Int
+        var inFlight: Int
+        var payload: Payload
+    }
+
+    static func run(quick: Bool, compression: Bool) async throws {
+        let phases = Phases(warmUp: .milliseconds(quick ? 100 : 500), measure: .milliseconds(quick ? 300 : 2500))
+        var cells: [Cell] = []
+        for size in sizes {
+            for inFlight in inFlightLevels { cells.append(Cell(size: size, inFlight: inFlight, payload: .random)) }
+            cells.append(Cell(size: size, inFlight: inFlightLevels.last!, payload: .text))
+        }
+
+        print("request/response, echo over loopback: PointSub (Noise + Yamux, pooled streams) vs plain TCP")
+        print("(same framing, one request at a time per TCP connection), \(phases.measure) per cell after")
+        print("\(phases.warmUp) warm-up; PointSub compression \(compression ? "on" : "off"), TCP never compresses")
+        print("load average at start: \(loadAverage())")
+        let header = [
+            pad("size", 7), pad("in-flight", 9, right: true), pad("payload", 8, right: true), " |",
+            pad("PointSub req/s", 15, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
+            pad("n", 7, right: true), " |",
+            pad("TCP req/s", 11, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
+            pad("n", 7, right: true), " |", pad("ratio", 6, right: true),
+        ].joined()
+        print(String(repeating: "-", count: header.count))
+        print(header)
+        print(String(repeating: "-", count: header.count))
+
+        let server = try await PlainTCPEchoServer.start()
+        let serverConfig = P2PHost.Configuration.defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }
+        var lowest: (Cell, Double)?
+        do {
+            try await withHost(configuration: serverConfig) { serverHost in
+                let pointSubServer = try PointSubServer(host: serverHost, configuration: .defaults {
+                    $0.compression = compression
+                })
+                try pointSubServer.start(protocolID) { (request: PointSubRequest) in request.payload }
+                try await withHost { clientHost in
+                    _ = try await clientHost.connect(to: serverHost.addresses[0])
+                    let client = try PointSubClient(host: clientHost, configuration: .defaults {
+                        $0.compression = compression
+                    })
+                    for cell in cells {
+                        let payload = makePayload(cell.payload, size: cell.size)
+                        let before = client.statistics
+                        let pointSub = try await measure(inFlight: cell.inFlight, phases: phases) { _, window in
+                            try await window.loop {
+                                let reply = try await client.send(payload, to: serverHost.peerID, protocol: protocolID)
+                                guard reply.readableBytes == payload.readableBytes else {
+                                    throw BenchError("PointSub reply of \(reply.readableBytes) bytes to \(payload.readableBytes)")
+                                }
+                            }
+                        }
+                        let after = client.statistics
+                        let tcp = try await PlainTCPEchoServer.measure(
+                            server.address, payload: payload, inFlight: cell.inFlight, phases: phases)
+                        let ratio = pointSub.requestsPerSecond / tcp.requestsPerSecond
+                        if lowest == nil || ratio < lowest!.1 { lowest = (cell, ratio) }
+                        print([
+                            pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true),
+                            pad(cell.payload.rawValue, 8, right: true), " |",
+                            pad(String(format: "%.0f", pointSub.requestsPerSecond), 15, right: true),
+                            pad(String(format: "%.3f", pointSub.p50), 9, right: true),
+                            pad(String(format: "%.3f", pointSub.p99), 9, right: true),
+                            pad("\(pointSub.samples)", 7, right: true), " |",
+                            pad(String(format: "%.0f", tcp.requestsPerSecond), 11, right: true),
+                            pad(String(format: "%.3f", tcp.p50), 9, right: true),
+                            pad(String(format: "%.3f", tcp.p99), 9, right: true),
+                            pad("\(tcp.samples)", 7, right: true), " |",
+                            pad(String(format: "%.2f", ratio), 6, right: true),
+                        ].joined())
+                        let retries = (after.retries - before.retries) + (after.staleStreamRetries - before.staleStreamRetries)
+                        if retries > 0 || after.failed != before.failed {
+                            print("  (PointSub client: \(retries) retries, \(after.failed - before.failed) failures)")
+                        }
+                    }
+                    print(String(repeating: "-", count: header.count))
+                    let stats = client.statistics
+                    let serverStats = pointSubServer.statistics
+                    print(
+                        "PointSub client: \(stats.requests) requests, \(stats.streamsOpened) streams opened, "
+                            + "\(stats.compressedRequests) requests and \(stats.compressedResponses) responses compressed; "
+                            + "server: \(serverStats.requestsHandled) handled, \(serverStats.busyRefusals) busy refusals")
+                    await client.close()
+                    await pointSubServer.stop(gracePeriod: .seconds(1))
+                }
+            }
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+        print("load average at end: \(loadAverage())")
+        if let (cell, ratio) = lowest {
+            print(String(
+                format: "lowest PointSub/TCP ratio %.2f (%@, %d in flight, %@); target ≥ 0.50",
+                ratio, sizeLabel(cell.size), cell.inFlight, cell.payload.rawValue))
+        }
+    }
+
+    // MARK: - Load and measurement
+
+    /// Warm-up (connections and streams opened, pools filled), then the measured window.
+    struct Phases {
+        var warmUp: Duration
+        var measure: Duration
+    }
+
+    /// When one request started and when its reply was complete.
+    struct Sample: Sendable {
+        var start: ContinuousClock.Instant
+        var end: ContinuousClock.Instant
+    }
+
+    struct Result {
+        var requestsPerSecond: Double
+        /// Milliseconds.
+        var p50: Double
+        var p99: Double
+        var samples: Int
+    }
+
+    /// The measured window, shared by the workers of one run. It opens once every worker
+    /// completed a request and the warm-up time passed (so no worker is still opening its
+    /// stream or connection), and closes `measure` later. The workers keep the load up until
+    /// it closed, so the window sees steady state only.
+    final class Window: Sendable {
+        private let phases: Phases
+        private let began = ContinuousClock.now
+        private let state: NIOLockedValueBox<(waiting: Int, opens: ContinuousClock.Instant?)>
+
+        init(workers: Int, phases: Phases) {
+            self.phases = phases
+            self.state = NIOLockedValueBox((workers, nil))
+        }
+
+        /// The window's bounds, once it is known.
+        var bounds: (ContinuousClock.Instant, ContinuousClock.Instant)? {
+            state.withLockedValue { s in s.opens.map { ($0, $0 + phases.measure) } }
+        }
+
+        private func workerReady() {
+            state.withLockedValue { s in
+                s.waiting -= 1
+                if s.waiting == 0 { s.opens = max(ContinuousClock.now, began + phases.warmUp) }
+            }
+        }
+
+        private func isOver(at now: ContinuousClock.Instant) -> Bool {
+            state.withLockedValue { s in s.opens.map { now >= $0 + phases.measure } ?? false }
+        }
+
+        /// Runs `request` repeatedly until the window has closed; returns when each ran.
+        func loop(_ request: () async throws -> Void) async throws -> [Sample] {
+            var samples: [Sample] = []
+            samples.reserveCapacity(4096)
+            let clock = ContinuousClock()
+            while true {
+                let start = clock.now
+                try await request()
+                let end = clock.now
+                samples.append(Sample(start: start, end: end))
+                if samples.count == 1 { workerReady() }
+                if isOver(at: end) { return samples }
+            }
+        }
+    }
+
+    /// Runs `inFlight` workers, each looping with `window.loop`, and evaluates the window:
+    /// requests/s from the replies completed within it, latencies of the requests started within it.
+    static func measure(
+        inFlight: Int, phases: Phases, worker: @escaping @Sendable (Int, Window) async throws -> [Sample]
+    ) async throws -> Result {
+        let window = Window(workers: inFlight, phases: phases)
+        let samples = try await withThrowingTaskGroup(of: [Sample].self) { group in
+            for index in 0..<inFlight {
+                group.addTask { try await worker(index, window) }
+            }
+            return try await group.reduce(into: [Sample]()) { $0 += $1 }
+        }
+        guard let (opens, closes) = window.bounds else { throw BenchError("the measured window never opened") }
+        let completed = samples.count(where: { $0.end >= opens && $0.end < closes })
+        var latencies = samples.filter { $0.start >= opens && $0.start < closes }.map { ($0.end - $0.start).secondsValue * 1000 }
+        latencies.sort()
+        func percentile(_ q: Double) -> Double {
+            guard !latencies.isEmpty else { return .nan }
+            let rank = Int((q * Double(latencies.count)).rounded(.up)) - 1
+            return latencies[min(max(rank, 0), latencies.count - 1)]
+        }
+        return Result(
+            requestsPerSecond: Double(completed) / (closes - opens).secondsValue,
+            p50: percentile(0.50), p99: percentile(0.99), samples: latencies.count)
+    }
+
+    // MARK: - Payloads and formatting
+
+    static func makePayload(_ kind: Payload, size: Int) -> ByteBuffer {
+        switch kind {
+        case .random:
+            var generator = SystemRandomNumberGenerator()
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(size)
+            var left = size
+            while left > 0 {
+                let word = generator.next() as UInt64
+                _ = withUnsafeBytes(of: word) { buffer.writeBytes($0.prefix(left)) }
+                left -= min(8, left)
+            }
+            return buffer
+        case .text:
+            // Log-like lines: compress by zlib to roughly a fifth.
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(size + 64)
+            var line = 0
+            while buffer.readableBytes < size {
+                buffer.writeString(
+                    "\(line) level=info peer=node-\(line % 17) op=get key=/data/\(line * 7919 % 1000) bytes=\(line * 31 % 4096)\n")
+                line += 1
+            }
+            buffer.moveWriterIndex(to: size)
+            return buffer
+        }
+    }
+
+    static func sizeLabel(_ size: Int) -> String {
+        if size >= 1 << 20 { return "\(size >> 20) MiB" }
+        if size >= 1 << 10 { return "\(size >> 10) KiB" }
+        return "\(size) B"
+    }
+
+    static func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - text.count))
+        return right ? fill + text : text + fill
+    }
+
+    static func loadAverage() -> String {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return "unknown" }
+        return text.split(separator: " ").prefix(3).joined(separator: " ")
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The baseline: request/response with PointSub's framing over plain TCP, no libp2p. The
+/// server reads a request message per connection, answers with a response message of the
+/// same payload, and waits for the next; a client connection sends one request at a time.
+/// Both sides use Swift tasks over `NIOAsyncChannel`, as PointSub's client and handler do.
+struct PlainTCPEchoServer: Sendable {
+    typealias Connection = NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    static let maxBlockSize = 32 * 1024 * 1024
+
+    let channel: any Channel
+    let task: Task<Void, Never>
+    var address: SocketAddress { channel.localAddress! }
+
+    static func start() async throws -> PlainTCPEchoServer {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: "127.0.0.1", port: 0) { channel in
+                channel.eventLoop.makeCompletedFuture { try Connection(wrappingChannelSynchronously: channel) }
+            }
+        let channel = server.channel
+        let task = Task { () -> Void in
+            _ = try? await server.executeThenClose { connections in
+                await withDiscardingTaskGroup { group in
+                    do {
+                        for try await connection in connections {
+                            group.addTask { try? await serve(connection) }
+                        }
+                    } catch {}
+                }
+            }
+        }
+        return PlainTCPEchoServer(channel: channel, task: task)
+    }
+
+    private static func serve(_ connection: Connection) async throws {
+        try await connection.executeThenClose { inbound, outbound in
+            var parser = PointSubMessageParser(maxBlockSize: maxBlockSize, accepting: [.request])
+            for try await chunk in inbound {
+                parser.append(chunk)
+                while let request = try parser.next() {
+                    let payload = try request.decodedPayload(maxBlockSize: maxBlockSize)
+                    try await outbound.write(PointSubMessage.make(kind: .response, payload: payload, compress: false).encoded())
+                }
+            }
+        }
+    }
+
+    /// Closes the listener; connections end when their clients close them.
+    func stop() async {
+        try? await channel.close()
+        await task.value
+    }
+
+    /// `inFlight` connections, each a worker sending `payload` one request at a time.
+    static func measure(
+        _ address: SocketAddress, payload: ByteBuffer, inFlight: Int, phases: RequestResponseBench.Phases
+    ) async throws -> RequestResponseBench.Result {
+        var connections: [Connection] = []
+        for _ in 0..<inFlight {
+            connections.append(
+                try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .connect(to: address) { channel in
+                        channel.eventLoop.makeCompletedFuture { try Connection(wrappingChannelSynchronously: channel) }
+                    })
+        }
+        let opened = connections
+        return try await RequestResponseBench.measure(inFlight: inFlight, phases: phases) { index, window in
+            try await opened[index].executeThenClose { inbound, outbound in
+                var replies = inbound.makeAsyncIterator()
+                var parser = PointSubMessageParser(maxBlockSize: maxBlockSize, accepting: [.response, .error])
+                return try await window.loop {
+                    // Encoded per request, as PointSubClient does.
+                    try await outbound.write(PointSubMessage.make(kind: .request, payload: payload, compress: false).encoded())
+                    while true {
+                        if let reply = try parser.next() {
+                            guard reply.kind == .response, reply.payload.readableBytes == payload.readableBytes else {
+                                throw BenchError("TCP reply of \(reply.payload.readableBytes) bytes to \(payload.readableBytes)")
+                            }
+                            return
+                        }
+                        guard let chunk = try await replies.next() else { throw BenchError("TCP server closed the connection") }
+                        parser.append(chunk)
+                    }
+                }
+            }
+        }
+    }
+}
