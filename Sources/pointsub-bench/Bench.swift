@@ -16,13 +16,16 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression]
+        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp]
           host                host-level figures (crypto, stream throughput, connect latency)
           rr                  request/response: PointSub vs plain TCP with the same framing
           (none)              both
           --quick             shorter runs
           --default-executor  keep Swift's default executor (default: NIO's event loops)
           --no-compression    rr: PointSub client and server with compression off
+          --size=BYTES        rr: only this payload size (repeatable)
+          --in-flight=N       rr: only this number of requests in flight (repeatable)
+          --only=SIDE         rr: only pointsub or only tcp (for profiling)
         """
 
     static func main() async throws {
@@ -32,7 +35,28 @@ struct Bench {
             return
         }
         let flags: Set<String> = ["--quick", "--default-executor", "--no-compression"]
-        let commands = arguments.filter { !flags.contains($0) }
+        func values(_ option: String) -> [Int]? {
+            let given = arguments.filter { $0.hasPrefix(option + "=") }.map { Int($0.dropFirst(option.count + 1)) }
+            guard !given.isEmpty else { return nil }
+            guard given.allSatisfy({ ($0 ?? 0) > 0 }) else {
+                FileHandle.standardError.write(Data("pointsub-bench: \(option) needs a positive integer\n".utf8))
+                exit(2)
+            }
+            return given.map { $0! }
+        }
+        let sizes = values("--size")
+        let inFlight = values("--in-flight")
+        var sides = Set(RequestResponseBench.Side.allCases)
+        if let only = arguments.last(where: { $0.hasPrefix("--only=") }) {
+            guard let side = RequestResponseBench.Side(rawValue: String(only.dropFirst("--only=".count))) else {
+                FileHandle.standardError.write(Data("pointsub-bench: --only takes pointsub or tcp\n".utf8))
+                exit(2)
+            }
+            sides = [side]
+        }
+        let commands = arguments.filter {
+            !flags.contains($0) && !$0.hasPrefix("--size=") && !$0.hasPrefix("--in-flight=") && !$0.hasPrefix("--only=")
+        }
         guard commands.count <= 1, commands.allSatisfy({ ["host", "rr"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
@@ -51,7 +75,9 @@ struct Bench {
         }
         if command == nil || command == "rr" {
             if command == nil { print() }
-            try await RequestResponseBench.run(quick: quick, compression: !arguments.contains("--no-compression"))
+            try await RequestResponseBench.run(
+                quick: quick, compression: !arguments.contains("--no-compression"),
+                sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides)
         }
     }
 

@@ -29,7 +29,16 @@ enum RequestResponseBench {
         var payload: Payload
     }
 
-    static func run(quick: Bool, compression: Bool) async throws {
+    /// What a run measures; both unless profiling one of them.
+    enum Side: String, CaseIterable {
+        case pointSub = "pointsub"
+        case tcp
+    }
+
+    static func run(
+        quick: Bool, compression: Bool, sizes: [Int] = sizes, inFlightLevels: [Int] = inFlightLevels,
+        sides: Set<Side> = Set(Side.allCases)
+    ) async throws {
         let phases = Phases(warmUp: .milliseconds(quick ? 100 : 500), measure: .milliseconds(quick ? 300 : 2500))
         var cells: [Cell] = []
         for size in sizes {
@@ -69,32 +78,43 @@ enum RequestResponseBench {
                     for cell in cells {
                         let payload = makePayload(cell.payload, size: cell.size)
                         let before = client.statistics
-                        let pointSub = try await measure(inFlight: cell.inFlight, phases: phases) { _, window in
-                            try await window.loop {
-                                let reply = try await client.send(payload, to: serverHost.peerID, protocol: protocolID)
-                                guard reply.readableBytes == payload.readableBytes else {
-                                    throw BenchError("PointSub reply of \(reply.readableBytes) bytes to \(payload.readableBytes)")
+                        var pointSub: Result?
+                        if sides.contains(.pointSub) {
+                            pointSub = try await measure(inFlight: cell.inFlight, phases: phases) { _, window in
+                                try await window.loop {
+                                    let reply = try await client.send(payload, to: serverHost.peerID, protocol: protocolID)
+                                    guard reply.readableBytes == payload.readableBytes else {
+                                        throw BenchError("PointSub reply of \(reply.readableBytes) bytes to \(payload.readableBytes)")
+                                    }
                                 }
                             }
                         }
                         let after = client.statistics
-                        let tcp = try await PlainTCPEchoServer.measure(
-                            server.address, payload: payload, inFlight: cell.inFlight, phases: phases)
-                        let ratio = pointSub.requestsPerSecond / tcp.requestsPerSecond
-                        if lowest == nil || ratio < lowest!.1 { lowest = (cell, ratio) }
-                        print([
-                            pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true),
-                            pad(cell.payload.rawValue, 8, right: true), " |",
-                            pad(String(format: "%.0f", pointSub.requestsPerSecond), 15, right: true),
-                            pad(String(format: "%.3f", pointSub.p50), 9, right: true),
-                            pad(String(format: "%.3f", pointSub.p99), 9, right: true),
-                            pad("\(pointSub.samples)", 7, right: true), " |",
-                            pad(String(format: "%.0f", tcp.requestsPerSecond), 11, right: true),
-                            pad(String(format: "%.3f", tcp.p50), 9, right: true),
-                            pad(String(format: "%.3f", tcp.p99), 9, right: true),
-                            pad("\(tcp.samples)", 7, right: true), " |",
-                            pad(String(format: "%.2f", ratio), 6, right: true),
-                        ].joined())
+                        var tcp: Result?
+                        if sides.contains(.tcp) {
+                            tcp = try await PlainTCPEchoServer.measure(
+                                server.address, payload: payload, inFlight: cell.inFlight, phases: phases)
+                        }
+                        var ratio: Double?
+                        if let pointSub, let tcp {
+                            ratio = pointSub.requestsPerSecond / tcp.requestsPerSecond
+                            if lowest == nil || ratio! < lowest!.1 { lowest = (cell, ratio!) }
+                        }
+                        func columns(_ result: Result?, rateWidth: Int) -> [String] {
+                            guard let result else {
+                                return [pad("-", rateWidth, right: true), pad("-", 9, right: true), pad("-", 9, right: true), pad("-", 7, right: true)]
+                            }
+                            return [
+                                pad(String(format: "%.0f", result.requestsPerSecond), rateWidth, right: true),
+                                pad(String(format: "%.3f", result.p50), 9, right: true),
+                                pad(String(format: "%.3f", result.p99), 9, right: true),
+                                pad("\(result.samples)", 7, right: true),
+                            ]
+                        }
+                        print(
+                            ([pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true), pad(cell.payload.rawValue, 8, right: true), " |"]
+                                + columns(pointSub, rateWidth: 15) + [" |"] + columns(tcp, rateWidth: 11) + [" |"]
+                                + [pad(ratio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]).joined())
                         let retries = (after.retries - before.retries) + (after.staleStreamRetries - before.staleStreamRetries)
                         if retries > 0 || after.failed != before.failed {
                             print("  (PointSub client: \(retries) retries, \(after.failed - before.failed) failures)")
