@@ -16,7 +16,7 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp]
+        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
           host                host-level figures (crypto, stream throughput, connect latency)
           rr                  request/response: PointSub vs plain TCP with the same framing
           (none)              both
@@ -26,6 +26,8 @@ struct Bench {
           --size=BYTES        rr: only this payload size (repeatable)
           --in-flight=N       rr: only this number of requests in flight (repeatable)
           --only=SIDE         rr: only pointsub or only tcp (for profiling)
+          --raw-streams       rr diagnostic: bare libp2p streams with the same framing in place of
+                              PointSubClient/PointSubServer
         """
 
     static func main() async throws {
@@ -34,7 +36,7 @@ struct Bench {
             print(usage)
             return
         }
-        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression"]
+        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression", "--raw-streams"]
         func values(_ option: String) -> [Int]? {
             let given = arguments.filter { $0.hasPrefix(option + "=") }.map { Int($0.dropFirst(option.count + 1)) }
             guard !given.isEmpty else { return nil }
@@ -77,7 +79,8 @@ struct Bench {
             if command == nil { print() }
             try await RequestResponseBench.run(
                 quick: quick, compression: !arguments.contains("--no-compression"),
-                sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides)
+                sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides,
+                rawStreams: arguments.contains("--raw-streams"))
         }
     }
 

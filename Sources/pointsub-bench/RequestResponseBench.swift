@@ -15,6 +15,8 @@ import PointSub
 /// uses compressible text at the highest in-flight level, so the compression cost shows.
 enum RequestResponseBench {
     static let protocolID = "/pointsub-bench/echo/1.0.0"
+    /// The diagnostic: the same framing on bare libp2p streams.
+    static let rawProtocolID = "/pointsub-bench/raw-echo/1.0.0"
     static let sizes = [64, 1024, 64 * 1024, 1024 * 1024]
     static let inFlightLevels = [1, 64]
 
@@ -37,7 +39,7 @@ enum RequestResponseBench {
 
     static func run(
         quick: Bool, compression: Bool, sizes: [Int] = sizes, inFlightLevels: [Int] = inFlightLevels,
-        sides: Set<Side> = Set(Side.allCases)
+        sides: Set<Side> = Set(Side.allCases), rawStreams: Bool = false
     ) async throws {
         let phases = Phases(warmUp: .milliseconds(quick ? 100 : 500), measure: .milliseconds(quick ? 300 : 2500))
         var cells: [Cell] = []
@@ -46,6 +48,10 @@ enum RequestResponseBench {
             cells.append(Cell(size: size, inFlight: inFlightLevels.last!, payload: .text))
         }
 
+        if rawStreams {
+            print("DIAGNOSTIC: the PointSub columns show bare libp2p streams (one per worker, same framing, no")
+            print("PointSubClient/PointSubServer), to separate the transport's cost from PointSub's")
+        }
         print("request/response, echo over loopback: PointSub (Noise + Yamux, pooled streams) vs plain TCP")
         print("(same framing, one request at a time per TCP connection), \(phases.measure) per cell after")
         print("\(phases.warmUp) warm-up; PointSub compression \(compression ? "on" : "off"), TCP never compresses")
@@ -70,6 +76,16 @@ enum RequestResponseBench {
                     $0.compression = compression
                 })
                 try pointSubServer.start(protocolID) { (request: PointSubRequest) in request.payload }
+                try serverHost.setStreamHandler(rawProtocolID) { stream in
+                    var parser = PointSubMessageParser(maxBlockSize: PlainTCPEchoServer.maxBlockSize, accepting: [.request])
+                    while let chunk = try await stream.read() {
+                        parser.append(chunk)
+                        while let request = try parser.next() {
+                            try await stream.write(PointSubMessage(kind: .response, payload: request.payload).encoded())
+                        }
+                    }
+                    await stream.close()
+                }
                 try await withHost { clientHost in
                     _ = try await clientHost.connect(to: serverHost.addresses[0])
                     let client = try PointSubClient(host: clientHost, configuration: .defaults {
@@ -81,7 +97,19 @@ enum RequestResponseBench {
                         var pointSub: Result?
                         if sides.contains(.pointSub) {
                             pointSub = try await measure(inFlight: cell.inFlight, phases: phases) { _, window in
-                                try await window.loop {
+                                if rawStreams {
+                                    let stream = try await clientHost.newStream(to: serverHost.peerID, protocols: [rawProtocolID])
+                                    var parser = PointSubMessageParser(
+                                        maxBlockSize: PlainTCPEchoServer.maxBlockSize, accepting: [.response, .error])
+                                    let samples = try await window.loop {
+                                        try await exchange(
+                                            payload, parser: &parser, write: { try await stream.write($0) },
+                                            read: { try await stream.read() })
+                                    }
+                                    await stream.close()
+                                    return samples
+                                }
+                                return try await window.loop {
                                     let reply = try await client.send(payload, to: serverHost.peerID, protocol: protocolID)
                                     guard reply.readableBytes == payload.readableBytes else {
                                         throw BenchError("PointSub reply of \(reply.readableBytes) bytes to \(payload.readableBytes)")
@@ -238,6 +266,25 @@ enum RequestResponseBench {
             p50: percentile(0.50), p99: percentile(0.99), samples: latencies.count)
     }
 
+    /// One request/reply with PointSub framing over a byte stream, without PointSub's client:
+    /// the message is encoded per request (as `PointSubClient` does), never compressed.
+    static func exchange(
+        _ payload: ByteBuffer, parser: inout PointSubMessageParser, write: (ByteBuffer) async throws -> Void,
+        read: () async throws -> ByteBuffer?
+    ) async throws {
+        try await write(PointSubMessage(kind: .request, payload: payload).encoded())
+        while true {
+            if let reply = try parser.next() {
+                guard reply.kind == .response, reply.payload.readableBytes == payload.readableBytes else {
+                    throw BenchError("reply of \(reply.payload.readableBytes) bytes to \(payload.readableBytes)")
+                }
+                return
+            }
+            guard let chunk = try await read() else { throw BenchError("the server closed the stream") }
+            parser.append(chunk)
+        }
+    }
+
     // MARK: - Payloads and formatting
 
     static func makePayload(_ kind: Payload, size: Int) -> ByteBuffer {
@@ -332,7 +379,7 @@ struct PlainTCPEchoServer: Sendable {
                 parser.append(chunk)
                 while let request = try parser.next() {
                     let payload = try request.decodedPayload(maxBlockSize: maxBlockSize)
-                    try await outbound.write(PointSubMessage.make(kind: .response, payload: payload, compress: false).encoded())
+                    try await outbound.write(PointSubMessage(kind: .response, payload: payload).encoded())
                 }
             }
         }
@@ -363,18 +410,8 @@ struct PlainTCPEchoServer: Sendable {
                 var replies = inbound.makeAsyncIterator()
                 var parser = PointSubMessageParser(maxBlockSize: maxBlockSize, accepting: [.response, .error])
                 return try await window.loop {
-                    // Encoded per request, as PointSubClient does.
-                    try await outbound.write(PointSubMessage.make(kind: .request, payload: payload, compress: false).encoded())
-                    while true {
-                        if let reply = try parser.next() {
-                            guard reply.kind == .response, reply.payload.readableBytes == payload.readableBytes else {
-                                throw BenchError("TCP reply of \(reply.payload.readableBytes) bytes to \(payload.readableBytes)")
-                            }
-                            return
-                        }
-                        guard let chunk = try await replies.next() else { throw BenchError("TCP server closed the connection") }
-                        parser.append(chunk)
-                    }
+                    try await RequestResponseBench.exchange(
+                        payload, parser: &parser, write: { try await outbound.write($0) }, read: { try await replies.next() })
                 }
             }
         }
