@@ -55,13 +55,14 @@ enum RequestResponseBench {
         print("request/response, echo over loopback: PointSub (Noise + Yamux, pooled streams) vs plain TCP")
         print("(same framing, one request at a time per TCP connection), \(phases.measure) per cell after")
         print("\(phases.warmUp) warm-up; PointSub compression \(compression ? "on" : "off"), TCP never compresses")
+        print("CPU µs: process CPU time per request, client and server together; CPU ratio: TCP's CPU µs / PointSub's")
         print("load average at start: \(loadAverage())")
         let header = [
             pad("size", 7), pad("in-flight", 9, right: true), pad("payload", 8, right: true), " |",
             pad("PointSub req/s", 15, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
-            pad("n", 7, right: true), " |",
+            pad("CPU µs", 8, right: true), " |",
             pad("TCP req/s", 11, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
-            pad("n", 7, right: true), " |", pad("ratio", 6, right: true),
+            pad("CPU µs", 8, right: true), " |", pad("ratio", 6, right: true), pad("CPU ratio", 10, right: true),
         ].joined()
         print(String(repeating: "-", count: header.count))
         print(header)
@@ -124,25 +125,28 @@ enum RequestResponseBench {
                                 server.address, payload: payload, inFlight: cell.inFlight, phases: phases)
                         }
                         var ratio: Double?
+                        var cpuRatio: Double?
                         if let pointSub, let tcp {
                             ratio = pointSub.requestsPerSecond / tcp.requestsPerSecond
+                            cpuRatio = tcp.cpuPerRequest / pointSub.cpuPerRequest
                             if lowest == nil || ratio! < lowest!.1 { lowest = (cell, ratio!) }
                         }
                         func columns(_ result: Result?, rateWidth: Int) -> [String] {
                             guard let result else {
-                                return [pad("-", rateWidth, right: true), pad("-", 9, right: true), pad("-", 9, right: true), pad("-", 7, right: true)]
+                                return [pad("-", rateWidth, right: true), pad("-", 9, right: true), pad("-", 9, right: true), pad("-", 8, right: true)]
                             }
                             return [
                                 pad(String(format: "%.0f", result.requestsPerSecond), rateWidth, right: true),
                                 pad(String(format: "%.3f", result.p50), 9, right: true),
                                 pad(String(format: "%.3f", result.p99), 9, right: true),
-                                pad("\(result.samples)", 7, right: true),
+                                pad(String(format: "%.1f", result.cpuPerRequest), 8, right: true),
                             ]
                         }
                         print(
                             ([pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true), pad(cell.payload.rawValue, 8, right: true), " |"]
                                 + columns(pointSub, rateWidth: 15) + [" |"] + columns(tcp, rateWidth: 11) + [" |"]
-                                + [pad(ratio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]).joined())
+                                + [pad(ratio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]
+                                + [pad(cpuRatio.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]).joined())
                         let retries = (after.retries - before.retries) + (after.staleStreamRetries - before.staleStreamRetries)
                         if retries > 0 || after.failed != before.failed {
                             print("  (PointSub client: \(retries) retries, \(after.failed - before.failed) failures)")
@@ -191,7 +195,12 @@ enum RequestResponseBench {
         /// Milliseconds.
         var p50: Double
         var p99: Double
+        /// Requests whose latency was sampled (started within the window).
         var samples: Int
+        /// Process CPU time (user + system, both sides of the exchange) per request, in µs, over
+        /// the whole run including warm-up. Less sensitive than the rate to other processes on
+        /// the machine: with both sides CPU-bound on N cores, rate ≈ N / CPU per request.
+        var cpuPerRequest: Double
     }
 
     /// The measured window, shared by the workers of one run. It opens once every worker
@@ -246,12 +255,14 @@ enum RequestResponseBench {
         inFlight: Int, phases: Phases, worker: @escaping @Sendable (Int, Window) async throws -> [Sample]
     ) async throws -> Result {
         let window = Window(workers: inFlight, phases: phases)
+        let cpuBefore = processCPUTime()
         let samples = try await withThrowingTaskGroup(of: [Sample].self) { group in
             for index in 0..<inFlight {
                 group.addTask { try await worker(index, window) }
             }
             return try await group.reduce(into: [Sample]()) { $0 += $1 }
         }
+        let cpu = processCPUTime() - cpuBefore
         guard let (opens, closes) = window.bounds else { throw BenchError("the measured window never opened") }
         let completed = samples.count(where: { $0.end >= opens && $0.end < closes })
         var latencies = samples.filter { $0.start >= opens && $0.start < closes }.map { ($0.end - $0.start).secondsValue * 1000 }
@@ -263,7 +274,8 @@ enum RequestResponseBench {
         }
         return Result(
             requestsPerSecond: Double(completed) / (closes - opens).secondsValue,
-            p50: percentile(0.50), p99: percentile(0.99), samples: latencies.count)
+            p50: percentile(0.50), p99: percentile(0.99), samples: latencies.count,
+            cpuPerRequest: cpu * 1e6 / Double(samples.count))
     }
 
     /// One request/reply with PointSub framing over a byte stream, without PointSub's client:
@@ -324,6 +336,14 @@ enum RequestResponseBench {
     static func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
         let fill = String(repeating: " ", count: max(0, width - text.count))
         return right ? fill + text : text + fill
+    }
+
+    /// User + system CPU seconds of this process so far.
+    static func processCPUTime() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
     static func loadAverage() -> String {
