@@ -205,21 +205,32 @@ enum RequestResponseBench {
 
     /// The measured window, shared by the workers of one run. It opens once every worker
     /// completed a request and the warm-up time passed (so no worker is still opening its
-    /// stream or connection), and closes `measure` later. The workers keep the load up until
-    /// it closed, so the window sees steady state only.
+    /// stream or connection), and closes at the first reply after `measure` has passed and at
+    /// least two replies per worker arrived within it (so slow cells are not judged on a
+    /// handful of requests). The workers keep the load up until it closed, so the window sees
+    /// steady state only.
     final class Window: Sendable {
+        private struct State {
+            var waiting: Int
+            var opens: ContinuousClock.Instant?
+            var closes: ContinuousClock.Instant?
+            var completed = 0
+        }
+
         private let phases: Phases
+        private let minCompletions: Int
         private let began = ContinuousClock.now
-        private let state: NIOLockedValueBox<(waiting: Int, opens: ContinuousClock.Instant?)>
+        private let state: NIOLockedValueBox<State>
 
         init(workers: Int, phases: Phases) {
             self.phases = phases
-            self.state = NIOLockedValueBox((workers, nil))
+            self.minCompletions = 2 * workers
+            self.state = NIOLockedValueBox(State(waiting: workers))
         }
 
-        /// The window's bounds, once it is known.
+        /// The window's bounds, once it closed.
         var bounds: (ContinuousClock.Instant, ContinuousClock.Instant)? {
-            state.withLockedValue { s in s.opens.map { ($0, $0 + phases.measure) } }
+            state.withLockedValue { s in s.opens.flatMap { opens in s.closes.map { (opens, $0) } } }
         }
 
         private func workerReady() {
@@ -229,8 +240,15 @@ enum RequestResponseBench {
             }
         }
 
-        private func isOver(at now: ContinuousClock.Instant) -> Bool {
-            state.withLockedValue { s in s.opens.map { now >= $0 + phases.measure } ?? false }
+        /// A reply arrived at `end`; returns whether the window has closed.
+        private func completed(at end: ContinuousClock.Instant) -> Bool {
+            state.withLockedValue { s in
+                guard s.closes == nil else { return true }
+                guard let opens = s.opens, end >= opens else { return false }
+                s.completed += 1
+                if end >= opens + phases.measure && s.completed >= minCompletions { s.closes = end }
+                return s.closes != nil
+            }
         }
 
         /// Runs `request` repeatedly until the window has closed; returns when each ran.
@@ -244,7 +262,7 @@ enum RequestResponseBench {
                 let end = clock.now
                 samples.append(Sample(start: start, end: end))
                 if samples.count == 1 { workerReady() }
-                if isOver(at: end) { return samples }
+                if completed(at: end) { return samples }
             }
         }
     }
@@ -264,7 +282,7 @@ enum RequestResponseBench {
         }
         let cpu = processCPUTime() - cpuBefore
         guard let (opens, closes) = window.bounds else { throw BenchError("the measured window never opened") }
-        let completed = samples.count(where: { $0.end >= opens && $0.end < closes })
+        let completed = samples.count(where: { $0.end >= opens && $0.end <= closes })
         var latencies = samples.filter { $0.start >= opens && $0.start < closes }.map { ($0.end - $0.start).secondsValue * 1000 }
         latencies.sort()
         func percentile(_ q: Double) -> Double {
