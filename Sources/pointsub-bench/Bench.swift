@@ -5,21 +5,87 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [--quick]`: prints, for this machine, in one run:
-/// the ChaChaPoly seal rate on one core, single-stream throughput over raw TCP and over
-/// Noise + Yamux, connect + first stream + 1-byte echo latency, and secured connections per second.
+/// `swift run -c release pointsub-bench [host | rr] [--quick] [--default-executor]`
+///
+/// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
+///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
+///   secured connections per second.
+/// - `rr`: PointSub request/response (requests/s, p50/p99 latency) next to plain TCP with the
+///   same framing (see `RequestResponseBench`).
+/// - no subcommand: both.
 @main
 struct Bench {
+    static let usage = """
+        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
+          host                host-level figures (crypto, stream throughput, connect latency)
+          rr                  request/response: PointSub vs plain TCP with the same framing
+          (none)              both
+          --quick             shorter runs
+          --default-executor  keep Swift's default executor (default: NIO's event loops)
+          --no-compression    rr: PointSub client and server with compression off
+          --size=BYTES        rr: only this payload size (repeatable)
+          --in-flight=N       rr: only this number of requests in flight (repeatable)
+          --only=SIDE         rr: only pointsub or only tcp (for profiling)
+          --raw-streams       rr diagnostic: bare libp2p streams with the same framing in place of
+                              PointSubClient/PointSubServer
+        """
+
     static func main() async throws {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.contains("--help") || arguments.contains("-h") {
+            print(usage)
+            return
+        }
+        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression", "--raw-streams"]
+        func values(_ option: String) -> [Int]? {
+            let given = arguments.filter { $0.hasPrefix(option + "=") }.map { Int($0.dropFirst(option.count + 1)) }
+            guard !given.isEmpty else { return nil }
+            guard given.allSatisfy({ ($0 ?? 0) > 0 }) else {
+                FileHandle.standardError.write(Data("pointsub-bench: \(option) needs a positive integer\n".utf8))
+                exit(2)
+            }
+            return given.map { $0! }
+        }
+        let sizes = values("--size")
+        let inFlight = values("--in-flight")
+        var sides = Set(RequestResponseBench.Side.allCases)
+        if let only = arguments.last(where: { $0.hasPrefix("--only=") }) {
+            guard let side = RequestResponseBench.Side(rawValue: String(only.dropFirst("--only=".count))) else {
+                FileHandle.standardError.write(Data("pointsub-bench: --only takes pointsub or tcp\n".utf8))
+                exit(2)
+            }
+            sides = [side]
+        }
+        let commands = arguments.filter {
+            !flags.contains($0) && !$0.hasPrefix("--size=") && !$0.hasPrefix("--in-flight=") && !$0.hasPrefix("--only=")
+        }
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "rr"].contains($0) }) else {
+            FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
+            exit(2)
+        }
         // Run Swift tasks on NIO's event loops, as the CLI does: no thread hop between a task and
         // its channel's loop.
-        if !CommandLine.arguments.contains("--default-executor") {
+        if !arguments.contains("--default-executor") {
             _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
-        let quick = CommandLine.arguments.contains("--quick")
+        let quick = arguments.contains("--quick")
         print("pointsub-bench on \(machineDescription())")
-        print(String(repeating: "-", count: 72))
+        let command = commands.first
+        if command == nil || command == "host" {
+            print(String(repeating: "-", count: 72))
+            try await hostFigures(quick: quick)
+        }
+        if command == nil || command == "rr" {
+            if command == nil { print() }
+            try await RequestResponseBench.run(
+                quick: quick, compression: !arguments.contains("--no-compression"),
+                sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides,
+                rawStreams: arguments.contains("--raw-streams"))
+        }
+    }
 
+    /// The host-level figures.
+    static func hostFigures(quick: Bool) async throws {
         let seal = chachaRate(seconds: quick ? 0.5 : 2)
         print(String(format: "ChaChaPoly seal (one core, 65519-byte messages)   %8.1f MiB/s", seal))
 
