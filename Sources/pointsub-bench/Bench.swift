@@ -100,6 +100,9 @@ struct Bench {
         print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
         print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
 
+        let known = try await connectEchoLatency(iterations: quick ? 50 : 500, knownPeer: true)
+        print(String(format: "same, reconnecting to a known (identified) peer  median %8.3f ms, p99 %.3f ms", known.median, known.p99))
+
         let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
         print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
 
@@ -229,7 +232,10 @@ struct Bench {
         var echo: Double
     }
 
-    static func connectEchoLatency(iterations: Int) async throws -> Latency {
+    /// `knownPeer`: the stream is opened through `P2PHost.newStream`, which proposes the protocol
+    /// lazily because identify (on an earlier connection) said the peer serves it — what a node
+    /// reconnecting to a peer it knows gets. Otherwise the first stream negotiates eagerly.
+    static func connectEchoLatency(iterations: Int, knownPeer: Bool = false) async throws -> Latency {
         try await withHost(configuration: serverConfig()) { server in
             try await withHost { client in
                 let address = server.addresses[0]
@@ -242,7 +248,10 @@ struct Bench {
                     let t0 = clock.now
                     let connection = try await client.connect(to: address)
                     let t1 = clock.now
-                    let stream = try await connection.newStream(protocols: [EchoService.protocolID])
+                    let stream =
+                        knownPeer
+                        ? try await client.newStream(to: server.peerID, protocols: [EchoService.protocolID])
+                        : try await connection.newStream(protocols: [EchoService.protocolID])
                     let t2 = clock.now
                     try await stream.write(ByteBuffer(bytes: [42]))
                     let reply = try await stream.readExactly(1)
