@@ -35,7 +35,7 @@ public enum HostEvent: Sendable {
 public final class P2PHost: Sendable {
     public typealias StreamHandler = @Sendable (P2PStream) async throws -> Void
 
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, DefaultsConfigurable {
         /// Addresses to listen on when the host starts (e.g. `/ip4/127.0.0.1/tcp/0`).
         public var listenAddresses: [Multiaddr] = []
         public var agentVersion = "pointsub-swift/0.1.0"
@@ -59,13 +59,6 @@ public final class P2PHost: Sendable {
 
         public init() {}
 
-        public static var defaults: Configuration { Configuration() }
-
-        public static func defaults(_ configure: (inout Configuration) -> Void) -> Configuration {
-            var c = Configuration()
-            configure(&c)
-            return c
-        }
     }
 
     private struct State {

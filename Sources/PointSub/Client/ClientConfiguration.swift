@@ -1,5 +1,5 @@
 extension PointSubClient {
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, DefaultsConfigurable {
         /// Default time limit of one `send`, retries included.
         public var requestTimeout: Duration = .seconds(30)
         /// Time limit to connect and open a negotiated stream, per attempt.
@@ -26,13 +26,6 @@ extension PointSubClient {
 
         public init() {}
 
-        public static var defaults: Configuration { Configuration() }
-
-        public static func defaults(_ configure: (inout Configuration) -> Void) -> Configuration {
-            var c = Configuration()
-            configure(&c)
-            return c
-        }
 
         /// Throws `.invalidConfiguration` naming the first bad value.
         public func validate() throws(PointSubError) {

@@ -1,5 +1,5 @@
 extension PointSubServer {
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, DefaultsConfigurable {
         /// How long the bytes of a request may take to arrive once its first byte came, and how
         /// long a new stream may take to send its first request. Between requests on an
         /// established stream the idle timeout applies instead.
@@ -31,13 +31,6 @@ extension PointSubServer {
 
         public init() {}
 
-        public static var defaults: Configuration { Configuration() }
-
-        public static func defaults(_ configure: (inout Configuration) -> Void) -> Configuration {
-            var c = Configuration()
-            configure(&c)
-            return c
-        }
 
         /// Throws `.invalidConfiguration` naming the first bad value.
         public func validate() throws(PointSubError) {
