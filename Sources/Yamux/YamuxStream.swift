@@ -49,6 +49,8 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         var window: YamuxReceiveWindow
         /// Why writes fail from now on (reset, session end), if known.
         var writeError: YamuxError?
+        /// Called once when the stream fails (`setFailureWatcher`).
+        var failureWatcher: (@Sendable () -> Void)?
 
         init(window: YamuxReceiveWindow) { self.window = window }
     }
@@ -181,6 +183,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             return s.waiter
         }
         waiter?.resume(throwing: error)
+        takeFailureWatcher()?()
         let handler = self.handler
         let id = self.id
         eventLoop.execute { handler.value.resetStream(streamID: id) }
@@ -263,6 +266,30 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             return (s.waiter, e)
         }
         if let waiter, let readError { waiter.resume(throwing: readError) }
+        takeFailureWatcher()?()
+    }
+
+    private func takeFailureWatcher() -> (@Sendable () -> Void)? {
+        readState.withLockedValue { s in
+            defer { s.failureWatcher = nil }
+            return s.failureWatcher
+        }
+    }
+
+    /// Calls `watcher` once when the stream fails (reset by either side, or the session
+    /// ended), from the thread that notices; right away if it failed already. Replaces an
+    /// earlier watcher; nil removes it. Lets a task notice an abandoned stream without
+    /// keeping a read pending (a FIN is not a failure).
+    public func setFailureWatcher(_ watcher: (@Sendable () -> Void)?) {
+        let failed = readState.withLockedValue { s -> Bool in
+            guard s.writeError == nil else {
+                s.failureWatcher = nil
+                return true
+            }
+            s.failureWatcher = watcher
+            return false
+        }
+        if failed { watcher?() }
     }
 
     /// Why writes fail, if the stream ended.

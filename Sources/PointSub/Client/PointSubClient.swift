@@ -42,17 +42,29 @@ public final class PointSubClient: Sendable {
         var cleanupTask: Task<Void, Never>?
     }
 
+    /// Why the caller gave up on a request.
+    enum GiveUp {
+        case timeout
+        case cancelled
+    }
+
     /// The request's fate as far as a timeout or cancellation needs to know it; shared by the
-    /// waiting caller and the task doing the exchange.
+    /// exchange (in the caller's task), the time-limit timer and the cancellation handler.
     private final class Progress: Sendable {
-        private let state = NIOLockedValueBox<
-            (stream: ClientStream?, requestSent: Bool, abandoned: Bool, started: ContinuousClock.Instant?)
-        >((nil, false, false, nil))
+        private struct State {
+            var stream: ClientStream?
+            var requestSent = false
+            var started: ContinuousClock.Instant?
+            /// Set once, by whoever gives up first (the timer or the cancellation handler).
+            var gaveUp: (reason: GiveUp, requestSent: Bool)?
+        }
+
+        private let state = NIOLockedValueBox(State())
 
         /// The exchange starts on `stream`; false if the caller gave up already.
         func use(_ stream: ClientStream) -> Bool {
             state.withLockedValue { s in
-                guard !s.abandoned else { return false }
+                guard s.gaveUp == nil else { return false }
                 s.stream = stream
                 s.requestSent = false
                 s.started = .now
@@ -72,25 +84,32 @@ public final class PointSubClient: Sendable {
         func finish() -> Bool {
             state.withLockedValue { s in
                 s.stream = nil
-                return !s.abandoned
+                return s.gaveUp == nil
             }
         }
 
         /// A retryable failure: nothing was processed, so for a later timeout the request counts as unsent.
         func resetSent() { state.withLockedValue { $0.requestSent = false } }
 
-        /// The caller gives up: resets the stream in use (ending its pending read or write) and
-        /// returns whether the request had been sent.
-        func abandon() -> Bool {
-            let (stream, sent) = state.withLockedValue { s in
-                s.abandoned = true
+        /// The caller gives up (first call wins): records why and whether the request had been
+        /// sent, and resets the stream in use, which ends the exchange's pending read or write.
+        /// Safe from any thread.
+        func giveUp(_ reason: GiveUp) {
+            let stream = state.withLockedValue { s -> ClientStream? in
+                guard s.gaveUp == nil else { return nil }
+                s.gaveUp = (reason, s.requestSent)
                 defer { s.stream = nil }
-                return (s.stream, s.requestSent)
+                return s.stream
             }
             stream?.stream.reset()
-            return sent
         }
+
+        var gaveUp: (reason: GiveUp, requestSent: Bool)? { state.withLockedValue { $0.gaveUp } }
     }
+
+    /// The request's own time limit ran out while no stream was in use (opening one, or
+    /// waiting to retry).
+    private struct DeadlinePassed: Error {}
 
     /// A pooled stream died before the request could be answered without the server having
     /// processed it: send again on a fresh stream.
@@ -195,46 +214,69 @@ public final class PointSubClient: Sendable {
         if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
         let encoded = message.encoded()
         let progress = Progress()
+        let deadline = ContinuousClock.now + limit
+        // The exchange runs in the caller's task; the time limit is a timer on an event loop
+        // and cancellation a handler, both of which reset the stream in use.
+        let timer = host.eventLoopGroup.next().scheduleTask(in: limit.timeAmount) { progress.giveUp(.timeout) }
+        defer { timer.cancel() }
         do {
-            let response = try await runWithTimeLimit(limit, on: host.eventLoopGroup.next()) {
-                try await self.attempts(encoded, key: key, progress: progress, maxRetries: maxRetries)
+            let response = try await withTaskCancellationHandler {
+                try await self.attempts(
+                    encoded, key: key, progress: progress, maxRetries: maxRetries, deadline: deadline)
+            } onCancel: {
+                progress.giveUp(.cancelled)
             }
             return (response, progress.sinceExchangeStarted)
-        } catch let error as PointSubError {
-            throw error
-        } catch is TimeLimitExceeded {
-            let sent = progress.abandon()
-            throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) within \(limit)")
         } catch {
-            _ = progress.abandon()
-            throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+            if progress.gaveUp == nil {
+                // The failure may have overtaken the timer or the cancellation handler.
+                if Task.isCancelled {
+                    progress.giveUp(.cancelled)
+                } else if error is DeadlinePassed {
+                    progress.giveUp(.timeout)
+                }
+            }
+            switch progress.gaveUp {
+            case (.timeout, let sent)?:
+                throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) within \(limit)")
+            case (.cancelled, _)?:
+                throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+            case nil:
+                if let error = error as? PointSubError { throw error }
+                progress.giveUp(.cancelled)
+                throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+            }
         }
     }
 
     /// The first attempt and the retries.
     private func attempts(
-        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, maxRetries: Int
+        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, maxRetries: Int, deadline: ContinuousClock.Instant
     ) async throws -> ByteBuffer {
         var retries = 0
         var freshStream = false
         while true {
+            if progress.gaveUp != nil { throw CancellationError() }
             do {
-                return try await exchange(encoded, key: key, progress: progress, freshStream: freshStream)
+                return try await exchange(
+                    encoded, key: key, progress: progress, freshStream: freshStream, deadline: deadline)
             } catch let stale as StaleStream {
                 // A pooled stream that failed before the request was fully written, or ended
                 // without a reply byte (spec: the server processes no request after closing
                 // its side), is retried once on a fresh stream without counting as a retry.
-                guard !freshStream else { throw stale.cause }
+                guard !freshStream, progress.gaveUp == nil else { throw stale.cause }
                 state.withLockedValue { $0.stats.staleStreamRetries += 1 }
                 freshStream = true
             } catch let error as PointSubError {
                 let closed = state.withLockedValue { $0.closed }
-                guard error.isRetryable, retries < maxRetries, !closed else { throw error }
+                guard error.isRetryable, retries < maxRetries, !closed, progress.gaveUp == nil else { throw error }
                 retries += 1
                 freshStream = false
                 progress.resetSent()
                 state.withLockedValue { $0.stats.retries += 1 }
-                try await Task.sleep(for: jittered(configuration.retryInterval))
+                let remaining = deadline - .now
+                guard remaining > .zero else { throw DeadlinePassed() }
+                try await Task.sleep(for: min(jittered(configuration.retryInterval), remaining))
             }
         }
     }
@@ -247,11 +289,11 @@ public final class PointSubClient: Sendable {
 
     /// One request/reply exchange on a pooled or new stream.
     private func exchange(
-        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, freshStream: Bool
+        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, freshStream: Bool, deadline: ContinuousClock.Instant
     ) async throws -> ByteBuffer {
         let pooled = freshStream ? nil : checkOut(key)
         let stream: ClientStream
-        if let pooled { stream = pooled } else { stream = try await open(key) }
+        if let pooled { stream = pooled } else { stream = try await open(key, deadline: deadline) }
         let reused = pooled != nil
         guard progress.use(stream) else {
             drop(stream, reset: true)
@@ -338,16 +380,21 @@ public final class PointSubClient: Sendable {
         PointSubError(.connectionFailed(requestSent: sent), text, underlying: underlying)
     }
 
-    /// Connects if needed and opens a stream negotiated for the key's protocol, within `connectTimeout`.
-    private func open(_ key: PoolKey) async throws -> ClientStream {
+    /// Connects if needed and opens a stream negotiated for the key's protocol, within
+    /// `connectTimeout` and before `deadline` (throws `DeadlinePassed` if that comes first).
+    private func open(_ key: PoolKey, deadline: ContinuousClock.Instant) async throws -> ClientStream {
         let host = self.host
         let stream: P2PStream
+        let remaining = deadline - .now
+        guard remaining > .zero else { throw DeadlinePassed() }
         do {
             stream = try await runWithTimeLimit(
-                configuration.connectTimeout, on: host.eventLoopGroup.next(), discard: { $0.reset() }
+                min(configuration.connectTimeout, remaining), on: host.eventLoopGroup.next(), discard: { $0.reset() }
             ) {
                 try await host.newStream(to: key.peer, protocols: [key.protocolID])
             }
+        } catch is TimeLimitExceeded where remaining < configuration.connectTimeout {
+            throw DeadlinePassed()
         } catch is TimeLimitExceeded {
             throw PointSubError(
                 .timeout(requestSent: false), "opening a stream to \(key.peer) took longer than \(configuration.connectTimeout)")

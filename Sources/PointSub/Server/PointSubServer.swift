@@ -31,7 +31,7 @@ public final class PointSubServer: Sendable {
         /// processed on it, and its pending read ends.
         var closing = false
         var handlerTask: Task<Void, Never>?
-        /// The client went away while the handler ran (it may not have started yet).
+        /// The stream failed while the handler ran (it may not have started yet).
         var handlerCancelled = false
     }
 
@@ -266,35 +266,23 @@ public final class PointSubServer: Sendable {
             if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
 
             let request = PointSubRequest(payload: payload, peer: stream.remotePeer, protocolID: protocolID)
-            // While the handler runs, a read watches the stream: if the client resets it (e.g.
-            // its call was cancelled or timed out), the handler is cancelled. The client sends
-            // nothing else before our reply (spec: no pipelining); whatever the read returns is
-            // handed to the parser.
-            let watcher = Task { [weak self] () -> Result<ByteBuffer?, any Error> in
-                do {
-                    return .success(try await stream.read())
-                } catch {
-                    if !(error is CancellationError) { self?.cancelHandler(id) }
-                    return .failure(error)
-                }
-            }
+            // The handler runs in one task of its own (so its time limit can cancel it without
+            // holding this one). If the client resets the stream meanwhile (its call was
+            // cancelled or timed out), the failure watcher cancels the handler: no read (and
+            // no task) needs to wait on the stream for that.
+            stream.setFailureWatcher { [weak self] in self?.cancelHandler(id) }
             let reply: PointSubMessage
             do {
                 reply = try await handle(request, handler: handler, recordID: id, eventLoop: loop)
             } catch {
-                watcher.cancel()
+                stream.setFailureWatcher(nil)
                 stream.reset()  // our own task was cancelled (host shutdown)
                 return
             }
-            watcher.cancel()
-            switch await watcher.value {
-            case .success(let chunk):
-                if let chunk { parser.append(chunk) }
-            case .failure(let error) where !(error is CancellationError):
+            stream.setFailureWatcher(nil)
+            guard !clientWentAway(id) else {
                 stream.reset()  // the client is gone: nobody to answer
                 return
-            case .failure:
-                break
             }
 
             // Counted before the write so the client never sees a reply the counters miss.
@@ -331,6 +319,10 @@ public final class PointSubServer: Sendable {
             s.records[id]?.handlerCancelled = true
             return s.records[id]?.handlerTask
         }?.cancel()
+    }
+
+    private func clientWentAway(_ id: UInt64) -> Bool {
+        state.withLockedValue { $0.records[id]?.handlerCancelled ?? true }
     }
 
     /// The reply is about to go out. Returns false when the stream ends after it
