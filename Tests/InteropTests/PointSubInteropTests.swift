@@ -597,34 +597,11 @@ enum Bytes {
 
     /// The payload reversed byte-wise (py's /pointsub/reverse/1.0.0).
     static func reversed(_ payload: ByteBuffer) -> ByteBuffer {
-        let count = payload.readableBytes
-        var out = ByteBuffer(repeating: 0, count: count)
-        payload.withUnsafeReadableBytes { source in
-            out.withUnsafeMutableReadableBytes { target in
-                guard count > 0 else { return }
-                let s = source.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                let t = target.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                for i in 0..<count { t[count - 1 - i] = s[i] }
-            }
-        }
-        return out
+        ByteBuffer(bytes: payload.readableBytesView.reversed())
     }
 
     /// ASCII a–z upper-cased, every other byte as is (py's /pointsub/upper/1.0.0, `bytes.upper()`).
     static func asciiUppercased(_ payload: ByteBuffer) -> ByteBuffer {
-        let count = payload.readableBytes
-        var out = ByteBuffer(repeating: 0, count: count)
-        payload.withUnsafeReadableBytes { source in
-            out.withUnsafeMutableReadableBytes { target in
-                guard count > 0 else { return }
-                let s = source.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                let t = target.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                for i in 0..<count {
-                    let b = s[i]
-                    t[i] = b >= 0x61 && b <= 0x7a ? b - 0x20 : b
-                }
-            }
-        }
-        return out
+        ByteBuffer(bytes: payload.readableBytesView.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 })
     }
 }
