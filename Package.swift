@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One module per layer, bottom to top:
-// Multiformats → Identity → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub
+// Multiformats → Identity → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "PointSub", targets: ["PointSub"]),
         .library(name: "LibP2P", targets: ["LibP2P"]),
+        .library(name: "PubSub", targets: ["PubSub"]),
         .executable(name: "pointsub", targets: ["pointsub"]),
         .executable(name: "pointsub-bench", targets: ["pointsub-bench"]),
     ],
@@ -71,14 +72,21 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .target(name: "PubSub", dependencies: [
+            "LibP2P", "PointSub", "Multiformats", "Identity",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
-            "PointSub",
+            "PointSub", "PubSub",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [
-            "PointSub", "Noise",
+            "PointSub", "PubSub", "Noise",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -101,6 +109,10 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        .testTarget(name: "PubSubTests", dependencies: [
+            "PubSub", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .testTarget(name: "PointSubTests", dependencies: [
             "PointSub", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -109,6 +121,6 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: strict),
-        .testTarget(name: "InteropTests", dependencies: ["PointSub", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "InteropTests", dependencies: ["PointSub", "PubSub", "TestSupport"], swiftSettings: strict),
     ]
 )

@@ -1,0 +1,63 @@
+import Identity
+
+/// What a router asks the pubsub engine to do. Routers do no I/O: the engine performs these.
+public enum PubSubRouterAction: Sendable, Equatable {
+    /// Send this RPC to the peer (over the peer's outbound pubsub stream).
+    case send(to: PeerID, PubSubRPC)
+}
+
+/// A pubsub routing policy (floodsub, gossipsub) as a value-type state machine: events in, actions
+/// out, no I/O, no clocks of its own (`now` is passed in), so it can be tested without sockets.
+///
+/// Division of labour with the engine (`PubSub`): the engine owns streams, framing, signing and
+/// signature checks, validators, the seen cache (a message is routed at most once) and local
+/// delivery. The router decides only which peers get which RPCs.
+public protocol PubSubRouter: Sendable {
+    /// Protocol IDs this router speaks, most preferred first (e.g. `/meshsub/1.1.0`,
+    /// `/meshsub/1.0.0`, `/floodsub/1.0.0`).
+    var protocols: [String] { get }
+
+    /// How often the engine calls `heartbeat(now:)`; nil for routers without one.
+    var heartbeatInterval: Duration? { get }
+
+    /// A peer with a pubsub stream negotiated on `protocolID` appeared / went away.
+    mutating func addPeer(_ peer: PeerID, protocolID: String, now: ContinuousClock.Instant) -> [PubSubRouterAction]
+    mutating func removePeer(_ peer: PeerID, now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// A peer announced that it subscribed to / unsubscribed from `topic`.
+    mutating func peerSubscription(_ peer: PeerID, topic: String, subscribed: Bool,
+                                   now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// The local node subscribed to / left `topic` (the engine announces the subscription itself).
+    mutating func join(_ topic: String, now: ContinuousClock.Instant) -> [PubSubRouterAction]
+    mutating func leave(_ topic: String, now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// Route a message that is new (not in the seen cache) and valid. `source` is the peer it came
+    /// from, nil when published locally. Called at most once per message ID.
+    mutating func route(_ message: PubSubRPC.Message, id: MessageID, from source: PeerID?,
+                        now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// Gossip control messages from a peer. `isSeen` tells whether a message ID is in the engine's
+    /// seen cache (IHAVE for a seen message needs no IWANT).
+    mutating func handleControl(_ control: PubSubRPC.Control, from peer: PeerID, now: ContinuousClock.Instant,
+                                isSeen: (MessageID) -> Bool) -> [PubSubRouterAction]
+
+    /// A message from `peer` failed validation (`.reject`) — routers with scoring penalise it.
+    mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                  now: ContinuousClock.Instant)
+
+    mutating func heartbeat(now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// Peers known to subscribe to `topic` (for `PubSub.peers(topic:)`).
+    func peers(subscribedTo topic: String) -> [PeerID]
+}
+
+extension PubSubRouter {
+    public var heartbeatInterval: Duration? { nil }
+    public mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                         now: ContinuousClock.Instant) {}
+    public mutating func heartbeat(now: ContinuousClock.Instant) -> [PubSubRouterAction] { [] }
+    public mutating func handleControl(_ control: PubSubRPC.Control, from peer: PeerID,
+                                       now: ContinuousClock.Instant,
+                                       isSeen: (MessageID) -> Bool) -> [PubSubRouterAction] { [] }
+}
