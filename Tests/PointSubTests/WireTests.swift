@@ -198,16 +198,63 @@ func expectViolation(
         #expect(message.isCompressed)
         #expect(message.originalLength == payload.readableBytes)
         #expect(message.payload.readableBytes * 10 <= payload.readableBytes * 9)
-        // RFC 1950: CMF 0x78 (deflate, 32 KiB window) and (CMF*256 + FLG) % 31 == 0.
+        // RFC 1950: CM 8 (deflate) in the low nibble of CMF, CINFO = log2(window) - 8 ≤ 7 in the high
+        // one (the window is sized to the 2,050-byte payload: 4 KiB), and (CMF*256 + FLG) % 31 == 0.
         let cmf = message.payload.getInteger(at: message.payload.readerIndex, as: UInt8.self)!
         let flg = message.payload.getInteger(at: message.payload.readerIndex + 1, as: UInt8.self)!
-        #expect(cmf == 0x78)
+        #expect(cmf & 0x0F == 8)
+        #expect(cmf >> 4 == 12 - 8)
         #expect((UInt16(cmf) * 256 + UInt16(flg)) % 31 == 0)
         #expect(try message.decodedPayload(maxBlockSize: 1 << 20) == payload)
         // Round trip through the wire format.
         var parser = PointSubMessageParser(maxBlockSize: 1 << 20)
         parser.append(message.encoded())
         #expect(try parser.next()?.decodedPayload(maxBlockSize: 1 << 20) == payload)
+    }
+
+    /// zlib streams are reused per thread (ZlibStreamCache): every size class, back to back and
+    /// after a failed inflate, must still produce and accept exact data.
+    @Test func reusedStreamsStayExact() throws {
+        var payloads: [ByteBuffer] = []
+        for size in [1024, 3000, 70_000, 1024, 300_000, 5000] {
+            let line = "request of \(size) bytes, reusing zlib streams. "
+            payloads.append(ByteBuffer(string: String(String(repeating: line, count: size / line.utf8.count + 1).utf8.prefix(size))!))
+        }
+        for (round, payload) in (payloads + payloads).enumerated() {
+            let message = PointSubMessage.make(kind: .request, payload: payload, compress: true)
+            #expect(message.isCompressed)
+            let cinfo = message.payload.getInteger(at: message.payload.readerIndex, as: UInt8.self)! >> 4
+            #expect(cinfo <= 7)
+            if payload.readableBytes > 32 * 1024 { #expect(cinfo == 7) }
+            #expect(try message.decodedPayload(maxBlockSize: 1 << 20) == payload)
+            if round == 3 {
+                // A corrupt stream fails, and the next inflate on this thread is unaffected.
+                var corrupt = message.payload
+                corrupt.setInteger(UInt8(0xFF), at: corrupt.readerIndex + 5)
+                #expect(throws: PointSubError.self) {
+                    try PointSubCompression.decompress(corrupt, originalLength: payload.readableBytes, maxBlockSize: 1 << 20)
+                }
+            }
+        }
+    }
+
+    /// The entropy pre-check skips random bytes without calling zlib and lets text, repetitive
+    /// binary and short-period random data through to zlib.
+    @Test func entropyPrecheck() {
+        var generator = SystemRandomNumberGenerator()
+        let random = ByteBuffer(bytes: (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        #expect(PointSubCompression.looksIncompressible(random))
+        #expect(PointSubCompression.compressIfWorthwhile(random) == nil)
+        #expect(!PointSubCompression.looksIncompressible(Self.text))
+        // 256 random bytes repeated 8 times: high-entropy bytes, but zlib shrinks it a lot.
+        let block = random.getBytes(at: 0, length: 256)!
+        let repeated = ByteBuffer(bytes: Array((0..<8).map { _ in block }.joined()))
+        #expect(!PointSubCompression.looksIncompressible(repeated))
+        #expect(PointSubCompression.compressIfWorthwhile(repeated) != nil)
+        // Few distinct byte values (e.g. counters, bitmaps) compress.
+        let lowAlphabet = ByteBuffer(bytes: (0..<4096).map { _ in UInt8.random(in: 0...15, using: &generator) })
+        #expect(!PointSubCompression.looksIncompressible(lowAlphabet))
+        #expect(PointSubCompression.compressIfWorthwhile(lowAlphabet) != nil)
     }
 
     @Test func skipsSmallAndIncompressiblePayloads() {

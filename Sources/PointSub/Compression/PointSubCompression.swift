@@ -1,4 +1,5 @@
 import CompressNIO
+import Foundation
 import NIOCore
 
 /// zlib compression as docs/PROTOCOL.md "Compression" specifies it.
@@ -21,12 +22,13 @@ public enum PointSubCompression {
 
     /// zlib level 1 (fastest): the spec allows any level, and on the payloads we measured level 6
     /// cost several times the CPU for a few percent more savings.
-    static let configuration = ZlibConfiguration(windowSize: 15, compressionLevel: 1, memoryLevel: 8, strategy: .default)
+    static let compressionLevel: Int32 = 1
 
     /// The zlib data for `payload` if the spec's rule says it is worth sending compressed, else nil.
     public static func compressIfWorthwhile(_ payload: ByteBuffer) -> ByteBuffer? {
         let size = payload.readableBytes
         guard size >= minimumPayloadSize else { return nil }
+        guard !looksIncompressible(payload) else { return nil }
         if size > 2 * probeSize {
             let probe = payload.getSlice(at: payload.readerIndex, length: probeSize)!
             guard let probed = compress(probe, limit: probeSize * 9 / 10),
@@ -39,10 +41,37 @@ public enum PointSubCompression {
         return compressed
     }
 
+    /// Above this many bits per byte (order-0 entropy of the first `probeSize` bytes), zlib is not
+    /// even tried. Measured here: deflate spends 40–100 µs on 1–8 KiB of random bytes (under
+    /// 50 MB/s, against about 1 µs to count the bytes), which was most of a 1 KiB request's CPU. Only
+    /// literals can be coded below 7.2 bits per byte (the 10 % rule); 7.5 leaves room for the
+    /// small-sample bias (about 0.2 bits at 1 KiB) and for matches. What this misses: data whose
+    /// bytes look random but repeat at a distance longer than the sample (a random 2 KiB block sent
+    /// twice), which zlib would shrink and we send as is.
+    static let incompressibleEntropy = 7.5
+
+    /// Whether the payload's first bytes look like random data (compressed, encrypted, …).
+    static func looksIncompressible(_ payload: ByteBuffer) -> Bool {
+        let n = min(payload.readableBytes, probeSize)
+        guard n >= 256 else { return false }
+        var counts = [Int](repeating: 0, count: 256)
+        payload.withUnsafeReadableBytes { raw in
+            for byte in raw.prefix(n) { counts[Int(byte)] += 1 }
+        }
+        // H = log2(n) - (1/n) Σ c·log2(c)
+        var sum = 0.0
+        for c in counts where c > 1 {
+            let x = Double(c)
+            sum += x * log2(x)
+        }
+        let entropy = log2(Double(n)) - sum / Double(n)
+        return entropy > incompressibleEntropy
+    }
+
     /// zlib-compresses `payload`; nil if the result would be longer than `limit` bytes (or zlib fails).
     public static func compress(_ payload: ByteBuffer, limit: Int = .max) -> ByteBuffer? {
         do {
-            let compressor = try ZlibCompressor(algorithm: .zlib, configuration: configuration)
+            let compressor = try ZlibStreamCache.current.compressor(for: payload.readableBytes, level: compressionLevel)
             var input = payload
             // Room for the whole output when it fits under the limit; otherwise zlib stops with
             // bufferOverflow once `limit` bytes are written and we give up.
@@ -76,7 +105,7 @@ public enum PointSubCompression {
         let chunkSize = 64 * 1024
         let decompressor: ZlibDecompressor
         do {
-            decompressor = try ZlibDecompressor(algorithm: .zlib)
+            decompressor = try ZlibStreamCache.current.decompressor()
         } catch {
             throw PointSubError(.protocolViolation, "cannot start zlib", violation: .corruptCompressedData, underlying: error)
         }
