@@ -269,6 +269,14 @@ import Testing
         #expect(publisher.fanoutPeers(in: "t").isEmpty)
     }
 
+    @Test func peersWithoutAStreamGetNothing() throws {
+        var router = try makeRouter(peers: 2, now: t0)
+        _ = router.peerSubscription(testPeer(9), topic: "t", subscribed: true, now: t0)  // before addPeer
+        let (message, id) = testMessage(1)
+        #expect(router.route(message, id: id, from: nil, now: t0).messageRecipients == [testPeer(1), testPeer(2)])
+        #expect(router.join("t", now: t0).grafted == [testPeer(1), testPeer(2)])
+    }
+
     @Test func forwardsToTheMeshOnlyAndNeverToSourceOrAuthor() throws {
         var router = try makeRouter(peers: 12, now: t0)
         let mesh = router.join("t", now: t0).grafted

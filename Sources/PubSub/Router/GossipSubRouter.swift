@@ -152,7 +152,7 @@ public struct GossipSubRouter: PubSubRouter {
     public mutating func leave(_ topic: String, now: ContinuousClock.Instant) -> [PubSubRouterAction] {
         guard let peers = mesh.removeValue(forKey: topic) else { return [] }
         var outbox = Outbox()
-        for peer in peers {
+        for peer in peers.sorted() {  // sorted: peer exchange draws from the seeded generator
             scores.prune(peer, topic: topic)
             outbox.prune(peer, makePrune(for: peer, topic: topic, exchangePeers: true,
                                          backoff: configuration.unsubscribeBackoff))
@@ -171,7 +171,8 @@ public struct GossipSubRouter: PubSubRouter {
 
         let topic = message.topic
         let threshold = configuration.thresholds.publish
-        let topicPeers = membership.peers(in: topic)
+        // Only peers with a stream (a subscription may be reported before `addPeer`).
+        let topicPeers = membership.peers(in: topic).filter { membership.contains($0) }
         var recipients: Set<PeerID> = []
         if source == nil && configuration.floodPublish {
             // v1.1 flood publishing: our own messages go to every topic peer above the publish
