@@ -50,6 +50,22 @@ public protocol PubSubRouter: Sendable {
 
     /// Peers known to subscribe to `topic` (for `PubSub.peers(topic:)`).
     func peers(subscribedTo topic: String) -> [PeerID]
+
+    // Optional hooks (default implementations below), for routers that weigh peers (gossipsub v1.1).
+
+    /// `addPeer(_:protocolID:now:)` telling whether we dialled the connection: gossipsub v1.1 keeps at
+    /// least `D_out` outbound peers in each mesh. Engines that know the direction call this one.
+    mutating func addPeer(_ peer: PeerID, protocolID: String, outbound: Bool,
+                          now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// A message from `peer` that the seen cache reported as already seen (a duplicate). Gossipsub
+    /// scoring credits mesh peers that deliver a message shortly after its first delivery.
+    mutating func duplicateMessage(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                   now: ContinuousClock.Instant)
+
+    /// Whether the engine should drop every RPC from `peer` unprocessed (gossipsub v1.1: the peer's
+    /// score fell below the graylist threshold).
+    func isGraylisted(_ peer: PeerID) -> Bool
 }
 
 extension PubSubRouter {
@@ -60,4 +76,11 @@ extension PubSubRouter {
     public mutating func handleControl(_ control: PubSubRPC.Control, from peer: PeerID,
                                        now: ContinuousClock.Instant,
                                        isSeen: (MessageID) -> Bool) -> [PubSubRouterAction] { [] }
+    public mutating func addPeer(_ peer: PeerID, protocolID: String, outbound: Bool,
+                                 now: ContinuousClock.Instant) -> [PubSubRouterAction] {
+        addPeer(peer, protocolID: protocolID, now: now)
+    }
+    public mutating func duplicateMessage(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                          now: ContinuousClock.Instant) {}
+    public func isGraylisted(_ peer: PeerID) -> Bool { false }
 }
