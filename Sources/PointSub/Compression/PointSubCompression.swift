@@ -54,15 +54,18 @@ public enum PointSubCompression {
     static func looksIncompressible(_ payload: ByteBuffer) -> Bool {
         let n = min(payload.readableBytes, probeSize)
         guard n >= 256 else { return false }
-        var counts = [Int](repeating: 0, count: 256)
-        payload.withUnsafeReadableBytes { raw in
-            for byte in raw.prefix(n) { counts[Int(byte)] += 1 }
-        }
         // H = log2(n) - (1/n) Σ c·log2(c)
-        var sum = 0.0
-        for c in counts where c > 1 {
-            let x = Double(c)
-            sum += x * log2(x)
+        let sum = withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 256) { counts -> Double in
+            counts.initialize(repeating: 0)
+            payload.withUnsafeReadableBytes { raw in
+                for byte in UnsafeRawBufferPointer(rebasing: raw[..<n]) { counts[Int(byte)] &+= 1 }
+            }
+            var sum = 0.0
+            for c in counts where c > 1 {
+                let x = Double(c)
+                sum += x * log2(x)
+            }
+            return sum
         }
         let entropy = log2(Double(n)) - sum / Double(n)
         return entropy > incompressibleEntropy
