@@ -56,6 +56,13 @@ enum RequestResponseBench {
         print("(same framing, one request at a time per TCP connection), \(phases.measure) per cell after")
         print("\(phases.warmUp) warm-up; PointSub compression \(compression ? "on" : "off"), TCP never compresses")
         print("CPU µs: process CPU time per request, client and server together; CPU ratio: TCP's CPU µs / PointSub's")
+        // What encryption alone allows: each request and each response is sealed once and opened once
+        // (4 × size of ChaChaPoly work per exchange, open costing about what seal does). With one
+        // request in flight the four steps run one after another; with more, on at most two cores.
+        let sealRate = Bench.chachaRate(seconds: quick ? 0.3 : 1) * 1_048_576
+        let cores = Double(min(2, ProcessInfo.processInfo.activeProcessorCount))
+        print(String(format: "ChaChaPoly seal rate on one core: %.0f MiB/s; \"AEAD max\": the PointSub/TCP ratio if", sealRate / 1_048_576))
+        print("encryption were PointSub's only cost (4 × size of seal/open per exchange, \(Int(cores)) cores at most)")
         print("load average at start: \(loadAverage())")
         let header = [
             pad("size", 7), pad("in-flight", 9, right: true), pad("payload", 8, right: true), " |",
@@ -63,6 +70,7 @@ enum RequestResponseBench {
             pad("CPU µs", 8, right: true), " |",
             pad("TCP req/s", 11, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
             pad("CPU µs", 8, right: true), " |", pad("ratio", 6, right: true), pad("CPU ratio", 10, right: true),
+            pad("AEAD max", 9, right: true),
         ].joined()
         print(String(repeating: "-", count: header.count))
         print(header)
@@ -126,6 +134,11 @@ enum RequestResponseBench {
                         }
                         var ratio: Double?
                         var cpuRatio: Double?
+                        var aeadMax: Double?
+                        if let tcp {
+                            let parallel = cell.inFlight == 1 ? 1 : cores
+                            aeadMax = parallel * sealRate / (4 * Double(cell.size)) / tcp.requestsPerSecond
+                        }
                         if let pointSub, let tcp {
                             ratio = pointSub.requestsPerSecond / tcp.requestsPerSecond
                             cpuRatio = tcp.cpuPerRequest / pointSub.cpuPerRequest
@@ -146,7 +159,8 @@ enum RequestResponseBench {
                             ([pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true), pad(cell.payload.rawValue, 8, right: true), " |"]
                                 + columns(pointSub, rateWidth: 15) + [" |"] + columns(tcp, rateWidth: 11) + [" |"]
                                 + [pad(ratio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]
-                                + [pad(cpuRatio.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]).joined())
+                                + [pad(cpuRatio.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]
+                                + [pad(aeadMax.map { $0 >= 10 ? ">10" : String(format: "%.2f", $0) } ?? "-", 9, right: true)]).joined())
                         let retries = (after.retries - before.retries) + (after.staleStreamRetries - before.staleStreamRetries)
                         if retries > 0 || after.failed != before.failed {
                             print("  (PointSub client: \(retries) retries, \(after.failed - before.failed) failures)")
