@@ -25,6 +25,13 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var state: State
     private var inbound = ByteBuffer()
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    /// Small transport writes wait here until the next flush (or until a Noise message is full)
+    /// and are sealed together: with many streams writing between two flushes, one AEAD call and
+    /// one frame instead of one per write. Writes of `coalescingLimit` bytes or more are sealed
+    /// directly (copying them first would cost more than the call saves).
+    private var coalesced = ByteBuffer()
+    private var coalescedPromises: [EventLoopPromise<Void>] = []
+    static let coalescingLimit = 16 * 1024
     private var pendingFlush = false
     private var started = false
     private let handshakePromise: EventLoopPromise<NoiseHandshakeResult>
@@ -122,7 +129,7 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failed:
             promise?.fail(NoiseError(.connectionClosed, "secure channel failed"))
         case .transport:
-            writeEncrypted(buffer, promise: promise, context: context)
+            write(buffer, promise: promise, context: context)
         }
     }
 
@@ -130,11 +137,54 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .handshaking = state {
             pendingFlush = true
         } else {
+            sealCoalesced(context: context)
             context.flush()
         }
     }
 
+    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        let size = buffer.readableBytes
+        guard size > 0 else {
+            promise?.succeed()
+            return
+        }
+        if size >= Self.coalescingLimit {
+            sealCoalesced(context: context)  // keep the order of writes
+            writeEncrypted(buffer, promise: promise, context: context)
+            return
+        }
+        if coalesced.readableBytes + size > Self.maxPlaintextLength { sealCoalesced(context: context) }
+        if coalesced.capacity == 0 { coalesced = context.channel.allocator.buffer(capacity: Self.coalescingLimit) }
+        coalesced.writeImmutableBuffer(buffer)
+        if let promise { coalescedPromises.append(promise) }
+    }
+
+    /// Seals the coalesced writes as one transport message; their promises complete with its write.
+    private func sealCoalesced(context: ChannelHandlerContext) {
+        guard coalesced.readableBytes > 0 else { return }
+        let promise: EventLoopPromise<Void>?
+        switch coalescedPromises.count {
+        case 0: promise = nil
+        case 1: promise = coalescedPromises[0]
+        default:
+            let combined = context.eventLoop.makePromise(of: Void.self)
+            for waiting in coalescedPromises { combined.futureResult.cascade(to: waiting) }
+            promise = combined
+        }
+        coalescedPromises.removeAll(keepingCapacity: true)
+        writeEncrypted(coalesced, promise: promise, context: context)
+        coalesced.clear()
+    }
+
+    private func failCoalesced(_ error: Error) {
+        coalesced.clear()
+        let promises = coalescedPromises
+        coalescedPromises.removeAll()
+        for promise in promises { promise.fail(error) }
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
+        failCoalesced(NoiseError(.connectionClosed, "connection closed"))
         if case .handshaking = state {
             state = .failed
             let error = NoiseError(.connectionClosed, "connection closed during the Noise handshake")
@@ -153,6 +203,7 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
+        failCoalesced(NoiseError(.connectionClosed, "Noise handler removed"))
         if case .handshaking = state {
             state = .failed
             handshakePromise.fail(NoiseError(.connectionClosed, "Noise handler removed during the handshake"))
@@ -201,9 +252,10 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func flushPendingWrites(context: ChannelHandlerContext) {
         let writes = pendingWrites
         pendingWrites = []
-        for (buffer, promise) in writes { writeEncrypted(buffer, promise: promise, context: context) }
+        for (buffer, promise) in writes { write(buffer, promise: promise, context: context) }
         if pendingFlush || !writes.isEmpty {
             pendingFlush = false
+            sealCoalesced(context: context)
             context.flush()
         }
     }
@@ -220,6 +272,7 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .handshaking = state { wasHandshaking = true } else { wasHandshaking = false }
         state = .failed
         failPendingWrites(error)
+        failCoalesced(error)
         if wasHandshaking { handshakePromise.fail(error) }
         context.fireErrorCaught(error)
         context.close(promise: nil)

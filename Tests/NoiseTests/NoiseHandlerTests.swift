@@ -1,0 +1,125 @@
+import Identity
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import Noise
+
+/// NoiseHandler on two EmbeddedChannels back to back: bytes are shuttled by hand.
+@Suite struct NoiseHandlerTests {
+    final class Pair {
+        let a = EmbeddedChannel()
+        let b = EmbeddedChannel()
+        let aDone: EventLoopPromise<NoiseHandshakeResult>
+        let bDone: EventLoopPromise<NoiseHandshakeResult>
+
+        init() throws {
+            aDone = a.eventLoop.makePromise()
+            bDone = b.eventLoop.makePromise()
+            try b.pipeline.syncOperations.addHandler(NoiseHandler(
+                handshake: try NoiseLibp2pHandshake(role: .responder, identity: .generateEd25519()), promise: bDone))
+            try a.pipeline.syncOperations.addHandler(NoiseHandler(
+                handshake: try NoiseLibp2pHandshake(role: .initiator, identity: .generateEd25519()), promise: aDone))
+            try a.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+            try b.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        }
+
+        /// Moves every outbound buffer of `from` into `to`; returns the buffers moved.
+        @discardableResult
+        func shuttle(from: EmbeddedChannel, to: EmbeddedChannel) throws -> [ByteBuffer] {
+            var moved: [ByteBuffer] = []
+            while let out = try from.readOutbound(as: ByteBuffer.self) {
+                moved.append(out)
+                try to.writeInbound(out)
+            }
+            return moved
+        }
+
+        func handshake() throws {
+            for _ in 0..<4 {
+                try shuttle(from: a, to: b)
+                try shuttle(from: b, to: a)
+            }
+            _ = try aDone.futureResult.wait()
+            _ = try bDone.futureResult.wait()
+        }
+
+        func received(by channel: EmbeddedChannel) throws -> [UInt8] {
+            var bytes: [UInt8] = []
+            while var buffer = try channel.readInbound(as: ByteBuffer.self) { bytes += buffer.readBytes(length: buffer.readableBytes)! }
+            return bytes
+        }
+    }
+
+    /// Noise messages in the outbound buffers (2-byte length prefixes followed through).
+    static func messageCount(_ buffers: [ByteBuffer]) -> Int {
+        var all = ByteBuffer()
+        for var b in buffers { all.writeBuffer(&b) }
+        var count = 0
+        while let length = all.readInteger(as: UInt16.self) {
+            all.moveReaderIndex(forwardBy: Int(length))
+            count += 1
+        }
+        #expect(all.readableBytes == 0)
+        return count
+    }
+
+    @Test func smallWritesBetweenFlushesLeaveAsOneMessage() throws {
+        let pair = try Pair()
+        try pair.handshake()
+        var promises: [EventLoopFuture<Void>] = []
+        for chunk in ["one ", "two ", "three"] {
+            let promise = pair.a.eventLoop.makePromise(of: Void.self)
+            pair.a.write(ByteBuffer(string: chunk), promise: promise)
+            promises.append(promise.futureResult)
+        }
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil, "nothing leaves before the flush")
+        pair.a.flush()
+        let moved = try pair.shuttle(from: pair.a, to: pair.b)
+        #expect(Self.messageCount(moved) == 1)
+        #expect(try pair.received(by: pair.b) == Array("one two three".utf8))
+        for promise in promises { try promise.wait() }
+    }
+
+    @Test func largeWritesAreSealedDirectlyAndOrderIsKept() throws {
+        let pair = try Pair()
+        try pair.handshake()
+        let big = [UInt8](repeating: 7, count: 100_000)  // two Noise messages of its own
+        pair.a.write(ByteBuffer(string: "head"), promise: nil)
+        pair.a.write(ByteBuffer(bytes: big), promise: nil)
+        pair.a.write(ByteBuffer(string: "tail"), promise: nil)
+        pair.a.write(ByteBuffer(), promise: nil)  // empty: nothing on the wire
+        pair.a.flush()
+        let moved = try pair.shuttle(from: pair.a, to: pair.b)
+        #expect(Self.messageCount(moved) == 4)
+        #expect(try pair.received(by: pair.b) == Array("head".utf8) + big + Array("tail".utf8))
+    }
+
+    @Test func coalescedWritesNeverExceedOneMessage() throws {
+        let pair = try Pair()
+        try pair.handshake()
+        let chunk = [UInt8](repeating: 1, count: 10_000)  // under the coalescing limit
+        for _ in 0..<20 { pair.a.write(ByteBuffer(bytes: chunk), promise: nil) }
+        pair.a.flush()
+        let moved = try pair.shuttle(from: pair.a, to: pair.b)
+        // 200,000 bytes in messages of at most 65,519 bytes of plaintext, six chunks each.
+        #expect(Self.messageCount(moved) == 4)
+        #expect(try pair.received(by: pair.b).count == 200_000)
+    }
+
+    @Test func writesDuringTheHandshakeGoOutAfterIt() throws {
+        let pair = try Pair()
+        pair.a.writeAndFlush(ByteBuffer(string: "early"), promise: nil)
+        try pair.handshake()
+        try pair.shuttle(from: pair.a, to: pair.b)
+        #expect(try pair.received(by: pair.b) == Array("early".utf8))
+    }
+
+    @Test func pendingWritesFailWhenTheChannelCloses() throws {
+        let pair = try Pair()
+        try pair.handshake()
+        let promise = pair.a.eventLoop.makePromise(of: Void.self)
+        pair.a.write(ByteBuffer(string: "never flushed"), promise: promise)
+        _ = try? pair.a.close().wait()
+        #expect(throws: (any Error).self) { try promise.futureResult.wait() }
+    }
+}
