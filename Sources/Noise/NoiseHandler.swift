@@ -142,6 +142,9 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    // Re-entrancy: `context.write` can call back into this handler (a writability change makes
+    // Yamux flush or send more frames). So every path seals and updates `coalesced` first and
+    // writes last; otherwise bytes could be sealed twice or a later frame overtake an earlier one.
     private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         let size = buffer.readableBytes
         guard size > 0 else {
@@ -149,19 +152,29 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if size >= Self.coalescingLimit {
-            sealCoalesced(context: context)  // keep the order of writes
-            writeEncrypted(buffer, promise: promise, context: context)
+            let pending = takeCoalesced(context: context)
+            guard let out = seal(buffer, promise: promise, context: context) else { return }
+            if let pending { context.write(wrapOutboundOut(pending.0), promise: pending.1) }
+            context.write(wrapOutboundOut(out), promise: promise)
             return
         }
-        if coalesced.readableBytes + size > Self.maxPlaintextLength { sealCoalesced(context: context) }
+        let full = coalesced.readableBytes + size > Self.maxPlaintextLength ? takeCoalesced(context: context) : nil
         if coalesced.capacity == 0 { coalesced = context.channel.allocator.buffer(capacity: Self.coalescingLimit) }
         coalesced.writeImmutableBuffer(buffer)
         if let promise { coalescedPromises.append(promise) }
+        if let full { context.write(wrapOutboundOut(full.0), promise: full.1) }
     }
 
-    /// Seals the coalesced writes as one transport message; their promises complete with its write.
+    /// Seals the coalesced writes as one transport message and writes it.
     private func sealCoalesced(context: ChannelHandlerContext) {
-        guard coalesced.readableBytes > 0 else { return }
+        guard let (out, promise) = takeCoalesced(context: context) else { return }
+        context.write(wrapOutboundOut(out), promise: promise)
+    }
+
+    /// The coalesced writes sealed as one transport message, with a promise that completes theirs;
+    /// the buffer is left empty. Nil when nothing is waiting (or sealing failed the channel).
+    private func takeCoalesced(context: ChannelHandlerContext) -> (ByteBuffer, EventLoopPromise<Void>?)? {
+        guard coalesced.readableBytes > 0 else { return nil }
         let promise: EventLoopPromise<Void>?
         switch coalescedPromises.count {
         case 0: promise = nil
@@ -172,8 +185,9 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
             promise = combined
         }
         coalescedPromises.removeAll(keepingCapacity: true)
-        writeEncrypted(coalesced, promise: promise, context: context)
+        let out = seal(coalesced, promise: promise, context: context)
         coalesced.clear()
+        return out.map { ($0, promise) }
     }
 
     private func failCoalesced(_ error: Error) {
@@ -222,10 +236,19 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Encrypts `buffer` as as many transport messages as needed, in one outbound buffer.
     /// An empty write sends nothing: py-libp2p drops the connection on a zero-length Noise message.
     private func writeEncrypted(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
-        guard case .transport(var send, let receive) = state else { return }
         guard buffer.readableBytes > 0 else {
             promise?.succeed()
             return
+        }
+        guard let out = seal(buffer, promise: promise, context: context) else { return }
+        context.write(wrapOutboundOut(out), promise: promise)
+    }
+
+    /// The transport messages for `buffer`; nil (promise failed, channel failing) on error.
+    private func seal(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) -> ByteBuffer? {
+        guard case .transport(var send, let receive) = state else {
+            promise?.fail(NoiseError(.connectionClosed, "secure channel failed"))
+            return nil
         }
         let chunks = (buffer.readableBytes + Self.maxPlaintextLength - 1) / Self.maxPlaintextLength
         var out = context.channel.allocator.buffer(
@@ -243,10 +266,10 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } catch {
             promise?.fail(error)
             fail(context: context, error: error)
-            return
+            return nil
         }
         state = .transport(send: send, receive: receive)
-        context.write(wrapOutboundOut(out), promise: promise)
+        return out
     }
 
     private func flushPendingWrites(context: ChannelHandlerContext) {

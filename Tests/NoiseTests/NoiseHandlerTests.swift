@@ -122,4 +122,50 @@ import Testing
         _ = try? pair.a.close().wait()
         #expect(throws: (any Error).self) { try promise.futureResult.wait() }
     }
+
+    /// Between Noise and the socket: the first ciphertext write fires a writability change back up
+    /// the pipeline, as NIO does when a write crosses the high watermark.
+    final class WritabilityPoke: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var poked = false
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            context.write(data, promise: promise)
+            if !poked {
+                poked = true
+                context.fireChannelWritabilityChanged()
+            }
+        }
+    }
+
+    /// Above Noise: answers a writability change by writing and flushing more, as Yamux does.
+    final class ReentrantWriter: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let payload: ByteBuffer
+        init(_ payload: ByteBuffer) { self.payload = payload }
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            context.writeAndFlush(wrapOutboundOut(payload), promise: nil)
+        }
+    }
+
+    @Test(arguments: [10, 20_000, 65_000])
+    func reentrantWritesAreNeitherDuplicatedNorReordered(firstSize: Int) throws {
+        let pair = try Pair()
+        try pair.handshake()
+        try pair.a.pipeline.syncOperations.addHandler(WritabilityPoke(), position: .first)
+        try pair.a.pipeline.syncOperations.addHandler(ReentrantWriter(ByteBuffer(string: "B")))
+        let first = [UInt8](repeating: 0x41, count: firstSize)
+        pair.a.write(ByteBuffer(bytes: first), promise: nil)
+        pair.a.write(ByteBuffer(bytes: [UInt8](repeating: 0x43, count: 1000)), promise: nil)
+        pair.a.flush()
+        try pair.shuttle(from: pair.a, to: pair.b)
+        let received = try pair.received(by: pair.b)
+        // "B" is written from inside the first ciphertext write: a large first write goes out at
+        // once (B before the second write was made); small ones wait for the flush (B last).
+        let second = [UInt8](repeating: 0x43, count: 1000)
+        let expected = firstSize >= NoiseHandler.coalescingLimit
+            ? first + Array("B".utf8) + second : first + second + Array("B".utf8)
+        let exact = received == expected
+        #expect(exact, "received \(received.count) bytes, expected \(expected.count), in order, once")
+    }
 }
