@@ -25,6 +25,12 @@ public struct YamuxConfiguration: Sendable, Hashable {
     /// stream can make us buffer).
     public var maxStreamWindow: UInt32 = 16 * 1024 * 1024
 
+    /// Total window growth (beyond `initialStreamWindow`) all streams of one session may hold
+    /// together; nil for no limit. The memory a peer can make us buffer on one connection is at
+    /// most `maxStreams × initialStreamWindow + maxSessionWindowGrowth` (per direction of stream
+    /// opening). One stream can still reach `maxStreamWindow` alone.
+    public var maxSessionWindowGrowth: Int? = 64 * 1024 * 1024
+
     /// Concurrently open streams per session, counted separately for each direction.
     public var maxStreams: Int = 1024
 

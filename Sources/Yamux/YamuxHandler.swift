@@ -4,6 +4,13 @@ import NIOCore
 /// State shared between the handler (event loop) and the façades (any thread): atomics only.
 final class YamuxSharedState: Sendable {
     let isClosed = ManagedAtomic<Bool>(false)
+    /// Session-wide allowance for receive-window growth (nil: unlimited).
+    let windowBudget: YamuxWindowBudget?
+
+    init(windowGrowthLimit: Int?) {
+        self.windowBudget = windowGrowthLimit.map { YamuxWindowBudget(limit: max(0, $0)) }
+    }
+
     let openStreams = ManagedAtomic<Int>(0)
     /// Smoothed RTT from pings in nanoseconds; 0 while unknown.
     let rttNanoseconds = ManagedAtomic<Int64>(0)
@@ -78,7 +85,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         let configuration = configuration.normalized
         self.configuration = configuration
         self.eventLoop = eventLoop
-        self.shared = YamuxSharedState()
+        self.shared = YamuxSharedState(windowGrowthLimit: configuration.maxSessionWindowGrowth)
         self.closePromise = eventLoop.makePromise()
         self.stateMachine = YamuxSessionStateMachine(role: role, configuration: configuration)
         self.decoder = YamuxFrameDecoder(maxFrameSize: configuration.maxFrameSize)
@@ -271,7 +278,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             id: id, isOutbound: isOutbound, handler: bound, shared: shared,
             window: YamuxReceiveWindow(
                 initialWindow: configuration.initialStreamWindow,
-                maxWindow: configuration.maxStreamWindow, now: .now()))
+                maxWindow: configuration.maxStreamWindow, now: .now(), budget: shared.windowBudget))
     }
 
     private func accept(_ stream: YamuxStream) {

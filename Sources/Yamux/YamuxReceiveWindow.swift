@@ -1,3 +1,4 @@
+import Atomics
 import NIOCore
 
 /// Receive-side credit accounting and window auto-tuning for one stream.
@@ -22,22 +23,64 @@ import NIOCore
 /// measured yet: on loopback or a LAN the measured RTT is far below the scheduling latency of
 /// the reading task, so the raw value would never allow growth. The cost of growing is memory
 /// only, bounded by `maxWindowSize` per stream, and only paid while the reader keeps up.
-struct YamuxReceiveWindow: Sendable, Hashable {
+/// The session-wide allowance for window growth beyond the streams' initial windows, shared by
+/// all streams of a session: without it 1,024 streams auto-tuned to 16 MiB could make one peer
+/// buffer 16 GiB. A stream that cannot reserve growth keeps its current window (still correct
+/// flow control, only slower); growth is returned when the stream goes away.
+final class YamuxWindowBudget: Sendable {
+    private let remaining: ManagedAtomic<Int>
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+        self.remaining = ManagedAtomic(limit)
+    }
+
+    var available: Int { remaining.load(ordering: .relaxed) }
+
+    /// Takes up to `wanted` bytes; returns how much was granted.
+    func reserve(upTo wanted: Int) -> Int {
+        var current = remaining.load(ordering: .relaxed)
+        while true {
+            let granted = min(wanted, current)
+            guard granted > 0 else { return 0 }
+            let (exchanged, original) = remaining.compareExchange(
+                expected: current, desired: current - granted, ordering: .relaxed)
+            if exchanged { return granted }
+            current = original
+        }
+    }
+
+    func release(_ bytes: Int) {
+        guard bytes > 0 else { return }
+        remaining.wrappingIncrement(by: bytes, ordering: .relaxed)
+    }
+}
+
+struct YamuxReceiveWindow: Sendable {
     static let minimumRTT: TimeAmount = .milliseconds(5)
 
     /// The current target window (grows by auto-tuning).
     private(set) var windowSize: UInt32
     let maxWindowSize: UInt32
+    let initialWindowSize: UInt32
+    /// Where growth beyond `initialWindowSize` is reserved (nil: unlimited).
+    let budget: YamuxWindowBudget?
     /// Consumed by the application, not yet credited to the peer.
     private(set) var consumedUncredited: UInt32 = 0
     /// Start of the current epoch (creation, or the last credit).
     private(set) var epochStart: NIODeadline
 
-    init(initialWindow: UInt32, maxWindow: UInt32, now: NIODeadline) {
+    init(initialWindow: UInt32, maxWindow: UInt32, now: NIODeadline, budget: YamuxWindowBudget? = nil) {
         self.windowSize = initialWindow
+        self.initialWindowSize = initialWindow
         self.maxWindowSize = max(maxWindow, initialWindow)
         self.epochStart = now
+        self.budget = budget
     }
+
+    /// Growth this window holds from the budget (to be released when the stream goes away).
+    var reservedGrowth: Int { Int(windowSize - initialWindowSize) }
 
     /// Records that the application consumed `bytes`. Returns the delta of a WINDOW_UPDATE
     /// to send now, or nil if none is due yet.
@@ -50,9 +93,10 @@ struct YamuxReceiveWindow: Sendable, Hashable {
         let effectiveRTT = max(rtt ?? .zero, Self.minimumRTT)
         let epoch = now - epochStart
         if windowSize < maxWindowSize && epoch < effectiveRTT * 2 {
-            let grown = UInt32(min(UInt64(windowSize) * 2, UInt64(maxWindowSize)))
-            delta += grown - windowSize
-            windowSize = grown
+            var growth = UInt32(min(UInt64(windowSize) * 2, UInt64(maxWindowSize))) - windowSize
+            if let budget { growth = UInt32(budget.reserve(upTo: Int(growth))) }
+            delta += growth
+            windowSize += growth
         }
         consumedUncredited = 0
         epochStart = now

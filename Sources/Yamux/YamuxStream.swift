@@ -30,6 +30,12 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
 
     public var description: String { "YamuxStream(\(id))" }
 
+    deinit {
+        // The stream's window growth goes back to the session's budget.
+        let growth = readState.withLockedValue { $0.window.reservedGrowth }
+        shared.windowBudget?.release(growth)
+    }
+
     // MARK: Read state
 
     enum ReadEnd {
