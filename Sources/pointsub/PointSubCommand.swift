@@ -22,6 +22,7 @@ struct PointSubCommand: AsyncParsableCommand {
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
             ServeCommand.self, SendCommand.self, DemoCommand.self,
+            RouteCommand.self,
         ]
     )
 }

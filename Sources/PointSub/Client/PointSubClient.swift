@@ -492,6 +492,21 @@ public final class PointSubClient: Sendable {
         for stream in expired { Task { await stream.stream.close() } }
     }
 
+    /// Closes the idle pooled streams to `peer` (every protocol), e.g. before closing the
+    /// connection to it gracefully: a graceful close waits for open streams, and a pooled one
+    /// would otherwise stay open until the deadline. Streams in use are not touched.
+    public func closeIdleStreams(to peer: PeerID) async {
+        let idle = state.withLockedValue { s -> [ClientStream] in
+            var taken: [ClientStream] = []
+            for key in s.idle.keys.filter({ $0.peer == peer }) {
+                taken += s.idle.removeValue(forKey: key) ?? []
+            }
+            for stream in taken { s.live.removeValue(forKey: stream.id) }
+            return taken
+        }
+        for stream in idle { await stream.stream.close() }
+    }
+
     /// Closes the pooled streams; later sends throw `.clientClosed`. Streams in use are closed
     /// when their exchange ends.
     public func close() async {
