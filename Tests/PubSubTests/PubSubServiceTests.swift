@@ -257,6 +257,21 @@ struct PubSubServiceTests {
         }
     }
 
+    @Test func messagesQueuedBeforeStopStillArrive() async throws {
+        try await PubSubTestNetwork.with(nodes: 2, edges: [(0, 1)]) { net in
+            let at1 = Collector(try net.services[1].subscribe("t"))
+            try await net.waitForSubscriptions("t", subscribers: [1])
+            for n in 0..<50 { try await net.services[0].publish("t", Array("\(n)".utf8)) }
+            // Queued, maybe not written yet: stop drains the queue and closes the stream cleanly,
+            // and node 1 reads its end even though its own stream to node 0 is reset meanwhile.
+            await net.services[0].stop()
+            try await net.waitUntil("all 50 arrived") { at1.messages.count == 50 }
+            #expect(at1.texts == (0..<50).map { "\($0)" })
+            #expect(net.counters[0].forwarded == 50)
+            try await net.waitUntil("node 1 dropped node 0") { net.services[1].peers.isEmpty }
+        }
+    }
+
     @Test func lifecycle() async throws {
         try await withHost(configuration: .defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }) { host in
             #expect(throws: PubSubError.self) {

@@ -38,13 +38,14 @@ extension PubSubService {
             stream = try await connection.newStream(protocols: protocols)
         } catch {
             // Most often a peer without pubsub; nothing was added to the router then.
-            endSession(with: peer, generation: generation, reason: "cannot open a pubsub stream: \(error)")
+            endSession(with: peer, generation: generation, reason: "cannot open a pubsub stream: \(error)", keepReading: true)
             return
         }
         let attached = state.withLockedValue { s -> (topics: [String], actions: [PubSubRouterAction])? in
             guard s.phase == .running, var session = s.sessions[peer], session.generation == generation else { return nil }
             session.outbound = stream
             session.announced = true
+            s.openOutbound[generation] = stream
             var actions: [PubSubRouterAction] = []
             if !session.inRouter {
                 session.inRouter = true
@@ -57,9 +58,10 @@ extension PubSubService {
             stream.reset()
             return
         }
+        defer { _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) } }
         // Notices a reset by the peer or the end of the connection while we have nothing to write.
         stream.setFailureWatcher { [weak self] in
-            self?.endSession(with: peer, generation: generation, reason: "outbound stream failed")
+            self?.endSession(with: peer, generation: generation, reason: "outbound stream failed", keepReading: true)
         }
         execute(attached.actions)
         do {
@@ -74,8 +76,11 @@ extension PubSubService {
                     state.withLockedValue { $0.counters.forwarded += frame.messageCount }
                 }
             }
+            // The queue was finished (stop, or the session ended) and is drained: a clean end.
+            stream.setFailureWatcher(nil)
+            try await stream.closeWrite()
         } catch {
-            endSession(with: peer, generation: generation, reason: "writing failed: \(error)")
+            endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
         }
     }
 
@@ -133,8 +138,10 @@ extension PubSubService {
     }
 
     /// Removes the session (only generation `generation`, when given) and the peer from the router,
-    /// and resets its streams.
-    func endSession(with peer: PeerID, generation: UInt64?, reason: String) {
+    /// and resets its streams. `keepReading`: leave the peer's stream to us open and read to its
+    /// end — when only our stream failed, e.g. because the peer is stopping, the peer's stream
+    /// may still hold messages it sent before.
+    func endSession(with peer: PeerID, generation: UInt64?, reason: String, keepReading: Bool = false) {
         let ended = state.withLockedValue { s -> (session: PeerSession, actions: [PubSubRouterAction])? in
             guard let session = s.sessions[peer], generation == nil || session.generation == generation else { return nil }
             s.sessions[peer] = nil
@@ -145,7 +152,7 @@ extension PubSubService {
         logger.debug("pubsub peer removed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
         ended.session.queue.finish()
         ended.session.outbound?.reset()
-        ended.session.inbound?.reset()
+        if !keepReading { ended.session.inbound?.reset() }
         execute(ended.actions)
     }
 

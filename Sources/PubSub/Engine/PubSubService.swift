@@ -67,6 +67,10 @@ public final class PubSubService: Sendable {
         var seqno: UInt64
         var nextID: UInt64 = 1
         var backgroundTasks: [Task<Void, Never>] = []
+        /// Our streams whose writers have not finished, by session generation. `stop()` waits for
+        /// them to drain and close, and resets only what is left: a reset right after a clean
+        /// close could make the peer drop data it has not read yet.
+        var openOutbound: [UInt64: P2PStream] = [:]
 
         mutating func takeID() -> UInt64 {
             defer { nextID += 1 }
@@ -96,10 +100,11 @@ public final class PubSubService: Sendable {
         self.protocols = router.protocols
         self.heartbeatInterval = router.heartbeatInterval
         // Spec: seqno need only be unique per author; a random start keeps a restarted node's
-        // messages from colliding with its earlier ones still in other nodes' seen caches.
+        // messages from colliding with its earlier ones still in other nodes' seen caches. Below
+        // 2^63, so tools that read it as a signed 64-bit number (JSON, Int64) see it unchanged.
         self.state = NIOLockedValueBox(State(
             router: router, seen: SeenCache(ttl: configuration.seenTTL, capacity: configuration.seenCacheCapacity),
-            seqno: UInt64.random(in: 0...UInt64.max)))
+            seqno: UInt64.random(in: 0..<(1 << 63))))
     }
 
     // MARK: - Lifecycle
@@ -170,9 +175,10 @@ public final class PubSubService: Sendable {
         if tooLate { tasks.forEach { $0.cancel() } }
     }
 
-    /// Stops serving, resets every pubsub stream and ends every subscription. The service cannot be
-    /// started again. Safe to call more than once.
-    public func stop() async {
+    /// Stops serving and ends every subscription. What is queued for peers is still written for
+    /// up to `gracePeriod` and our streams are then closed (the peers see a clean end); whatever is
+    /// left after that is reset. The service cannot be started again. Safe to call more than once.
+    public func stop(gracePeriod: Duration = .seconds(1)) async {
         let (wasRunning, sessions, subscribers, tasks) = state.withLockedValue { s in
             let wasRunning = s.phase == .running
             s.phase = .stopped
@@ -187,12 +193,18 @@ public final class PubSubService: Sendable {
         }
         if wasRunning { for protocolID in protocols { host.removeStreamHandler(protocolID) } }
         for task in tasks { task.cancel() }
+        for subscriber in subscribers { subscriber.finish() }
+        // A finished queue still hands out what it holds: the writers drain it, close their
+        // streams and end.
         for session in sessions {
             session.queue.finish()
-            session.outbound?.reset()
             session.inbound?.reset()
         }
-        for subscriber in subscribers { subscriber.finish() }
+        let deadline = ContinuousClock.now + gracePeriod
+        while state.withLockedValue({ !$0.openOutbound.isEmpty }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for stream in state.withLockedValue({ $0.openOutbound.values }) { stream.reset() }
     }
 
     // MARK: - Subscriptions
