@@ -21,7 +21,7 @@ struct PointSubCommand: AsyncParsableCommand {
         abstract: "A libp2p node in Swift: identity, echo, ping, perf, PointSub request/response.",
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
-            ServeCommand.self, SendCommand.self, DemoCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self, ChatCommand.self,
         ]
     )
 }
