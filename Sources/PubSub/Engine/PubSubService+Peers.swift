@@ -119,7 +119,9 @@ extension PubSubService {
         } catch let error as PubSubError {
             state.withLockedValue { $0.counters.badRPCs += 1 }
             logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            endSession(with: peer, generation: attached.generation, reason: error.description)
+            // Whatever session the peer has by now goes, and this stream with it.
+            stream.reset()
+            endSession(with: peer, generation: nil, reason: error.description)
         } catch {
             inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream failed: \(error)")
         }
