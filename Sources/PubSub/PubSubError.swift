@@ -4,11 +4,26 @@ public enum PubSubError: Error, Sendable, Equatable, CustomStringConvertible {
     case malformedRPC(String)
     /// An RPC frame longer than the configured limit (default 1 MiB), refused before allocation.
     case rpcTooLarge(length: Int, limit: Int)
+    /// A configuration value that cannot work.
+    case invalidConfiguration(String)
+    /// The service is not started, or was stopped.
+    case notRunning
+    /// A message to publish would not fit in an RPC of the configured maximum size.
+    case messageTooLarge(size: Int, limit: Int)
+    /// A local validator did not accept a message we tried to publish.
+    case publishRejected(topic: String, PubSubValidationResult)
+    /// Signing a message to publish failed.
+    case signingFailed(String)
 
     public var description: String {
         switch self {
         case .malformedRPC(let why): "malformed pubsub RPC: \(why)"
         case .rpcTooLarge(let length, let limit): "pubsub RPC of \(length) bytes exceeds the limit of \(limit)"
+        case .invalidConfiguration(let why): "invalid pubsub configuration: \(why)"
+        case .notRunning: "the pubsub service is not running"
+        case .messageTooLarge(let size, let limit): "a message of \(size) bytes does not fit in an RPC of at most \(limit)"
+        case .publishRejected(let topic, let result): "the validator of \(topic) did not accept the message (\(result))"
+        case .signingFailed(let why): "signing the message failed: \(why)"
         }
     }
 }

@@ -18,11 +18,10 @@ enum Main {
 struct PointSubCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pointsub",
-        abstract: "A libp2p node in Swift: identity, echo, ping, perf, PointSub request/response.",
+        abstract: "A libp2p node in Swift: identity, echo, ping, perf, PointSub request/response, routes, pubsub chat.",
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
-            ServeCommand.self, SendCommand.self, DemoCommand.self,
-            RouteCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self,
         ]
     )
 }

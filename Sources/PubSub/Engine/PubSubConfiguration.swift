@@ -1,0 +1,53 @@
+import LibP2P
+import Logging
+
+/// Settings of a `PubSubService`; start from `.defaults` or `.defaults { $0.seenTTL = .seconds(30) }`.
+public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
+    /// Computes a message's ID from the message as on the wire.
+    public typealias MessageIDFunction = @Sendable (PubSubRPC.Message) -> MessageID
+
+    /// Largest RPC frame accepted from a peer (checked on the length prefix, before buffering), and
+    /// largest sent; the spec suggests 1 MiB. A peer that sends a larger one is disconnected from
+    /// pubsub.
+    public var maxRPCSize = 1 << 20
+    /// RPCs waiting to be written to one peer. When full, new RPCs for that peer are dropped and
+    /// counted (`PubSubCounters.dropped`): a stalled peer never holds up the others.
+    public var maxQueuedRPCsPerPeer = 1024
+    /// Messages a subscription holds for a slow consumer; beyond it new messages are dropped for
+    /// that subscription and counted (`PubSubCounters.subscriberOverflows`). The network is never
+    /// slowed down by a consumer.
+    public var subscriptionBufferSize = 1024
+    /// How long a message ID is remembered (go-libp2p's default is 2 minutes). A copy arriving
+    /// within this time is a duplicate: neither delivered nor forwarded again.
+    public var seenTTL: Duration = .seconds(120)
+    /// Most message IDs remembered; when full the oldest are forgotten early.
+    public var seenCacheCapacity = 131_072
+    /// How long a topic validator may take; a late verdict counts as `.ignore`.
+    public var validationTimeout: Duration = .seconds(5)
+    /// The message-ID function; both ends of a link may use different ones (they only decide what
+    /// counts as a duplicate locally). Default: `from ‖ seqno`, as go-libp2p's default.
+    public var messageID: MessageIDFunction = PubSubConfiguration.fromAndSeqno
+    /// Whether our own published messages are delivered to our own subscriptions.
+    public var deliverOwnMessages = false
+    public var logger = Logger(label: "pointsub.pubsub", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    public init() {}
+
+    /// The default message ID: the author's peer ID bytes followed by the seqno bytes.
+    public static let fromAndSeqno: MessageIDFunction = { message in
+        (message.from ?? []) + (message.seqno ?? [])
+    }
+
+    /// Throws `.invalidConfiguration` naming the first bad value.
+    public func validate() throws(PubSubError) {
+        for (name, value) in [
+            ("maxRPCSize", maxRPCSize), ("maxQueuedRPCsPerPeer", maxQueuedRPCsPerPeer),
+            ("subscriptionBufferSize", subscriptionBufferSize), ("seenCacheCapacity", seenCacheCapacity),
+        ] where value <= 0 {
+            throw .invalidConfiguration("\(name) must be positive (is \(value))")
+        }
+        for (name, value) in [("seenTTL", seenTTL), ("validationTimeout", validationTimeout)] where value <= .zero {
+            throw .invalidConfiguration("\(name) must be positive (is \(value))")
+        }
+    }
+}

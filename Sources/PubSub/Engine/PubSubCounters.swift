@@ -1,0 +1,32 @@
+/// What a `PubSubService` did since it was made; read with `PubSubService.counters`. Tests and
+/// benchmarks count transmissions per message with `forwarded` and `routed`.
+public struct PubSubCounters: Sendable, Equatable {
+    /// Messages that arrived from peers, every copy counted.
+    public var received = 0
+    /// Copies already in the seen cache (including our own messages coming back).
+    public var duplicates = 0
+    /// Messages handed to local subscriptions (once per message, however many subscriptions).
+    public var delivered = 0
+    /// Messages we published.
+    public var published = 0
+    /// Distinct messages handed to the router for sending on, our own included: at most once per
+    /// message ID (the seen cache) — a second routing would be a storm.
+    public var routed = 0
+    /// Message transmissions written to peers' streams: one per message per peer, our own
+    /// messages included. For floodsub, a node forwards a message to each subscribed neighbour
+    /// except the one it came from.
+    public var forwarded = 0
+    /// Messages that failed StrictSign or that a validator rejected.
+    public var rejected = 0
+    /// Messages a validator ignored or did not judge in time, and messages claiming to be ours
+    /// that we did not publish (a stale copy whose seen entry expired).
+    public var ignored = 0
+    /// RPCs not sent because a peer's outbound queue was full (a slow or stalled peer).
+    public var dropped = 0
+    /// Messages not delivered to a subscription whose buffer was full (a slow consumer).
+    public var subscriberOverflows = 0
+    /// Peers whose pubsub streams were reset for sending an oversized or malformed RPC.
+    public var badRPCs = 0
+    /// RPCs ignored because the router graylisted their sender (gossipsub peer score).
+    public var graylistedRPCs = 0
+}

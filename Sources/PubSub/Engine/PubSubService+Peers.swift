@@ -1,0 +1,384 @@
+import Identity
+import LibP2P
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+// The I/O shell around the router: peer sessions, the streams, inbound RPC handling, and carrying
+// out the router's actions.
+extension PubSubService {
+    // MARK: - Sessions
+
+    /// Makes sure we have a session with `peer`; a new one gets a writer task that opens our
+    /// stream on `connection`.
+    func ensureSession(with peer: PeerID, on connection: Connection) {
+        let created = state.withLockedValue { s -> (generation: UInt64, frames: AsyncStream<OutboundFrame>)? in
+            guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
+            // Bounded queue: when full, `yield` reports the newest frame as dropped.
+            let (frames, queue) = AsyncStream.makeStream(
+                of: OutboundFrame.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedRPCsPerPeer))
+            let generation = s.takeID()
+            s.sessions[peer] = PeerSession(generation: generation, queue: queue)
+            return (generation, frames)
+        }
+        guard let created else { return }
+        // Spawned on the host, so a host shutdown cancels it (the queue iteration then ends).
+        host.spawn { [weak self] in
+            await self?.runWriter(peer: peer, generation: created.generation, connection: connection, frames: created.frames)
+        }
+    }
+
+    /// Opens our stream to `peer`, sends our subscriptions, then writes the queued RPCs in order
+    /// until the session ends.
+    private func runWriter(
+        peer: PeerID, generation: UInt64, connection: Connection, frames: AsyncStream<OutboundFrame>
+    ) async {
+        let stream: P2PStream
+        do {
+            stream = try await connection.newStream(protocols: protocols)
+        } catch {
+            // Most often a peer without pubsub; nothing was added to the router then.
+            endSession(with: peer, generation: generation, reason: "cannot open a pubsub stream: \(error)", keepReading: true)
+            return
+        }
+        let attached = state.withLockedValue { s -> (topics: [String], actions: [PubSubRouterAction])? in
+            guard s.phase == .running, var session = s.sessions[peer], session.generation == generation else { return nil }
+            session.outbound = stream
+            session.announced = true
+            s.openOutbound[generation] = stream
+            var actions: [PubSubRouterAction] = []
+            if !session.inRouter {
+                session.inRouter = true
+                actions = s.router.addPeer(
+                    peer, protocolID: stream.protocolID, outbound: connection.direction == .outbound, now: .now)
+            }
+            s.sessions[peer] = session
+            return (s.subscriptions.keys.sorted(), actions)
+        }
+        guard let attached else {
+            stream.reset()
+            return
+        }
+        defer { _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) } }
+        // Notices a reset by the peer or the end of the connection while we have nothing to write.
+        stream.setFailureWatcher { [weak self] in
+            self?.endSession(with: peer, generation: generation, reason: "outbound stream failed", keepReading: true)
+        }
+        execute(attached.actions)
+        do {
+            // Spec: the first RPC on a new stream carries our full subscription list.
+            if !attached.topics.isEmpty {
+                let hello = PubSubRPC(subscriptions: attached.topics.map { .init(subscribe: true, topic: $0) })
+                try await stream.write(Self.frame(hello.encoded()))
+            }
+            for await frame in frames {
+                try await stream.write(frame.bytes)
+                if frame.messageCount > 0 {
+                    state.withLockedValue { $0.counters.forwarded += frame.messageCount }
+                }
+            }
+            // The queue was finished (stop, or the session ended) and is drained: a clean end.
+            stream.setFailureWatcher(nil)
+            try await stream.closeWrite()
+        } catch {
+            endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
+        }
+    }
+
+    /// Serves a peer's stream to us (the host's handler task): reads RPC frames until the stream
+    /// ends. A newer stream from the same peer replaces this one (go-libp2p does the same).
+    func serveInbound(_ stream: P2PStream) async {
+        let peer = stream.remotePeer
+        ensureSession(with: peer, on: stream.connection)
+        let attached = state.withLockedValue { s -> (generation: UInt64, previous: P2PStream?, actions: [PubSubRouterAction])? in
+            guard s.phase == .running, var session = s.sessions[peer] else { return nil }
+            let previous = session.inbound
+            session.inbound = stream
+            var actions: [PubSubRouterAction] = []
+            if !session.inRouter {
+                session.inRouter = true
+                actions = s.router.addPeer(
+                    peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, now: .now)
+            }
+            s.sessions[peer] = session
+            return (session.generation, previous, actions)
+        }
+        guard let attached else { return stream.reset() }
+        attached.previous?.reset()
+        execute(attached.actions)
+
+        var decoder = RPCFrameDecoder(maxFrameSize: configuration.maxRPCSize)
+        do {
+            while let chunk = try await stream.read() {
+                decoder.append(chunk)
+                while let frame = try decoder.nextFrame() {
+                    let rpc = try PubSubRPC(decoding: frame)
+                    await handle(rpc, from: peer)
+                }
+            }
+            // The peer closed its stream: it has left pubsub.
+            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream closed")
+        } catch let error as PubSubError {
+            state.withLockedValue { $0.counters.badRPCs += 1 }
+            logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            // Whatever session the peer has by now goes, and this stream with it.
+            stream.reset()
+            endSession(with: peer, generation: nil, reason: error.description)
+        } catch {
+            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream failed: \(error)")
+        }
+    }
+
+    /// The end of an inbound stream ends the session, unless a newer stream replaced it.
+    private func inboundEnded(_ stream: P2PStream, of peer: PeerID, generation: UInt64, reason: String) {
+        let current = state.withLockedValue { $0.sessions[peer]?.inbound === stream }
+        if current { endSession(with: peer, generation: generation, reason: reason) }
+    }
+
+    /// The last connection to `peer` closed. If a new one opened meanwhile, start over on it.
+    func peerDisconnected(_ peer: PeerID) {
+        endSession(with: peer, generation: nil, reason: "disconnected")
+        if let connection = host.connections(to: peer).first { ensureSession(with: peer, on: connection) }
+    }
+
+    /// Removes the session (only generation `generation`, when given) and the peer from the router,
+    /// and resets its streams. `keepReading`: leave the peer's stream to us open and read to its
+    /// end — when only our stream failed, e.g. because the peer is stopping, the peer's stream
+    /// may still hold messages it sent before.
+    func endSession(with peer: PeerID, generation: UInt64?, reason: String, keepReading: Bool = false) {
+        let ended = state.withLockedValue { s -> (session: PeerSession, actions: [PubSubRouterAction])? in
+            guard let session = s.sessions[peer], generation == nil || session.generation == generation else { return nil }
+            s.sessions[peer] = nil
+            let actions = session.inRouter ? s.router.removePeer(peer, now: .now) : []
+            return (session, actions)
+        }
+        guard let ended else { return }
+        logger.debug("pubsub peer removed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        ended.session.queue.finish()
+        ended.session.outbound?.reset()
+        if !keepReading { ended.session.inbound?.reset() }
+        execute(ended.actions)
+    }
+
+    // MARK: - Inbound RPCs
+
+    private func handle(_ rpc: PubSubRPC, from peer: PeerID) async {
+        // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
+        let graylisted = state.withLockedValue { s -> Bool in
+            guard s.router.isGraylisted(peer) else { return false }
+            s.counters.graylistedRPCs += 1
+            return true
+        }
+        if graylisted { return }
+        if !rpc.subscriptions.isEmpty {
+            let actions = state.withLockedValue { s -> [PubSubRouterAction] in
+                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
+                let now = ContinuousClock.now
+                return rpc.subscriptions.flatMap {
+                    s.router.peerSubscription(peer, topic: $0.topic, subscribed: $0.subscribe, now: now)
+                }
+            }
+            execute(actions)
+        }
+        for message in rpc.messages { await handle(message, from: peer) }
+        if let control = rpc.control, !control.isEmpty {
+            let actions = state.withLockedValue { s -> [PubSubRouterAction] in
+                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
+                let now = ContinuousClock.now
+                let seen = s.seen  // a copy-on-write snapshot: the router mutates while it asks
+                return s.router.handleControl(control, from: peer, now: now) { seen.contains($0, now: now) }
+            }
+            execute(actions)
+        }
+    }
+
+    /// Checks in order: duplicate (seen cache), StrictSign, our own message, then marks it seen,
+    /// validates, delivers and routes. The signature is checked before the ID is marked seen, so a
+    /// forged copy cannot shadow the real message.
+    private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
+        let id = configuration.messageID(message)
+        let duplicate = state.withLockedValue { s -> Bool in
+            s.counters.received += 1
+            guard s.seen.contains(id, now: .now) else { return false }
+            s.counters.duplicates += 1
+            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
+            return true
+        }
+        if duplicate { return }
+        let author: MessageSigning.Author
+        switch MessageSigning.verify(message) {
+        case .failure(let failure):
+            return reject(message, id: id, from: peer, reason: failure.description)
+        case .success(let verified):
+            author = verified
+        }
+        // go-libp2p does the same: a message claiming to be ours that we do not remember (its seen
+        // entry expired) is dropped, never delivered or forwarded again.
+        if author.peer == host.peerID {
+            state.withLockedValue { $0.counters.ignored += 1 }
+            return
+        }
+        let fresh = state.withLockedValue { s -> Bool in
+            if s.seen.insert(id, now: .now) { return true }
+            s.counters.duplicates += 1  // a copy from another peer got here first
+            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
+            return false
+        }
+        guard fresh else { return }
+        let received = PubSubMessage(
+            topic: message.topic, data: message.data, from: author.peer, seqno: author.seqno, id: id, receivedFrom: peer)
+        switch await validate(received) {
+        case .accept:
+            break
+        case .reject:
+            return reject(message, id: id, from: peer, reason: "rejected by the topic validator")
+        case .ignore:
+            state.withLockedValue { $0.counters.ignored += 1 }
+            return
+        }
+        let routed = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])? in
+            guard s.phase == .running else { return nil }
+            let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
+            if !subscribers.isEmpty { s.counters.delivered += 1 }
+            s.counters.routed += 1
+            return (subscribers, s.router.route(message, id: id, from: peer, now: .now))
+        }
+        guard let routed else { return }
+        deliver(received, to: routed.subscribers)
+        execute(routed.actions)
+    }
+
+    private func reject(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, reason: String) {
+        state.withLockedValue { s in
+            s.counters.rejected += 1
+            s.router.messageRejected(message, id: id, from: peer, now: .now)
+        }
+        logger.debug("pubsub message rejected", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+    }
+
+    // MARK: - Validation
+
+    func validate(_ message: PubSubMessage) async -> PubSubValidationResult {
+        guard let entry = state.withLockedValue({ $0.validators[message.topic] }) else { return .accept }
+        return await Self.run(entry.validator, on: message, timeout: entry.timeout, eventLoop: host.eventLoopGroup.any())
+    }
+
+    /// Runs `validator` with a hard time limit: the verdict is `.ignore` at the deadline even if
+    /// the validator ignores cancellation (it is cancelled and left to finish on its own).
+    private static func run(
+        _ validator: @escaping Validator, on message: PubSubMessage, timeout: Duration, eventLoop: any EventLoop
+    ) async -> PubSubValidationResult {
+        let verdict = VerdictSlot()
+        let work = Task { verdict.settle(await validator(message)) }
+        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout / .nanoseconds(1)))) {
+            verdict.settle(.ignore)
+            work.cancel()
+        }
+        let result = await verdict.wait()
+        timer.cancel()
+        return result
+    }
+
+    // MARK: - Actions and delivery
+
+    func deliver(_ message: PubSubMessage, to subscribers: [AsyncStream<PubSubMessage>.Continuation]) {
+        var overflows = 0
+        for subscriber in subscribers {
+            if case .dropped = subscriber.yield(message) { overflows += 1 }
+        }
+        if overflows > 0 { state.withLockedValue { $0.counters.subscriberOverflows += overflows } }
+    }
+
+    /// Queues a subscription change to the peers that already had our subscription list.
+    func announce(_ topic: String, subscribed: Bool, to queues: [AsyncStream<OutboundFrame>.Continuation]) {
+        guard !queues.isEmpty else { return }
+        let frame = OutboundFrame(
+            bytes: Self.frame(PubSubRPC(subscriptions: [.init(subscribe: subscribed, topic: topic)]).encoded()),
+            messageCount: 0)
+        enqueue(queues.map { (frame, $0) })
+    }
+
+    /// Carries out router actions: each RPC is framed and queued for its peer (peers that are gone
+    /// are skipped).
+    func execute(_ actions: [PubSubRouterAction]) {
+        guard !actions.isEmpty else { return }
+        let queues = state.withLockedValue { s in
+            actions.map { action -> AsyncStream<OutboundFrame>.Continuation? in
+                switch action {
+                case .send(let peer, _): s.sessions[peer]?.queue
+                }
+            }
+        }
+        var frames: [(OutboundFrame, AsyncStream<OutboundFrame>.Continuation)] = []
+        var tooLarge = 0
+        // Routers send one RPC to many peers (floodsub: the same message to every neighbour).
+        var last: (rpc: PubSubRPC, frame: OutboundFrame?)?
+        for (action, queue) in zip(actions, queues) {
+            guard case .send(_, let rpc) = action, let queue else { continue }
+            let frame: OutboundFrame?
+            if let last, last.rpc == rpc {
+                frame = last.frame
+            } else {
+                let bytes = rpc.encoded()
+                frame = bytes.count <= configuration.maxRPCSize
+                    ? OutboundFrame(bytes: Self.frame(bytes), messageCount: rpc.messages.count) : nil
+                last = (rpc, frame)
+            }
+            guard let frame else {
+                tooLarge += 1
+                continue
+            }
+            frames.append((frame, queue))
+        }
+        if tooLarge > 0 {
+            logger.warning("router produced RPCs over maxRPCSize; dropped", metadata: ["count": "\(tooLarge)"])
+        }
+        enqueue(frames, alreadyDropped: tooLarge)
+    }
+
+    private func enqueue(_ frames: [(OutboundFrame, AsyncStream<OutboundFrame>.Continuation)], alreadyDropped: Int = 0) {
+        var dropped = alreadyDropped
+        for (frame, queue) in frames {
+            if case .dropped = queue.yield(frame) { dropped += 1 }
+        }
+        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+    }
+
+    static func frame(_ rpc: [UInt8]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(rpc.count + 5)
+        _ = buffer.writeVarint(UInt64(rpc.count))
+        buffer.writeBytes(rpc)
+        return buffer
+    }
+}
+
+/// A verdict settled once, by the validator or by the timer, whichever comes first.
+private final class VerdictSlot: Sendable {
+    private struct State {
+        var result: PubSubValidationResult?
+        var waiter: CheckedContinuation<PubSubValidationResult, Never>?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    func settle(_ result: PubSubValidationResult) {
+        let waiter = state.withLockedValue { s -> CheckedContinuation<PubSubValidationResult, Never>? in
+            guard s.result == nil else { return nil }
+            s.result = result
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: result)
+    }
+
+    func wait() async -> PubSubValidationResult {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLockedValue { s -> PubSubValidationResult? in
+                if s.result == nil { s.waiter = continuation }
+                return s.result
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+import Identity
+import LibP2P
+import Logging
+import Multiformats
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Publish/subscribe on a host with a pluggable router (floodsub, gossipsub).
+///
+/// The service owns the I/O around a `PubSubRouter` state machine: one outbound pubsub stream per
+/// peer (we write only on ours, the peer writes only on its own, as the spec has it), inbound
+/// streams read in a loop, RPC framing with a size limit, StrictSign signing and verification,
+/// topic validators, the seen cache (a message is delivered and routed at most once) and local
+/// delivery. The router lives in the lock; the actions it returns are carried out outside it.
+///
+/// Peers are picked up from the host's connections: every connection (open at `start()` or later)
+/// gets our stream, and every peer that opens its stream to us is taken in. A peer that breaks
+/// the wire protocol (malformed or oversized RPC) has its pubsub streams reset and is removed from
+/// the router; everything else keeps working.
+///
+///     let pubsub = try PubSubService(host: host, router: FloodSubRouter())
+///     try pubsub.start()
+///     let news = try pubsub.subscribe("news")
+///     try await pubsub.publish("news", Array("hello".utf8))
+///     for await message in news { print(message.text) }
+///     await pubsub.stop()
+///
+/// Call `stop()` when done (or use `withPubSub`): the background work holds the service until then.
+public final class PubSubService: Sendable {
+    /// Judges a message of a topic before it is delivered or forwarded (and our own before they
+    /// are published).
+    public typealias Validator = @Sendable (PubSubMessage) async -> PubSubValidationResult
+
+    /// One RPC frame waiting in a peer's outbound queue.
+    struct OutboundFrame: Sendable {
+        var bytes: ByteBuffer
+        var messageCount: Int
+    }
+
+    /// Our side of one pubsub peer.
+    struct PeerSession: Sendable {
+        /// Tells this session from a later one with the same peer.
+        let generation: UInt64
+        /// The bounded outbound queue, drained by the peer's writer task.
+        let queue: AsyncStream<OutboundFrame>.Continuation
+        var outbound: P2PStream?
+        var inbound: P2PStream?
+        /// Our subscription list went (or is going) out first on the outbound stream; later changes
+        /// are queued to the peer as they happen.
+        var announced = false
+        /// `router.addPeer` was called for this session.
+        var inRouter = false
+    }
+
+    enum Phase: Sendable {
+        case idle, running, stopped
+    }
+
+    struct State: Sendable {
+        var phase = Phase.idle
+        var router: any PubSubRouter
+        var seen: SeenCache
+        var sessions: [PeerID: PeerSession] = [:]
+        var subscriptions: [String: [UInt64: AsyncStream<PubSubMessage>.Continuation]] = [:]
+        var validators: [String: (validator: Validator, timeout: Duration)] = [:]
+        var counters = PubSubCounters()
+        var seqno: UInt64
+        var nextID: UInt64 = 1
+        var backgroundTasks: [Task<Void, Never>] = []
+        /// Our streams whose writers have not finished, by session generation. `stop()` waits for
+        /// them to drain and close, and resets only what is left: a reset right after a clean
+        /// close could make the peer drop data it has not read yet.
+        var openOutbound: [UInt64: P2PStream] = [:]
+
+        mutating func takeID() -> UInt64 {
+            defer { nextID += 1 }
+            return nextID
+        }
+
+        /// The queues of the peers that have had our subscription list.
+        var announcedQueues: [AsyncStream<OutboundFrame>.Continuation] {
+            sessions.values.filter(\.announced).map(\.queue)
+        }
+    }
+
+    public let host: P2PHost
+    public let configuration: PubSubConfiguration
+    /// The router's protocol IDs, most preferred first; we serve and propose these.
+    public let protocols: [String]
+    let heartbeatInterval: Duration?
+    let state: NIOLockedValueBox<State>
+    var logger: Logger { configuration.logger }
+
+    /// Throws `.invalidConfiguration` for an unusable configuration.
+    public init(host: P2PHost, router: some PubSubRouter, configuration: PubSubConfiguration = .defaults) throws(PubSubError) {
+        try configuration.validate()
+        guard !router.protocols.isEmpty else { throw .invalidConfiguration("the router speaks no protocol") }
+        self.host = host
+        self.configuration = configuration
+        self.protocols = router.protocols
+        self.heartbeatInterval = router.heartbeatInterval
+        // Spec: seqno need only be unique per author; a random start keeps a restarted node's
+        // messages from colliding with its earlier ones still in other nodes' seen caches. Below
+        // 2^63, so tools that read it as a signed 64-bit number (JSON, Int64) see it unchanged.
+        self.state = NIOLockedValueBox(State(
+            router: router, seen: SeenCache(ttl: configuration.seenTTL, capacity: configuration.seenCacheCapacity),
+            seqno: UInt64.random(in: 0..<(1 << 63))))
+    }
+
+    // MARK: - Lifecycle
+
+    /// Serves the router's protocols, opens our stream to every connected peer and to every peer
+    /// that connects later, and starts the router's heartbeat. Throws `.notRunning` after `stop()`,
+    /// and the host's error if another handler serves one of the protocols.
+    public func start() throws {
+        let proceed = try state.withLockedValue { s -> Bool in
+            switch s.phase {
+            case .running: return false
+            case .stopped: throw PubSubError.notRunning
+            case .idle:
+                s.phase = .running
+                return true
+            }
+        }
+        guard proceed else { return }
+        var served: [String] = []
+        do {
+            for protocolID in protocols {
+                try host.setStreamHandler(protocolID) { [weak self] stream in
+                    guard let self else { return stream.reset() }
+                    await self.serveInbound(stream)
+                }
+                served.append(protocolID)
+            }
+        } catch {
+            for protocolID in served { host.removeStreamHandler(protocolID) }
+            state.withLockedValue { $0.phase = .stopped }
+            throw error
+        }
+        startBackgroundTasks()
+        // Connection observers cannot be removed: the callback checks that we still run.
+        host.addConnectionObserver { [weak self] connection in
+            self?.ensureSession(with: connection.remotePeer, on: connection)
+        }
+        for peer in host.connectedPeers {
+            if let connection = host.connections(to: peer).first { ensureSession(with: peer, on: connection) }
+        }
+    }
+
+    private func startBackgroundTasks() {
+        // Subscribe before looking at the connected peers, so no disconnection is missed.
+        let events = host.events()
+        var tasks = [
+            Task { [weak self] in
+                for await event in events {
+                    guard let self else { return }
+                    if case .peerDisconnected(let peer) = event { self.peerDisconnected(peer) }
+                }
+            }
+        ]
+        if let interval = heartbeatInterval {
+            tasks.append(Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self, !Task.isCancelled else { return }
+                    self.heartbeat()
+                }
+            })
+        }
+        let tooLate = state.withLockedValue { s -> Bool in
+            guard s.phase == .running else { return true }
+            s.backgroundTasks += tasks
+            return false
+        }
+        if tooLate { tasks.forEach { $0.cancel() } }
+    }
+
+    /// Stops serving and ends every subscription. What is queued for peers is still written for
+    /// up to `gracePeriod` and our streams are then closed (the peers see a clean end); whatever is
+    /// left after that is reset. The service cannot be started again. Safe to call more than once.
+    public func stop(gracePeriod: Duration = .seconds(1)) async {
+        let (wasRunning, sessions, subscribers, tasks) = state.withLockedValue { s in
+            let wasRunning = s.phase == .running
+            s.phase = .stopped
+            let now = ContinuousClock.now
+            for (peer, session) in s.sessions where session.inRouter { _ = s.router.removePeer(peer, now: now) }
+            defer {
+                s.sessions = [:]
+                s.subscriptions = [:]
+                s.backgroundTasks = []
+            }
+            return (wasRunning, Array(s.sessions.values), s.subscriptions.values.flatMap(\.values), s.backgroundTasks)
+        }
+        if wasRunning { for protocolID in protocols { host.removeStreamHandler(protocolID) } }
+        for task in tasks { task.cancel() }
+        for subscriber in subscribers { subscriber.finish() }
+        // A finished queue still hands out what it holds: the writers drain it, close their
+        // streams and end.
+        for session in sessions {
+            session.queue.finish()
+            session.inbound?.reset()
+        }
+        let deadline = ContinuousClock.now + gracePeriod
+        while state.withLockedValue({ !$0.openOutbound.isEmpty }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for stream in state.withLockedValue({ $0.openOutbound.values }) { stream.reset() }
+    }
+
+    // MARK: - Subscriptions
+
+    /// Subscribes to `topic`: the first subscription of a topic joins it (the router is told and
+    /// connected peers get our announcement). Several subscriptions of one topic each get every
+    /// message. Allowed before `start()`; throws `.notRunning` after `stop()`.
+    public func subscribe(_ topic: String) throws(PubSubError) -> PubSubSubscription {
+        let (messages, continuation) = AsyncStream.makeStream(
+            of: PubSubMessage.self, bufferingPolicy: .bufferingOldest(configuration.subscriptionBufferSize))
+        let joined = state.withLockedValue { s -> (id: UInt64, actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+            guard s.phase != .stopped else { return nil }
+            let id = s.takeID()
+            continuation.onTermination = { [weak self] _ in self?.removeSubscription(topic, id: id) }
+            let first = s.subscriptions[topic] == nil
+            s.subscriptions[topic, default: [:]][id] = continuation
+            guard first else { return (id, [], []) }
+            return (id, s.router.join(topic, now: .now), s.announcedQueues)
+        }
+        guard let joined else {
+            continuation.finish()
+            throw .notRunning
+        }
+        announce(topic, subscribed: true, to: joined.announce)
+        execute(joined.actions)
+        let id = joined.id
+        return PubSubSubscription(topic: topic, messages: messages) { [weak self] in
+            self?.removeSubscription(topic, id: id)
+            continuation.finish()
+        }
+    }
+
+    /// Ends every subscription of `topic` and leaves it.
+    public func unsubscribe(_ topic: String) {
+        let left = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+            guard let subscribers = s.subscriptions.removeValue(forKey: topic) else { return nil }
+            return (Array(subscribers.values), s.router.leave(topic, now: .now), s.announcedQueues)
+        }
+        guard let left else { return }
+        for subscriber in left.subscribers { subscriber.finish() }
+        announce(topic, subscribed: false, to: left.announce)
+        execute(left.actions)
+    }
+
+    func removeSubscription(_ topic: String, id: UInt64) {
+        let left = state.withLockedValue { s -> (actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+            guard s.subscriptions[topic]?.removeValue(forKey: id) != nil else { return nil }
+            guard s.subscriptions[topic]!.isEmpty else { return ([], []) }
+            s.subscriptions[topic] = nil
+            return (s.router.leave(topic, now: .now), s.announcedQueues)
+        }
+        guard let left else { return }
+        announce(topic, subscribed: false, to: left.announce)
+        execute(left.actions)
+    }
+
+    /// Topics we subscribe to, sorted.
+    public var topics: [String] {
+        state.withLockedValue { $0.subscriptions.keys.sorted() }
+    }
+
+    /// Peers the router knows to subscribe to `topic`.
+    public func peers(topic: String) -> [PeerID] {
+        state.withLockedValue { $0.router.peers(subscribedTo: topic) }
+    }
+
+    /// Peers with a pubsub stream to or from us, sorted.
+    public var peers: [PeerID] {
+        state.withLockedValue { s in s.sessions.filter(\.value.inRouter).keys.sorted() }
+    }
+
+    public var counters: PubSubCounters {
+        state.withLockedValue { $0.counters }
+    }
+
+    // MARK: - Validators
+
+    /// Sets the validator of `topic` (replacing any): every message of the topic, received or
+    /// published by us, is judged before it is delivered or forwarded. A verdict later than
+    /// `timeout` (default `configuration.validationTimeout`) counts as `.ignore`. Messages of one
+    /// peer are validated one after the other: a slow validator slows that peer's stream only.
+    public func setValidator(_ topic: String, timeout: Duration? = nil, _ validator: @escaping Validator) {
+        let timeout = timeout ?? configuration.validationTimeout
+        state.withLockedValue { $0.validators[topic] = (validator, timeout) }
+    }
+
+    public func removeValidator(_ topic: String) {
+        _ = state.withLockedValue { $0.validators.removeValue(forKey: topic) }
+    }
+
+    // MARK: - Publishing
+
+    /// Signs `data` as a new message of `topic` and sends it to the peers the router picks. We
+    /// need not subscribe to the topic. Throws `.notRunning`, `.messageTooLarge` (it would not
+    /// fit in `maxRPCSize`), `.publishRejected` (our validator did not accept it).
+    @discardableResult
+    public func publish(_ topic: String, _ data: some Collection<UInt8>) async throws(PubSubError) -> MessageID {
+        let seqno = state.withLockedValue { s -> UInt64? in
+            guard s.phase == .running else { return nil }
+            defer { s.seqno &+= 1 }
+            return s.seqno
+        }
+        guard let seqno else { throw .notRunning }
+        let message: PubSubRPC.Message
+        do {
+            message = try MessageSigning.signedMessage(topic: topic, data: Array(data), seqno: seqno, key: host.identity)
+        } catch {
+            throw .signingFailed(error.description)
+        }
+        // The RPC carrying it alone: field tag, length, message.
+        let messageSize = message.encoded().count
+        let rpcSize = 1 + Varint.encodedLength(UInt64(messageSize)) + messageSize
+        guard rpcSize <= configuration.maxRPCSize else {
+            throw .messageTooLarge(size: rpcSize, limit: configuration.maxRPCSize)
+        }
+        let id = configuration.messageID(message)
+        let local = PubSubMessage(
+            topic: topic, data: message.data, from: host.peerID, seqno: seqno, id: id, receivedFrom: host.peerID)
+        let verdict = await validate(local)
+        guard verdict == .accept else { throw .publishRejected(topic: topic, verdict) }
+        let deliverOwn = configuration.deliverOwnMessages
+        let routed = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])? in
+            guard s.phase == .running else { return nil }
+            let now = ContinuousClock.now
+            // Our own message coming back from a peer is then a duplicate: never delivered or
+            // routed again.
+            s.seen.insert(id, now: now)
+            s.counters.published += 1
+            s.counters.routed += 1
+            let subscribers = deliverOwn ? (s.subscriptions[topic].map { Array($0.values) } ?? []) : []
+            if !subscribers.isEmpty { s.counters.delivered += 1 }
+            return (subscribers, s.router.route(message, id: id, from: nil, now: now))
+        }
+        guard let routed else { throw .notRunning }
+        deliver(local, to: routed.subscribers)
+        execute(routed.actions)
+        return id
+    }
+
+    // MARK: - Heartbeat
+
+    func heartbeat() {
+        let actions = state.withLockedValue { s -> [PubSubRouterAction] in
+            guard s.phase == .running else { return [] }
+            return s.router.heartbeat(now: .now)
+        }
+        execute(actions)
+    }
+}
+
+/// Runs `body` with a started `PubSubService` on `host`, and stops it when `body` returns or throws.
+public func withPubSub<T: Sendable>(
+    host: P2PHost, router: some PubSubRouter, configuration: PubSubConfiguration = .defaults,
+    _ body: (PubSubService) async throws -> T
+) async throws -> T {
+    let service = try PubSubService(host: host, router: router, configuration: configuration)
+    try service.start()
+    do {
+        let result = try await body(service)
+        await service.stop()
+        return result
+    } catch {
+        await service.stop()
+        throw error
+    }
+}
