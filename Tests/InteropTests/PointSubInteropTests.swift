@@ -596,12 +596,32 @@ enum Bytes {
     }
 
     /// The payload reversed byte-wise (py's /pointsub/reverse/1.0.0).
+    /// Index loops over raw memory: the generic `reversed()`/`map` ran about 30 s on 32 MiB in a
+    /// debug build on a loaded machine, past the server's handler timeout.
     static func reversed(_ payload: ByteBuffer) -> ByteBuffer {
-        ByteBuffer(bytes: payload.readableBytesView.reversed())
+        var out = ByteBuffer()
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: payload.readableBytes) { target in
+            payload.withUnsafeReadableBytes { source in
+                let n = source.count
+                for i in 0..<n { target[i] = source[n - 1 - i] }
+                return n
+            }
+        }
+        return out
     }
 
     /// ASCII a–z upper-cased, every other byte as is (py's /pointsub/upper/1.0.0, `bytes.upper()`).
     static func asciiUppercased(_ payload: ByteBuffer) -> ByteBuffer {
-        ByteBuffer(bytes: payload.readableBytesView.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 })
+        var out = ByteBuffer()
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: payload.readableBytes) { target in
+            payload.withUnsafeReadableBytes { source in
+                for i in 0..<source.count {
+                    let byte = source[i]
+                    target[i] = byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte
+                }
+                return source.count
+            }
+        }
+        return out
     }
 }
