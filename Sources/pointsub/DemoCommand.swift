@@ -4,10 +4,11 @@ import NIOCore
 import PointSub
 
 /// Two hosts in one process on 127.0.0.1: one dials the other, echoes, pings, identifies, and prints
-/// what happened.
+/// what happened; then four nodes in a line show request/response, routes and broadcast.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "demo", abstract: "Two local hosts: dial, echo, ping, identify, perf — and print what happened.")
+        commandName: "demo",
+        abstract: "Local nodes: dial, echo, ping, identify, perf; request/response, routes and gossipsub across four nodes.")
 
     func run() async throws {
         let serverConfig = P2PHost.Configuration.defaults {
@@ -44,5 +45,6 @@ struct DemoCommand: AsyncParsableCommand {
             }
         }
         print("both hosts shut down cleanly")
+        try await runNetworkDemo()
     }
 }

@@ -137,5 +137,11 @@ struct CLITests {
         #expect(demo.status == 0, "\(demo.stderr)")
         #expect(demo.stdout.contains("echo on /echo/1.0.0: sent \"hello, libp2p\", got \"hello, libp2p\""))
         #expect(demo.stdout.contains("both hosts shut down cleanly"))
+        // The four-node part: request/response, routes, and gossipsub forwarded along the line.
+        #expect(demo.stdout.contains("request/response node-0 → node-1 on /demo/upper/1.0.0: \"node-1: HELLO OVER POINTSUB\""))
+        #expect(demo.stdout.contains("  node-3: \"node-3 got \"dispatch to all\" from node-0\""))
+        #expect(demo.stdout.contains("node-3 got \"news 1\" from node-0 via node-2"))
+        #expect(demo.stdout.contains("every node got all 3 messages; 9 transmissions in total (3.0 per message)"))
+        #expect(demo.stdout.contains("all four nodes shut down cleanly"))
     }
 }

@@ -33,13 +33,32 @@ import Testing
     }
 
     @Test func heartbeatGraftsBelowDLow() throws {
-        var router = try makeRouter(peers: 3, now: t0)
+        var router = try makeRouter(peers: 12, now: t0)
         _ = router.join("t", now: t0)
-        router.connect((4...12).map(testPeer), now: t0)
+        // Three mesh peers PRUNE us: the mesh falls to 3, below Dlo, and they are backing off.
+        let pruned = Array(router.meshPeers(in: "t").sorted().prefix(3))
+        for peer in pruned { _ = router.control(.init(prune: [.init(topic: "t")]), from: peer, now: t0) }
+        #expect(router.meshPeers(in: "t").count == 3)
         let actions = router.heartbeat(now: t0 + .seconds(1))
         #expect(actions.grafted.count == 3)
-        #expect(actions.grafted.isDisjoint(with: (1...3).map(testPeer)))
+        #expect(actions.grafted.isDisjoint(with: pruned))
         #expect(router.meshPeers(in: "t").count == 6)
+    }
+
+    /// rust-libp2p's rule: a subscription from a new peer fills a mesh below Dlo at once (a GRAFT
+    /// right away), so messages received before the next heartbeat still travel on.
+    @Test func subscriptionFillsAMeshBelowDLowAtOnce() throws {
+        var router = try makeRouter(peers: 2, now: t0)
+        _ = router.join("t", now: t0)
+        #expect(router.meshPeers(in: "t").count == 2)
+        router.connect([testPeer(3), testPeer(4)], now: t0)
+        #expect(router.meshPeers(in: "t").count == 4)
+        // At Dlo: the next one waits for the heartbeat (which leaves a mesh at Dlo alone).
+        router.connect([testPeer(5)], now: t0)
+        #expect(router.meshPeers(in: "t").count == 4)
+        // Not for a topic we have not joined.
+        router.connect([testPeer(6)], topic: "other", now: t0)
+        #expect(router.meshPeers(in: "other").isEmpty)
     }
 
     @Test func heartbeatLeavesAMeshAtDLowAlone() throws {

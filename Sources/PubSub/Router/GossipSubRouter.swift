@@ -109,8 +109,22 @@ public struct GossipSubRouter: PubSubRouter {
         if !subscribed {
             if mesh[topic]?.remove(peer) != nil { scores.prune(peer, topic: topic) }
             fanout[topic]?.remove(peer)
+            return []
         }
-        return []
+        // As rust-libp2p does: a peer subscribing to a topic whose mesh is below Dlo joins the mesh
+        // at once instead of at the next heartbeat. Otherwise a node that subscribed before its
+        // peers were known has an empty mesh for up to a heartbeat, and whatever it receives then
+        // goes no further (the heartbeat's gossip skips the peers it just grafted).
+        guard var peers = mesh[topic], peers.count < configuration.dLow, !peers.contains(peer),
+            isMeshCapable(peer), !isExplicit(peer), !backingOffForGraft(peer, topic: topic, now: now),
+            score(of: peer) >= 0
+        else { return [] }
+        peers.insert(peer)
+        mesh[topic] = peers
+        scores.graft(peer, topic: topic, now: now)
+        var outbox = Outbox()
+        outbox.graft(peer, topic: topic)
+        return outbox.actions
     }
 
     public func peers(subscribedTo topic: String) -> [PeerID] {
