@@ -54,11 +54,14 @@ stdout, one line each (JSON objects written compactly, keys as shown):
     {"event":"peer","peer":ID,"topic":T,"subscribed":true|false}
         ID (un)subscribed to T (any topic), or left with its connection
     {"event":"message","from":ID,"topic":T,"seqno":N,"data":TEXT,
-     "id":HEX,"signed":bool}
+     "id":HEX,"signed":bool,"verified":bool}
         a message delivered to our subscription of T; ``from`` is the origin
         (not the forwarder), ``seqno`` the big-endian integer of the seqno
         bytes, ``data`` UTF-8 (invalid bytes as U+FFFD; then ``data_hex`` is
-        added), ``id`` the message ID (from || seqno) in hex.  Our own
+        added), ``id`` the message ID (from || seqno) in hex, ``signed``
+        whether it carries a signature, ``verified`` whether py's
+        signature_validator accepts it (always true with --signing strict,
+        which drops the others before delivery).  Our own
         publications are not reported here (py delivers them locally too).
     {"event":"published","topic":T,"seqno":N,"data":TEXT}
     {"event":"publish_done","count":N}
@@ -230,6 +233,7 @@ def import_libp2p() -> None:
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub import floodsub as floodsub_mod, gossipsub as gossipsub_mod
     from libp2p.pubsub.pubsub import Pubsub, get_peer_and_seqno_msg_id
+    from libp2p.pubsub.validators import signature_validator
     from libp2p.security.noise.transport import (
         PROTOCOL_ID as NOISE_PROTOCOL_ID,
         Transport as NoiseTransport,
@@ -414,6 +418,9 @@ class Node:
                 "data": data.decode("utf-8", errors="replace"),
                 "id": (msg.from_id + msg.seqno).hex(),
                 "signed": bool(msg.signature),
+                # py's own StrictSign check, run again here so that the report does not
+                # depend on --signing (with strict, a message failing it never gets here).
+                "verified": bool(msg.signature) and L.signature_validator(msg),
             }
             try:
                 data.decode("utf-8")

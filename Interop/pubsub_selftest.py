@@ -123,8 +123,8 @@ def run(router: str) -> list[tuple[str, bool, str]]:
         check("every node got the other two messages exactly once (A <-> C through B)", ok, json.dumps(counts))
         froms = {e["from"] for e in c.events if e.get("event") == "message" and e["data"] == "hello from A"}
         check("origin is kept when forwarded", froms == {a.addr.rsplit("/", 1)[1]}, str(froms))
-        signed = all(e["signed"] for p in peers for e in p.events if e.get("event") == "message")
-        check("messages are signed (strict signing)", signed)
+        signed = all(e["signed"] and e["verified"] for p in peers for e in p.events if e.get("event") == "message")
+        check("messages are signed and verify (strict signing)", signed)
 
         b.send("subscribe other")
         a.wait(lambda e: e.get("event") == "peer" and e["topic"] == "other" and e["subscribed"])
