@@ -299,6 +299,7 @@ struct PubSubInteropTests {
                         #expect(copies.first?.topic == Self.topic)
                     }
                     #expect(pubsub.counters.rejected == 0)
+                    #expect(pubsub.counters.badRPCs == 0, "py's RPCs parse (its non-standard senderRecord, field 4, is skipped)")
 
                     // us → py. The empty message checks that we sign the encoding py re-creates
                     // to verify (py always encodes from, data and seqno, an empty data included).
@@ -457,6 +458,7 @@ struct PubSubInteropTests {
                         #expect(ours.count == fromA.count + fromB.count + 4)
                         #expect(Set(ours.map(\.id)).count == ours.count)
                         #expect(pubsub.counters.rejected == 0)
+                        #expect(pubsub.counters.badRPCs == 0, "py's RPCs parse (its non-standard senderRecord, field 4, is skipped)")
                         // On the wire: A and B can only have their messages from us, and py
                         // delivers each message once, so each of our transmissions must be one
                         // delivery (a message sent twice would show as a transmission too many).
