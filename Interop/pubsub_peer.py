@@ -54,11 +54,14 @@ stdout, one line each (JSON objects written compactly, keys as shown):
     {"event":"peer","peer":ID,"topic":T,"subscribed":true|false}
         ID (un)subscribed to T (any topic), or left with its connection
     {"event":"message","from":ID,"topic":T,"seqno":N,"data":TEXT,
-     "id":HEX,"signed":bool}
+     "id":HEX,"signed":bool,"verified":bool}
         a message delivered to our subscription of T; ``from`` is the origin
         (not the forwarder), ``seqno`` the big-endian integer of the seqno
         bytes, ``data`` UTF-8 (invalid bytes as U+FFFD; then ``data_hex`` is
-        added), ``id`` the message ID (from || seqno) in hex.  Our own
+        added), ``id`` the message ID (from || seqno) in hex, ``signed``
+        whether it carries a signature, ``verified`` whether py's
+        signature_validator accepts it (always true with --signing strict,
+        which drops the others before delivery).  Our own
         publications are not reported here (py delivers them locally too).
     {"event":"published","topic":T,"seqno":N,"data":TEXT}
     {"event":"publish_done","count":N}
@@ -70,8 +73,18 @@ stdout, one line each (JSON objects written compactly, keys as shown):
 
 stdin, one command per line: ``publish TEXT`` (to --topic), ``publish-to
 TOPIC TEXT``, ``subscribe TOPIC``, ``unsubscribe TOPIC``, ``connect ADDR``,
-``quit``; an empty line is ignored, and any other line is published as it is
-(so ``publish TEXT`` is only needed for a text starting with a command word).
+``mesh [TOPIC]``, ``quit``; an empty line is ignored, and any other line is
+published as it is (so ``publish TEXT`` is only needed for a text starting
+with a command word).  ``mesh`` (gossipsub only) answers with
+
+    {"event":"mesh","topic":T,"peers":[ID,...]}
+
+py's mesh of T (default --topic) right now, sorted.  Tests wait on it rather
+than on GRAFT events: py puts a peer in its mesh either by grafting it (a
+GRAFT out) or by accepting its GRAFT (a GRAFT in, nothing sent back), and
+which one happens depends on timing (py grafts a peer when it subscribes only
+if py's own stream to that peer is already up; otherwise the peer's heartbeat
+usually grafts py first).
 
 Verified py <-> py with both routers by Interop/pubsub_selftest.py (three
 instances in a line, messages both ways and forwarded, stdin commands,
@@ -132,7 +145,12 @@ also observed on the wire / in py:
   --spam-protection.
 * Mesh: a GRAFT is answered with PRUNE (backoff 60 s) when py is not
   subscribed; a peer that announces a subscription is grafted at once (no
-  heartbeat wait) while the mesh is below D_low; GRAFT within 10 s of a PRUNE
+  heartbeat wait) while the mesh is below D_low - but only if py's own
+  stream to that peer is already negotiated (py knows it speaks gossipsub).
+  When the subscription arrives first, py grafts at its next heartbeat, and
+  a peer whose heartbeat runs first GRAFTs py instead (py then sends no
+  GRAFT at all); a PointSub node dialing py often ends up there.  Use the
+  ``mesh`` command to see whom py has in its mesh.  GRAFT within 10 s of a PRUNE
   from py is "GRAFT flood": penalty and PRUNE.  PX is off (do_px=False).
 * Gossipsub publishes only to mesh peers (fanout when not subscribed), but
   queues messages for connected peers whose subscription has not arrived yet
@@ -167,7 +185,7 @@ _out_lock = threading.Lock()
 
 log = logging.getLogger("pubsub-interop")
 
-COMMANDS = ("publish", "publish-to", "subscribe", "unsubscribe", "connect", "quit")
+COMMANDS = ("publish", "publish-to", "subscribe", "unsubscribe", "connect", "mesh", "quit")
 
 
 def emit(line: str) -> None:
@@ -230,6 +248,7 @@ def import_libp2p() -> None:
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub import floodsub as floodsub_mod, gossipsub as gossipsub_mod
     from libp2p.pubsub.pubsub import Pubsub, get_peer_and_seqno_msg_id
+    from libp2p.pubsub.validators import signature_validator
     from libp2p.security.noise.transport import (
         PROTOCOL_ID as NOISE_PROTOCOL_ID,
         Transport as NoiseTransport,
@@ -414,6 +433,9 @@ class Node:
                 "data": data.decode("utf-8", errors="replace"),
                 "id": (msg.from_id + msg.seqno).hex(),
                 "signed": bool(msg.signature),
+                # py's own StrictSign check, run again here so that the report does not
+                # depend on --signing (with strict, a message failing it never gets here).
+                "verified": bool(msg.signature) and L.signature_validator(msg),
             }
             try:
                 data.decode("utf-8")
@@ -497,6 +519,12 @@ class Node:
             await self.unsubscribe(rest.strip())
         elif word == "connect":
             await self.dial(rest.strip())
+        elif word == "mesh":
+            if self.args.router != "gossipsub":
+                raise ValueError("mesh: floodsub has no mesh")
+            topic = rest.strip() or self.args.topic
+            peers = sorted(str(p) for p in self.router.mesh.get(topic, ()))
+            emit_json({"event": "mesh", "topic": topic, "peers": peers})
         elif word == "quit":
             self.finish("quit command")
         else:

@@ -63,20 +63,35 @@ public enum ChildProcess {
         public let process: Process
         private let stdin: Pipe
         private let collected: NIOLockedValueBox<[String]>
+        private let collectedErrors: NIOLockedValueBox<[String]>
+        /// Guards stdin: true once `stop()` closed it.
+        private let stdinClosed = NIOLockedValueBox(false)
 
-        /// Starts it with stdin on a pipe that stays open until `stop()`.
-        public init(_ executable: URL, _ arguments: [String]) throws {
+        /// Starts it with stdin on a pipe that stays open until `stop()`. With `captureStderr` its
+        /// stderr lines are kept in `errorLines` (for failure messages); otherwise they are dropped.
+        public init(_ executable: URL, _ arguments: [String], captureStderr: Bool = false) throws {
             let process = Process()
             process.executableURL = executable
             process.arguments = arguments
             let out = Pipe()
+            let err = captureStderr ? Pipe() : nil
             let input = Pipe()
             process.standardOutput = out
-            process.standardError = FileHandle.nullDevice
+            process.standardError = err ?? FileHandle.nullDevice
             process.standardInput = input
             try process.run()
             let lines = NIOLockedValueBox<[String]>([])
-            let handle = out.fileHandleForReading
+            let errors = NIOLockedValueBox<[String]>([])
+            Self.collectLines(from: out.fileHandleForReading, into: lines)
+            if let err { Self.collectLines(from: err.fileHandleForReading, into: errors) }
+            self.process = process
+            self.stdin = input
+            self.collected = lines
+            self.collectedErrors = errors
+        }
+
+        /// Reads `handle` to its end on a thread of its own, appending each complete line.
+        private static func collectLines(from handle: FileHandle, into lines: NIOLockedValueBox<[String]>) {
             Thread.detachNewThread {
                 var pending = Data()
                 while true {
@@ -90,12 +105,34 @@ public enum ChildProcess {
                     }
                 }
             }
-            self.process = process
-            self.stdin = input
-            self.collected = lines
         }
 
         public var lines: [String] { collected.withLockedValue { $0 } }
+
+        /// Its stderr lines so far (always empty unless started with `captureStderr`).
+        public var errorLines: [String] { collectedErrors.withLockedValue { $0 } }
+
+        /// Writes `line` and a newline to its stdin. Throws when the process has closed its stdin
+        /// or exited (SIGPIPE is ignored in this process from the first call on, so a dead reader
+        /// is an error here, not the end of the test run).
+        public func send(_ line: String) throws {
+            _ = Self.ignoreSIGPIPE
+            try stdinClosed.withLockedValue { closed in
+                guard !closed else { throw Failure("stdin of \(process.executableURL?.lastPathComponent ?? "process") is closed") }
+                try stdin.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+            }
+        }
+
+        /// Closes its stdin (idempotent); many programs exit on EOF.
+        public func closeStdin() {
+            stdinClosed.withLockedValue { closed in
+                guard !closed else { return }
+                closed = true
+                try? stdin.fileHandleForWriting.close()
+            }
+        }
+
+        private static let ignoreSIGPIPE: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
         /// The first line matching `predicate`, waiting up to `timeout`.
         public func firstLine(timeout: Duration, where predicate: (String) -> Bool) async throws -> String {
@@ -112,7 +149,11 @@ public enum ChildProcess {
         /// Sends `signal` and waits (bounded) for the exit; returns the exit status.
         @discardableResult
         public func stop(signal: Int32? = nil, timeout: TimeInterval = 15) async throws -> Int32 {
-            if let signal { kill(process.processIdentifier, signal) } else { try? stdin.fileHandleForWriting.close() }
+            if let signal {
+                kill(process.processIdentifier, signal)
+            } else {
+                closeStdin()
+            }
             let deadline = Date().addingTimeInterval(timeout)
             while process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
             if process.isRunning {
