@@ -5,19 +5,23 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [host | rr] [--quick] [--default-executor]`
+/// `swift run -c release pointsub-bench [host | connect | rr] [--quick] [--default-executor]`
 ///
 /// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
 ///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
 ///   secured connections per second.
+/// - `connect`: only the connect + first stream + echo latencies (`--iterations=N`, default 500),
+///   for profiling them.
 /// - `rr`: PointSub request/response (requests/s, p50/p99 latency) next to plain TCP with the
 ///   same framing (see `RequestResponseBench`).
 /// - no subcommand: both.
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
+        usage: pointsub-bench [host | connect | rr] [--quick] [--default-executor] [--iterations=N] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
           host                host-level figures (crypto, stream throughput, connect latency)
+          connect             only the connect + first stream + echo latencies of `host`
+          --iterations=N      connect: samples per figure (default 500)
           rr                  request/response: PointSub vs plain TCP with the same framing
           (none)              both
           --quick             shorter runs
@@ -47,6 +51,7 @@ struct Bench {
             return given.map { $0! }
         }
         let sizes = values("--size")
+        let iterations = values("--iterations")?.last
         let inFlight = values("--in-flight")
         var sides = Set(RequestResponseBench.Side.allCases)
         if let only = arguments.last(where: { $0.hasPrefix("--only=") }) {
@@ -58,8 +63,9 @@ struct Bench {
         }
         let commands = arguments.filter {
             !flags.contains($0) && !$0.hasPrefix("--size=") && !$0.hasPrefix("--in-flight=") && !$0.hasPrefix("--only=")
+                && !$0.hasPrefix("--iterations=")
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "rr"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "connect", "rr"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -74,6 +80,10 @@ struct Bench {
         if command == nil || command == "host" {
             print(String(repeating: "-", count: 72))
             try await hostFigures(quick: quick)
+        }
+        if command == "connect" {
+            print(String(repeating: "-", count: 72))
+            try await connectFigures(iterations: iterations ?? (quick ? 50 : 500))
         }
         if command == nil || command == "rr" {
             if command == nil { print() }
@@ -96,18 +106,23 @@ struct Bench {
         let p2p = try await streamThroughput(bytes: streamBytes)
         print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
 
-        let latency = try await connectEchoLatency(iterations: quick ? 50 : 500)
-        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
-        print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
-
-        let known = try await connectEchoLatency(iterations: quick ? 50 : 500, knownPeer: true)
-        print(String(format: "same, reconnecting to a known (identified) peer  median %8.3f ms, p99 %.3f ms", known.median, known.p99))
+        try await connectFigures(iterations: quick ? 50 : 500)
 
         let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
         print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
 
         let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
         print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
+    }
+
+    /// connect + first stream + echo, to a new and to a known peer.
+    static func connectFigures(iterations: Int) async throws {
+        let latency = try await connectEchoLatency(iterations: iterations)
+        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
+        print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
+
+        let known = try await connectEchoLatency(iterations: iterations, knownPeer: true)
+        print(String(format: "same, reconnecting to a known (identified) peer  median %8.3f ms, p99 %.3f ms", known.median, known.p99))
     }
 
     static func machineDescription() -> String {
