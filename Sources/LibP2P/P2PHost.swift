@@ -530,6 +530,16 @@ public final class P2PHost: Sendable {
     static func negotiate(
         _ stream: YamuxStream, role: MultistreamNegotiator.Role, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
+        var negotiator = MultistreamNegotiator(role: role)
+        let first = negotiator.start()
+        if !first.isEmpty { try await stream.write(ByteBuffer(bytes: first)) }
+        return try await negotiate(stream, continuing: negotiator, timeout: timeout)
+    }
+
+    /// `negotiate` for a negotiator whose first bytes were sent already (with the SYN).
+    static func negotiate(
+        _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
+    ) async throws -> (protocol: String, leftover: ByteBuffer) {
         let timedOut = NIOLockedValueBox(false)
         let timer = stream.eventLoop.scheduleTask(in: timeout.timeAmount) {
             timedOut.withLockedValue { $0 = true }
@@ -538,7 +548,7 @@ public final class P2PHost: Sendable {
         defer { timer.cancel() }
         do {
             return try await MultistreamNegotiator.negotiate(
-                role: role, write: { try await stream.write($0) }, read: { try await stream.read() })
+                continuing: negotiator, write: { try await stream.write($0) }, read: { try await stream.read() })
         } catch {
             if timedOut.withLockedValue({ $0 }) {
                 throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", underlying: [error])

@@ -60,8 +60,8 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Inbound streams not yet taken by the application (not ACKed).
     private var acceptQueue = CircularBuffer<YamuxStream>()
     private var acceptWaiter: EventLoopPromise<YamuxStream?>?
-    /// `openStream()` calls waiting for the outbound ACK backlog to shrink.
-    private var pendingOpens = CircularBuffer<EventLoopPromise<YamuxStream>>()
+    /// `openStream()` calls waiting for the outbound ACK backlog to shrink, with their first data.
+    private var pendingOpens = CircularBuffer<(promise: EventLoopPromise<YamuxStream>, firstData: ByteBuffer?)>()
 
     private var pings: [UInt32: PingRecord] = [:]
     private var nextPingID: UInt32 = 0
@@ -266,27 +266,43 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Session operations (called through NIOLoopBound)
 
-    func openStream() -> EventLoopFuture<YamuxStream> {
+    /// `firstData` is sent on the new stream at once, on the SYN frame when it fits (see
+    /// `YamuxSessionStateMachine.openStream(firstData:)`); the future then succeeds once it was
+    /// handed to the channel.
+    func openStream(sending firstData: ByteBuffer? = nil) -> EventLoopFuture<YamuxStream> {
         defer { afterOperation() }
         if let error = newStreamRefusal() { return eventLoop.makeFailedFuture(error) }
         if !pendingOpens.isEmpty {
             let promise = eventLoop.makePromise(of: YamuxStream.self)
-            pendingOpens.append(promise)
+            pendingOpens.append((promise, firstData))
             return promise.futureResult
         }
-        switch stateMachine.openStream() {
+        switch stateMachine.openStream(firstData: firstData) {
         case .opened(let id, let frame):
-            let stream = makeStream(id: id, isOutbound: true)
-            streams[id] = stream
-            writeFrame(frame, promise: nil)
-            return eventLoop.makeSucceededFuture(stream)
+            return opened(id: id, frame: frame, firstData: firstData)
         case .mustWait:
             let promise = eventLoop.makePromise(of: YamuxStream.self)
-            pendingOpens.append(promise)
+            pendingOpens.append((promise, firstData))
             return promise.futureResult
         case .failed(let error):
             return eventLoop.makeFailedFuture(error)
         }
+    }
+
+    /// Registers a stream the state machine opened and sends its SYN (and first data).
+    private func opened(id: UInt32, frame: YamuxFrame, firstData: ByteBuffer?) -> EventLoopFuture<YamuxStream> {
+        let stream = makeStream(id: id, isOutbound: true)
+        streams[id] = stream
+        if frame.type == .data {
+            let written = eventLoop.makePromise(of: Void.self)
+            writeFrame(frame, promise: written)
+            return written.futureResult.map { stream }
+        }
+        writeFrame(frame, promise: nil)
+        if let firstData, firstData.readableBytes > 0 {
+            return write(stream: stream, data: firstData).map { stream }
+        }
+        return eventLoop.makeSucceededFuture(stream)
     }
 
     private func newStreamRefusal() -> YamuxError? {
@@ -298,14 +314,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func drainPendingOpens() {
-        while let promise = pendingOpens.first {
-            switch stateMachine.openStream() {
+        while let (promise, firstData) = pendingOpens.first {
+            switch stateMachine.openStream(firstData: firstData) {
             case .opened(let id, let frame):
                 pendingOpens.removeFirst()
-                let stream = makeStream(id: id, isOutbound: true)
-                streams[id] = stream
-                writeFrame(frame, promise: nil)
-                promise.succeed(stream)
+                opened(id: id, frame: frame, firstData: firstData).cascade(to: promise)
             case .mustWait:
                 return
             case .failed(let error):
@@ -316,7 +329,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func failPendingOpens(_ error: YamuxError) {
-        while let promise = pendingOpens.popFirst() { promise.fail(error) }
+        while let pending = pendingOpens.popFirst() { pending.promise.fail(error) }
     }
 
     func nextInbound() -> EventLoopFuture<YamuxStream?> {

@@ -57,10 +57,14 @@ public final class YamuxSession: Sendable {
     /// suspends while `maxOutboundAckBacklog` of our streams are unacknowledged.
     /// Throws `.streamLimit` at `maxStreams`, `.goAwayReceived` / `.goAwaySent` after GoAway,
     /// `.sessionClosed` when the session ended.
-    public func openStream() async throws -> YamuxStream {
+    ///
+    /// `initialData`: the stream's first bytes, sent with the SYN — in the same data frame when
+    /// they fit (one frame and one write for, say, a multistream proposal), else right after
+    /// it. Returns once they were handed to the connection, as `write` does.
+    public func openStream(sending initialData: ByteBuffer? = nil) async throws -> YamuxStream {
         let handler = self.handler
         return try await YamuxStream.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.openStream() }.get()
+            try await self.eventLoop.flatSubmit { handler.value.openStream(sending: initialData) }.get()
         }
     }
 
