@@ -64,7 +64,7 @@ public final class YamuxSession: Sendable {
     public func openStream(sending initialData: ByteBuffer? = nil) async throws -> YamuxStream {
         let handler = self.handler
         return try await YamuxStream.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.openStream(sending: initialData) }.get()
+            try await self.eventLoop.runInline { handler.value.openStream(sending: initialData) }
         }
     }
 

@@ -158,7 +158,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     public func write(_ data: ByteBuffer) async throws {
         let handler = self.handler
         try await Self.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.write(stream: self, data: data) }.get()
+            try await self.eventLoop.runInline { handler.value.write(stream: self, data: data) }
         }
     }
 
@@ -166,7 +166,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     public func closeWrite() async throws {
         let handler = self.handler
         try await Self.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.closeWrite(stream: self) }.get()
+            try await self.eventLoop.runInline { handler.value.closeWrite(stream: self) }
         }
     }
 
