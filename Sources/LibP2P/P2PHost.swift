@@ -474,11 +474,12 @@ public final class P2PHost: Sendable {
 
     // MARK: - Inbound streams
 
+    /// One task per inbound stream, started from the event loop as its SYN arrives (no task
+    /// iterating `inboundStreams` in between: one task switch less per stream).
     private func serveInboundStreams(of connection: Connection) {
-        track { [self] in
-            for await stream in connection.session.inboundStreams {
-                track { await self.handleInbound(stream, on: connection) }
-            }
+        connection.session.setInboundStreamHandler { [weak self] stream in
+            guard let self else { return stream.reset() }
+            self.track { await self.handleInbound(stream, on: connection) }
         }
     }
 

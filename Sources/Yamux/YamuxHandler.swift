@@ -62,6 +62,9 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var acceptWaiter: EventLoopPromise<YamuxStream?>?
     /// `openStream()` calls waiting for the outbound ACK backlog to shrink, with their first data.
     private var pendingOpens = CircularBuffer<(promise: EventLoopPromise<YamuxStream>, firstData: ByteBuffer?)>()
+    /// When set, inbound streams are accepted as they arrive and handed to it (instead of
+    /// waiting in `acceptQueue` for `nextInbound()`).
+    private var inboundHandler: (@Sendable (YamuxStream) -> Void)?
 
     private var pings: [UInt32: PingRecord] = [:]
     private var nextPingID: UInt32 = 0
@@ -163,7 +166,10 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .streamOpened(let id):
                 let stream = makeStream(id: id, isOutbound: false)
                 streams[id] = stream
-                if let waiter = acceptWaiter {
+                if let inboundHandler {
+                    accept(stream)
+                    inboundHandler(stream)
+                } else if let waiter = acceptWaiter {
                     acceptWaiter = nil
                     accept(stream)
                     waiter.succeed(stream)
@@ -330,6 +336,18 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func failPendingOpens(_ error: YamuxError) {
         while let pending = pendingOpens.popFirst() { pending.promise.fail(error) }
+    }
+
+    /// Hands every inbound stream to `handler` as it arrives (those already waiting first),
+    /// accepting (ACKing) it at once; `nextInbound()` then has nothing to return.
+    func setInboundHandler(_ handler: @escaping @Sendable (YamuxStream) -> Void) {
+        defer { afterOperation() }
+        guard state == .active else { return }
+        inboundHandler = handler
+        while let stream = acceptQueue.popFirst() {
+            accept(stream)
+            handler(stream)
+        }
     }
 
     func nextInbound() -> EventLoopFuture<YamuxStream?> {
@@ -551,6 +569,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         for stream in streams.values { stream.fail(failure, discardQueued: false) }
         for stream in acceptQueue { stream.fail(failure, discardQueued: false) }
         acceptQueue.removeAll()
+        inboundHandler = nil  // it may hold the session (through the connection) alive
         cancelInboundWait()
         failPendingOpens(failure)
         let pings = self.pings

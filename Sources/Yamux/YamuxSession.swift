@@ -68,6 +68,20 @@ public final class YamuxSession: Sendable {
         }
     }
 
+    /// Hands every inbound stream to `handler`, on the event loop, as soon as its SYN arrives
+    /// (streams already waiting first), ACKing it at once; use it instead of `inboundStreams`,
+    /// which then yields nothing. It saves a task switch per stream over iterating
+    /// `inboundStreams` to spawn a task per stream. Keep `handler` short (it runs inside the
+    /// channel's read); it is dropped when the session ends.
+    package func setInboundStreamHandler(_ handler: @escaping @Sendable (YamuxStream) -> Void) {
+        let bound = self.handler
+        if eventLoop.inEventLoop {
+            bound.value.setInboundHandler(handler)
+        } else {
+            eventLoop.execute { bound.value.setInboundHandler(handler) }
+        }
+    }
+
     /// Streams opened by the peer, in order (single consumer). A stream is ACKed when it is
     /// taken from this sequence. Ends when the session ends or stops accepting streams.
     public var inboundStreams: YamuxInboundStreams { YamuxInboundStreams(session: self) }
