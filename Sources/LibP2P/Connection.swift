@@ -21,7 +21,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     /// The security and muxer protocols negotiated.
     public let security = "/noise"
     public let muxer = "/yamux/1.0.0"
-    let session: YamuxSession
+    package let session: YamuxSession
     let negotiationTimeout: Duration
 
     init(
