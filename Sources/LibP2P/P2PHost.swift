@@ -476,10 +476,29 @@ public final class P2PHost: Sendable {
 
     /// One task per inbound stream, started from the event loop as its SYN arrives (no task
     /// iterating `inboundStreams` in between: one task switch less per stream).
+    ///
+    /// Dialers send the multistream header right behind the SYN, and most their first proposal
+    /// with it (we and go-libp2p in one write; py-libp2p 0.8.1 waits for our header first), so
+    /// they are usually here already: the answer (or our header) is then written from the loop,
+    /// in the same write as the ACK, instead of by the task a scheduling round later; the task
+    /// continues whatever negotiation is left.
     private func serveInboundStreams(of connection: Connection) {
         connection.session.setInboundStreamHandler { [weak self] stream in
             guard let self else { return stream.reset() }
-            self.track { await self.handleInbound(stream, on: connection) }
+            var negotiator = MultistreamNegotiator(role: .listener(protocols: self.supportedProtocols))
+            _ = negotiator.start()  // a listener sends nothing first
+            if let early = stream.takeAvailable() {
+                do {
+                    let step = try negotiator.receive(early)
+                    if !step.send.isEmpty { stream.writeFromEventLoop(ByteBuffer(bytes: step.send)) }
+                } catch {
+                    self.logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
+                    stream.reset()
+                    return
+                }
+            }
+            let started = negotiator
+            self.track { await self.handleInbound(stream, negotiator: started, on: connection) }
         }
     }
 
@@ -500,16 +519,21 @@ public final class P2PHost: Sendable {
         }
     }
 
-    private func handleInbound(_ stream: YamuxStream, on connection: Connection) async {
-        let protocols = supportedProtocols
+    /// `negotiator`: the listener's negotiation, possibly finished already (see `serveInboundStreams`).
+    private func handleInbound(_ stream: YamuxStream, negotiator: MultistreamNegotiator, on connection: Connection) async {
+        var negotiator = negotiator
         let negotiated: (protocol: String, leftover: ByteBuffer)
-        do {
-            negotiated = try await Self.negotiate(
-                stream, role: .listener(protocols: protocols), timeout: configuration.streamNegotiationTimeout)
-        } catch {
-            logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
-            stream.reset()
-            return
+        if let proto = negotiator.negotiatedProtocol {
+            negotiated = (proto, negotiator.takeLeftover())
+        } else {
+            do {
+                negotiated = try await Self.negotiate(
+                    stream, continuing: negotiator, timeout: configuration.streamNegotiationTimeout)
+            } catch {
+                logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
+                stream.reset()
+                return
+            }
         }
         guard let handler = state.withLockedValue({ $0.handlers[negotiated.protocol] }) else {
             stream.reset()  // removed while we negotiated
@@ -526,18 +550,9 @@ public final class P2PHost: Sendable {
         }
     }
 
-    /// multistream-select on a new stream, bounded by `timeout`: a timer on the stream's event loop
-    /// resets the stream (cheaper than a task group per stream on this hot path).
-    static func negotiate(
-        _ stream: YamuxStream, role: MultistreamNegotiator.Role, timeout: Duration
-    ) async throws -> (protocol: String, leftover: ByteBuffer) {
-        var negotiator = MultistreamNegotiator(role: role)
-        let first = negotiator.start()
-        if !first.isEmpty { try await stream.write(ByteBuffer(bytes: first)) }
-        return try await negotiate(stream, continuing: negotiator, timeout: timeout)
-    }
-
-    /// `negotiate` for a negotiator whose first bytes were sent already (with the SYN).
+    /// multistream-select on a new stream, continuing `negotiator` (started, its first bytes
+    /// sent), bounded by `timeout`: a timer on the stream's event loop resets the stream (cheaper
+    /// than a task group per stream on this hot path).
     static func negotiate(
         _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {

@@ -65,6 +65,9 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// When set, inbound streams are accepted as they arrive and handed to it (instead of
     /// waiting in `acceptQueue` for `nextInbound()`).
     private var inboundHandler: (@Sendable (YamuxStream) -> Void)?
+    /// Inbound streams accepted during the current read, handed to `inboundHandler` at its end,
+    /// once the data that came with their SYN (same frame or a later one of the read) is queued.
+    private var acceptedDuringRead: [YamuxStream] = []
 
     private var pings: [UInt32: PingRecord] = [:]
     private var nextPingID: UInt32 = 0
@@ -146,6 +149,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             process(&actions)
         }
         actionScratch = actions
+        if !acceptedDuringRead.isEmpty {
+            let accepted = acceptedDuringRead
+            acceptedDuringRead.removeAll(keepingCapacity: true)
+            for stream in accepted { inboundHandler?(stream) }
+        }
         afterOperation()
     }
 
@@ -166,9 +174,9 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .streamOpened(let id):
                 let stream = makeStream(id: id, isOutbound: false)
                 streams[id] = stream
-                if let inboundHandler {
+                if inboundHandler != nil {
                     accept(stream)
-                    inboundHandler(stream)
+                    acceptedDuringRead.append(stream)
                 } else if let waiter = acceptWaiter {
                     acceptWaiter = nil
                     accept(stream)

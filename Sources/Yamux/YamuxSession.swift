@@ -71,8 +71,10 @@ public final class YamuxSession: Sendable {
     /// Hands every inbound stream to `handler`, on the event loop, as soon as its SYN arrives
     /// (streams already waiting first), ACKing it at once; use it instead of `inboundStreams`,
     /// which then yields nothing. It saves a task switch per stream over iterating
-    /// `inboundStreams` to spawn a task per stream. Keep `handler` short (it runs inside the
-    /// channel's read); it is dropped when the session ends.
+    /// `inboundStreams` to spawn a task per stream. `handler` runs at the end of the read that
+    /// brought the SYN, so the data that came with it is queued on the stream already (see
+    /// `YamuxStream.takeAvailable()`), and what it writes (`writeFromEventLoop`) leaves in the
+    /// same flush as the ACK. Keep it short; it is dropped when the session ends.
     package func setInboundStreamHandler(_ handler: @escaping @Sendable (YamuxStream) -> Void) {
         let bound = self.handler
         if eventLoop.inEventLoop {
