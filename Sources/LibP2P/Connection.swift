@@ -21,7 +21,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     /// The security and muxer protocols negotiated.
     public let security = "/noise"
     public let muxer = "/yamux/1.0.0"
-    let session: YamuxSession
+    package let session: YamuxSession
     let negotiationTimeout: Duration
 
     init(
@@ -50,22 +50,17 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     /// said it does, as go-libp2p does.
     public func newStream(protocols: [String], lazy: Bool = false) async throws -> P2PStream {
         precondition(!protocols.isEmpty, "newStream needs at least one protocol")
-        let stream = try await session.openStream()
+        // The multistream header and first proposal ride on the SYN: one frame, one write.
+        var negotiator = MultistreamNegotiator(role: .dialer(proposals: lazy ? [protocols[0]] : protocols))
+        let stream = try await session.openStream(sending: ByteBuffer(bytes: negotiator.start()))
         if lazy {
-            var negotiator = MultistreamNegotiator(role: .dialer(proposals: [protocols[0]]))
-            do {
-                try await stream.write(ByteBuffer(bytes: negotiator.start()))
-            } catch {
-                stream.reset()
-                throw error
-            }
             return P2PStream(
                 stream: stream, protocolID: protocols[0], connection: self, leftover: ByteBuffer(),
                 unverified: negotiator)
         }
         do {
             let (proto, leftover) = try await P2PHost.negotiate(
-                stream, role: .dialer(proposals: protocols), timeout: negotiationTimeout)
+                stream, continuing: negotiator, timeout: negotiationTimeout)
             return P2PStream(stream: stream, protocolID: proto, connection: self, leftover: leftover)
         } catch let error as MultistreamError where error.code == .noProtocolInCommon {
             stream.reset()

@@ -25,6 +25,8 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
     private let optimistic: String?
     /// Optimistic mode: the promise succeeded, the listener's answer is still to be checked.
     private var verifying = false
+    /// The listener's final answer is written but not flushed yet (see `channelRead`).
+    private var answerUnflushed = false
 
     public init(role: MultistreamNegotiator.Role, promise: EventLoopPromise<String>, optimistic: Bool = false) {
         self.negotiator = MultistreamNegotiator(role: role)
@@ -70,15 +72,23 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
         }
         do {
             let step = try negotiator.receive(bytes)
-            if !step.send.isEmpty {
-                context.writeAndFlush(
-                    wrapOutboundOut(context.channel.allocator.buffer(bytes: step.send)), promise: nil)
-            }
             if let proto = step.negotiated {
+                // The final answer is flushed after the promise's callbacks ran: they usually
+                // install the next protocol's handler and remove this one, which hands the
+                // bytes that followed to it (an optimistic dialer's first Noise message), and
+                // its reply then leaves in the same write (one syscall, one segment).
+                if !step.send.isEmpty {
+                    context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: step.send)), promise: nil)
+                    answerUnflushed = true
+                }
                 finished = true
                 let rest = negotiator.takeLeftover()
                 if rest.readableBytes > 0 { leftover.setOrWriteImmutableBuffer(rest) }
                 promise.succeed(proto)
+                flushAnswer(context: context)
+            } else if !step.send.isEmpty {
+                context.writeAndFlush(
+                    wrapOutboundOut(context.channel.allocator.buffer(bytes: step.send)), promise: nil)
             }
         } catch {
             fail(context: context, error: error)
@@ -133,7 +143,14 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
             context.fireChannelRead(wrapInboundOut(rest))
             context.fireChannelReadComplete()
         }
+        flushAnswer(context: context)
         context.leavePipeline(removalToken: removalToken)
+    }
+
+    private func flushAnswer(context: ChannelHandlerContext) {
+        guard answerUnflushed else { return }
+        answerUnflushed = false
+        context.flush()
     }
 
     private func fail(context: ChannelHandlerContext, error: Error) {

@@ -7,6 +7,12 @@ import NIOCore
 /// big-endian length, so a message is at most 65535 bytes, i.e. 65519 bytes of plaintext + 16-byte tag.
 /// Inbound: ciphertext in, plaintext out. Outbound: plaintext in, ciphertext out. Writes made during
 /// the handshake are held and sent once it completes.
+///
+/// Flushes asked for while the handler is processing a read (its own handshake replies, and
+/// whatever the handlers above write in response to the plaintext it fires, such as the next
+/// multistream step, Yamux ACKs and pings) are held and done once when the read has been
+/// handled: the dialer's third handshake message, its muxer proposal and the first Yamux frames
+/// then leave in one write (one syscall) instead of one each.
 public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
@@ -33,6 +39,10 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var coalescedPromises: [EventLoopPromise<Void>] = []
     static let coalescingLimit = 16 * 1024
     private var pendingFlush = false
+    /// Inside `channelRead`: flushes are deferred to its end (see the type's documentation).
+    private var reading = false
+    /// A flush was deferred while `reading`.
+    private var flushAfterRead = false
     private var started = false
     private let handshakePromise: EventLoopPromise<NoiseHandshakeResult>
 
@@ -64,6 +74,22 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // A read arriving while one is handled (fired from a callback) joins its flush.
+        if reading {
+            handleRead(context: context, data: data)
+            return
+        }
+        reading = true
+        handleRead(context: context, data: data)
+        reading = false
+        if flushAfterRead {
+            flushAfterRead = false
+            sealCoalesced(context: context)
+            context.flush()
+        }
+    }
+
+    private func handleRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if inbound.readableBytes == 0 {
             inbound = bytes
@@ -136,6 +162,8 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func flush(context: ChannelHandlerContext) {
         if case .handshaking = state {
             pendingFlush = true
+        } else if reading {
+            flushAfterRead = true
         } else {
             sealCoalesced(context: context)
             context.flush()
@@ -230,7 +258,12 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var out = context.channel.allocator.buffer(capacity: message.count + 2)
         out.writeInteger(UInt16(message.count))
         out.writeBytes(message)
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        context.write(wrapOutboundOut(out), promise: nil)
+        if reading {
+            flushAfterRead = true
+        } else {
+            context.flush()
+        }
     }
 
     /// Encrypts `buffer` as as many transport messages as needed, in one outbound buffer.
@@ -278,8 +311,12 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         for (buffer, promise) in writes { write(buffer, promise: promise, context: context) }
         if pendingFlush || !writes.isEmpty {
             pendingFlush = false
-            sealCoalesced(context: context)
-            context.flush()
+            if reading {
+                flushAfterRead = true
+            } else {
+                sealCoalesced(context: context)
+                context.flush()
+            }
         }
     }
 

@@ -68,8 +68,14 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Inbound streams not yet taken by the application (not ACKed).
     private var acceptQueue = CircularBuffer<YamuxStream>()
     private var acceptWaiter: EventLoopPromise<YamuxStream?>?
-    /// `openStream()` calls waiting for the outbound ACK backlog to shrink.
-    private var pendingOpens = CircularBuffer<EventLoopPromise<YamuxStream>>()
+    /// `openStream()` calls waiting for the outbound ACK backlog to shrink, with their first data.
+    private var pendingOpens = CircularBuffer<(promise: EventLoopPromise<YamuxStream>, firstData: ByteBuffer?)>()
+    /// When set, inbound streams are accepted as they arrive and handed to it (instead of
+    /// waiting in `acceptQueue` for `nextInbound()`).
+    private var inboundHandler: (@Sendable (YamuxStream) -> Void)?
+    /// Inbound streams accepted during the current read, handed to `inboundHandler` at its end,
+    /// once the data that came with their SYN (same frame or a later one of the read) is queued.
+    private var acceptedDuringRead: [YamuxStream] = []
 
     private var pings: [UInt32: PingRecord] = [:]
     private var nextPingID: UInt32 = 0
@@ -151,6 +157,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             process(&actions)
         }
         actionScratch = actions
+        if !acceptedDuringRead.isEmpty {
+            let accepted = acceptedDuringRead
+            acceptedDuringRead.removeAll(keepingCapacity: true)
+            for stream in accepted { inboundHandler?(stream) }
+        }
         afterOperation()
     }
 
@@ -171,7 +182,10 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .streamOpened(let id):
                 let stream = makeStream(id: id, isOutbound: false)
                 streams[id] = stream
-                if let waiter = acceptWaiter {
+                if inboundHandler != nil {
+                    accept(stream)
+                    acceptedDuringRead.append(stream)
+                } else if let waiter = acceptWaiter {
                     acceptWaiter = nil
                     accept(stream)
                     waiter.succeed(stream)
@@ -293,27 +307,43 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Session operations (called through NIOLoopBound)
 
-    func openStream() -> EventLoopFuture<YamuxStream> {
+    /// `firstData` is sent on the new stream at once, on the SYN frame when it fits (see
+    /// `YamuxSessionStateMachine.openStream(firstData:)`); the future then succeeds once it was
+    /// handed to the channel.
+    func openStream(sending firstData: ByteBuffer? = nil) -> EventLoopFuture<YamuxStream> {
         defer { afterOperation() }
         if let error = newStreamRefusal() { return eventLoop.makeFailedFuture(error) }
         if !pendingOpens.isEmpty {
             let promise = eventLoop.makePromise(of: YamuxStream.self)
-            pendingOpens.append(promise)
+            pendingOpens.append((promise, firstData))
             return promise.futureResult
         }
-        switch stateMachine.openStream() {
+        switch stateMachine.openStream(firstData: firstData) {
         case .opened(let id, let frame):
-            let stream = makeStream(id: id, isOutbound: true)
-            streams[id] = stream
-            writeFrame(frame, promise: nil)
-            return eventLoop.makeSucceededFuture(stream)
+            return opened(id: id, frame: frame, firstData: firstData)
         case .mustWait:
             let promise = eventLoop.makePromise(of: YamuxStream.self)
-            pendingOpens.append(promise)
+            pendingOpens.append((promise, firstData))
             return promise.futureResult
         case .failed(let error):
             return eventLoop.makeFailedFuture(error)
         }
+    }
+
+    /// Registers a stream the state machine opened and sends its SYN (and first data).
+    private func opened(id: UInt32, frame: YamuxFrame, firstData: ByteBuffer?) -> EventLoopFuture<YamuxStream> {
+        let stream = makeStream(id: id, isOutbound: true)
+        streams[id] = stream
+        if frame.type == .data {
+            let written = eventLoop.makePromise(of: Void.self)
+            writeFrame(frame, promise: written)
+            return written.futureResult.map { stream }
+        }
+        writeFrame(frame, promise: nil)
+        if let firstData, firstData.readableBytes > 0 {
+            return write(stream: stream, data: firstData).map { stream }
+        }
+        return eventLoop.makeSucceededFuture(stream)
     }
 
     private func newStreamRefusal() -> YamuxError? {
@@ -325,14 +355,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func drainPendingOpens() {
-        while let promise = pendingOpens.first {
-            switch stateMachine.openStream() {
+        while let (promise, firstData) = pendingOpens.first {
+            switch stateMachine.openStream(firstData: firstData) {
             case .opened(let id, let frame):
                 pendingOpens.removeFirst()
-                let stream = makeStream(id: id, isOutbound: true)
-                streams[id] = stream
-                writeFrame(frame, promise: nil)
-                promise.succeed(stream)
+                opened(id: id, frame: frame, firstData: firstData).cascade(to: promise)
             case .mustWait:
                 return
             case .failed(let error):
@@ -343,7 +370,19 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func failPendingOpens(_ error: YamuxError) {
-        while let promise = pendingOpens.popFirst() { promise.fail(error) }
+        while let pending = pendingOpens.popFirst() { pending.promise.fail(error) }
+    }
+
+    /// Hands every inbound stream to `handler` as it arrives (those already waiting first),
+    /// accepting (ACKing) it at once; `nextInbound()` then has nothing to return.
+    func setInboundHandler(_ handler: @escaping @Sendable (YamuxStream) -> Void) {
+        defer { afterOperation() }
+        guard state == .active else { return }
+        inboundHandler = handler
+        while let stream = acceptQueue.popFirst() {
+            accept(stream)
+            handler(stream)
+        }
     }
 
     func nextInbound() -> EventLoopFuture<YamuxStream?> {
@@ -565,6 +604,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         for stream in streams.values { stream.fail(failure, discardQueued: false) }
         for stream in acceptQueue { stream.fail(failure, discardQueued: false) }
         acceptQueue.removeAll()
+        inboundHandler = nil  // it may hold the session (through the connection) alive
         cancelInboundWait()
         failPendingOpens(failure)
         let pings = self.pings

@@ -57,10 +57,30 @@ public final class YamuxSession: Sendable {
     /// suspends while `maxOutboundAckBacklog` of our streams are unacknowledged.
     /// Throws `.streamLimit` at `maxStreams`, `.goAwayReceived` / `.goAwaySent` after GoAway,
     /// `.sessionClosed` when the session ended.
-    public func openStream() async throws -> YamuxStream {
+    ///
+    /// `initialData`: the stream's first bytes, sent with the SYN — in the same data frame when
+    /// they fit (one frame and one write for, say, a multistream proposal), else right after
+    /// it. Returns once they were handed to the connection, as `write` does.
+    public func openStream(sending initialData: ByteBuffer? = nil) async throws -> YamuxStream {
         let handler = self.handler
         return try await YamuxStream.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.openStream() }.get()
+            try await self.eventLoop.runInline { handler.value.openStream(sending: initialData) }
+        }
+    }
+
+    /// Hands every inbound stream to `handler`, on the event loop, as soon as its SYN arrives
+    /// (streams already waiting first), ACKing it at once; use it instead of `inboundStreams`,
+    /// which then yields nothing. It saves a task switch per stream over iterating
+    /// `inboundStreams` to spawn a task per stream. `handler` runs at the end of the read that
+    /// brought the SYN, so the data that came with it is queued on the stream already (see
+    /// `YamuxStream.takeAvailable()`), and what it writes (`writeFromEventLoop`) leaves in the
+    /// same flush as the ACK. Keep it short; it is dropped when the session ends.
+    package func setInboundStreamHandler(_ handler: @escaping @Sendable (YamuxStream) -> Void) {
+        let bound = self.handler
+        if eventLoop.inEventLoop {
+            bound.value.setInboundHandler(handler)
+        } else {
+            eventLoop.execute { bound.value.setInboundHandler(handler) }
         }
     }
 

@@ -302,7 +302,13 @@ struct YamuxSessionStateMachine {
 
     // MARK: - Outbound operations
 
-    mutating func openStream() -> OpenResult {
+    /// Opens an outbound stream. `firstData`, if given, rides on the SYN: the frame returned is
+    /// then a data frame with SYN carrying it (its window is taken), provided no extra initial
+    /// window must be announced and it fits one frame; otherwise the SYN is a window update and
+    /// the caller queues the data with `write` (a `.data` frame tells which happened).
+    /// Yamux spec: SYN "may be sent with a data or window update message"; go-yamux, rust-yamux
+    /// and py-libp2p 0.8.1 (yamux.py, `handle_incoming`) all accept data on a SYN.
+    mutating func openStream(firstData: ByteBuffer? = nil) -> OpenResult {
         if isFailed { return .failed(YamuxError(.sessionClosed, "session closed")) }
         if localGoAway || isClosing { return .failed(YamuxError(.goAwaySent, "session is going away")) }
         if remoteGoAway { return .failed(YamuxError(.goAwayReceived, "peer sent GoAway")) }
@@ -320,6 +326,12 @@ struct YamuxSessionStateMachine {
             sendWindow: Self.specWindow, recvRemaining: configuration.initialStreamWindow)
         outboundCount += 1
         outboundUnacked += 1
+        if let firstData, firstData.readableBytes > 0, initialWindowBonus == 0,
+            firstData.readableBytes <= min(Int(Self.specWindow), configuration.maxDataFrameSize)
+        {
+            streams[id]!.sendWindow -= UInt32(firstData.readableBytes)
+            return .opened(streamID: id, frame: .data(streamID: id, flags: .syn, payload: firstData))
+        }
         // SYN as a window update (like go-yamux) that also announces any extra initial window.
         return .opened(streamID: id, frame: .windowUpdate(streamID: id, flags: .syn, delta: initialWindowBonus))
     }

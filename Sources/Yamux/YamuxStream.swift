@@ -141,6 +141,30 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         }
     }
 
+    /// On the event loop: the data queued for the reader right now, joined, taken as `read()`
+    /// takes it (crediting the peer); nil if none. For an inbound-stream handler that answers
+    /// from the loop (see `YamuxSession.setInboundStreamHandler`).
+    package func takeAvailable() -> ByteBuffer? {
+        eventLoop.preconditionInEventLoop()
+        var taken: ByteBuffer?
+        while case .data(var buffer, let credit) = readState.withLockedValue({ poll(&$0) }) {
+            sendCredit(credit)
+            if taken == nil {
+                taken = buffer
+            } else {
+                taken!.writeBuffer(&buffer)
+            }
+        }
+        return taken
+    }
+
+    /// On the event loop: queues `data` like `write` without waiting for it (a failure shows in
+    /// later calls). Not from inside a channel handler of this session other than the
+    /// inbound-stream handler.
+    package func writeFromEventLoop(_ data: ByteBuffer) {
+        _ = handler.value.write(stream: self, data: data)
+    }
+
     /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
     public var inbound: Inbound { Inbound(stream: self) }
 
@@ -164,7 +188,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     public func write(_ data: ByteBuffer) async throws {
         let handler = self.handler
         try await Self.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.write(stream: self, data: data) }.get()
+            try await self.eventLoop.runInline { handler.value.write(stream: self, data: data) }
         }
     }
 
@@ -172,7 +196,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     public func closeWrite() async throws {
         let handler = self.handler
         try await Self.mapErrors {
-            try await self.eventLoop.flatSubmit { handler.value.closeWrite(stream: self) }.get()
+            try await self.eventLoop.runInline { handler.value.closeWrite(stream: self) }
         }
     }
 

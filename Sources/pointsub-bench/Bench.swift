@@ -5,19 +5,25 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [host | rr] [--quick] [--default-executor]`
+/// `swift run -c release pointsub-bench [host | connect | rr] [--quick] [--default-executor]`
 ///
 /// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
 ///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
 ///   secured connections per second.
+/// - `connect`: only the connect + first stream + echo latencies (`--iterations=N`, default 500),
+///   for profiling them; `--two-processes` puts the server in a child process (`echo-server`),
+///   so that client and server do not share event loops, as between real peers.
 /// - `rr`: PointSub request/response (requests/s, p50/p99 latency) next to plain TCP with the
 ///   same framing (see `RequestResponseBench`).
 /// - no subcommand: both.
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | rr] [--quick] [--default-executor] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
+        usage: pointsub-bench [host | connect | rr] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
           host                host-level figures (crypto, stream throughput, connect latency)
+          connect             only the connect + first stream + echo latencies of `host`
+          --iterations=N      connect: samples per figure (default 500)
+          --two-processes     connect: the server runs in a child process
           rr                  request/response: PointSub vs plain TCP with the same framing
           (none)              both
           --quick             shorter runs
@@ -36,7 +42,7 @@ struct Bench {
             print(usage)
             return
         }
-        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression", "--raw-streams"]
+        let flags: Set<String> = ["--quick", "--default-executor", "--no-compression", "--raw-streams", "--two-processes"]
         func values(_ option: String) -> [Int]? {
             let given = arguments.filter { $0.hasPrefix(option + "=") }.map { Int($0.dropFirst(option.count + 1)) }
             guard !given.isEmpty else { return nil }
@@ -47,6 +53,7 @@ struct Bench {
             return given.map { $0! }
         }
         let sizes = values("--size")
+        let iterations = values("--iterations")?.last
         let inFlight = values("--in-flight")
         var sides = Set(RequestResponseBench.Side.allCases)
         if let only = arguments.last(where: { $0.hasPrefix("--only=") }) {
@@ -58,8 +65,9 @@ struct Bench {
         }
         let commands = arguments.filter {
             !flags.contains($0) && !$0.hasPrefix("--size=") && !$0.hasPrefix("--in-flight=") && !$0.hasPrefix("--only=")
+                && !$0.hasPrefix("--iterations=")
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "rr"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "connect", "rr", "echo-server"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -69,11 +77,25 @@ struct Bench {
             _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
         let quick = arguments.contains("--quick")
-        print("pointsub-bench on \(machineDescription())")
         let command = commands.first
+        if command == "echo-server" {
+            try await echoServer()
+            return
+        }
+        print("pointsub-bench on \(machineDescription())")
         if command == nil || command == "host" {
             print(String(repeating: "-", count: 72))
             try await hostFigures(quick: quick)
+        }
+        if command == "connect" {
+            print(String(repeating: "-", count: 72))
+            if arguments.contains("--two-processes") {
+                try await withEchoServerProcess { server in
+                    try await connectFigures(iterations: iterations ?? (quick ? 50 : 500), server: server)
+                }
+            } else {
+                try await connectFigures(iterations: iterations ?? (quick ? 50 : 500))
+            }
         }
         if command == nil || command == "rr" {
             if command == nil { print() }
@@ -96,18 +118,23 @@ struct Bench {
         let p2p = try await streamThroughput(bytes: streamBytes)
         print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
 
-        let latency = try await connectEchoLatency(iterations: quick ? 50 : 500)
-        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
-        print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
-
-        let known = try await connectEchoLatency(iterations: quick ? 50 : 500, knownPeer: true)
-        print(String(format: "same, reconnecting to a known (identified) peer  median %8.3f ms, p99 %.3f ms", known.median, known.p99))
+        try await connectFigures(iterations: quick ? 50 : 500)
 
         let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
         print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
 
         let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
         print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
+    }
+
+    /// connect + first stream + echo, to a new and to a known peer.
+    static func connectFigures(iterations: Int, server: Multiaddr? = nil) async throws {
+        let latency = try await connectEchoLatency(iterations: iterations, server: server)
+        print(String(format: "connect + first stream + 1-byte echo   median %8.3f ms, p99 %.3f ms", latency.median, latency.p99))
+        print(String(format: "  of which (medians): connect %.3f ms, stream open %.3f ms, echo %.3f ms", latency.connect, latency.open, latency.echo))
+
+        let known = try await connectEchoLatency(iterations: iterations, knownPeer: true, server: server)
+        print(String(format: "same, reconnecting to a known (identified) peer  median %8.3f ms, p99 %.3f ms", known.median, known.p99))
     }
 
     static func machineDescription() -> String {
@@ -235,10 +262,24 @@ struct Bench {
     /// `knownPeer`: the stream is opened through `P2PHost.newStream`, which proposes the protocol
     /// lazily because identify (on an earlier connection) said the peer serves it — what a node
     /// reconnecting to a peer it knows gets. Otherwise the first stream negotiates eagerly.
-    static func connectEchoLatency(iterations: Int, knownPeer: Bool = false) async throws -> Latency {
-        try await withHost(configuration: serverConfig()) { server in
+    ///
+    /// `server`: the address (with `/p2p/`) of an echo server elsewhere; by default one runs in
+    /// this process (a new one per call).
+    static func connectEchoLatency(iterations: Int, knownPeer: Bool = false, server: Multiaddr? = nil) async throws -> Latency {
+        if let server {
+            return try await withHost { client in
+                try await connectEchoLatency(iterations: iterations, knownPeer: knownPeer, client: client, server: server)
+            }
+        }
+        return try await withHost(configuration: serverConfig()) { server in
             try await withHost { client in
-                let address = server.addresses[0]
+                try await connectEchoLatency(iterations: iterations, knownPeer: knownPeer, client: client, server: server.addresses[0])
+            }
+        }
+    }
+
+    static func connectEchoLatency(iterations: Int, knownPeer: Bool, client: P2PHost, server address: Multiaddr) async throws -> Latency {
+                let serverPeer = address.peerID!
                 var total: [Double] = []
                 var connect: [Double] = []
                 var open: [Double] = []
@@ -250,7 +291,7 @@ struct Bench {
                     let t1 = clock.now
                     let stream =
                         knownPeer
-                        ? try await client.newStream(to: server.peerID, protocols: [EchoService.protocolID])
+                        ? try await client.newStream(to: serverPeer, protocols: [EchoService.protocolID])
                         : try await connection.newStream(protocols: [EchoService.protocolID])
                     let t2 = clock.now
                     try await stream.write(ByteBuffer(bytes: [42]))
@@ -271,8 +312,48 @@ struct Bench {
                 return Latency(
                     median: median(total), p99: sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))],
                     connect: median(connect), open: median(open), echo: median(echo))
+    }
+
+    /// `echo-server`: an echo host on 127.0.0.1; prints its address, exits when stdin closes.
+    static func echoServer() async throws {
+        try await withHost(configuration: serverConfig()) { server in
+            FileHandle.standardOutput.write(Data("\(server.addresses[0])\n".utf8))
+            // Blocking read on a thread of its own, not on an event loop.
+            Thread.detachNewThread {
+                _ = FileHandle.standardInput.readDataToEndOfFile()
+                exit(0)
+            }
+            while true { try await Task.sleep(for: .seconds(3600)) }
+        }
+    }
+
+    /// Runs `body` with the address of an `echo-server` child process, which ends with it.
+    static func withEchoServerProcess<T: Sendable>(_ body: @Sendable (Multiaddr) async throws -> T) async throws -> T {
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        child.arguments = ["echo-server"] + (CommandLine.arguments.contains("--default-executor") ? ["--default-executor"] : [])
+        let input = Pipe()
+        let output = Pipe()
+        child.standardInput = input
+        child.standardOutput = output
+        try child.run()
+        defer {
+            try? input.fileHandleForWriting.close()
+            child.waitUntilExit()
+        }
+        let line = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            Thread.detachNewThread {
+                var bytes: [UInt8] = []
+                while let byte = try? output.fileHandleForReading.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") {
+                    bytes.append(byte)
+                }
+                continuation.resume(returning: String(decoding: bytes, as: UTF8.self))
             }
         }
+        guard let address = Multiaddr(line[...]), address.peerID != nil else {
+            throw HostError(.invalidAddress, "echo-server printed \(line.debugDescription)")
+        }
+        return try await body(address)
     }
 
     /// Streams on one open connection to a peer that identify has described (so the protocol is

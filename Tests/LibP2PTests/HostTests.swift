@@ -228,6 +228,32 @@ struct OptimisticNegotiationTests {
         }
     }
 
+    @Test func inboundNegotiationThatDoesNotComeWithTheSynIsFinishedLater() async throws {
+        // The listener answers from the event loop when the proposal comes with the SYN; here
+        // the SYN comes alone and the header and proposal follow in two pieces.
+        try await withHost(configuration: listeningConfig()) { server in
+            try await withHost { client in
+                let connection = try await client.connect(to: server.addresses[0])
+                let stream = try await connection.session.openStream()
+                var negotiator = MultistreamNegotiator(role: .dialer(proposals: [EchoService.protocolID]))
+                let hello = negotiator.start()
+                try await stream.write(ByteBuffer(bytes: hello.prefix(5)))
+                try await Task.sleep(for: .milliseconds(20))
+                try await stream.write(ByteBuffer(bytes: hello.dropFirst(5)))
+                while negotiator.negotiatedProtocol == nil {
+                    let chunk = try #require(try await stream.read())
+                    _ = try negotiator.receive(chunk)
+                }
+                #expect(negotiator.negotiatedProtocol == EchoService.protocolID)
+                try await stream.write(ByteBuffer(string: "late"))
+                try await stream.closeWrite()
+                var echoed = negotiator.takeLeftover()
+                while var chunk = try await stream.read() { echoed.writeBuffer(&chunk) }
+                #expect(String(buffer: echoed) == "late")
+            }
+        }
+    }
+
     @Test func lazyStreamRefusalSurfacesOnFirstRead() async throws {
         try await withHost(configuration: listeningConfig()) { server in
             try await withHost { client in

@@ -47,6 +47,31 @@ struct SessionTests {
         #expect(!pair.client.isClosed)
     }
 
+    @Test("an inbound stream handler gets the waiting and the new streams, with their SYN data; the sequence none")
+    func inboundStreamHandler() async throws {
+        let pair = try await SessionPair.make()
+        defer { Task { await pair.tearDown() } }
+        let early = try await pair.client.openStream(sending: ByteBuffer(string: "early"))
+        #expect(await eventually { pair.server.openStreamCount == 1 })
+        let (streams, continuation) = AsyncStream<YamuxStream>.makeStream()
+        pair.server.setInboundStreamHandler { continuation.yield($0) }
+        let late = try await pair.client.openStream(sending: ByteBuffer(string: "late"))
+        var iterator = streams.makeAsyncIterator()
+        for (client, text) in [(early, "early"), (late, "late")] {
+            let server = try #require(await iterator.next())
+            #expect(server.id == client.id)
+            #expect(try await server.read() == ByteBuffer(string: text))
+            try await server.write(ByteBuffer(string: text.uppercased()))
+            #expect(try await client.read() == ByteBuffer(string: text.uppercased()))
+        }
+        var sequence = pair.server.inboundStreams.makeAsyncIterator()
+        try await pair.client.openStream().closeWrite()
+        let third = try #require(await iterator.next())
+        #expect(third.id == 5)
+        await pair.client.close(graceful: false)
+        #expect(await sequence.next() == nil)  // the sequence got none of them
+    }
+
     @Test("many streams in both directions concurrently, via the inbound sequences")
     func concurrentStreams() async throws {
         let pair = try await SessionPair.make()

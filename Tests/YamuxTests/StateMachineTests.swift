@@ -136,6 +136,32 @@ struct StateMachineTests {
         #expect(small.configuration.initialStreamWindow == UInt32(Self.window))
     }
 
+    @Test("first data rides on the SYN when no larger window must be announced")
+    func firstDataOnSyn() throws {
+        var client = SM(role: .initiator, configuration: Self.config())
+        var server = SM(role: .responder, configuration: Self.config())
+        let hello = ByteBuffer(string: "hello")
+        guard case .opened(let id, let syn) = client.openStream(firstData: hello) else {
+            Issue.record("openStream did not open")
+            return
+        }
+        #expect(syn == .data(streamID: id, flags: .syn, payload: hello))
+        #expect(client.sendWindow(of: id) == UInt32(Self.window - 5))
+        #expect(Self.drain(&client).isEmpty)  // nothing left to send
+        let actions = Self.receive(&server, syn)
+        #expect(Self.opened(actions) == [id])
+        #expect(Self.delivered(actions).map(\.1) == [hello])
+        #expect(server.receiveRemaining(of: id) == UInt32(Self.window - 5))
+
+        // A larger initial window needs the window-update SYN: the data is the caller's to queue.
+        var big = SM(role: .initiator, configuration: Self.config { $0.initialStreamWindow = 1024 * 1024 })
+        guard case .opened(_, let plainSyn) = big.openStream(firstData: hello) else {
+            Issue.record("openStream did not open")
+            return
+        }
+        #expect(plainSyn.type == .windowUpdate)
+    }
+
     @Test("data flows and half-close works in both directions")
     func halfClose() throws {
         var (client, server, id) = try Self.establishedPair()

@@ -126,6 +126,48 @@ struct TCPLoopbackTests {
         }
     }
 
+    /// Runs its methods on an event loop, as tasks run when NIO's loops are Swift's global
+    /// executor (the CLI and the benchmarks): stream calls then take their inline path.
+    actor OnLoop {
+        let loop: any EventLoop
+        nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
+        init(_ loop: any EventLoop) { self.loop = loop }
+
+        /// Opens a stream with `first` on its SYN, writes `size` pattern bytes, closes, and
+        /// returns what the peer echoed.
+        func exchange(on session: YamuxSession, size: Int) async throws -> Int {
+            precondition(loop.inEventLoop)
+            let stream = try await session.openStream(sending: patternBuffer(seed: 9, offset: 0, count: 100))
+            precondition(loop.inEventLoop)
+            var offset = 100
+            while offset < size {
+                let n = min(64 * 1024 + 1, size - offset)
+                try await stream.write(patternBuffer(seed: 9, offset: offset, count: n))
+                offset += n
+            }
+            try await stream.closeWrite()
+            return try await TCPLoopbackTests.receive(stream, seed: 9)
+        }
+    }
+
+    @Test("stream calls from a task on the channel's event loop (inline path), byte-exact")
+    func callsOnTheEventLoop() async throws {
+        try await Self.withTCPSessions { client, server in
+            // More than one window (so writes wait for credit), less than two (the echo is only
+            // read once everything was written).
+            let size = 400 * 1024
+            let echo = Task {
+                var inbound = server.inboundStreams.makeAsyncIterator()
+                let remote = try #require(await inbound.next())
+                while let chunk = try await remote.read() { try await remote.write(chunk) }
+                try await remote.closeWrite()
+            }
+            let echoed = try await OnLoop(client.eventLoop).exchange(on: client, size: size)
+            #expect(echoed == size)
+            try await echo.value
+        }
+    }
+
     @Test("ping over TCP")
     func ping() async throws {
         try await Self.withTCPSessions { client, server in
