@@ -280,6 +280,13 @@ public final class PubSubService: Sendable {
         state.withLockedValue { $0.counters }
     }
 
+    /// A look at the router's state, e.g. a gossipsub mesh:
+    /// `pubsub.withRouter { ($0 as? GossipSubRouter)?.meshPeers(in: "news") }`. `body` runs under
+    /// the engine's lock: keep it short, and do not call back into the service from it.
+    public func withRouter<T>(_ body: (any PubSubRouter) -> T) -> T {
+        state.withLockedValue { body($0.router) }
+    }
+
     // MARK: - Validators
 
     /// Sets the validator of `topic` (replacing any): every message of the topic, received or
