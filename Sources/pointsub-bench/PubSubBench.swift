@@ -47,6 +47,8 @@ enum PubSubBench {
         var copiesPerNodePerMessage: Double
         var duplicatesPerNodePerMessage: Double
         var transmissionsPerMessage: Double
+        /// Transmissions the engine left out because the peer had sent us the message meanwhile.
+        var suppressedPerMessage: Double
         var cpuPercent: Double
         /// Process CPU time per message (all nodes), ms.
         var cpuPerMessage: Double
@@ -71,7 +73,7 @@ enum PubSubBench {
         print("started \(Date()), load average at start: \(RequestResponseBench.loadAverage())")
         let columns: [(String, Int)] = [
             ("router", 10), ("msgs", 6), ("deliv/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("max ms", 8),
-            ("copies", 7), ("dups", 6), ("tx/msg", 8), ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("lag ms", 7), ("complete", 10),
+            ("copies", 7), ("dups", 6), ("tx/msg", 8), ("left out", 9), ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("lag ms", 7), ("complete", 10),
         ]
         let header = columns.enumerated().map { i, c in RequestResponseBench.pad(c.0, c.1, right: i > 0) }.joined(separator: " ")
         print(String(repeating: "-", count: header.count))
@@ -85,7 +87,8 @@ enum PubSubBench {
                 router.rawValue, "\(result.messages)", String(format: "%.0f", result.deliveriesPerSecond),
                 String(format: "%.2f", result.p50), String(format: "%.2f", result.p99), String(format: "%.1f", result.max),
                 String(format: "%.2f", result.copiesPerNodePerMessage), String(format: "%.2f", result.duplicatesPerNodePerMessage),
-                String(format: "%.1f", result.transmissionsPerMessage), result.meshDegree.map { String(format: "%.1f", $0) } ?? "-",
+                String(format: "%.1f", result.transmissionsPerMessage), String(format: "%.1f", result.suppressedPerMessage),
+                result.meshDegree.map { String(format: "%.1f", $0) } ?? "-",
                 String(format: "%.0f", result.cpuPercent), String(format: "%.2f", result.cpuPerMessage),
                 String(format: "%.1f", result.publisherLag),
                 result.complete ? "yes" : "NO",
@@ -97,6 +100,7 @@ enum PubSubBench {
             }
         }
         print(String(repeating: "-", count: header.count))
+        print("left out: transmissions per message not made because the peer had sent us the message meanwhile;")
         print("mesh: average gossipsub mesh size; lag: how late the publisher was against its schedule, at most")
         print("load average at end: \(RequestResponseBench.loadAverage())")
         let met = results.allSatisfy { $0.complete && $0.p99 < targetP99 } && options.rate >= targetRate
@@ -258,6 +262,7 @@ enum PubSubBench {
                 copiesPerNodePerMessage: Double(total(\.received)) / Double(messages * n),
                 duplicatesPerNodePerMessage: Double(total(\.duplicates)) / Double(messages * n),
                 transmissionsPerMessage: Double(total(\.forwarded)) / Double(messages),
+                suppressedPerMessage: Double(total(\.suppressed)) / Double(messages),
                 cpuPercent: cpuSeconds / (lastPublish - measureStart).secondsValue * 100,
                 cpuPerMessage: cpuSeconds * 1000 / Double(messages),
                 publisherLag: Double(nanoseconds(lag)) / 1e6, meshDegree: meshDegree)

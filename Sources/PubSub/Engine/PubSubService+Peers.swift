@@ -74,10 +74,13 @@ extension PubSubService {
                 try await stream.write(Self.frame(hello.encoded()))
             }
             // What queued up while the last write was under way goes out in one write.
-            while let frame = await frames.next(maxBytes: Self.maxBatchBytes) {
-                try await stream.write(frame.bytes)
-                if frame.messageCount > 0 {
-                    state.withLockedValue { $0.counters.forwarded += frame.messageCount }
+            while let batch = await frames.next(maxBytes: Self.maxBatchBytes) {
+                if batch.bytes.readableBytes > 0 { try await stream.write(batch.bytes) }
+                if batch.messageCount > 0 || batch.suppressed > 0 {
+                    state.withLockedValue {
+                        $0.counters.forwarded += batch.messageCount
+                        $0.counters.suppressed += batch.suppressed
+                    }
                 }
             }
             // The queue was finished (stop, or the session ended) and is drained: a clean end.
@@ -200,13 +203,16 @@ extension PubSubService {
     /// forged copy cannot shadow the real message.
     private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
         let id = configuration.messageID(message)
-        let duplicate = state.withLockedValue { s -> Bool in
+        let (duplicate, queue) = state.withLockedValue { s -> (Bool, OutboundQueue?) in
             s.counters.received += 1
-            guard s.seen.contains(id, now: .now) else { return false }
+            let queue = s.sessions[peer]?.queue
+            guard s.seen.contains(id, now: .now) else { return (false, queue) }
             s.counters.duplicates += 1
             s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return true
+            return (true, queue)
         }
+        // The peer has this message: what we queued for it with only this message can stay here.
+        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(id) }
         if duplicate { return }
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
@@ -323,8 +329,12 @@ extension PubSubService {
                 frame = last.frame
             } else {
                 let bytes = rpc.encoded()
+                let single = rpc.messages.count == 1 && rpc.subscriptions.isEmpty && rpc.control == nil
                 frame = bytes.count <= configuration.maxRPCSize
-                    ? OutboundFrame(bytes: Self.frame(bytes), messageCount: rpc.messages.count) : nil
+                    ? OutboundFrame(
+                        bytes: Self.frame(bytes), messageCount: rpc.messages.count,
+                        messageID: single ? configuration.messageID(rpc.messages[0]) : nil)
+                    : nil
                 last = (rpc, frame)
             }
             guard let frame else {
@@ -341,10 +351,20 @@ extension PubSubService {
 
     private func enqueue(_ frames: [(OutboundFrame, OutboundQueue)], alreadyDropped: Int = 0) {
         var dropped = alreadyDropped
+        var suppressed = 0
         for (frame, queue) in frames {
-            if !queue.yield(frame) { dropped += 1 }
+            switch queue.yield(frame) {
+            case .queued: break
+            case .dropped: dropped += 1
+            case .suppressed: suppressed += 1
+            }
         }
-        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+        if dropped > 0 || suppressed > 0 {
+            state.withLockedValue {
+                $0.counters.dropped += dropped
+                $0.counters.suppressed += suppressed
+            }
+        }
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {

@@ -35,6 +35,9 @@ public final class PubSubService: Sendable {
     struct OutboundFrame: Sendable {
         var bytes: ByteBuffer
         var messageCount: Int
+        /// Set when the RPC is exactly one message and nothing else: the frame is left out if the
+        /// peer sends us that message before it goes out.
+        var messageID: MessageID?
     }
 
     /// Our side of one pubsub peer.
