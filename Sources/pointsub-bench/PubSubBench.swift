@@ -52,6 +52,9 @@ enum PubSubBench {
         var cpuPercent: Double
         /// Process CPU time per message (all nodes), ms.
         var cpuPerMessage: Double
+        /// Time our threads were ready to run but waited for a core (other processes had them),
+        /// as a share of the wall time: more than a few % and the figures are not this code's alone.
+        var cpuWaitPercent: Double
         var publisherLag: Double
         var meshDegree: Double?
         var complete: Bool { deliveries == expectedDeliveries && duplicateDeliveries == 0 }
@@ -73,7 +76,7 @@ enum PubSubBench {
         print("started \(Date()), load average at start: \(RequestResponseBench.loadAverage())")
         let columns: [(String, Int)] = [
             ("router", 10), ("msgs", 6), ("deliv/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("max ms", 8),
-            ("copies", 7), ("dups", 6), ("tx/msg", 8), ("left out", 9), ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("lag ms", 7), ("complete", 10),
+            ("copies", 7), ("dups", 6), ("tx/msg", 8), ("left out", 9), ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("waited %", 9), ("lag ms", 7), ("complete", 10),
         ]
         let header = columns.enumerated().map { i, c in RequestResponseBench.pad(c.0, c.1, right: i > 0) }.joined(separator: " ")
         print(String(repeating: "-", count: header.count))
@@ -90,6 +93,7 @@ enum PubSubBench {
                 String(format: "%.1f", result.transmissionsPerMessage), String(format: "%.1f", result.suppressedPerMessage),
                 result.meshDegree.map { String(format: "%.1f", $0) } ?? "-",
                 String(format: "%.0f", result.cpuPercent), String(format: "%.2f", result.cpuPerMessage),
+                String(format: "%.0f", result.cpuWaitPercent),
                 String(format: "%.1f", result.publisherLag),
                 result.complete ? "yes" : "NO",
             ]
@@ -101,7 +105,8 @@ enum PubSubBench {
         }
         print(String(repeating: "-", count: header.count))
         print("left out: transmissions per message not made because the peer had sent us the message meanwhile;")
-        print("mesh: average gossipsub mesh size; lag: how late the publisher was against its schedule, at most")
+        print("mesh: average gossipsub mesh size; lag: how late the publisher was against its schedule, at most;")
+        print("waited: time our threads were ready but had no core (other processes), share of wall time")
         print("load average at end: \(RequestResponseBench.loadAverage())")
         let met = results.allSatisfy { $0.complete && $0.p99 < targetP99 } && options.rate >= targetRate
         let figures = results.map { String(format: "%@ p99 %.2f ms", $0.router.rawValue, $0.p99) }.joined(separator: ", ")
@@ -222,12 +227,15 @@ enum PubSubBench {
 
             let before = services.map(\.counters)
             let cpuBefore = RequestResponseBench.processCPUTime()
+            let waitBefore = runQueueWait()
             let measured = warmUpCount..<(warmUpCount + Int(options.measure! / .seconds(1) * Double(options.rate)))
             let measureStart = ContinuousClock.now
             try await publish(measured)
             let lastPublish = ContinuousClock.now
             try? await waitUntil("the measured messages arrived", timeout: .seconds(10)) { receivedAll() }
             let cpuSeconds = RequestResponseBench.processCPUTime() - cpuBefore
+            let waited = runQueueWait() - waitBefore
+            let measuredWall = (ContinuousClock.now - measureStart).secondsValue
             try? await waitUntil("transmissions ended", timeout: .seconds(5)) { quiet(services) }
             let after = services.map(\.counters)
 
@@ -265,6 +273,7 @@ enum PubSubBench {
                 suppressedPerMessage: Double(total(\.suppressed)) / Double(messages),
                 cpuPercent: cpuSeconds / (lastPublish - measureStart).secondsValue * 100,
                 cpuPerMessage: cpuSeconds * 1000 / Double(messages),
+                cpuWaitPercent: waited / measuredWall * 100,
                 publisherLag: Double(nanoseconds(lag)) / 1e6, meshDegree: meshDegree)
             let dropped = total(\.dropped) + total(\.subscriberOverflows)
             if dropped > 0 { print("  (\(router.rawValue): \(dropped) RPCs or deliveries dropped by full queues)") }
@@ -274,6 +283,19 @@ enum PubSubBench {
             await tearDown()
             throw error
         }
+    }
+
+    /// Seconds this process's threads have spent ready to run but waiting for a core
+    /// (`/proc/self/task/*/schedstat`, second field); 0 where that is not available.
+    static func runQueueWait() -> Double {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return 0 }
+        var nanoseconds = 0.0
+        for task in tasks {
+            guard let text = try? String(contentsOfFile: "/proc/self/task/\(task)/schedstat", encoding: .utf8) else { continue }
+            let fields = text.split(separator: " ")
+            if fields.count >= 2, let wait = Double(fields[1]) { nanoseconds += wait }
+        }
+        return nanoseconds / 1e9
     }
 
     /// Every copy written has been read: Σ received = Σ forwarded.
