@@ -5,7 +5,7 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [host | connect | rr] [--quick] [--default-executor]`
+/// `swift run -c release pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor]`
 ///
 /// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
 ///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
@@ -15,17 +15,21 @@ import PointSub
 ///   so that client and server do not share event loops, as between real peers.
 /// - `rr`: PointSub request/response (requests/s, p50/p99 latency) next to plain TCP with the
 ///   same framing (see `RequestResponseBench`).
-/// - no subcommand: both.
+/// - `pubsub`: a 50-node gossipsub and floodsub broadcast network in this process: delivery
+///   latency, copies and transmissions per message (see `PubSubBench`).
+/// - no subcommand: all three.
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | connect | rr] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams]
+        usage: pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
           host                host-level figures (crypto, stream throughput, connect latency)
           connect             only the connect + first stream + echo latencies of `host`
           --iterations=N      connect: samples per figure (default 500)
           --two-processes     connect: the server runs in a child process
           rr                  request/response: PointSub vs plain TCP with the same framing
-          (none)              both
+          pubsub              broadcast: 50 in-process nodes on a random 6-regular graph, gossipsub
+                              and floodsub, messages at a fixed rate; latency, copies, transmissions
+          (none)              all three
           --quick             shorter runs
           --default-executor  keep Swift's default executor (default: NIO's event loops)
           --no-compression    rr: PointSub client and server with compression off
@@ -34,6 +38,11 @@ struct Bench {
           --only=SIDE         rr: only pointsub or only tcp (for profiling)
           --raw-streams       rr diagnostic: bare libp2p streams with the same framing in place of
                               PointSubClient/PointSubServer
+          --rate=N            pubsub: messages published per second (default 100)
+          --nodes=N           pubsub: nodes (default 50)
+          --degree=N          pubsub: links per node (default 6)
+          --seconds=N         pubsub: measured seconds (default 10, --quick 3)
+          --router=NAME       pubsub: only gossipsub or only floodsub
         """
 
     static func main() async throws {
@@ -63,11 +72,29 @@ struct Bench {
             }
             sides = [side]
         }
-        let commands = arguments.filter {
-            !flags.contains($0) && !$0.hasPrefix("--size=") && !$0.hasPrefix("--in-flight=") && !$0.hasPrefix("--only=")
-                && !$0.hasPrefix("--iterations=")
+        var pubsub = PubSubBench.Options()
+        if let rate = values("--rate")?.last { pubsub.rate = rate }
+        if let nodes = values("--nodes")?.last { pubsub.nodes = nodes }
+        if let degree = values("--degree")?.last { pubsub.degree = degree }
+        if let seconds = values("--seconds")?.last { pubsub.measure = .seconds(seconds) }
+        guard pubsub.nodes > pubsub.degree, pubsub.degree >= 2 else {
+            FileHandle.standardError.write(Data("pointsub-bench: --degree must be at least 2 and below --nodes\n".utf8))
+            exit(2)
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "connect", "rr", "echo-server"].contains($0) }) else {
+        if let only = arguments.last(where: { $0.hasPrefix("--router=") }) {
+            guard let router = PubSubBench.Router(rawValue: String(only.dropFirst("--router=".count))) else {
+                FileHandle.standardError.write(Data("pointsub-bench: --router takes gossipsub or floodsub\n".utf8))
+                exit(2)
+            }
+            pubsub.routers = [router]
+        }
+        let valueOptions = [
+            "--size=", "--in-flight=", "--only=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
+        ]
+        let commands = arguments.filter { argument in
+            !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
+        }
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "connect", "rr", "pubsub", "echo-server"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -103,6 +130,10 @@ struct Bench {
                 quick: quick, compression: !arguments.contains("--no-compression"),
                 sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides,
                 rawStreams: arguments.contains("--raw-streams"))
+        }
+        if command == nil || command == "pubsub" {
+            if command == nil { print() }
+            try await PubSubBench.run(quick: quick, options: pubsub)
         }
     }
 

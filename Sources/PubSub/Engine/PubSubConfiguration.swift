@@ -29,6 +29,13 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     public var messageID: MessageIDFunction = PubSubConfiguration.fromAndSeqno
     /// Whether our own published messages are delivered to our own subscriptions.
     public var deliverOwnMessages = false
+    /// Leave out a queued copy of a message when the peer it is for sends us that message before
+    /// ours goes out (it has it: ours would only be a duplicate there), counted in
+    /// `PubSubCounters.suppressed`. Saves transmissions in floods, more the busier the node. With
+    /// gossipsub scoring, a peer counts only the copies it gets (P₃ mesh deliveries); a copy left
+    /// out this way would have reached it after its own, within `meshMessageDeliveriesWindow` at
+    /// best — turn this off if that window is wide and P₃ weighs heavily.
+    public var leaveOutCopiesPeersHave = true
     public var logger = Logger(label: "pointsub.pubsub", factory: { _ in SwiftLogNoOpLogHandler() })
 
     public init() {}

@@ -16,6 +16,10 @@ public struct PubSubCounters: Sendable, Equatable {
     /// messages included. For floodsub, a node forwards a message to each subscribed neighbour
     /// except the one it came from.
     public var forwarded = 0
+    /// Message transmissions left out because the peer sent us that message before ours went out
+    /// (it has it; ours would only be a duplicate there). `forwarded + suppressed` is what the
+    /// router asked for.
+    public var suppressed = 0
     /// Messages that failed StrictSign or that a validator rejected.
     public var rejected = 0
     /// Messages a validator ignored or did not judge in time, and messages claiming to be ours

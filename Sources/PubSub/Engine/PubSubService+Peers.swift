@@ -12,14 +12,13 @@ extension PubSubService {
     /// Makes sure we have a session with `peer`; a new one gets a writer task that opens our
     /// stream on `connection`.
     func ensureSession(with peer: PeerID, on connection: Connection) {
-        let created = state.withLockedValue { s -> (generation: UInt64, frames: AsyncStream<OutboundFrame>)? in
+        let created = state.withLockedValue { s -> (generation: UInt64, frames: OutboundQueue)? in
             guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
-            // Bounded queue: when full, `yield` reports the newest frame as dropped.
-            let (frames, queue) = AsyncStream.makeStream(
-                of: OutboundFrame.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedRPCsPerPeer))
+            // Bounded queue: when full, `yield` refuses the newest frame.
+            let queue = OutboundQueue(capacity: configuration.maxQueuedRPCsPerPeer)
             let generation = s.takeID()
             s.sessions[peer] = PeerSession(generation: generation, queue: queue)
-            return (generation, frames)
+            return (generation, queue)
         }
         guard let created else { return }
         // Spawned on the host, so a host shutdown cancels it (the queue iteration then ends).
@@ -28,10 +27,13 @@ extension PubSubService {
         }
     }
 
+    /// Most bytes of queued RPC frames joined into one stream write.
+    static let maxBatchBytes = 4 * 1024
+
     /// Opens our stream to `peer`, sends our subscriptions, then writes the queued RPCs in order
-    /// until the session ends.
+    /// until the session ends; RPCs that queued up meanwhile are written together.
     private func runWriter(
-        peer: PeerID, generation: UInt64, connection: Connection, frames: AsyncStream<OutboundFrame>
+        peer: PeerID, generation: UInt64, connection: Connection, frames: OutboundQueue
     ) async {
         let stream: P2PStream
         do {
@@ -71,10 +73,14 @@ extension PubSubService {
                 let hello = PubSubRPC(subscriptions: attached.topics.map { .init(subscribe: true, topic: $0) })
                 try await stream.write(Self.frame(hello.encoded()))
             }
-            for await frame in frames {
-                try await stream.write(frame.bytes)
-                if frame.messageCount > 0 {
-                    state.withLockedValue { $0.counters.forwarded += frame.messageCount }
+            // What queued up while the last write was under way goes out in one write.
+            while let batch = await frames.next(maxBytes: Self.maxBatchBytes) {
+                if batch.bytes.readableBytes > 0 { try await stream.write(batch.bytes) }
+                if batch.messageCount > 0 || batch.suppressed > 0 {
+                    state.withLockedValue {
+                        $0.counters.forwarded += batch.messageCount
+                        $0.counters.suppressed += batch.suppressed
+                    }
                 }
             }
             // The queue was finished (stop, or the session ended) and is drained: a clean end.
@@ -197,13 +203,16 @@ extension PubSubService {
     /// forged copy cannot shadow the real message.
     private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
         let id = configuration.messageID(message)
-        let duplicate = state.withLockedValue { s -> Bool in
+        let (duplicate, queue) = state.withLockedValue { s -> (Bool, OutboundQueue?) in
             s.counters.received += 1
-            guard s.seen.contains(id, now: .now) else { return false }
+            let queue = s.sessions[peer]?.queue
+            guard s.seen.contains(id, now: .now) else { return (false, queue) }
             s.counters.duplicates += 1
             s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return true
+            return (true, queue)
         }
+        // The peer has this message: what we queued for it with only this message can stay here.
+        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(id) }
         if duplicate { return }
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
@@ -290,7 +299,7 @@ extension PubSubService {
     }
 
     /// Queues a subscription change to the peers that already had our subscription list.
-    func announce(_ topic: String, subscribed: Bool, to queues: [AsyncStream<OutboundFrame>.Continuation]) {
+    func announce(_ topic: String, subscribed: Bool, to queues: [OutboundQueue]) {
         guard !queues.isEmpty else { return }
         let frame = OutboundFrame(
             bytes: Self.frame(PubSubRPC(subscriptions: [.init(subscribe: subscribed, topic: topic)]).encoded()),
@@ -303,13 +312,13 @@ extension PubSubService {
     func execute(_ actions: [PubSubRouterAction]) {
         guard !actions.isEmpty else { return }
         let queues = state.withLockedValue { s in
-            actions.map { action -> AsyncStream<OutboundFrame>.Continuation? in
+            actions.map { action -> OutboundQueue? in
                 switch action {
                 case .send(let peer, _): s.sessions[peer]?.queue
                 }
             }
         }
-        var frames: [(OutboundFrame, AsyncStream<OutboundFrame>.Continuation)] = []
+        var frames: [(OutboundFrame, OutboundQueue)] = []
         var tooLarge = 0
         // Routers send one RPC to many peers (floodsub: the same message to every neighbour).
         var last: (rpc: PubSubRPC, frame: OutboundFrame?)?
@@ -320,8 +329,12 @@ extension PubSubService {
                 frame = last.frame
             } else {
                 let bytes = rpc.encoded()
+                let single = rpc.messages.count == 1 && rpc.subscriptions.isEmpty && rpc.control == nil
                 frame = bytes.count <= configuration.maxRPCSize
-                    ? OutboundFrame(bytes: Self.frame(bytes), messageCount: rpc.messages.count) : nil
+                    ? OutboundFrame(
+                        bytes: Self.frame(bytes), messageCount: rpc.messages.count,
+                        messageID: single ? configuration.messageID(rpc.messages[0]) : nil)
+                    : nil
                 last = (rpc, frame)
             }
             guard let frame else {
@@ -336,12 +349,22 @@ extension PubSubService {
         enqueue(frames, alreadyDropped: tooLarge)
     }
 
-    private func enqueue(_ frames: [(OutboundFrame, AsyncStream<OutboundFrame>.Continuation)], alreadyDropped: Int = 0) {
+    private func enqueue(_ frames: [(OutboundFrame, OutboundQueue)], alreadyDropped: Int = 0) {
         var dropped = alreadyDropped
+        var suppressed = 0
         for (frame, queue) in frames {
-            if case .dropped = queue.yield(frame) { dropped += 1 }
+            switch queue.yield(frame) {
+            case .queued: break
+            case .dropped: dropped += 1
+            case .suppressed: suppressed += 1
+            }
         }
-        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+        if dropped > 0 || suppressed > 0 {
+            state.withLockedValue {
+                $0.counters.dropped += dropped
+                $0.counters.suppressed += suppressed
+            }
+        }
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {

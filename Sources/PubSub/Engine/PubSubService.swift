@@ -35,6 +35,9 @@ public final class PubSubService: Sendable {
     struct OutboundFrame: Sendable {
         var bytes: ByteBuffer
         var messageCount: Int
+        /// Set when the RPC is exactly one message and nothing else: the frame is left out if the
+        /// peer sends us that message before it goes out.
+        var messageID: MessageID?
     }
 
     /// Our side of one pubsub peer.
@@ -42,7 +45,7 @@ public final class PubSubService: Sendable {
         /// Tells this session from a later one with the same peer.
         let generation: UInt64
         /// The bounded outbound queue, drained by the peer's writer task.
-        let queue: AsyncStream<OutboundFrame>.Continuation
+        let queue: OutboundQueue
         var outbound: P2PStream?
         var inbound: P2PStream?
         /// Our subscription list went (or is going) out first on the outbound stream; later changes
@@ -78,7 +81,7 @@ public final class PubSubService: Sendable {
         }
 
         /// The queues of the peers that have had our subscription list.
-        var announcedQueues: [AsyncStream<OutboundFrame>.Continuation] {
+        var announcedQueues: [OutboundQueue] {
             sessions.values.filter(\.announced).map(\.queue)
         }
     }
@@ -215,7 +218,7 @@ public final class PubSubService: Sendable {
     public func subscribe(_ topic: String) throws(PubSubError) -> PubSubSubscription {
         let (messages, continuation) = AsyncStream.makeStream(
             of: PubSubMessage.self, bufferingPolicy: .bufferingOldest(configuration.subscriptionBufferSize))
-        let joined = state.withLockedValue { s -> (id: UInt64, actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+        let joined = state.withLockedValue { s -> (id: UInt64, actions: [PubSubRouterAction], announce: [OutboundQueue])? in
             guard s.phase != .stopped else { return nil }
             let id = s.takeID()
             continuation.onTermination = { [weak self] _ in self?.removeSubscription(topic, id: id) }
@@ -239,7 +242,7 @@ public final class PubSubService: Sendable {
 
     /// Ends every subscription of `topic` and leaves it.
     public func unsubscribe(_ topic: String) {
-        let left = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+        let left = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction], announce: [OutboundQueue])? in
             guard let subscribers = s.subscriptions.removeValue(forKey: topic) else { return nil }
             return (Array(subscribers.values), s.router.leave(topic, now: .now), s.announcedQueues)
         }
@@ -250,7 +253,7 @@ public final class PubSubService: Sendable {
     }
 
     func removeSubscription(_ topic: String, id: UInt64) {
-        let left = state.withLockedValue { s -> (actions: [PubSubRouterAction], announce: [AsyncStream<OutboundFrame>.Continuation])? in
+        let left = state.withLockedValue { s -> (actions: [PubSubRouterAction], announce: [OutboundQueue])? in
             guard s.subscriptions[topic]?.removeValue(forKey: id) != nil else { return nil }
             guard s.subscriptions[topic]!.isEmpty else { return ([], []) }
             s.subscriptions[topic] = nil
@@ -278,6 +281,13 @@ public final class PubSubService: Sendable {
 
     public var counters: PubSubCounters {
         state.withLockedValue { $0.counters }
+    }
+
+    /// A look at the router's state, e.g. a gossipsub mesh:
+    /// `pubsub.withRouter { ($0 as? GossipSubRouter)?.meshPeers(in: "news") }`. `body` runs under
+    /// the engine's lock: keep it short, and do not call back into the service from it.
+    public func withRouter<T>(_ body: (any PubSubRouter) -> T) -> T {
+        state.withLockedValue { body($0.router) }
     }
 
     // MARK: - Validators
