@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import PointSub
+import PubSub
 
 struct EchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -83,11 +84,11 @@ struct EchoCommand: AsyncParsableCommand {
     }
 }
 
-/// A tiny deterministic generator for test payloads.
-struct SplitMix {
+/// Deterministic test payloads (PubSub's SplitMix64 generator).
+enum SplitMix {
     /// `bytes` pseudo-random bytes, filled 8 at a time.
     static func payload(bytes: Int, seed: UInt64) -> ByteBuffer {
-        var generator = SplitMix(seed: seed &+ 0x9E37_79B9)
+        var generator = SplitMix64(seed: seed &+ 0x9E37_79B9)
         var buffer = ByteBuffer(repeating: 0, count: bytes)
         buffer.withUnsafeMutableReadableBytes { raw in
             var offset = 0
@@ -99,15 +100,5 @@ struct SplitMix {
             }
         }
         return buffer
-    }
-
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -60,7 +60,7 @@ struct RouteConcurrencyTests {
             let outcomes = try await withThrowingTaskGroup(of: [Outcome].self) { group in
                 for worker in 0..<workers {
                     group.addTask {
-                        var random = RouteRandom(state: UInt64(worker) &* 0x9E37 &+ 1)
+                        var random = SplitMix64(seed: UInt64(worker) &* 0x9E37 &+ 1)  // replayable
                         var outcomes: [Outcome] = []
                         for i in stride(from: worker, to: operations, by: workers) {
                             let k = Int.random(in: 0..<peerCount, using: &random)

@@ -1,11 +1,12 @@
 /// A small seeded random number generator (SplitMix64, Steele/Lea/Flood 2014) for routers, so
-/// that peer selection is reproducible in tests. Not for anything cryptographic.
-struct SplitMix64: RandomNumberGenerator, Sendable {
+/// that peer selection is reproducible in tests (also used by the benchmarks and the CLI for
+/// reproducible graphs and payloads). Not for anything cryptographic.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
