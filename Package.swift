@@ -111,11 +111,11 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "PubSubTests", dependencies: [
-            "PubSub", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+            "PubSub", "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "PointSubTests", dependencies: [
-            "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+            "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "TestSupport", dependencies: [

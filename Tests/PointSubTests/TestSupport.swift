@@ -58,31 +58,6 @@ extension PointSubClient {
 
 func pointSubError(_ error: any Error) -> PointSubError? { error as? PointSubError }
 
-/// A one-shot gate tests open to let a handler go on.
-final class Gate: Sendable {
-    private let state = NIOLockedValueBox<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    func wait() async {
-        await withCheckedContinuation { continuation in
-            let resume = state.withLockedValue { s -> Bool in
-                if s.open { return true }
-                s.waiters.append(continuation)
-                return false
-            }
-            if resume { continuation.resume() }
-        }
-    }
-
-    func open() {
-        let waiters = state.withLockedValue { s in
-            s.open = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-}
-
 /// A thread-safe counter.
 final class Counter: Sendable {
     private let value = NIOLockedValueBox(0)

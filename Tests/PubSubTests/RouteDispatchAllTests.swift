@@ -1,5 +1,6 @@
 import NIOCore
 import PointSub
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -112,7 +113,7 @@ struct RouteDispatchAllTests {
     }
 
     @Test func routesAddedAndDeletedDuringDispatchAll() async throws {
-        let gate = RouteGate()
+        let gate = Gate()
         try await RouteFixtures.withNodes(4, handler: { index in
             { _, message in
                 if index == 1 { await gate.wait() }

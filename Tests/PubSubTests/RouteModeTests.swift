@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import PointSub
+import TestSupport
 import Testing
 
 @testable import PubSub
@@ -108,7 +109,7 @@ struct RouteModeTests {
 
     @Test func routeDeletedWhileItsDispatchRunsFinishesCleanly() async throws {
         for mode in RouteTable.Mode.allCases {
-            let gate = RouteGate()
+            let gate = Gate()
             try await RouteFixtures.withNodes(2, configuration: .defaults { $0.mode = mode }, handler: { index in
                 { _, message in
                     await gate.wait()
@@ -135,7 +136,7 @@ struct RouteModeTests {
     }
 
     @Test func closingTheTableWhileADispatchRunsWaitsForIt() async throws {
-        let gate = RouteGate()
+        let gate = Gate()
         try await RouteFixtures.withNodes(2, handler: { index in
             { _, _ in
                 await gate.wait()

@@ -113,33 +113,6 @@ enum RouteFixtures {
     }
 }
 
-/// A one-shot gate tests open to let a handler go on.
-final class RouteGate: Sendable {
-    private let state = NIOLockedValueBox<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    func wait() async {
-        await withCheckedContinuation { continuation in
-            let resume = state.withLockedValue { s -> Bool in
-                if s.open { return true }
-                s.waiters.append(continuation)
-                return false
-            }
-            if resume { continuation.resume() }
-        }
-    }
-
-    func open() {
-        let waiters = state.withLockedValue { s in
-            s.open = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    var isOpen: Bool { state.withLockedValue { $0.open } }
-}
-
 /// Thread-safe counter.
 final class RouteCounter: Sendable {
     private let value = NIOLockedValueBox(0)
