@@ -42,8 +42,10 @@ let package = Package(
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
+        // ChaCha20-Poly1305 into caller-owned memory (BoringSSL's AEAD as swift-crypto links it, on Linux).
+        .target(name: "CNoiseAEAD"),
         .target(name: "Noise", dependencies: [
-            "Identity",
+            "Identity", "CNoiseAEAD",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
