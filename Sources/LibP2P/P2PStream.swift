@@ -144,6 +144,12 @@ public final class P2PStream: Sendable {
         try await stream.write(buffer)
     }
 
+    /// Writes the buffers in order as one operation (no copy into one buffer); suspends like
+    /// `write(_:)` until the last is handed to the connection.
+    public func write(contentsOf buffers: [ByteBuffer]) async throws {
+        try await stream.write(contentsOf: buffers)
+    }
+
     public func write(_ bytes: some Sequence<UInt8>) async throws {
         try await stream.write(ByteBuffer(bytes: bytes))
     }

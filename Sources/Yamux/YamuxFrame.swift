@@ -83,15 +83,20 @@ public struct YamuxFrame: Sendable, Hashable {
 
     /// Appends header and payload to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
+        encodeHeader(into: &buffer)
+        if header.type == .data {
+            var payload = self.payload
+            buffer.writeBuffer(&payload)
+        }
+    }
+
+    /// Appends the 12-byte header only (for a data frame, the payload is to follow).
+    public func encodeHeader(into buffer: inout ByteBuffer) {
         buffer.writeInteger(Self.protocolVersion)
         buffer.writeInteger(header.type.rawValue)
         buffer.writeInteger(header.flags.rawValue)
         buffer.writeInteger(header.streamID)
         buffer.writeInteger(header.length)
-        if header.type == .data {
-            var payload = self.payload
-            buffer.writeBuffer(&payload)
-        }
     }
 
     /// The encoded size of this frame.

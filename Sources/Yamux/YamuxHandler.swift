@@ -257,12 +257,25 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Data frames with at least this many payload bytes are written as header and payload.
+    static let separatePayloadThreshold = 16 * 1024
+
     private func writeFrame(_ frame: YamuxFrame, promise: EventLoopPromise<Void>?) {
         guard let context else {
             promise?.fail(YamuxError(.sessionClosed, "session closed"))
             return
         }
-        context.write(wrapOutboundOut(frame.encoded(allocator: context.channel.allocator)), promise: promise)
+        if frame.header.type == .data, frame.payload.readableBytes >= Self.separatePayloadThreshold {
+            // A large payload goes down as a buffer of its own after the 12-byte header instead of
+            // being copied behind it: Noise then seals it straight from the writer's buffer (the
+            // frame spans two Noise messages, which Yamux peers accept: it runs over a byte stream).
+            var header = context.channel.allocator.buffer(capacity: YamuxFrame.headerSize)
+            frame.encodeHeader(into: &header)
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(frame.encoded(allocator: context.channel.allocator)), promise: promise)
+        }
         needsFlush = true
     }
 
@@ -470,6 +483,27 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .failed(let error):
             promise.fail(stream.terminalWriteError ?? error)
         }
+        return promise.futureResult
+    }
+
+    func write(stream: YamuxStream, buffers: [ByteBuffer]) -> EventLoopFuture<Void> {
+        guard buffers.count > 1 else { return write(stream: stream, data: buffers.first ?? ByteBuffer()) }
+        defer { afterOperation(deferFlush: true) }
+        if let error = stream.terminalWriteError { return eventLoop.makeFailedFuture(error) }
+        let promise = eventLoop.makePromise(of: Void.self)
+        var ready = false
+        for (index, data) in buffers.enumerated() {
+            // Only the last write carries the promise: writes complete in order.
+            switch stateMachine.write(streamID: stream.id, data: data, promise: index == buffers.count - 1 ? promise : nil) {
+            case .queued(let nowReady):
+                ready = ready || nowReady
+            case .failed(let error):
+                promise.fail(stream.terminalWriteError ?? error)
+                if ready { pumpData() }
+                return promise.futureResult
+            }
+        }
+        if ready { pumpData() }
         return promise.futureResult
     }
 

@@ -192,6 +192,15 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Sends the buffers in order as one operation: each is framed on its own (no copy into one
+    /// buffer), and the call completes when the last was written, as `write(_:)` does.
+    public func write(contentsOf buffers: [ByteBuffer]) async throws {
+        let handler = self.handler
+        try await Self.mapErrors {
+            try await self.eventLoop.runInline { handler.value.write(stream: self, buffers: buffers) }
+        }
+    }
+
     /// Half-close: sends FIN after the queued writes. Reading continues until the peer's FIN.
     public func closeWrite() async throws {
         let handler = self.handler

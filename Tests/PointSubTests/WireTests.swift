@@ -48,6 +48,23 @@ func expectViolation(
         #expect(Array(PointSubMessage.error(.handler, "no such key").encoded().readableBytesView) == bytes(Self.noSuchKeyError))
     }
 
+    @Test(arguments: [0, 5, PointSubMessage.separatePayloadThreshold - 1, PointSubMessage.separatePayloadThreshold, 100_000])
+    func wirePartsAreTheEncodingWithoutCopyingLargePayloads(size: Int) {
+        let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        for message in [
+            PointSubMessage(kind: .request, payload: payload),
+            PointSubMessage(kind: .response, compressedPayload: payload, originalLength: size * 3 + 1),
+        ] {
+            let parts = message.wireParts()
+            #expect(parts.flatMap { Array($0.readableBytesView) } == Array(message.encoded().readableBytesView))
+            if size >= PointSubMessage.separatePayloadThreshold {
+                #expect(parts.count == 2 && parts[0].readableBytes == message.headerLength && parts[1] == payload)
+            } else {
+                #expect(parts.count == 1)
+            }
+        }
+    }
+
     @Test func compressedHeaderCarriesOriginalAfterLength() {
         // Spec example: 2,000 bytes before and 37 after compression → 02 01 25 d0 0f.
         let zlib = ByteBuffer(bytes: [UInt8](repeating: 0xab, count: 37))

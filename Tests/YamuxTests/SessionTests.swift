@@ -321,6 +321,31 @@ struct RawSessionTests {
         try await channel.close()
     }
 
+    @Test("a large data frame leaves as header then payload, small ones as one buffer; write(contentsOf:) keeps order")
+    func largeFramesAreWrittenAsHeaderAndPayload() async throws {
+        let peer = try await RawPeer.make(role: .initiator)
+        let stream = try await peer.session.openStream()
+        let large = patternBuffer(seed: 5, offset: 0, count: YamuxHandler.separatePayloadThreshold)
+        let writer = Task { try await stream.write(contentsOf: [ByteBuffer(string: "head"), large, ByteBuffer(string: "tail")]) }
+        #expect(try await peer.nextFrame().flags.contains(.syn))
+        // "head": a small frame, one buffer.
+        let first = try await peer.channel.waitForOutboundWrite(as: ByteBuffer.self)
+        #expect(first.readableBytes == YamuxFrame.headerSize + 4)
+        // The large payload: a 12-byte header buffer, then the payload buffer itself.
+        let header = try await peer.channel.waitForOutboundWrite(as: ByteBuffer.self)
+        #expect(header.readableBytes == YamuxFrame.headerSize)
+        let payload = try await peer.channel.waitForOutboundWrite(as: ByteBuffer.self)
+        #expect(payload == large)
+        var decoder = YamuxFrameDecoder()
+        decoder.append(header)
+        decoder.append(payload)
+        let frame = try #require(try decoder.nextFrame())
+        #expect(frame.header.streamID == stream.id && frame.payload == large)
+        #expect(try await peer.nextFrame() == .data(streamID: stream.id, payload: ByteBuffer(string: "tail")))
+        try await writer.value
+        try await peer.channel.close()
+    }
+
     @Test("a remote ping is answered with the same opaque value")
     func answersPing() async throws {
         let peer = try await RawPeer.make(role: .initiator)

@@ -124,12 +124,19 @@ struct RawPeer {
         try await channel.writeInbound(buffer)
     }
 
-    /// The next frame the session wrote (each frame is written as one buffer).
+    /// The next frame the session wrote: one buffer, or for a data frame with a large payload
+    /// two (its header, then the payload).
     func nextFrame() async throws -> YamuxFrame {
-        let buffer = try await channel.waitForOutboundWrite(as: ByteBuffer.self)
         var decoder = YamuxFrameDecoder()
-        decoder.append(buffer)
+        decoder.append(try await channel.waitForOutboundWrite(as: ByteBuffer.self))
+        if let frame = try decoder.nextFrame() {
+            #expect(decoder.bufferedBytes == 0)
+            return frame
+        }
+        #expect(decoder.bufferedBytes == YamuxFrame.headerSize)
+        decoder.append(try await channel.waitForOutboundWrite(as: ByteBuffer.self))
         let frame = try #require(try decoder.nextFrame())
+        #expect(frame.payload.readableBytes >= YamuxHandler.separatePayloadThreshold)
         #expect(decoder.bufferedBytes == 0)
         return frame
     }

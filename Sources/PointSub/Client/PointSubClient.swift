@@ -212,7 +212,7 @@ public final class PointSubClient: Sendable {
         guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
         let message = PointSubMessage.make(kind: .request, payload: request, compress: configuration.compression)
         if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
-        let encoded = message.encoded()
+        let encoded = message.wireParts()
         let progress = Progress()
         let deadline = ContinuousClock.now + limit
         // The exchange runs in the caller's task; the time limit is a timer on an event loop
@@ -251,7 +251,7 @@ public final class PointSubClient: Sendable {
 
     /// The first attempt and the retries.
     private func attempts(
-        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, maxRetries: Int, deadline: ContinuousClock.Instant
+        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, maxRetries: Int, deadline: ContinuousClock.Instant
     ) async throws -> ByteBuffer {
         var retries = 0
         var freshStream = false
@@ -289,7 +289,7 @@ public final class PointSubClient: Sendable {
 
     /// One request/reply exchange on a pooled or new stream.
     private func exchange(
-        _ encoded: ByteBuffer, key: PoolKey, progress: Progress, freshStream: Bool, deadline: ContinuousClock.Instant
+        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, freshStream: Bool, deadline: ContinuousClock.Instant
     ) async throws -> ByteBuffer {
         let pooled = freshStream ? nil : checkOut(key)
         let stream: ClientStream
@@ -300,7 +300,7 @@ public final class PointSubClient: Sendable {
             throw CancellationError()
         }
         do {
-            try await stream.stream.write(encoded)
+            try await stream.stream.write(contentsOf: encoded)
         } catch {
             drop(stream, reset: true)
             if reused { throw StaleStream(cause: connectionFailed(sent: false, "writing the request failed", error)) }

@@ -289,7 +289,7 @@ public final class PointSubServer: Sendable {
             let more = countRequest(id, compressedReply: reply.isCompressed)
             watchdog.arm(configuration.writeTimeout)
             do {
-                try await stream.write(reply.encoded())
+                try await stream.write(contentsOf: reply.wireParts())
             } catch {
                 stream.reset()
                 return

@@ -71,12 +71,30 @@ public struct PointSubMessage: Sendable, Equatable {
     /// Appends header and payload to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
         buffer.reserveCapacity(minimumWritableBytes: headerLength + payload.readableBytes)
+        encodeHeader(into: &buffer)
+        var payload = self.payload
+        buffer.writeBuffer(&payload)
+    }
+
+    /// Payloads from this size on are written after their header as a buffer of their own
+    /// rather than copied behind it (`wireParts()`).
+    public static let separatePayloadThreshold = 16 * 1024
+
+    /// The encoded message as buffers to write in order: one buffer (header and payload) for a
+    /// small payload; for a large one the header, then the payload itself, not copied.
+    public func wireParts() -> [ByteBuffer] {
+        guard payload.readableBytes >= Self.separatePayloadThreshold else { return [encoded()] }
+        var header = ByteBuffer()
+        header.reserveCapacity(headerLength)
+        encodeHeader(into: &header)
+        return [header, payload]
+    }
+
+    private func encodeHeader(into buffer: inout ByteBuffer) {
         buffer.writeInteger(kind.rawValue)
         buffer.writeInteger(isCompressed ? Self.compressedFlag : 0)
         buffer.writeVarint(UInt64(payload.readableBytes))
         if let originalLength { buffer.writeVarint(UInt64(originalLength)) }
-        var payload = self.payload
-        buffer.writeBuffer(&payload)
     }
 
     /// The encoded message in a new buffer.
