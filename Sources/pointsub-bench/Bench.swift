@@ -21,7 +21,7 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
+        usage: pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
           host                host-level figures (crypto, stream throughput, connect latency)
           connect             only the connect + first stream + echo latencies of `host`
           --iterations=N      connect: samples per figure (default 500)
@@ -36,6 +36,7 @@ struct Bench {
           --size=BYTES        rr: only this payload size (repeatable)
           --in-flight=N       rr: only this number of requests in flight (repeatable)
           --only=SIDE         rr: only pointsub or only tcp (for profiling)
+          --payload=KIND      rr: only random or only text payloads
           --raw-streams       rr diagnostic: bare libp2p streams with the same framing in place of
                               PointSubClient/PointSubServer
           --rate=N            pubsub: messages published per second (default 100)
@@ -72,6 +73,14 @@ struct Bench {
             }
             sides = [side]
         }
+        var payloads: Set<RequestResponseBench.Payload> = [.random, .text]
+        if let only = arguments.last(where: { $0.hasPrefix("--payload=") }) {
+            guard let payload = RequestResponseBench.Payload(rawValue: String(only.dropFirst("--payload=".count))) else {
+                FileHandle.standardError.write(Data("pointsub-bench: --payload takes random or text\n".utf8))
+                exit(2)
+            }
+            payloads = [payload]
+        }
         var pubsub = PubSubBench.Options()
         if let rate = values("--rate")?.last { pubsub.rate = rate }
         if let nodes = values("--nodes")?.last { pubsub.nodes = nodes }
@@ -89,7 +98,7 @@ struct Bench {
             pubsub.routers = [router]
         }
         let valueOptions = [
-            "--size=", "--in-flight=", "--only=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
+            "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
         ]
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
@@ -129,7 +138,7 @@ struct Bench {
             try await RequestResponseBench.run(
                 quick: quick, compression: !arguments.contains("--no-compression"),
                 sizes: sizes ?? RequestResponseBench.sizes, inFlightLevels: inFlight ?? RequestResponseBench.inFlightLevels, sides: sides,
-                rawStreams: arguments.contains("--raw-streams"))
+                payloads: payloads, rawStreams: arguments.contains("--raw-streams"))
         }
         if command == nil || command == "pubsub" {
             if command == nil { print() }

@@ -39,13 +39,15 @@ enum RequestResponseBench {
 
     static func run(
         quick: Bool, compression: Bool, sizes: [Int] = sizes, inFlightLevels: [Int] = inFlightLevels,
-        sides: Set<Side> = Set(Side.allCases), rawStreams: Bool = false
+        sides: Set<Side> = Set(Side.allCases), payloads: Set<Payload> = [.random, .text], rawStreams: Bool = false
     ) async throws {
         let phases = Phases(warmUp: .milliseconds(quick ? 100 : 500), measure: .milliseconds(quick ? 300 : 2500))
         var cells: [Cell] = []
         for size in sizes {
-            for inFlight in inFlightLevels { cells.append(Cell(size: size, inFlight: inFlight, payload: .random)) }
-            cells.append(Cell(size: size, inFlight: inFlightLevels.last!, payload: .text))
+            if payloads.contains(.random) {
+                for inFlight in inFlightLevels { cells.append(Cell(size: size, inFlight: inFlight, payload: .random)) }
+            }
+            if payloads.contains(.text) { cells.append(Cell(size: size, inFlight: inFlightLevels.last!, payload: .text)) }
         }
 
         if rawStreams {
