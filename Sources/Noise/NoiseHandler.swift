@@ -110,6 +110,13 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     let reply = try handshake.receive(message)
                     state = .handshaking(handshake)
                     if let reply { writeHandshakeMessage(reply, context: context) }
+                    if handshake.hasDeferredSignature {
+                        // Message 3 leaves before we check the responder's signature (see
+                        // NoiseLibp2pHandshake.receive), so the two sides' checks overlap.
+                        context.flush()
+                        try handshake.verifyDeferredSignature()
+                        state = .handshaking(handshake)
+                    }
                     if let result = handshake.result {
                         let (send, receive) = handshake.split()
                         state = .transport(send: send, receive: receive)

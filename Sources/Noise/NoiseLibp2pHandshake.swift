@@ -84,6 +84,7 @@ public struct NoiseLibp2pHandshake {
     private let local: NoiseLocalIdentity
     private let expectedRemotePeer: PeerID?
     public private(set) var result: NoiseHandshakeResult?
+    private var unverified: UnverifiedPayload?
 
     public init(
         role: Role,
@@ -116,10 +117,17 @@ public struct NoiseLibp2pHandshake {
         case (.responder, 1):
             return try state.writeMessage(payload: local.payload)
         case (.initiator, 2):
-            result = try verify(payload)
+            // Everything but the signature is checked before message 3 (key, expected peer ID);
+            // the signature is checked by `verifyDeferredSignature()` once message 3 is on its
+            // way, so that this Ed25519 verification overlaps with the responder's work on
+            // message 3 instead of delaying it. Message 3 only reveals our identity payload
+            // (public key and signature over our static key), and no application data moves
+            // before the check: the handshake is not complete until it passes.
+            unverified = try inspect(payload)
             return try state.writeMessage(payload: local.payload)
         case (.responder, 3):
-            result = try verify(payload)
+            let checked = try inspect(payload)
+            result = try checked.verify()
             return nil
         default:
             throw NoiseError(.malformedHandshakeMessage, "unexpected handshake message")
@@ -128,7 +136,33 @@ public struct NoiseLibp2pHandshake {
 
     public func split() -> (send: NoiseCipherState, receive: NoiseCipherState) { state.split() }
 
-    private func verify(_ bytes: [UInt8]) throws -> NoiseHandshakeResult {
+    /// True between message 2 and `verifyDeferredSignature()` on the initiator.
+    public var hasDeferredSignature: Bool { unverified != nil }
+
+    /// The initiator's check of the responder's identity signature, after sending message 3;
+    /// completes the handshake (`result`) or throws `.invalidSignature`.
+    public mutating func verifyDeferredSignature() throws(NoiseError) {
+        guard let pending = unverified else { return }
+        unverified = nil
+        result = try pending.verify()
+    }
+
+    /// A remote payload whose key and peer ID were checked, but not yet its signature.
+    private struct UnverifiedPayload {
+        let key: PublicKey
+        let signature: [UInt8]
+        let remoteStatic: [UInt8]
+        let peer: PeerID
+
+        func verify() throws(NoiseError) -> NoiseHandshakeResult {
+            guard key.verify(signature: signature, for: NoiseLibp2pHandshake.signaturePrefix + remoteStatic) else {
+                throw NoiseError(.invalidSignature, "identity signature over the Noise static key does not verify")
+            }
+            return NoiseHandshakeResult(remotePeer: peer, remotePublicKey: key)
+        }
+    }
+
+    private func inspect(_ bytes: [UInt8]) throws -> UnverifiedPayload {
         let payload = try NoiseHandshakePayload(decoding: bytes)
         guard let remoteStatic = state.remoteStaticKey else {
             throw NoiseError(.malformedHandshakeMessage, "remote static key unknown")
@@ -139,13 +173,10 @@ public struct NoiseLibp2pHandshake {
         } catch {
             throw NoiseError(.invalidPayload, "remote identity key: \(error)")
         }
-        guard key.verify(signature: payload.identitySignature, for: Self.signaturePrefix + remoteStatic) else {
-            throw NoiseError(.invalidSignature, "identity signature over the Noise static key does not verify")
-        }
         let peer = PeerID(publicKey: key)
         if let expectedRemotePeer, expectedRemotePeer != peer {
             throw NoiseError(.peerIDMismatch, "dialed \(expectedRemotePeer) but the remote is \(peer)")
         }
-        return NoiseHandshakeResult(remotePeer: peer, remotePublicKey: key)
+        return UnverifiedPayload(key: key, signature: payload.identitySignature, remoteStatic: remoteStatic, peer: peer)
     }
 }
