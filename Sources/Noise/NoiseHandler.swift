@@ -30,6 +30,8 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var state: State
     private var inbound = ByteBuffer()
+    /// The rest of the read being handled, after the message completed in `inbound`.
+    private var remainder = ByteBuffer()
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// Small transport writes wait here until the next flush (or until a Noise message is full)
     /// and are sealed together: with many streams writing between two flushes, one AEAD call and
@@ -76,11 +78,11 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // A read arriving while one is handled (fired from a callback) joins its flush.
         if reading {
-            handleRead(context: context, data: data)
+            handleRead(context: context, data: data, reentrant: true)
             return
         }
         reading = true
-        handleRead(context: context, data: data)
+        handleRead(context: context, data: data, reentrant: false)
         reading = false
         if flushAfterRead {
             flushAfterRead = false
@@ -89,51 +91,48 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func handleRead(context: ChannelHandlerContext, data: NIOAny) {
+    private func handleRead(context: ChannelHandlerContext, data: NIOAny, reentrant: Bool) {
         var bytes = unwrapInboundIn(data)
-        if inbound.readableBytes == 0 {
+        if reentrant {
+            // Bytes arriving while a read is handled go after everything not yet processed.
+            if remainder.readableBytes > 0 {
+                remainder.writeBuffer(&bytes)
+            } else if inbound.readableBytes == 0 {
+                inbound = bytes
+            } else {
+                inbound.writeBuffer(&bytes)
+            }
+        } else if inbound.readableBytes == 0 {
             inbound = bytes
         } else {
-            inbound.writeBuffer(&bytes)
+            // A message is held from earlier reads: complete it with only the bytes it lacks and
+            // process the rest of this read where it is. (Appending the whole read would copy
+            // every byte once, since large messages nearly always straddle two reads.)
+            if inbound.readableBytes < 2 {
+                var lengthBytes = bytes.readSlice(length: min(2 - inbound.readableBytes, bytes.readableBytes))!
+                inbound.writeBuffer(&lengthBytes)
+            }
+            if let length = inbound.getInteger(at: inbound.readerIndex, as: UInt16.self) {
+                let missing = 2 + Int(length) - inbound.readableBytes
+                if missing > 0 {
+                    var part = bytes.readSlice(length: min(missing, bytes.readableBytes))!
+                    inbound.writeBuffer(&part)
+                }
+            }
+            remainder = bytes
         }
         var plaintext: ByteBuffer?
         do {
-            while let length = inbound.getInteger(at: inbound.readerIndex, as: UInt16.self),
-                inbound.readableBytes >= 2 + Int(length)
-            {
-                inbound.moveReaderIndex(forwardBy: 2)
-                switch state {
-                case .failed:
-                    return
-                case .handshaking(var handshake):
-                    let message = inbound.readBytes(length: Int(length))!
-                    let reply = try handshake.receive(message)
-                    state = .handshaking(handshake)
-                    if let reply { writeHandshakeMessage(reply, context: context) }
-                    if handshake.hasDeferredSignature {
-                        // Message 3 leaves before we check the responder's signature (see
-                        // NoiseLibp2pHandshake.receive), so the two sides' checks overlap.
-                        context.flush()
-                        try handshake.verifyDeferredSignature()
-                        state = .handshaking(handshake)
-                    }
-                    if let result = handshake.result {
-                        let (send, receive) = handshake.split()
-                        state = .transport(send: send, receive: receive)
-                        flushPendingWrites(context: context)
-                        handshakePromise.succeed(result)
-                    }
-                case .transport(let send, var receive):
-                    if plaintext == nil {
-                        plaintext = context.channel.allocator.buffer(capacity: inbound.readableBytes)
-                    }
-                    let start = inbound.readerIndex
-                    try inbound.withUnsafeReadableBytes { raw in
-                        try receive.open(UnsafeRawBufferPointer(rebasing: raw[..<Int(length)]), into: &plaintext!)
-                    }
-                    inbound.moveReaderIndex(to: start + Int(length))
-                    state = .transport(send: send, receive: receive)
+            while true {
+                let capacity = inbound.readableBytes + remainder.readableBytes
+                guard try processInbound(context: context, plaintext: &plaintext, capacity: capacity) else { return }
+                guard remainder.readableBytes > 0 else { break }
+                if inbound.readableBytes == 0 {
+                    inbound = remainder
+                } else {
+                    inbound.writeBuffer(&remainder)
                 }
+                remainder = ByteBuffer()
             }
         } catch {
             if let plaintext, plaintext.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plaintext)) }
@@ -148,6 +147,47 @@ public final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let plaintext, plaintext.readableBytes > 0 {
             context.fireChannelRead(wrapInboundOut(plaintext))
         }
+    }
+
+    /// Handles the complete messages in `inbound`, appending transport plaintext to `plaintext`.
+    /// False when the channel failed meanwhile (stop reading).
+    private func processInbound(context: ChannelHandlerContext, plaintext: inout ByteBuffer?, capacity: Int) throws -> Bool {
+        while let length = inbound.getInteger(at: inbound.readerIndex, as: UInt16.self),
+            inbound.readableBytes >= 2 + Int(length)
+        {
+            inbound.moveReaderIndex(forwardBy: 2)
+            switch state {
+            case .failed:
+                return false
+            case .handshaking(var handshake):
+                let message = inbound.readBytes(length: Int(length))!
+                let reply = try handshake.receive(message)
+                state = .handshaking(handshake)
+                if let reply { writeHandshakeMessage(reply, context: context) }
+                if handshake.hasDeferredSignature {
+                    // Message 3 leaves before we check the responder's signature (see
+                    // NoiseLibp2pHandshake.receive), so the two sides' checks overlap.
+                    context.flush()
+                    try handshake.verifyDeferredSignature()
+                    state = .handshaking(handshake)
+                }
+                if let result = handshake.result {
+                    let (send, receive) = handshake.split()
+                    state = .transport(send: send, receive: receive)
+                    flushPendingWrites(context: context)
+                    handshakePromise.succeed(result)
+                }
+            case .transport(let send, var receive):
+                if plaintext == nil { plaintext = context.channel.allocator.buffer(capacity: capacity) }
+                let start = inbound.readerIndex
+                try inbound.withUnsafeReadableBytes { raw in
+                    try receive.open(UnsafeRawBufferPointer(rebasing: raw[..<Int(length)]), into: &plaintext!)
+                }
+                inbound.moveReaderIndex(to: start + Int(length))
+                state = .transport(send: send, receive: receive)
+            }
+        }
+        return true
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {

@@ -63,6 +63,31 @@ import Testing
         return count
     }
 
+    /// Messages straddling reads at every kind of boundary (inside the length prefix, inside the
+    /// ciphertext, several messages and a partial one in one read) arrive whole and in order.
+    @Test(arguments: [1, 2, 3, 17, 1000, 65_537, 150_000])
+    func messagesSplitAcrossReadsAtAnyBoundary(chunk: Int) throws {
+        let pair = try Pair()
+        try pair.handshake()
+        var expected: [UInt8] = []
+        for (index, size) in [5, 70_000, 1, 16, 40_000, 3].enumerated() {
+            let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) }
+            expected += bytes
+            pair.a.write(ByteBuffer(bytes: bytes), promise: nil)
+            pair.a.flush()
+        }
+        var wire = ByteBuffer()
+        while var out = try pair.a.readOutbound(as: ByteBuffer.self) { wire.writeBuffer(&out) }
+        // Varying read sizes around `chunk`, so that boundaries fall everywhere.
+        var step = 0
+        while wire.readableBytes > 0 {
+            let size = min(wire.readableBytes, max(1, chunk + (step % 3) - 1))
+            try pair.b.writeInbound(wire.readSlice(length: size)!)
+            step += 1
+        }
+        #expect(try pair.received(by: pair.b) == expected)
+    }
+
     @Test func smallWritesBetweenFlushesLeaveAsOneMessage() throws {
         let pair = try Pair()
         try pair.handshake()
