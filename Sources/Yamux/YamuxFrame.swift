@@ -104,8 +104,9 @@ public struct YamuxFrame: Sendable, Hashable {
         Self.headerSize + (header.type == .data ? payload.readableBytes : 0)
     }
 
-    /// Header and payload encoded into one fresh buffer (one buffer per frame, so that a
-    /// record layer below, e.g. Noise, seals the whole frame as one message).
+    /// Header and payload encoded into one fresh buffer, so that a record layer below (Noise)
+    /// seals a small frame as one message. The handler writes large data frames as header and
+    /// payload instead (`YamuxHandler.separatePayloadThreshold`), without this copy.
     public func encoded(allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: encodedSize)
         encode(into: &buffer)
