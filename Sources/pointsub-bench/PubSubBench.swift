@@ -68,7 +68,8 @@ enum PubSubBench {
         let degrees = (0..<options.nodes).map { node in graph.count(where: { $0.0 == node || $0.1 == node }) }
         print("pubsub broadcast: \(options.nodes) nodes in this process (loopback TCP, Noise + Yamux), random "
             + "\(options.degree)-regular graph (seed \(options.seed); \(graph.count) links, degree "
-            + "\(degrees.min()!)–\(degrees.max()!)), all subscribed to one topic")
+            + (degrees.min() == degrees.max() ? "\(degrees.min()!)" : "\(degrees.min()!)–\(degrees.max()!)")
+            + "), all subscribed to one topic")
         print("\(options.rate) messages/s of \(options.payloadSize) bytes from random publishers for \(options.measure!) "
             + "after \(options.warmUp) of warm-up; gossipsub with its defaults (D = 6, heartbeat 1 s)")
         print("latency: publish call → delivery to each subscriber (same clock); copies: messages received per node "

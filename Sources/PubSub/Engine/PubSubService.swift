@@ -162,9 +162,14 @@ public final class PubSubService: Sendable {
             }
         ]
         if let interval = heartbeatInterval {
+            // The first heartbeat comes after a random part of the interval: services started
+            // together (many nodes in one process, a test network) do not all beat at once.
+            let phase = interval * Double.random(in: 0..<1)
             tasks.append(Task { [weak self] in
+                var wait = phase
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
+                    try? await Task.sleep(for: wait)
+                    wait = interval
                     guard let self, !Task.isCancelled else { return }
                     self.heartbeat()
                 }
