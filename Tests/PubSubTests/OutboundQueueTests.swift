@@ -7,7 +7,7 @@ import Testing
 @Suite(.timeLimit(.minutes(1)))
 struct OutboundQueueTests {
     static func frame(_ text: String, messages: Int = 1, id: MessageID? = nil) -> PubSubService.OutboundFrame {
-        PubSubService.OutboundFrame(bytes: ByteBuffer(string: text), messageCount: messages, messageID: id)
+        PubSubService.OutboundFrame(bytes: ByteBuffer(string: text), messageCount: messages, messageID: id.map(MessageKey.init))
     }
 
     @Test func queuedFramesAreJoinedInOrderUpToTheByteLimit() async throws {
@@ -84,7 +84,7 @@ struct OutboundQueueTests {
         _ = queue.yield(Self.frame("m1", id: [1]))
         _ = queue.yield(Self.frame("m2", id: [2]))
         _ = queue.yield(Self.frame("ctl+m2", id: nil))  // more than the message: always sent
-        queue.peerSent([2])
+        queue.peerSent(MessageKey([2]))
         #expect(queue.yield(Self.frame("m2 again", id: [2])) == .suppressed)
         let batch = try #require(await queue.next(maxBytes: 100))
         #expect(String(buffer: batch.bytes) == "m1ctl+m2")
@@ -93,19 +93,19 @@ struct OutboundQueueTests {
 
         // Only left-out frames: an empty batch still reports them.
         _ = queue.yield(Self.frame("m3", id: [3]))
-        queue.peerSent([3])
+        queue.peerSent(MessageKey([3]))
         let empty = try #require(await queue.next(maxBytes: 100))
         #expect(empty.bytes.readableBytes == 0 && empty.messageCount == 0 && empty.suppressed == 1)
     }
 
     @Test func recentIDsForgetTheOldestBeyondCapacity() {
         var ids = RecentIDs(capacity: 2)
-        ids.insert([1])
-        ids.insert([2])
-        ids.insert([1])  // already there: not moved, not counted twice
-        ids.insert([3])
-        #expect(!ids.contains([1]))
-        #expect(ids.contains([2]) && ids.contains([3]))
+        ids.insert(MessageKey([1]))
+        ids.insert(MessageKey([2]))
+        ids.insert(MessageKey([1]))  // already there: not moved, not counted twice
+        ids.insert(MessageKey([3]))
+        #expect(!ids.contains(MessageKey([1])))
+        #expect(ids.contains(MessageKey([2])) && ids.contains(MessageKey([3])))
     }
 
     @Test func cancellingTheConsumerEndsItsWait() async {

@@ -61,7 +61,7 @@ final class OutboundQueue: Sendable {
     }
 
     /// The peer sent us message `id`: frames carrying only that message need not go out.
-    func peerSent(_ id: MessageID) {
+    func peerSent(_ id: MessageKey) {
         state.withLockedValue { $0.peerHas.insert(id) }
     }
 
@@ -148,16 +148,16 @@ final class OutboundQueue: Sendable {
 /// The last `capacity` distinct message IDs recorded, oldest forgotten first.
 struct RecentIDs {
     let capacity: Int
-    private var members: Set<MessageID> = []
-    private var order = CircularBuffer<MessageID>()
+    private var members: Set<MessageKey> = []
+    private var order = CircularBuffer<MessageKey>()
 
     init(capacity: Int) {
         self.capacity = capacity
     }
 
-    func contains(_ id: MessageID) -> Bool { members.contains(id) }
+    func contains(_ id: MessageKey) -> Bool { members.contains(id) }
 
-    mutating func insert(_ id: MessageID) {
+    mutating func insert(_ id: MessageKey) {
         guard members.insert(id).inserted else { return }
         order.append(id)
         if order.count > capacity { members.remove(order.removeFirst()) }

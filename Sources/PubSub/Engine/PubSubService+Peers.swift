@@ -203,16 +203,17 @@ extension PubSubService {
     /// forged copy cannot shadow the real message.
     private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
         let id = configuration.messageID(message)
+        let key = MessageKey(id)
         let (duplicate, queue) = state.withLockedValue { s -> (Bool, OutboundQueue?) in
             s.counters.received += 1
             let queue = s.sessions[peer]?.queue
-            guard s.seen.contains(id, now: .now) else { return (false, queue) }
+            guard s.seen.contains(key, now: .now) else { return (false, queue) }
             s.counters.duplicates += 1
             s.router.duplicateMessage(message, id: id, from: peer, now: .now)
             return (true, queue)
         }
         // The peer has this message: what we queued for it with only this message can stay here.
-        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(id) }
+        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(key) }
         if duplicate { return }
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
@@ -228,7 +229,7 @@ extension PubSubService {
             return
         }
         let fresh = state.withLockedValue { s -> Bool in
-            if s.seen.insert(id, now: .now) { return true }
+            if s.seen.insert(key, now: .now) { return true }
             s.counters.duplicates += 1  // a copy from another peer got here first
             s.router.duplicateMessage(message, id: id, from: peer, now: .now)
             return false
@@ -333,7 +334,7 @@ extension PubSubService {
                 frame = bytes.count <= configuration.maxRPCSize
                     ? OutboundFrame(
                         bytes: Self.frame(bytes), messageCount: rpc.messages.count,
-                        messageID: single ? configuration.messageID(rpc.messages[0]) : nil)
+                        messageID: single ? MessageKey(configuration.messageID(rpc.messages[0])) : nil)
                     : nil
                 last = (rpc, frame)
             }

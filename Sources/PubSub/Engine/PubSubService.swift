@@ -37,7 +37,7 @@ public final class PubSubService: Sendable {
         var messageCount: Int
         /// Set when the RPC is exactly one message and nothing else: the frame is left out if the
         /// peer sends us that message before it goes out.
-        var messageID: MessageID?
+        var messageID: MessageKey?
     }
 
     /// Our side of one pubsub peer.

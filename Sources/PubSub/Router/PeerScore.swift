@@ -46,7 +46,7 @@ struct PeerScore: Sendable {
 
     var parameters: PeerScoreParameters
     private(set) var stats: [PeerID: PeerStats] = [:]
-    private var deliveries: [MessageID: DeliveryRecord] = [:]
+    private var deliveries: [MessageKey: DeliveryRecord] = [:]
     private var lastDecay: ContinuousClock.Instant?
 
     init(parameters: PeerScoreParameters) {
@@ -158,7 +158,9 @@ struct PeerScore: Sendable {
     /// whose copies arrived while it was validated count as near-first.
     mutating func messageValidated(id: MessageID, topic: String, from source: PeerID?,
                                    now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
+        let key = MessageKey(id)
+        var record = deliveries.removeValue(forKey: key) ?? DeliveryRecord(firstSeen: now)
+        defer { deliveries[key] = record }
         guard record.status == .pending else { return }
         record.status = .valid(at: now)
         if let source {
@@ -167,12 +169,13 @@ struct PeerScore: Sendable {
         }
         for peer in record.peers { markMeshDelivery(peer, topic: topic) }
         if let source { record.peers.insert(source) }
-        deliveries[id] = record
     }
 
     /// A message from `peer` failed validation: P₄ for it and for every peer that sent a copy.
     mutating func messageRejected(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
+        let key = MessageKey(id)
+        var record = deliveries.removeValue(forKey: key) ?? DeliveryRecord(firstSeen: now)
+        defer { deliveries[key] = record }
         switch record.status {
         case .pending:
             record.status = .invalid
@@ -183,14 +186,13 @@ struct PeerScore: Sendable {
         case .valid:
             break  // already accepted: a verdict for the same ID cannot change
         }
-        deliveries[id] = record
     }
 
     /// A copy of a message already seen arrived from `peer`.
     mutating func duplicateDelivered(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
-        let new = record.peers.insert(peer).inserted
-        switch record.status {
+        // Updated in place: a record copied out and written back would copy its peer set.
+        let (new, status) = Self.insert(peer, into: &deliveries[MessageKey(id), default: DeliveryRecord(firstSeen: now)])
+        switch status {
         case .pending:
             break
         case .valid(let at):
@@ -200,7 +202,10 @@ struct PeerScore: Sendable {
         case .invalid:
             if new { markInvalidDelivery(peer, topic: topic) }
         }
-        deliveries[id] = record
+    }
+
+    private static func insert(_ peer: PeerID, into record: inout DeliveryRecord) -> (inserted: Bool, DeliveryStatus) {
+        (record.peers.insert(peer).inserted, record.status)
     }
 
     private mutating func withTopicStats(_ peer: PeerID, _ topic: String,
