@@ -144,6 +144,16 @@ public final class P2PStream: Sendable {
         try await stream.write(buffer)
     }
 
+    /// The event loop of the stream's connection.
+    package var eventLoop: any EventLoop { stream.eventLoop }
+
+    /// On `eventLoop`, from outside its channel handlers: writes `buffer` like `write` does,
+    /// without a task. The future completes when `write` would return (the data is within the
+    /// peer's window and handed to the connection).
+    package func writeOnEventLoop(_ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        stream.writeFromEventLoop(buffer)
+    }
+
     public func write(_ bytes: some Sequence<UInt8>) async throws {
         try await stream.write(ByteBuffer(bytes: bytes))
     }

@@ -158,11 +158,12 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         return taken
     }
 
-    /// On the event loop: queues `data` like `write` without waiting for it (a failure shows in
-    /// later calls). Not from inside a channel handler of this session other than the
-    /// inbound-stream handler.
-    package func writeFromEventLoop(_ data: ByteBuffer) {
-        _ = handler.value.write(stream: self, data: data)
+    /// On the event loop: queues `data` like `write` without a task; the future completes when
+    /// `write` would return (a failure also shows in later calls). Not from inside a channel
+    /// handler of this session other than the inbound-stream handler.
+    @discardableResult
+    package func writeFromEventLoop(_ data: ByteBuffer) -> EventLoopFuture<Void> {
+        handler.value.write(stream: self, data: data)
     }
 
     /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).

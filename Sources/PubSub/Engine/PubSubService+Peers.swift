@@ -9,8 +9,8 @@ import NIOCore
 extension PubSubService {
     // MARK: - Sessions
 
-    /// Makes sure we have a session with `peer`; a new one gets a writer task that opens our
-    /// stream on `connection`.
+    /// Makes sure we have a session with `peer`; a new one gets a task that opens our stream on
+    /// `connection` and hands it to the session's queue.
     func ensureSession(with peer: PeerID, on connection: Connection) {
         let created = state.withLockedValue { s -> (generation: UInt64, frames: OutboundQueue)? in
             guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
@@ -21,17 +21,15 @@ extension PubSubService {
             return (generation, queue)
         }
         guard let created else { return }
-        // Spawned on the host, so a host shutdown cancels it (the queue iteration then ends).
+        // Spawned on the host, so a host shutdown cancels it.
         host.spawn { [weak self] in
             await self?.runWriter(peer: peer, generation: created.generation, connection: connection, frames: created.frames)
         }
     }
 
-    /// Most bytes of queued RPC frames joined into one stream write.
-    static let maxBatchBytes = 4 * 1024
-
-    /// Opens our stream to `peer`, sends our subscriptions, then writes the queued RPCs in order
-    /// until the session ends; RPCs that queued up meanwhile are written together.
+    /// Opens our stream to `peer` and sends our subscriptions, then hands the stream to the
+    /// queue: from then on the queued RPCs are written from the stream's event loop, in order,
+    /// what queued up meanwhile together (no task per write).
     private func runWriter(
         peer: PeerID, generation: UInt64, connection: Connection, frames: OutboundQueue
     ) async {
@@ -61,7 +59,6 @@ extension PubSubService {
             stream.reset()
             return
         }
-        defer { _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) } }
         // Notices a reset by the peer or the end of the connection while we have nothing to write.
         stream.setFailureWatcher { [weak self] in
             self?.endSession(with: peer, generation: generation, reason: "outbound stream failed", keepReading: true)
@@ -73,22 +70,42 @@ extension PubSubService {
                 let hello = PubSubRPC(subscriptions: attached.topics.map { .init(subscribe: true, topic: $0) })
                 try await stream.write(Self.frame(hello.encoded()))
             }
-            // What queued up while the last write was under way goes out in one write.
-            while let batch = await frames.next(maxBytes: Self.maxBatchBytes) {
-                if batch.bytes.readableBytes > 0 { try await stream.write(batch.bytes) }
-                if batch.messageCount > 0 || batch.suppressed > 0 {
-                    state.withLockedValue {
-                        $0.counters.forwarded += batch.messageCount
-                        $0.counters.suppressed += batch.suppressed
-                    }
-                }
-            }
-            // The queue was finished (stop, or the session ended) and is drained: a clean end.
-            stream.setFailureWatcher(nil)
-            try await stream.closeWrite()
         } catch {
+            writerEnded(generation)
             endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
+            return
         }
+        frames.attach(OutboundQueue.Sink(
+            eventLoop: stream.eventLoop,
+            write: { stream.writeOnEventLoop($0) },
+            wrote: { [weak self] messages, suppressed in
+                guard messages > 0 || suppressed > 0 else { return }
+                self?.transmissions.withLockedValue {
+                    $0.forwarded += messages
+                    $0.suppressed += suppressed
+                }
+            },
+            finished: { [weak self] in
+                // The queue was finished (stop, or the session ended) and is drained: a clean end.
+                stream.setFailureWatcher(nil)
+                Task {
+                    do {
+                        try await stream.closeWrite()
+                    } catch {
+                        self?.endSession(with: peer, generation: generation, reason: "closing failed: \(error)", keepReading: true)
+                    }
+                    self?.writerEnded(generation)
+                }
+            },
+            failed: { [weak self] error in
+                self?.writerEnded(generation)
+                self?.endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
+            }))
+    }
+
+    /// Our stream of session `generation` is closed or failed: `stop()` need not wait for it.
+    private func writerEnded(_ generation: UInt64) {
+        _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) }
     }
 
     /// Serves a peer's stream to us (the host's handler task): reads RPC frames until the stream
@@ -360,12 +377,8 @@ extension PubSubService {
             case .suppressed: suppressed += 1
             }
         }
-        if dropped > 0 || suppressed > 0 {
-            state.withLockedValue {
-                $0.counters.dropped += dropped
-                $0.counters.suppressed += suppressed
-            }
-        }
+        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+        if suppressed > 0 { transmissions.withLockedValue { $0.suppressed += suppressed } }
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {

@@ -92,6 +92,14 @@ public final class PubSubService: Sendable {
     public let protocols: [String]
     let heartbeatInterval: Duration?
     let state: NIOLockedValueBox<State>
+    /// `forwarded` and `suppressed`, counted apart from `state`: every write counts, from the
+    /// peers' event loops, and need not wait for the engine's lock.
+    let transmissions = NIOLockedValueBox(Transmissions())
+
+    struct Transmissions {
+        var forwarded = 0
+        var suppressed = 0
+    }
     var logger: Logger { configuration.logger }
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
@@ -285,7 +293,11 @@ public final class PubSubService: Sendable {
     }
 
     public var counters: PubSubCounters {
-        state.withLockedValue { $0.counters }
+        var counters = state.withLockedValue { $0.counters }
+        let transmissions = transmissions.withLockedValue { $0 }
+        counters.forwarded = transmissions.forwarded
+        counters.suppressed = transmissions.suppressed
+        return counters
     }
 
     /// A look at the router's state, e.g. a gossipsub mesh:
