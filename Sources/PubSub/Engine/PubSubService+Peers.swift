@@ -136,7 +136,7 @@ extension PubSubService {
                 decoder.append(chunk)
                 while let frame = try decoder.nextFrame() {
                     let rpc = try PubSubRPC(decoding: frame)
-                    await handle(rpc, from: peer)
+                    if let pending = handle(rpc, from: peer) { await finish(pending, from: peer) }
                 }
             }
             // The peer closed its stream: it has left pubsub.
@@ -185,26 +185,88 @@ extension PubSubService {
 
     // MARK: - Inbound RPCs
 
-    private func handle(_ rpc: PubSubRPC, from peer: PeerID) async {
-        // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
-        let graylisted = state.withLockedValue { s -> Bool in
-            guard s.router.isGraylisted(peer) else { return false }
-            s.counters.graylistedRPCs += 1
-            return true
-        }
-        if graylisted { return }
-        if !rpc.subscriptions.isEmpty {
-            let actions = state.withLockedValue { s -> [PubSubRouterAction] in
-                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
-                let now = ContinuousClock.now
-                return rpc.subscriptions.flatMap {
-                    s.router.peerSubscription(peer, topic: $0.topic, subscribed: $0.subscribe, now: now)
+    /// How far handling an RPC got: its messages' IDs, which of them were new (not in the seen
+    /// cache at the first look), and the next of those to handle.
+    struct RPCProgress {
+        let rpc: PubSubRPC
+        let ids: [MessageID]
+        let keys: [MessageKey]
+        let fresh: [Int]
+        var next = 0
+    }
+
+    /// An RPC whose handling waits for a topic validator's verdict on one of its messages.
+    struct PendingValidation {
+        var progress: RPCProgress
+        let message: PubSubRPC.Message
+        let received: PubSubMessage
+        let validator: Validator
+        let timeout: Duration
+    }
+
+    /// Handles an RPC without suspending, in as few turns of the engine's lock as it can: one for
+    /// the graylist check, the subscriptions and the seen check of every message (duplicates end
+    /// there), one per new message after its signature check (marked seen and, without a topic
+    /// validator, delivered and routed), one for the control part. Returns where it stopped when a
+    /// message waits for a topic validator (`finish` takes it from there).
+    ///
+    /// No suspension point between a message's seen check and its insertion: a nonisolated async
+    /// call is a hop through the executor (on NIO's event loops, a job queued behind the others),
+    /// and other copies of the message, read by other tasks meanwhile, would all pass the check and
+    /// be verified too.
+    func handle(_ rpc: PubSubRPC, from peer: PeerID) -> PendingValidation? {
+        let ids = rpc.messages.map { configuration.messageID($0) }
+        let keys = ids.map(MessageKey.init)
+        let first = state.withLockedValue { s -> (fresh: [Int], queue: OutboundQueue?, actions: [PubSubRouterAction])? in
+            // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
+            if s.router.isGraylisted(peer) {
+                s.counters.graylistedRPCs += 1
+                return nil
+            }
+            let now = ContinuousClock.now
+            var actions: [PubSubRouterAction] = []
+            if !rpc.subscriptions.isEmpty, s.phase == .running, s.sessions[peer]?.inRouter == true {
+                for subscription in rpc.subscriptions {
+                    actions += s.router.peerSubscription(
+                        peer, topic: subscription.topic, subscribed: subscription.subscribe, now: now)
                 }
             }
-            execute(actions)
+            var fresh: [Int] = []
+            for (index, message) in rpc.messages.enumerated() {
+                s.counters.received += 1
+                if s.seen.contains(keys[index], now: now) {
+                    s.counters.duplicates += 1
+                    s.router.duplicateMessage(message, id: ids[index], from: peer, now: now)
+                } else {
+                    fresh.append(index)
+                }
+            }
+            return (fresh, s.sessions[peer]?.queue, actions)
         }
-        for message in rpc.messages { await handle(message, from: peer) }
-        if let control = rpc.control, !control.isEmpty {
+        guard let first else { return nil }
+        execute(first.actions)
+        // The peer has these messages: what we queued for it with only one of them can stay here.
+        if configuration.leaveOutCopiesPeersHave, let queue = first.queue {
+            for key in keys { queue.peerSent(key) }
+        }
+        return proceed(RPCProgress(rpc: rpc, ids: ids, keys: keys, fresh: first.fresh), from: peer)
+    }
+
+    /// Handles the RPC's new messages from `progress.next` on, then its control part; stops at a
+    /// message that waits for a topic validator.
+    private func proceed(_ progress: RPCProgress, from peer: PeerID) -> PendingValidation? {
+        var progress = progress
+        while progress.next < progress.fresh.count {
+            let index = progress.fresh[progress.next]
+            progress.next += 1
+            let message = progress.rpc.messages[index]
+            if let wait = handleNew(message, id: progress.ids[index], key: progress.keys[index], from: peer) {
+                return PendingValidation(
+                    progress: progress, message: message, received: wait.received, validator: wait.validator,
+                    timeout: wait.timeout)
+            }
+        }
+        if let control = progress.rpc.control, !control.isEmpty {
             let actions = state.withLockedValue { s -> [PubSubRouterAction] in
                 guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
                 let now = ContinuousClock.now
@@ -213,29 +275,44 @@ extension PubSubService {
             }
             execute(actions)
         }
+        return nil
     }
 
-    /// Checks in order: duplicate (seen cache), StrictSign, our own message, then marks it seen,
-    /// validates, delivers and routes. The signature is checked before the ID is marked seen, so a
-    /// forged copy cannot shadow the real message.
-    private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
-        let id = configuration.messageID(message)
-        let key = MessageKey(id)
-        let (duplicate, queue) = state.withLockedValue { s -> (Bool, OutboundQueue?) in
-            s.counters.received += 1
-            let queue = s.sessions[peer]?.queue
-            guard s.seen.contains(key, now: .now) else { return (false, queue) }
-            s.counters.duplicates += 1
-            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return (true, queue)
+    /// Waits for the validator's verdict, delivers and routes an accepted message, and handles
+    /// the rest of the RPC (validating further messages the same way).
+    func finish(_ pending: PendingValidation, from peer: PeerID) async {
+        var next: PendingValidation? = pending
+        while let pending = next {
+            let message = pending.message
+            let id = pending.received.id
+            let verdict = await Self.run(
+                pending.validator, on: pending.received, timeout: pending.timeout, eventLoop: host.eventLoopGroup.any())
+            switch verdict {
+            case .accept:
+                if let routed = state.withLockedValue({ s in Self.route(message, id: id, from: peer, now: .now, in: &s) }) {
+                    deliver(pending.received, to: routed.subscribers)
+                    execute(routed.actions)
+                }
+            case .reject:
+                reject(message, id: id, from: peer, reason: "rejected by the topic validator")
+            case .ignore:
+                state.withLockedValue { $0.counters.ignored += 1 }
+            }
+            next = proceed(pending.progress, from: peer)
         }
-        // The peer has this message: what we queued for it with only this message can stay here.
-        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(key) }
-        if duplicate { return }
+    }
+
+    /// A message that was not in the seen cache: StrictSign, our own message, then marks it seen,
+    /// and delivers and routes it — or returns what its topic's validator needs. The signature is
+    /// checked before the ID is marked seen, so a forged copy cannot shadow the real message.
+    private func handleNew(
+        _ message: PubSubRPC.Message, id: MessageID, key: MessageKey, from peer: PeerID
+    ) -> (received: PubSubMessage, validator: Validator, timeout: Duration)? {
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
         case .failure(let failure):
-            return reject(message, id: id, from: peer, reason: failure.description)
+            reject(message, id: id, from: peer, reason: failure.description)
+            return nil
         case .success(let verified):
             author = verified
         }
@@ -243,36 +320,50 @@ extension PubSubService {
         // entry expired) is dropped, never delivered or forwarded again.
         if author.peer == host.peerID {
             state.withLockedValue { $0.counters.ignored += 1 }
-            return
+            return nil
         }
-        let fresh = state.withLockedValue { s -> Bool in
-            if s.seen.insert(key, now: .now) { return true }
-            s.counters.duplicates += 1  // a copy from another peer got here first
-            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return false
+        enum Next {
+            case done
+            case routed(Routed)
+            case validate(validator: Validator, timeout: Duration)
         }
-        guard fresh else { return }
+        let next = state.withLockedValue { s -> Next in
+            let now = ContinuousClock.now
+            guard s.seen.insert(key, now: now) else {
+                s.counters.duplicates += 1  // a copy from another peer got here first
+                s.router.duplicateMessage(message, id: id, from: peer, now: now)
+                return .done
+            }
+            if !s.validators.isEmpty, let entry = s.validators[message.topic] {
+                return .validate(validator: entry.validator, timeout: entry.timeout)
+            }
+            return Self.route(message, id: id, from: peer, now: now, in: &s).map(Next.routed) ?? .done
+        }
         let received = PubSubMessage(
             topic: message.topic, data: message.data, from: author.peer, seqno: author.seqno, id: id, receivedFrom: peer)
-        switch await validate(received) {
-        case .accept:
-            break
-        case .reject:
-            return reject(message, id: id, from: peer, reason: "rejected by the topic validator")
-        case .ignore:
-            state.withLockedValue { $0.counters.ignored += 1 }
-            return
+        switch next {
+        case .done:
+            return nil
+        case .routed(let routed):
+            deliver(received, to: routed.subscribers)
+            execute(routed.actions)
+            return nil
+        case .validate(let validator, let timeout):
+            return (received, validator, timeout)
         }
-        let routed = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])? in
-            guard s.phase == .running else { return nil }
-            let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
-            if !subscribers.isEmpty { s.counters.delivered += 1 }
-            s.counters.routed += 1
-            return (subscribers, s.router.route(message, id: id, from: peer, now: .now))
-        }
-        guard let routed else { return }
-        deliver(received, to: routed.subscribers)
-        execute(routed.actions)
+    }
+
+    typealias Routed = (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])
+
+    /// Under the lock: a new valid message goes to our subscriptions and to the router.
+    private static func route(
+        _ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, now: ContinuousClock.Instant, in s: inout State
+    ) -> Routed? {
+        guard s.phase == .running else { return nil }
+        let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
+        if !subscribers.isEmpty { s.counters.delivered += 1 }
+        s.counters.routed += 1
+        return (subscribers, s.router.route(message, id: id, from: peer, now: now))
     }
 
     private func reject(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, reason: String) {
