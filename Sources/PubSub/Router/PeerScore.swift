@@ -47,6 +47,11 @@ struct PeerScore: Sendable {
     var parameters: PeerScoreParameters
     private(set) var stats: [PeerID: PeerStats] = [:]
     private var deliveries: [MessageKey: DeliveryRecord] = [:]
+    /// Records in the order they were made, so that they expire from the front (`firstSeen` only
+    /// grows) instead of a pass over all of them at every heartbeat; `deliveryOrder[orderHead...]`
+    /// are live.
+    private var deliveryOrder: [(key: MessageKey, firstSeen: ContinuousClock.Instant)] = []
+    private var orderHead = 0
     private var lastDecay: ContinuousClock.Instant?
 
     init(parameters: PeerScoreParameters) {
@@ -159,7 +164,7 @@ struct PeerScore: Sendable {
     mutating func messageValidated(id: MessageID, topic: String, from source: PeerID?,
                                    now: ContinuousClock.Instant) {
         let key = MessageKey(id)
-        var record = deliveries.removeValue(forKey: key) ?? DeliveryRecord(firstSeen: now)
+        var record = deliveries.removeValue(forKey: key) ?? newRecord(key, now: now)
         defer { deliveries[key] = record }
         guard record.status == .pending else { return }
         record.status = .valid(at: now)
@@ -174,7 +179,7 @@ struct PeerScore: Sendable {
     /// A message from `peer` failed validation: P₄ for it and for every peer that sent a copy.
     mutating func messageRejected(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
         let key = MessageKey(id)
-        var record = deliveries.removeValue(forKey: key) ?? DeliveryRecord(firstSeen: now)
+        var record = deliveries.removeValue(forKey: key) ?? newRecord(key, now: now)
         defer { deliveries[key] = record }
         switch record.status {
         case .pending:
@@ -191,7 +196,10 @@ struct PeerScore: Sendable {
     /// A copy of a message already seen arrived from `peer`.
     mutating func duplicateDelivered(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
         // Updated in place: a record copied out and written back would copy its peer set.
-        let (new, status) = Self.insert(peer, into: &deliveries[MessageKey(id), default: DeliveryRecord(firstSeen: now)])
+        let key = MessageKey(id)
+        let records = deliveries.count
+        let (new, status) = Self.insert(peer, into: &deliveries[key, default: DeliveryRecord(firstSeen: now)])
+        if deliveries.count > records { deliveryOrder.append((key, now)) }
         switch status {
         case .pending:
             break
@@ -202,6 +210,12 @@ struct PeerScore: Sendable {
         case .invalid:
             if new { markInvalidDelivery(peer, topic: topic) }
         }
+    }
+
+    /// A record for a message first seen now (not stored yet).
+    private mutating func newRecord(_ key: MessageKey, now: ContinuousClock.Instant) -> DeliveryRecord {
+        deliveryOrder.append((key, now))
+        return DeliveryRecord(firstSeen: now)
     }
 
     private static func insert(_ peer: PeerID, into record: inout DeliveryRecord) -> (inserted: Bool, DeliveryStatus) {
@@ -276,7 +290,19 @@ struct PeerScore: Sendable {
             stats[peer] = s
         }
         let retention = parameters.deliveryRecordRetention
-        deliveries = deliveries.filter { now < $0.value.firstSeen + retention }
+        while orderHead < deliveryOrder.count, deliveryOrder[orderHead].firstSeen + retention <= now {
+            let (key, firstSeen) = deliveryOrder[orderHead]
+            // Only the record this entry was made for (not a later one for the same ID).
+            if deliveries[key]?.firstSeen == firstSeen { deliveries[key] = nil }
+            orderHead += 1
+        }
+        if orderHead == deliveryOrder.count {
+            deliveryOrder.removeAll(keepingCapacity: true)
+            orderHead = 0
+        } else if orderHead >= 1024 && orderHead * 2 >= deliveryOrder.count {
+            deliveryOrder.removeFirst(orderHead)
+            orderHead = 0
+        }
     }
 
     /// `x` to the power `n` (n ≥ 0) by squaring.
