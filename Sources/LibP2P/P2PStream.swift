@@ -154,6 +154,25 @@ public final class P2PStream: Sendable {
         stream.writeFromEventLoop(buffer)
     }
 
+    /// What a read handler is given (`setReadHandler`).
+    package typealias ReadEvent = YamuxStream.ReadEvent
+
+    /// On `eventLoop`, for a stream without a lazy negotiation pending (an inbound stream): data,
+    /// the remote's end and failures go to `handler` on the loop as they arrive, instead of
+    /// waiting for `read()` — see `YamuxStream.setReadHandler` for what `handler` may do. nil
+    /// gives the stream back to `read()`.
+    package func setReadHandler(_ handler: (@Sendable (ReadEvent) -> Void)?) {
+        guard let handler else { return stream.setReadHandler(nil) }
+        precondition(unverified.withLockedValue { $0 == nil }, "setReadHandler before the negotiation was checked")
+        let buffered = pending.withLockedValue { pending -> ByteBuffer? in
+            guard pending.readableBytes > 0 else { return nil }
+            defer { pending = ByteBuffer() }
+            return pending
+        }
+        if let buffered { handler(.data(buffered)) }
+        stream.setReadHandler(handler)
+    }
+
     public func write(_ bytes: some Sequence<UInt8>) async throws {
         try await stream.write(ByteBuffer(bytes: bytes))
     }

@@ -130,8 +130,22 @@ extension PubSubService {
         attached.previous?.reset()
         execute(attached.actions)
 
-        var decoder = RPCFrameDecoder(maxFrameSize: configuration.maxRPCSize)
+        // The peer's RPCs are handled on the stream's event loop as they arrive, without a task
+        // wake-up per read, until a message waits for a topic validator: then this task reads the
+        // stream from there on.
+        var decoder: RPCFrameDecoder
+        switch await readOnEventLoop(stream, of: peer, generation: attached.generation) {
+        case .ended:
+            return
+        case .validating(let pending, let rest):
+            decoder = rest
+            await finish(pending, from: peer)
+        }
         do {
+            while let frame = try decoder.nextFrame() {
+                let rpc = try PubSubRPC(decoding: frame)
+                if let pending = handle(rpc, from: peer) { await finish(pending, from: peer) }
+            }
             while let chunk = try await stream.read() {
                 decoder.append(chunk)
                 while let frame = try decoder.nextFrame() {
@@ -142,18 +156,43 @@ extension PubSubService {
             // The peer closed its stream: it has left pubsub.
             inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream closed")
         } catch let error as PubSubError {
-            state.withLockedValue { $0.counters.badRPCs += 1 }
-            logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            // Whatever session the peer has by now goes, and this stream with it.
-            stream.reset()
-            endSession(with: peer, generation: nil, reason: error.description)
+            badRPC(error, on: stream, from: peer)
         } catch {
             inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream failed: \(error)")
         }
     }
 
+    /// A peer sent an oversized or malformed RPC.
+    func badRPC(_ error: PubSubError, on stream: P2PStream, from peer: PeerID) {
+        state.withLockedValue { $0.counters.badRPCs += 1 }
+        logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        // Whatever session the peer has by now goes, and this stream with it.
+        stream.reset()
+        endSession(with: peer, generation: nil, reason: error.description)
+    }
+
+    enum LoopReadOutcome: Sendable {
+        /// The stream ended (or failed, or sent a bad RPC): all done.
+        case ended
+        /// A message waits for a topic validator; the frames after it are in the decoder.
+        case validating(PendingValidation, RPCFrameDecoder)
+    }
+
+    /// Handles the stream's RPCs on its event loop, as the data arrives, until it ends or a
+    /// message has to wait for a topic validator.
+    private func readOnEventLoop(_ stream: P2PStream, of peer: PeerID, generation: UInt64) async -> LoopReadOutcome {
+        let reader = LoopReader(service: self, stream: stream, peer: peer, generation: generation)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<LoopReadOutcome, Never>) in
+                stream.eventLoop.execute { reader.start(continuation) }
+            }
+        } onCancel: {
+            stream.eventLoop.execute { reader.cancel() }
+        }
+    }
+
     /// The end of an inbound stream ends the session, unless a newer stream replaced it.
-    private func inboundEnded(_ stream: P2PStream, of peer: PeerID, generation: UInt64, reason: String) {
+    func inboundEnded(_ stream: P2PStream, of peer: PeerID, generation: UInt64, reason: String) {
         let current = state.withLockedValue { $0.sessions[peer]?.inbound === stream }
         if current { endSession(with: peer, generation: generation, reason: reason) }
     }
@@ -508,5 +547,88 @@ private final class VerdictSlot: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+    }
+}
+
+/// Reads a peer's stream to us on the stream's event loop: frames are decoded and handled as the
+/// data arrives (from inside the connection's channel handlers: what the engine does there only
+/// queues writes, resets streams and resumes tasks). All its state is used on that loop only.
+final class LoopReader: Sendable {
+    private struct State: Sendable {
+        var decoder: RPCFrameDecoder
+        var continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>?
+        var cancelled = false
+    }
+
+    private let service: PubSubService
+    private let stream: P2PStream
+    private let peer: PeerID
+    private let generation: UInt64
+    private let state: NIOLoopBoundBox<State>
+
+    init(service: PubSubService, stream: P2PStream, peer: PeerID, generation: UInt64) {
+        self.service = service
+        self.stream = stream
+        self.peer = peer
+        self.generation = generation
+        state = NIOLoopBoundBox.makeBoxSendingValue(
+            State(decoder: RPCFrameDecoder(maxFrameSize: service.configuration.maxRPCSize)), eventLoop: stream.eventLoop)
+    }
+
+    /// On the loop: starts taking the stream's data; `continuation` gets the outcome.
+    func start(_ continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>) {
+        if state.value.cancelled {
+            continuation.resume(returning: ended("inbound stream failed: cancelled"))
+            return
+        }
+        state.value.continuation = continuation
+        stream.setReadHandler { [self] event in receive(event) }
+    }
+
+    /// On the loop: the serving task was cancelled.
+    func cancel() {
+        state.value.cancelled = true
+        guard state.value.continuation != nil else { return }
+        stream.setReadHandler(nil)
+        finish(ended("inbound stream failed: cancelled"))
+    }
+
+    private func receive(_ event: P2PStream.ReadEvent) {
+        guard state.value.continuation != nil else { return }  // handed over or finished
+        switch event {
+        case .data(let chunk):
+            state.value.decoder.append(chunk)
+            do {
+                while state.value.continuation != nil, let frame = try state.value.decoder.nextFrame() {
+                    let rpc = try PubSubRPC(decoding: frame)
+                    if let pending = service.handle(rpc, from: peer) {
+                        // The serving task waits for the validator and reads on from there.
+                        stream.setReadHandler(nil)
+                        finish(.validating(pending, state.value.decoder))
+                    }
+                }
+            } catch {
+                // Handed over first: the reset below reports a failure to the read handler.
+                stream.setReadHandler(nil)
+                finish(.ended)
+                service.badRPC(error, on: stream, from: peer)
+            }
+        case .end:
+            // The peer closed its stream: it has left pubsub.
+            finish(ended("inbound stream closed"))
+        case .failure(let error):
+            finish(ended("inbound stream failed: \(error)"))
+        }
+    }
+
+    private func ended(_ reason: String) -> PubSubService.LoopReadOutcome {
+        service.inboundEnded(stream, of: peer, generation: generation, reason: reason)
+        return .ended
+    }
+
+    private func finish(_ outcome: PubSubService.LoopReadOutcome) {
+        guard let continuation = state.value.continuation else { return }
+        state.value.continuation = nil
+        continuation.resume(returning: outcome)
     }
 }

@@ -9,7 +9,7 @@ import NIOCore
 ///
 /// The service owns the I/O around a `PubSubRouter` state machine: one outbound pubsub stream per
 /// peer (we write only on ours, the peer writes only on its own, as the spec has it), inbound
-/// streams read in a loop, RPC framing with a size limit, StrictSign signing and verification,
+/// streams read on their event loops, RPC framing with a size limit, StrictSign signing and verification,
 /// topic validators, the seen cache (a message is delivered and routed at most once) and local
 /// delivery. The router lives in the lock; the actions it returns are carried out outside it.
 ///
@@ -44,7 +44,7 @@ public final class PubSubService: Sendable {
     struct PeerSession: Sendable {
         /// Tells this session from a later one with the same peer.
         let generation: UInt64
-        /// The bounded outbound queue, drained by the peer's writer task.
+        /// The bounded outbound queue, written to our stream from its event loop.
         let queue: OutboundQueue
         var outbound: P2PStream?
         var inbound: P2PStream?
