@@ -204,7 +204,9 @@ struct PeerScore: Sendable {
         case .pending:
             break
         case .valid(let at):
-            if new, let p = parameters.parameters(for: topic), now <= at + p.meshMessageDeliveriesWindow {
+            // Only counted where it can weigh: P₃ or P₃b (the counter affects nothing else).
+            if new, let p = parameters.parameters(for: topic), now <= at + p.meshMessageDeliveriesWindow,
+               p.meshMessageDeliveriesWeight != 0 || p.meshFailurePenaltyWeight != 0 {
                 markMeshDelivery(peer, topic: topic)
             }
         case .invalid:
