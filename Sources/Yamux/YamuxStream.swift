@@ -59,6 +59,9 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         var failureWatcher: (@Sendable () -> Void)?
         /// Takes what arrives instead of `read()` (`setReadHandler`).
         var readHandler: (@Sendable (ReadEvent) -> Void)?
+        /// Counts `setReadHandler` calls: a handler being given queued data notices when it was
+        /// removed or replaced meanwhile.
+        var readHandlerChanges: UInt64 = 0
 
         init(window: YamuxReceiveWindow) { self.window = window }
     }
@@ -200,28 +203,40 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// then queues for it). For a reader that does its work on the loop, without a task.
     package func setReadHandler(_ handler: (@Sendable (ReadEvent) -> Void)?) {
         eventLoop.preconditionInEventLoop()
-        guard let handler else {
-            readState.withLockedValue { $0.readHandler = nil }
-            return
+        let change = readState.withLockedValue { s -> UInt64 in
+            precondition(handler == nil || s.waiter == nil, "setReadHandler while read() waits on stream \(id)")
+            s.readHandlerChanges &+= 1
+            s.readHandler = handler
+            return s.readHandlerChanges
         }
-        var events: [ReadEvent] = []
-        readState.withLockedValue { s in
-            precondition(s.waiter == nil, "setReadHandler while read() waits on stream \(id)")
-            guard !s.readClosed else {
-                events.append(.failure(YamuxError(.streamClosed, "read after close() on stream \(id)")))
-                return
+        guard let handler else { return }
+        // What is queued already is handed over one buffer at a time: the handler may remove
+        // itself part way (a reader that must wait for something), and what it was not given
+        // stays queued, uncredited, for whoever reads next.
+        while true {
+            let next = readState.withLockedValue { s -> (event: ReadEvent, credit: UInt32?)? in
+                guard s.readHandlerChanges == change else { return nil }
+                if s.readClosed {
+                    s.readHandler = nil
+                    return (.failure(YamuxError(.streamClosed, "read after close() on stream \(id)")), nil)
+                }
+                switch poll(&s) {
+                case .data(let buffer, let credit): return (.data(buffer), credit)
+                case .eof:
+                    s.readHandler = nil
+                    return (.end, nil)
+                case .failure(let error):
+                    s.readHandler = nil
+                    return (.failure(error), nil)
+                case .pending:
+                    return nil  // installed: from now on, data goes to it as it arrives
+                }
             }
-            while case .data(let buffer, let credit) = poll(&s) {
-                sendCredit(credit)
-                events.append(.data(buffer))
-            }
-            switch s.end {
-            case .eof: events.append(.end)
-            case .error(let error): events.append(.failure(error))
-            case nil: s.readHandler = handler
-            }
+            guard let next else { return }
+            sendCredit(next.credit)
+            handler(next.event)
+            guard case .data = next.event else { return }
         }
-        for event in events { handler(event) }
     }
 
     /// The read handler, removed when `event` ends the stream.
@@ -315,7 +330,8 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             if s.readClosed {
                 return (nil, nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
             }
-            if let readHandler = s.readHandler {
+            // (Behind data still queued for a handler being handed it, the new data queues too.)
+            if let readHandler = s.readHandler, s.buffers.isEmpty {
                 return (nil, readHandler, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
             }
             if let waiter = s.waiter {

@@ -82,4 +82,34 @@ struct ReadHandlerTests {
         try await Task.sleep(for: .milliseconds(20))
         #expect(secondLog.all == ["y", "failure"])
     }
+
+    @Test("a handler that removes itself while given queued data leaves the rest queued, in order")
+    func handlerRemovesItselfPartWay() async throws {
+        let pair = try await SessionPair.make()
+        defer { Task { await pair.tearDown() } }
+        var serverInbound = pair.server.inboundStreams.makeAsyncIterator()
+        let client = try await pair.client.openStream()
+        for text in ["a", "stop", "b", "c"] { try await client.write(ByteBuffer(string: text)) }
+        let server = try #require(await serverInbound.next())
+        #expect(await eventually { server.readState.withLockedValue { $0.bufferedBytes } == 7 })
+
+        let log = Log()
+        let logged = log.handler
+        let stopping: @Sendable (YamuxStream.ReadEvent) -> Void = { event in
+            logged(event)
+            if case .data(let buffer) = event, String(buffer: buffer) == "stop" { server.setReadHandler(nil) }
+        }
+        try await server.eventLoop.submit { server.setReadHandler(stopping) }.get()
+        #expect(log.all == ["a", "stop"])
+        #expect(server.readState.withLockedValue { $0.bufferedBytes } == 2)
+        try await client.write(ByteBuffer(string: "d"))
+        #expect(await eventually { server.readState.withLockedValue { $0.bufferedBytes } == 3 })
+        #expect(log.all == ["a", "stop"])
+
+        // A new handler gets the rest first, then what arrives.
+        try await server.eventLoop.submit { server.setReadHandler(log.handler) }.get()
+        #expect(log.all == ["a", "stop", "b", "c", "d"])
+        try await client.write(ByteBuffer(string: "e"))
+        #expect(await eventually { log.all == ["a", "stop", "b", "c", "d", "e"] })
+    }
 }

@@ -130,35 +130,20 @@ extension PubSubService {
         attached.previous?.reset()
         execute(attached.actions)
 
-        // The peer's RPCs are handled on the stream's event loop as they arrive, without a task
-        // wake-up per read, until a message waits for a topic validator: then this task reads the
-        // stream from there on.
-        var decoder: RPCFrameDecoder
-        switch await readOnEventLoop(stream, of: peer, generation: attached.generation) {
-        case .ended:
-            return
-        case .validating(let pending, let rest):
-            decoder = rest
-            await finish(pending, from: peer)
-        }
-        do {
-            while let frame = try decoder.nextFrame() {
-                let rpc = try PubSubRPC(decoding: frame)
-                if let pending = handle(rpc, from: peer) { await finish(pending, from: peer) }
+        // The peer's RPCs are handled synchronously on the stream's event loop as they arrive
+        // (no task wake-up per read). Only a message that waits for a topic validator brings the
+        // handling back to this task: while the validator runs, the stream is not read (its data
+        // queues, un-credited: back-pressure on the peer), and after the verdict the rest of the
+        // RPC and the frames already decoded are handled and reading returns to the loop.
+        var decoder = RPCFrameDecoder(maxFrameSize: configuration.maxRPCSize)
+        while true {
+            switch await readOnEventLoop(stream, of: peer, generation: attached.generation, decoder: decoder) {
+            case .ended:
+                return
+            case .validating(let pending, let rest):
+                await finish(pending, from: peer)
+                decoder = rest
             }
-            while let chunk = try await stream.read() {
-                decoder.append(chunk)
-                while let frame = try decoder.nextFrame() {
-                    let rpc = try PubSubRPC(decoding: frame)
-                    if let pending = handle(rpc, from: peer) { await finish(pending, from: peer) }
-                }
-            }
-            // The peer closed its stream: it has left pubsub.
-            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream closed")
-        } catch let error as PubSubError {
-            badRPC(error, on: stream, from: peer)
-        } catch {
-            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream failed: \(error)")
         }
     }
 
@@ -178,10 +163,13 @@ extension PubSubService {
         case validating(PendingValidation, RPCFrameDecoder)
     }
 
-    /// Handles the stream's RPCs on its event loop, as the data arrives, until it ends or a
-    /// message has to wait for a topic validator.
-    private func readOnEventLoop(_ stream: P2PStream, of peer: PeerID, generation: UInt64) async -> LoopReadOutcome {
-        let reader = LoopReader(service: self, stream: stream, peer: peer, generation: generation)
+    /// Handles the stream's RPCs on its event loop — first the frames `decoder` holds already,
+    /// then the data as it arrives — until the stream ends or a message has to wait for a topic
+    /// validator.
+    private func readOnEventLoop(
+        _ stream: P2PStream, of peer: PeerID, generation: UInt64, decoder: RPCFrameDecoder
+    ) async -> LoopReadOutcome {
+        let reader = LoopReader(service: self, stream: stream, peer: peer, generation: generation, decoder: decoder)
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<LoopReadOutcome, Never>) in
                 stream.eventLoop.execute { reader.start(continuation) }
@@ -566,23 +554,48 @@ final class LoopReader: Sendable {
     private let generation: UInt64
     private let state: NIOLoopBoundBox<State>
 
-    init(service: PubSubService, stream: P2PStream, peer: PeerID, generation: UInt64) {
+    /// `decoder`: where an earlier reader stopped (it may hold whole frames already).
+    init(service: PubSubService, stream: P2PStream, peer: PeerID, generation: UInt64, decoder: RPCFrameDecoder) {
         self.service = service
         self.stream = stream
         self.peer = peer
         self.generation = generation
-        state = NIOLoopBoundBox.makeBoxSendingValue(
-            State(decoder: RPCFrameDecoder(maxFrameSize: service.configuration.maxRPCSize)), eventLoop: stream.eventLoop)
+        state = NIOLoopBoundBox.makeBoxSendingValue(State(decoder: decoder), eventLoop: stream.eventLoop)
     }
 
-    /// On the loop: starts taking the stream's data; `continuation` gets the outcome.
+    /// On the loop: handles the frames the decoder holds, then takes the stream's data;
+    /// `continuation` gets the outcome.
     func start(_ continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>) {
         if state.value.cancelled {
             continuation.resume(returning: ended("inbound stream failed: cancelled"))
             return
         }
         state.value.continuation = continuation
+        guard handleDecodedFrames() else { return }
         stream.setReadHandler { [self] event in receive(event) }
+    }
+
+    /// Handles the whole frames in the decoder; false when that ended this reader (a message
+    /// waits for a validator, or the RPC was bad).
+    private func handleDecodedFrames() -> Bool {
+        do {
+            while state.value.continuation != nil, let frame = try state.value.decoder.nextFrame() {
+                let rpc = try PubSubRPC(decoding: frame)
+                if let pending = service.handle(rpc, from: peer) {
+                    // The serving task waits for the validator, then starts a new reader.
+                    stream.setReadHandler(nil)
+                    finish(.validating(pending, state.value.decoder))
+                    return false
+                }
+            }
+            return state.value.continuation != nil
+        } catch {
+            // Handed over first: the reset below reports a failure to the read handler.
+            stream.setReadHandler(nil)
+            finish(.ended)
+            service.badRPC(error, on: stream, from: peer)
+            return false
+        }
     }
 
     /// On the loop: the serving task was cancelled.
@@ -598,21 +611,7 @@ final class LoopReader: Sendable {
         switch event {
         case .data(let chunk):
             state.value.decoder.append(chunk)
-            do {
-                while state.value.continuation != nil, let frame = try state.value.decoder.nextFrame() {
-                    let rpc = try PubSubRPC(decoding: frame)
-                    if let pending = service.handle(rpc, from: peer) {
-                        // The serving task waits for the validator and reads on from there.
-                        stream.setReadHandler(nil)
-                        finish(.validating(pending, state.value.decoder))
-                    }
-                }
-            } catch {
-                // Handed over first: the reset below reports a failure to the read handler.
-                stream.setReadHandler(nil)
-                finish(.ended)
-                service.badRPC(error, on: stream, from: peer)
-            }
+            _ = handleDecodedFrames()
         case .end:
             // The peer closed its stream: it has left pubsub.
             finish(ended("inbound stream closed"))
