@@ -115,6 +115,7 @@ let package = Package(
         .testTarget(name: "PubSubTests", dependencies: [
             "PubSub", "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "PointSubTests", dependencies: [
             "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),

@@ -17,6 +17,8 @@ public final class P2PStream: Sendable {
     private let pending: NIOLockedValueBox<ByteBuffer>
     /// Lazy negotiation: the listener's answer to our proposal, still to be checked by the first read.
     private let unverified: NIOLockedValueBox<MultistreamNegotiator?>
+    /// Counts `setReadHandler` calls (see there).
+    private let readHandlerChanges = NIOLockedValueBox<UInt64>(0)
 
     init(
         stream: YamuxStream, protocolID: String, connection: Connection, leftover: ByteBuffer,
@@ -148,6 +150,43 @@ public final class P2PStream: Sendable {
     /// `write(_:)` until the last is handed to the connection.
     public func write(contentsOf buffers: [ByteBuffer]) async throws {
         try await stream.write(contentsOf: buffers)
+    }
+
+    /// The event loop of the stream's connection.
+    package var eventLoop: any EventLoop { stream.eventLoop }
+
+    /// On `eventLoop`, from outside its channel handlers: writes `buffer` like `write` does,
+    /// without a task. The future completes when `write` would return (the data is within the
+    /// peer's window and handed to the connection).
+    package func writeOnEventLoop(_ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        stream.writeFromEventLoop(buffer)
+    }
+
+    /// What a read handler is given (`setReadHandler`).
+    package typealias ReadEvent = YamuxStream.ReadEvent
+
+    /// On `eventLoop`, for a stream without a lazy negotiation pending (an inbound stream): data,
+    /// the remote's end and failures go to `handler` on the loop as they arrive, instead of
+    /// waiting for `read()` — see `YamuxStream.setReadHandler` for what `handler` may do. nil
+    /// gives the stream back to `read()`.
+    package func setReadHandler(_ handler: (@Sendable (ReadEvent) -> Void)?) {
+        let change = readHandlerChanges.withLockedValue { changes in
+            changes &+= 1
+            return changes
+        }
+        guard let handler else { return stream.setReadHandler(nil) }
+        precondition(unverified.withLockedValue { $0 == nil }, "setReadHandler before the negotiation was checked")
+        let buffered = pending.withLockedValue { pending -> ByteBuffer? in
+            guard pending.readableBytes > 0 else { return nil }
+            defer { pending = ByteBuffer() }
+            return pending
+        }
+        if let buffered {
+            handler(.data(buffered))
+            // The handler removed (or replaced) itself on this data: it is not installed.
+            guard readHandlerChanges.withLockedValue({ $0 }) == change else { return }
+        }
+        stream.setReadHandler(handler)
     }
 
     public func write(_ bytes: some Sequence<UInt8>) async throws {

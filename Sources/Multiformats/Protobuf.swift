@@ -43,6 +43,16 @@ public struct ProtobufWriter: Sendable {
 
     public init() {}
 
+    /// A writer whose buffer has room for `capacity` bytes (no reallocation while it grows to that).
+    public init(reservingCapacity capacity: Int) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    /// Appends `raw` as it is (no key, no length): a prefix before the message, for instance.
+    public mutating func writeRaw(_ raw: some Collection<UInt8>) {
+        bytes.append(contentsOf: raw)
+    }
+
     public mutating func writeVarintField(_ field: Int, _ value: UInt64) {
         writeKey(field, wireType: 0)
         Self.appendVarint(value, to: &bytes)

@@ -57,6 +57,11 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         var writeError: YamuxError?
         /// Called once when the stream fails (`setFailureWatcher`).
         var failureWatcher: (@Sendable () -> Void)?
+        /// Takes what arrives instead of `read()` (`setReadHandler`).
+        var readHandler: (@Sendable (ReadEvent) -> Void)?
+        /// Counts `setReadHandler` calls: a handler being given queued data notices when it was
+        /// removed or replaced meanwhile.
+        var readHandlerChanges: UInt64 = 0
 
         init(window: YamuxReceiveWindow) { self.window = window }
     }
@@ -158,11 +163,12 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         return taken
     }
 
-    /// On the event loop: queues `data` like `write` without waiting for it (a failure shows in
-    /// later calls). Not from inside a channel handler of this session other than the
-    /// inbound-stream handler.
-    package func writeFromEventLoop(_ data: ByteBuffer) {
-        _ = handler.value.write(stream: self, data: data)
+    /// On the event loop: queues `data` like `write` without a task; the future completes when
+    /// `write` would return (a failure also shows in later calls). Not from inside a channel
+    /// handler of this session other than the inbound-stream handler.
+    @discardableResult
+    package func writeFromEventLoop(_ data: ByteBuffer) -> EventLoopFuture<Void> {
+        handler.value.write(stream: self, data: data)
     }
 
     /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
@@ -178,6 +184,65 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         }
 
         public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
+    }
+
+    /// What a read handler is given (`setReadHandler`).
+    package enum ReadEvent: Sendable {
+        case data(ByteBuffer)
+        /// The peer sent FIN; the handler is then removed.
+        case end
+        /// The stream failed (reset, session ended); the handler is then removed.
+        case failure(any Error)
+    }
+
+    /// On the event loop: from now on, data (credited as `read()` credits it), the peer's FIN and
+    /// failures go to `handler` on the loop as they arrive — from inside the session's channel
+    /// handler, so `handler` must not call back into this session synchronously other than through
+    /// `reset()` and `writeFromEventLoop` — instead of waiting for `read()`. What is queued
+    /// already is handed over first. nil gives the stream back to `read()` (nothing is lost: data
+    /// then queues for it). For a reader that does its work on the loop, without a task.
+    package func setReadHandler(_ handler: (@Sendable (ReadEvent) -> Void)?) {
+        eventLoop.preconditionInEventLoop()
+        let change = readState.withLockedValue { s -> UInt64 in
+            precondition(handler == nil || s.waiter == nil, "setReadHandler while read() waits on stream \(id)")
+            s.readHandlerChanges &+= 1
+            s.readHandler = handler
+            return s.readHandlerChanges
+        }
+        guard let handler else { return }
+        // What is queued already is handed over one buffer at a time: the handler may remove
+        // itself part way (a reader that must wait for something), and what it was not given
+        // stays queued, uncredited, for whoever reads next.
+        while true {
+            let next = readState.withLockedValue { s -> (event: ReadEvent, credit: UInt32?)? in
+                guard s.readHandlerChanges == change else { return nil }
+                if s.readClosed {
+                    s.readHandler = nil
+                    return (.failure(YamuxError(.streamClosed, "read after close() on stream \(id)")), nil)
+                }
+                switch poll(&s) {
+                case .data(let buffer, let credit): return (.data(buffer), credit)
+                case .eof:
+                    s.readHandler = nil
+                    return (.end, nil)
+                case .failure(let error):
+                    s.readHandler = nil
+                    return (.failure(error), nil)
+                case .pending:
+                    return nil  // installed: from now on, data goes to it as it arrives
+                }
+            }
+            guard let next else { return }
+            sendCredit(next.credit)
+            handler(next.event)
+            guard case .data = next.event else { return }
+        }
+    }
+
+    /// The read handler, removed when `event` ends the stream.
+    private func takeReadHandler(_ s: inout ReadState, ending: Bool) -> (@Sendable (ReadEvent) -> Void)? {
+        defer { if ending { s.readHandler = nil } }
+        return s.readHandler
     }
 
     // MARK: Write side
@@ -213,15 +278,23 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// reads throw `.streamReset`, pending writes fail.
     public func reset() {
         let error = YamuxError(.streamReset, "stream \(id) reset locally")
-        let waiter = readState.withLockedValue { s -> CheckedContinuation<ByteBuffer?, any Error>? in
+        let (waiter, readHandler) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?) in
             s.buffers.removeAll()
             s.bufferedBytes = 0
             if case .error = s.end {} else { s.end = .error(error) }
             if s.writeError == nil { s.writeError = error }
             defer { s.waiter = nil }
-            return s.waiter
+            return (s.waiter, takeReadHandler(&s, ending: true))
         }
         waiter?.resume(throwing: error)
+        if let readHandler {
+            // The handler runs on the loop; reset() may be called from anywhere.
+            if eventLoop.inEventLoop {
+                readHandler(.failure(error))
+            } else {
+                eventLoop.execute { readHandler(.failure(error)) }
+            }
+        }
         takeFailureWatcher()?()
         let handler = self.handler
         let id = self.id
@@ -239,6 +312,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         let (credit, waiter) = readState.withLockedValue { s -> (UInt32?, CheckedContinuation<ByteBuffer?, any Error>?) in
             guard !s.readClosed else { return (nil, nil) }
             s.readClosed = true
+            s.readHandler = nil
             let discarded = s.bufferedBytes
             s.buffers.removeAll()
             s.bufferedBytes = 0
@@ -259,39 +333,47 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// Queues data for the reader (or hands it to a waiting one). Returns a credit delta to
     /// send now, if one is due.
     func deliver(_ buffer: ByteBuffer) -> UInt32? {
-        let (waiter, credit) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, UInt32?) in
-            if s.end != nil { return (nil, nil) }
+        let (waiter, readHandler, credit) = readState.withLockedValue {
+            s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?, UInt32?) in
+            if s.end != nil { return (nil, nil, nil) }
             if s.readClosed {
-                return (nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+                return (nil, nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+            }
+            // (Behind data still queued for a handler being handed it, the new data queues too.)
+            if let readHandler = s.readHandler, s.buffers.isEmpty {
+                return (nil, readHandler, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
             }
             if let waiter = s.waiter {
                 // A reader waits, so nothing is queued: hand the data over directly.
                 s.waiter = nil
-                return (waiter, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+                return (waiter, nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
             }
             s.buffers.append(buffer)
             s.bufferedBytes += buffer.readableBytes
-            return (nil, nil)
+            return (nil, nil, nil)
         }
         waiter?.resume(returning: buffer)
+        readHandler?(.data(buffer))
         return credit
     }
 
     /// The peer sent FIN.
     func remoteFinished() {
-        let waiter = readState.withLockedValue { s -> CheckedContinuation<ByteBuffer?, any Error>? in
+        let (waiter, readHandler) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?) in
             if s.end == nil { s.end = .eof }
-            guard s.buffers.isEmpty else { return nil }
+            guard s.buffers.isEmpty else { return (nil, nil) }
             defer { s.waiter = nil }
-            return s.waiter
+            return (s.waiter, takeReadHandler(&s, ending: true))
         }
         waiter?.resume(returning: nil)
+        readHandler?(.end)
     }
 
     /// The stream failed: `discardQueued` (reset) fails the reader right away, otherwise it
     /// first gets the queued data, and keeps its EOF if the peer had finished.
     func fail(_ error: YamuxError, discardQueued: Bool) {
-        let (waiter, readError) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, YamuxError?) in
+        let (waiter, readHandler, readError) = readState.withLockedValue {
+            s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?, YamuxError?) in
             if s.writeError == nil { s.writeError = error }
             if discardQueued {
                 s.buffers.removeAll()
@@ -300,11 +382,12 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             } else if s.end == nil {
                 s.end = .error(error)
             }
-            guard s.buffers.isEmpty, case .error(let e) = s.end else { return (nil, nil) }
+            guard s.buffers.isEmpty, case .error(let e) = s.end else { return (nil, nil, nil) }
             defer { s.waiter = nil }
-            return (s.waiter, e)
+            return (s.waiter, takeReadHandler(&s, ending: true), e)
         }
         if let waiter, let readError { waiter.resume(throwing: readError) }
+        if let readHandler, let readError { readHandler(.failure(readError)) }
         takeFailureWatcher()?()
     }
 

@@ -143,4 +143,20 @@ import Testing
         score.refresh(now: t0 + .seconds(91))
         #expect(score.stats[peer] == nil)
     }
+
+    @Test func deliveryRecordsExpireInOrderAfterTheirRetention() {
+        var score = makeScore({ $0.invalidMessageDeliveriesWeight = -1 },
+                              global: { $0.deliveryRecordRetention = .seconds(10) })
+        score.messageRejected(id: [1], topic: "t", from: peer, now: t0)
+        score.messageRejected(id: [2], topic: "t", from: peer, now: t0 + .seconds(5))
+        score.refresh(now: t0 + .seconds(11))  // [1] is forgotten, [2] is kept
+        score.duplicateDelivered(id: [1], topic: "t", from: other, now: t0 + .seconds(11))  // a new record: pending
+        #expect(score.score(of: other) == 0)
+        score.duplicateDelivered(id: [2], topic: "t", from: other, now: t0 + .seconds(11))  // still known invalid
+        #expect(score.score(of: other) == -1)
+        score.refresh(now: t0 + .seconds(16))  // [2] goes; the new [1] (seen at 11 s) stays
+        score.messageRejected(id: [1], topic: "t", from: peer, now: t0 + .seconds(16))  // other's pending copy counts
+        let counter = 0.99 * 0.99 * 0.99 * 0.99 * 0.99 + 1  // the first copy decayed for 5 s, plus this one
+        #expect(approx(score.score(of: other), -counter * counter))
+    }
 }

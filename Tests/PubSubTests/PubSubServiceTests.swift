@@ -184,8 +184,10 @@ struct PubSubServiceTests {
             try await net.services[0].publish("t", Array("same".utf8))
             try await net.services[0].publish("t", Array("same".utf8))
             try await net.waitUntil("node 2 got both") { at2.texts == ["same", "same"] }
-            try await net.waitUntil("node 1 saw both") { net.counters[1].received == 2 }
+            // Delivered when the first copy was handled; the subscriber's task takes it a moment later.
+            try await net.waitUntil("node 1 saw both") { net.counters[1].received == 2 && !at1.texts.isEmpty }
             #expect(at1.texts == ["same"])
+            #expect(net.counters[1].delivered == 1)
             #expect(at1.messages.first?.id == Array("same".utf8))
             #expect(net.counters[1].duplicates == 1)
             #expect(at2.messages[0].id != at2.messages[1].id)
@@ -234,6 +236,54 @@ struct PubSubServiceTests {
             net.services[1].removeValidator("t")
             try await net.services[1].publish("t", Array("spam".utf8))
             try await net.waitUntil("without the validator it goes out") { at2.texts == ["fine", "spam"] }
+        }
+    }
+
+    @Test func aValidatorPausesOnlyItsPeersStreamAndReadingGoesOnAfterTheVerdict() async throws {
+        // Topic "v" has a slow validator, "t" none. One write from a raw peer carries two RPCs:
+        // the first RPC's validated message holds up the rest of that RPC and the second RPC;
+        // afterwards the stream is read as before, until a bad frame still ends the peer.
+        try await PubSubTestNetwork.with(nodes: 1, edges: []) { net in
+            let service = net.services[0]
+            service.setValidator("v", timeout: .seconds(5), { message in
+                try? await Task.sleep(for: .milliseconds(50))
+                return message.text.hasPrefix("bad") ? .reject : .accept
+            })
+            let order = NIOLockedValueBox<[String]>([])
+            let tasks = try ["v", "t"].map { topic in
+                let subscription = try service.subscribe(topic)
+                return Task { for await message in subscription { order.withLockedValue { $0.append(message.text) } } }
+            }
+            defer { for task in tasks { task.cancel() } }
+            try await RawPeer.with(connectingTo: net.hosts[0]) { raw in
+                try await net.waitUntil("the raw peer is a pubsub peer") { service.peers.contains(raw.host.peerID) }
+                var both = ByteBuffer()
+                for rpc in [
+                    PubSubRPC(messages: [try raw.signed("v1", topic: "v", seqno: 1), try raw.signed("t1", seqno: 2)]),
+                    PubSubRPC(messages: [try raw.signed("t2", seqno: 3)]),
+                ] {
+                    let bytes = rpc.encoded()
+                    _ = both.writeVarint(UInt64(bytes.count))
+                    both.writeBytes(bytes)
+                }
+                try await raw.stream.write(both)
+                try await net.waitUntil("the first write is handled") { order.withLockedValue { $0 } == ["v1", "t1", "t2"] }
+                // Later writes: the stream is read again (on the loop), validated or not.
+                try await raw.send(PubSubRPC(messages: [try raw.signed("bad", topic: "v", seqno: 4)]))
+                try await raw.send(PubSubRPC(messages: [try raw.signed("t3", seqno: 5)]))
+                try await raw.send(PubSubRPC(messages: [try raw.signed("v2", topic: "v", seqno: 6)]))
+                try await raw.send(PubSubRPC(messages: [try raw.signed("t4", seqno: 7)]))
+                try await net.waitUntil("the later writes are handled") {
+                    order.withLockedValue { $0 } == ["v1", "t1", "t2", "t3", "v2", "t4"]
+                }
+                #expect(net.counters[0].rejected == 1)
+                // Only a length prefix over the limit: the peer is dropped, the node stays.
+                var prefix = ByteBuffer()
+                _ = prefix.writeVarint(UInt64(service.configuration.maxRPCSize + 1))
+                try await raw.stream.write(prefix)
+                try await net.waitUntil("the raw peer is dropped") { !service.peers.contains(raw.host.peerID) }
+                #expect(net.counters[0].badRPCs == 1)
+            }
         }
     }
 

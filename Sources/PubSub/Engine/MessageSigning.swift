@@ -47,7 +47,7 @@ public enum MessageSigning {
     ) throws(IdentityError) -> PubSubRPC.Message {
         let peer = key.peerID
         var message = PubSubRPC.Message(from: peer.bytes, data: data, seqno: encode(seqno: seqno), topic: topic)
-        message.signature = try key.sign(prefix + message.signableBytes())
+        message.signature = try key.sign(message.signableBytes(after: prefix))
         if peer.publicKey == nil { message.key = key.publicKey.marshal() }
         return message
     }
@@ -70,7 +70,7 @@ public enum MessageSigning {
             guard let inlined = peer.publicKey else { return .failure(.keyNotRecoverable) }
             key = inlined
         }
-        guard key.verify(signature: signature, for: prefix + message.signableBytes()) else {
+        guard key.verify(signature: signature, for: message.signableBytes(after: prefix)) else {
             return .failure(.badSignature)
         }
         return .success(Author(peer: peer, seqno: seqno))

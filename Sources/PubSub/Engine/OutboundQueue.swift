@@ -1,25 +1,52 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// A peer's outbound RPC frames: bounded, in order, drained by one consumer (the peer's writer
-/// task), which takes everything queued at once — several frames go out in one stream write, so
-/// a busy peer costs one write (one muxer frame, one encryption, one syscall) per batch instead
-/// of per RPC.
+/// A peer's outbound RPC frames: bounded, in order, written to the peer's stream from the stream's
+/// event loop — no task in between. A frame queued while the queue is idle schedules one drain on
+/// the loop; the drain takes everything queued at once and writes it in one stream write (one
+/// muxer frame, one encryption, one syscall per batch instead of per RPC), and keeps taking while
+/// writes complete at once. While a write waits (the peer's receive window is full), frames queue
+/// up and go out together when it completes.
 ///
 /// The queue also remembers which messages the peer sent us lately (`peerSent`): a frame that
 /// carries only such a message is left out, when queued or when its turn comes — the peer has
 /// the message, another copy would only be a duplicate there. In a flood most copies are
 /// duplicates, and the longer frames wait the more of them this saves.
 final class OutboundQueue: Sendable {
+    /// Where the batches go: normally the peer's pubsub stream.
+    struct Sink: Sendable {
+        let eventLoop: any EventLoop
+        /// Called on `eventLoop`. The future completes once the data is handed to the connection
+        /// (within the peer's receive window): the back-pressure.
+        let write: @Sendable (ByteBuffer) -> EventLoopFuture<Void>
+        /// After a batch was written (or only had left-out frames), on `eventLoop`.
+        let wrote: @Sendable (_ messages: Int, _ suppressed: Int) -> Void
+        /// The queue was finished and everything in it was written; called once, on `eventLoop`.
+        let finished: @Sendable () -> Void
+        /// A write failed; called once, on `eventLoop`, and nothing more is written.
+        let failed: @Sendable (any Error) -> Void
+    }
+
     private struct State {
         var frames = CircularBuffer<PubSubService.OutboundFrame>()
         var finished = false
-        var waiter: CheckedContinuation<Void, Never>?
         var peerHas: RecentIDs
+        var sink: Sink?
+        /// A drain is scheduled on the sink's loop or runs, or a write is under way.
+        var draining = false
+        /// The sink was told `finished` or `failed`.
+        var done = false
+
+        /// The sink to schedule a drain on, if one is due.
+        mutating func drainDue() -> Sink? {
+            guard let sink, !draining, !done else { return nil }
+            draining = true
+            return sink
+        }
     }
 
-    /// What `next` hands the writer: the joined frames (empty when every frame taken was left
-    /// out), how many messages they carry, and how many message frames were left out.
+    /// What the queue took for one write: the joined frames (empty when every frame taken was
+    /// left out), how many messages they carry, and how many message frames were left out.
     struct Batch {
         var bytes: ByteBuffer
         var messageCount: Int
@@ -37,89 +64,145 @@ final class OutboundQueue: Sendable {
     /// How many message IDs the peer sent us are remembered.
     static let rememberedIDs = 512
 
-    /// Most frames waiting; more are refused (`yield` returns false).
+    /// Most frames waiting; more are refused (`yield` returns `.dropped`).
     let capacity: Int
+    /// Most bytes of frames joined into one write (a larger frame goes alone).
+    let maxBatchBytes: Int
     private let state: NIOLockedValueBox<State>
 
-    init(capacity: Int) {
+    init(capacity: Int, maxBatchBytes: Int = 4 * 1024) {
         self.capacity = capacity
+        self.maxBatchBytes = maxBatchBytes
         state = NIOLockedValueBox(State(peerHas: RecentIDs(capacity: Self.rememberedIDs)))
     }
 
     /// Queues `frame`, unless the queue is full or finished, or the frame carries only a message
     /// the peer sent us.
     func yield(_ frame: PubSubService.OutboundFrame) -> YieldResult {
-        let (result, waiter) = state.withLockedValue { s -> (YieldResult, CheckedContinuation<Void, Never>?) in
-            guard !s.finished, s.frames.count < capacity else { return (.dropped, nil) }
+        let (result, sink) = state.withLockedValue { s -> (YieldResult, Sink?) in
+            guard !s.finished, !s.done, s.frames.count < capacity else { return (.dropped, nil) }
             if let id = frame.messageID, s.peerHas.contains(id) { return (.suppressed, nil) }
             s.frames.append(frame)
-            defer { s.waiter = nil }
-            return (.queued, s.waiter)
+            return (.queued, s.drainDue())
         }
-        waiter?.resume()
+        if let sink { schedule(on: sink) }
         return result
     }
 
     /// The peer sent us message `id`: frames carrying only that message need not go out.
-    func peerSent(_ id: MessageID) {
+    func peerSent(_ id: MessageKey) {
         state.withLockedValue { $0.peerHas.insert(id) }
     }
 
-    /// No more frames are taken; the consumer still gets what is queued, then nil.
+    /// Starts writing to `sink`: what is queued now and everything queued later. Once only.
+    func attach(_ sink: Sink) {
+        let due = state.withLockedValue { s -> Sink? in
+            precondition(s.sink == nil, "an outbound queue has one sink")
+            s.sink = sink
+            return s.drainDue()
+        }
+        if let due { schedule(on: due) }
+    }
+
+    /// No more frames are taken; what is queued is still written, then the sink is told
+    /// `finished`.
     func finish() {
-        let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+        let sink = state.withLockedValue { s -> Sink? in
             s.finished = true
-            defer { s.waiter = nil }
-            return s.waiter
+            return s.drainDue()
         }
-        waiter?.resume()
+        if let sink { schedule(on: sink) }
     }
 
-    /// What is queued, oldest first, as one batch: the frames joined until `maxBytes` is reached
-    /// (at least one frame, whatever its size), less those the peer no longer needs. Waits while
-    /// the queue is empty. nil once the queue is finished and drained, or when the task is
-    /// cancelled (what is queued is then left).
-    func next(maxBytes: Int) async -> Batch? {
+    /// Frames waiting to be written.
+    var count: Int { state.withLockedValue { $0.frames.count } }
+
+    private func schedule(on sink: Sink) {
+        sink.eventLoop.execute { self.drain() }
+    }
+
+    private enum Step {
+        case write(Batch, Sink)
+        case finish(Sink)
+        case idle
+    }
+
+    /// On the sink's loop: writes batches while writes complete at once; a write that has to wait
+    /// drains again when it completes.
+    private func drain() {
         while true {
-            switch state.withLockedValue({ Self.take(&$0, maxBytes: maxBytes) }) {
-            case .batch(let frame): return frame
-            case .finished: return nil
-            case .empty: break
+            let step = state.withLockedValue { s -> Step in
+                guard let sink = s.sink, !s.done else {
+                    s.draining = false
+                    return .idle
+                }
+                if let batch = Self.take(&s.frames, peerHas: s.peerHas, maxBytes: maxBatchBytes) {
+                    return .write(batch, sink)
+                }
+                s.draining = false
+                guard s.finished else { return .idle }
+                s.done = true
+                return .finish(sink)
             }
-            if Task.isCancelled { return nil }
-            await withTaskCancellationHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let resumeNow = state.withLockedValue { s -> Bool in
-                        // Checked under the lock: either the cancellation is seen here, or the
-                        // handler runs after the waiter is stored and resumes it.
-                        guard s.frames.isEmpty, !s.finished, !Task.isCancelled else { return true }
-                        s.waiter = continuation
-                        return false
+            switch step {
+            case .idle:
+                return
+            case .finish(let sink):
+                sink.finished()
+                return
+            case .write(let batch, let sink):
+                guard batch.bytes.readableBytes > 0 else {
+                    sink.wrote(0, batch.suppressed)
+                    continue
+                }
+                // On the loop, a future that is complete already calls back at once.
+                var completedInline: Result<Void, any Error>?
+                var returned = false
+                sink.write(batch.bytes).assumeIsolated().whenComplete { result in
+                    if returned {
+                        if self.wrote(batch, result, to: sink) { self.drain() }
+                    } else {
+                        completedInline = result
                     }
-                    if resumeNow { continuation.resume() }
                 }
-            } onCancel: {
-                let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-                    defer { s.waiter = nil }
-                    return s.waiter
-                }
-                waiter?.resume()
+                returned = true
+                guard let result = completedInline, wrote(batch, result, to: sink) else { return }
             }
         }
     }
 
-    private enum Take {
-        case batch(Batch)
-        case finished
-        case empty
+    /// Reports a finished write; false when it failed (the queue is then done).
+    private func wrote(_ batch: Batch, _ result: Result<Void, any Error>, to sink: Sink) -> Bool {
+        switch result {
+        case .success:
+            sink.wrote(batch.messageCount, batch.suppressed)
+            return true
+        case .failure(let error):
+            state.withLockedValue { s in
+                s.done = true
+                s.draining = false
+                s.frames.removeAll()
+            }
+            sink.failed(error)
+            return false
+        }
     }
 
-    private static func take(_ s: inout State, maxBytes: Int) -> Take {
+    /// Takes what is queued, oldest first, as one batch: the frames joined until `maxBytes` is
+    /// reached (at least one frame, whatever its size), less those the peer no longer needs. nil
+    /// when nothing is queued.
+    func take(maxBytes: Int) -> Batch? {
+        state.withLockedValue { s in Self.take(&s.frames, peerHas: s.peerHas, maxBytes: maxBytes) }
+    }
+
+    private static func take(
+        _ frames: inout CircularBuffer<PubSubService.OutboundFrame>, peerHas: RecentIDs, maxBytes: Int
+    ) -> Batch? {
         var batch = Batch(bytes: ByteBuffer(), messageCount: 0, suppressed: 0)
         var joined = false
-        while let frame = s.frames.first {
-            if let id = frame.messageID, s.peerHas.contains(id) {
-                s.frames.removeFirst()
+        while let frame = frames.first {
+            if let id = frame.messageID, peerHas.contains(id) {
+                frames.removeFirst()
                 batch.suppressed += 1
                 continue
             }
@@ -138,26 +221,25 @@ final class OutboundQueue: Sendable {
                 batch.bytes.writeImmutableBuffer(frame.bytes)
             }
             batch.messageCount += frame.messageCount
-            s.frames.removeFirst()
+            frames.removeFirst()
         }
-        if batch.bytes.readableBytes > 0 || batch.suppressed > 0 { return .batch(batch) }
-        return s.finished ? .finished : .empty
+        return batch.bytes.readableBytes > 0 || batch.suppressed > 0 ? batch : nil
     }
 }
 
 /// The last `capacity` distinct message IDs recorded, oldest forgotten first.
 struct RecentIDs {
     let capacity: Int
-    private var members: Set<MessageID> = []
-    private var order = CircularBuffer<MessageID>()
+    private var members: Set<MessageKey> = []
+    private var order = CircularBuffer<MessageKey>()
 
     init(capacity: Int) {
         self.capacity = capacity
     }
 
-    func contains(_ id: MessageID) -> Bool { members.contains(id) }
+    func contains(_ id: MessageKey) -> Bool { members.contains(id) }
 
-    mutating func insert(_ id: MessageID) {
+    mutating func insert(_ id: MessageKey) {
         guard members.insert(id).inserted else { return }
         order.append(id)
         if order.count > capacity { members.remove(order.removeFirst()) }

@@ -9,8 +9,8 @@ import NIOCore
 extension PubSubService {
     // MARK: - Sessions
 
-    /// Makes sure we have a session with `peer`; a new one gets a writer task that opens our
-    /// stream on `connection`.
+    /// Makes sure we have a session with `peer`; a new one gets a task that opens our stream on
+    /// `connection` and hands it to the session's queue.
     func ensureSession(with peer: PeerID, on connection: Connection) {
         let created = state.withLockedValue { s -> (generation: UInt64, frames: OutboundQueue)? in
             guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
@@ -21,17 +21,15 @@ extension PubSubService {
             return (generation, queue)
         }
         guard let created else { return }
-        // Spawned on the host, so a host shutdown cancels it (the queue iteration then ends).
+        // Spawned on the host, so a host shutdown cancels it.
         host.spawn { [weak self] in
             await self?.runWriter(peer: peer, generation: created.generation, connection: connection, frames: created.frames)
         }
     }
 
-    /// Most bytes of queued RPC frames joined into one stream write.
-    static let maxBatchBytes = 4 * 1024
-
-    /// Opens our stream to `peer`, sends our subscriptions, then writes the queued RPCs in order
-    /// until the session ends; RPCs that queued up meanwhile are written together.
+    /// Opens our stream to `peer` and sends our subscriptions, then hands the stream to the
+    /// queue: from then on the queued RPCs are written from the stream's event loop, in order,
+    /// what queued up meanwhile together (no task per write).
     private func runWriter(
         peer: PeerID, generation: UInt64, connection: Connection, frames: OutboundQueue
     ) async {
@@ -61,7 +59,6 @@ extension PubSubService {
             stream.reset()
             return
         }
-        defer { _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) } }
         // Notices a reset by the peer or the end of the connection while we have nothing to write.
         stream.setFailureWatcher { [weak self] in
             self?.endSession(with: peer, generation: generation, reason: "outbound stream failed", keepReading: true)
@@ -73,22 +70,42 @@ extension PubSubService {
                 let hello = PubSubRPC(subscriptions: attached.topics.map { .init(subscribe: true, topic: $0) })
                 try await stream.write(Self.frame(hello.encoded()))
             }
-            // What queued up while the last write was under way goes out in one write.
-            while let batch = await frames.next(maxBytes: Self.maxBatchBytes) {
-                if batch.bytes.readableBytes > 0 { try await stream.write(batch.bytes) }
-                if batch.messageCount > 0 || batch.suppressed > 0 {
-                    state.withLockedValue {
-                        $0.counters.forwarded += batch.messageCount
-                        $0.counters.suppressed += batch.suppressed
-                    }
-                }
-            }
-            // The queue was finished (stop, or the session ended) and is drained: a clean end.
-            stream.setFailureWatcher(nil)
-            try await stream.closeWrite()
         } catch {
+            writerEnded(generation)
             endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
+            return
         }
+        frames.attach(OutboundQueue.Sink(
+            eventLoop: stream.eventLoop,
+            write: { stream.writeOnEventLoop($0) },
+            wrote: { [weak self] messages, suppressed in
+                guard messages > 0 || suppressed > 0 else { return }
+                self?.transmissions.withLockedValue {
+                    $0.forwarded += messages
+                    $0.suppressed += suppressed
+                }
+            },
+            finished: { [weak self] in
+                // The queue was finished (stop, or the session ended) and is drained: a clean end.
+                stream.setFailureWatcher(nil)
+                Task {
+                    do {
+                        try await stream.closeWrite()
+                    } catch {
+                        self?.endSession(with: peer, generation: generation, reason: "closing failed: \(error)", keepReading: true)
+                    }
+                    self?.writerEnded(generation)
+                }
+            },
+            failed: { [weak self] error in
+                self?.writerEnded(generation)
+                self?.endSession(with: peer, generation: generation, reason: "writing failed: \(error)", keepReading: true)
+            }))
+    }
+
+    /// Our stream of session `generation` is closed or failed: `stop()` need not wait for it.
+    private func writerEnded(_ generation: UInt64) {
+        _ = state.withLockedValue { $0.openOutbound.removeValue(forKey: generation) }
     }
 
     /// Serves a peer's stream to us (the host's handler task): reads RPC frames until the stream
@@ -113,30 +130,57 @@ extension PubSubService {
         attached.previous?.reset()
         execute(attached.actions)
 
+        // The peer's RPCs are handled synchronously on the stream's event loop as they arrive
+        // (no task wake-up per read). Only a message that waits for a topic validator brings the
+        // handling back to this task: while the validator runs, the stream is not read (its data
+        // queues, un-credited: back-pressure on the peer), and after the verdict the rest of the
+        // RPC and the frames already decoded are handled and reading returns to the loop.
         var decoder = RPCFrameDecoder(maxFrameSize: configuration.maxRPCSize)
-        do {
-            while let chunk = try await stream.read() {
-                decoder.append(chunk)
-                while let frame = try decoder.nextFrame() {
-                    let rpc = try PubSubRPC(decoding: frame)
-                    await handle(rpc, from: peer)
-                }
+        while true {
+            switch await readOnEventLoop(stream, of: peer, generation: attached.generation, decoder: decoder) {
+            case .ended:
+                return
+            case .validating(let pending, let rest):
+                await finish(pending, from: peer)
+                decoder = rest
             }
-            // The peer closed its stream: it has left pubsub.
-            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream closed")
-        } catch let error as PubSubError {
-            state.withLockedValue { $0.counters.badRPCs += 1 }
-            logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            // Whatever session the peer has by now goes, and this stream with it.
-            stream.reset()
-            endSession(with: peer, generation: nil, reason: error.description)
-        } catch {
-            inboundEnded(stream, of: peer, generation: attached.generation, reason: "inbound stream failed: \(error)")
+        }
+    }
+
+    /// A peer sent an oversized or malformed RPC.
+    func badRPC(_ error: PubSubError, on stream: P2PStream, from peer: PeerID) {
+        state.withLockedValue { $0.counters.badRPCs += 1 }
+        logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        // Whatever session the peer has by now goes, and this stream with it.
+        stream.reset()
+        endSession(with: peer, generation: nil, reason: error.description)
+    }
+
+    enum LoopReadOutcome: Sendable {
+        /// The stream ended (or failed, or sent a bad RPC): all done.
+        case ended
+        /// A message waits for a topic validator; the frames after it are in the decoder.
+        case validating(PendingValidation, RPCFrameDecoder)
+    }
+
+    /// Handles the stream's RPCs on its event loop — first the frames `decoder` holds already,
+    /// then the data as it arrives — until the stream ends or a message has to wait for a topic
+    /// validator.
+    private func readOnEventLoop(
+        _ stream: P2PStream, of peer: PeerID, generation: UInt64, decoder: RPCFrameDecoder
+    ) async -> LoopReadOutcome {
+        let reader = LoopReader(service: self, stream: stream, peer: peer, generation: generation, decoder: decoder)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<LoopReadOutcome, Never>) in
+                stream.eventLoop.execute { reader.start(continuation) }
+            }
+        } onCancel: {
+            stream.eventLoop.execute { reader.cancel() }
         }
     }
 
     /// The end of an inbound stream ends the session, unless a newer stream replaced it.
-    private func inboundEnded(_ stream: P2PStream, of peer: PeerID, generation: UInt64, reason: String) {
+    func inboundEnded(_ stream: P2PStream, of peer: PeerID, generation: UInt64, reason: String) {
         let current = state.withLockedValue { $0.sessions[peer]?.inbound === stream }
         if current { endSession(with: peer, generation: generation, reason: reason) }
     }
@@ -168,26 +212,88 @@ extension PubSubService {
 
     // MARK: - Inbound RPCs
 
-    private func handle(_ rpc: PubSubRPC, from peer: PeerID) async {
-        // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
-        let graylisted = state.withLockedValue { s -> Bool in
-            guard s.router.isGraylisted(peer) else { return false }
-            s.counters.graylistedRPCs += 1
-            return true
-        }
-        if graylisted { return }
-        if !rpc.subscriptions.isEmpty {
-            let actions = state.withLockedValue { s -> [PubSubRouterAction] in
-                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
-                let now = ContinuousClock.now
-                return rpc.subscriptions.flatMap {
-                    s.router.peerSubscription(peer, topic: $0.topic, subscribed: $0.subscribe, now: now)
+    /// How far handling an RPC got: its messages' IDs, which of them were new (not in the seen
+    /// cache at the first look), and the next of those to handle.
+    struct RPCProgress {
+        let rpc: PubSubRPC
+        let ids: [MessageID]
+        let keys: [MessageKey]
+        let fresh: [Int]
+        var next = 0
+    }
+
+    /// An RPC whose handling waits for a topic validator's verdict on one of its messages.
+    struct PendingValidation {
+        var progress: RPCProgress
+        let message: PubSubRPC.Message
+        let received: PubSubMessage
+        let validator: Validator
+        let timeout: Duration
+    }
+
+    /// Handles an RPC without suspending, in as few turns of the engine's lock as it can: one for
+    /// the graylist check, the subscriptions and the seen check of every message (duplicates end
+    /// there), one per new message after its signature check (marked seen and, without a topic
+    /// validator, delivered and routed), one for the control part. Returns where it stopped when a
+    /// message waits for a topic validator (`finish` takes it from there).
+    ///
+    /// No suspension point between a message's seen check and its insertion: a nonisolated async
+    /// call is a hop through the executor (on NIO's event loops, a job queued behind the others),
+    /// and other copies of the message, read by other tasks meanwhile, would all pass the check and
+    /// be verified too.
+    func handle(_ rpc: PubSubRPC, from peer: PeerID) -> PendingValidation? {
+        let ids = rpc.messages.map { configuration.messageID($0) }
+        let keys = ids.map(MessageKey.init)
+        let first = state.withLockedValue { s -> (fresh: [Int], queue: OutboundQueue?, actions: [PubSubRouterAction])? in
+            // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
+            if s.router.isGraylisted(peer) {
+                s.counters.graylistedRPCs += 1
+                return nil
+            }
+            let now = ContinuousClock.now
+            var actions: [PubSubRouterAction] = []
+            if !rpc.subscriptions.isEmpty, s.phase == .running, s.sessions[peer]?.inRouter == true {
+                for subscription in rpc.subscriptions {
+                    actions += s.router.peerSubscription(
+                        peer, topic: subscription.topic, subscribed: subscription.subscribe, now: now)
                 }
             }
-            execute(actions)
+            var fresh: [Int] = []
+            for (index, message) in rpc.messages.enumerated() {
+                s.counters.received += 1
+                if s.seen.contains(keys[index], now: now) {
+                    s.counters.duplicates += 1
+                    s.router.duplicateMessage(message, id: ids[index], from: peer, now: now)
+                } else {
+                    fresh.append(index)
+                }
+            }
+            return (fresh, s.sessions[peer]?.queue, actions)
         }
-        for message in rpc.messages { await handle(message, from: peer) }
-        if let control = rpc.control, !control.isEmpty {
+        guard let first else { return nil }
+        execute(first.actions)
+        // The peer has these messages: what we queued for it with only one of them can stay here.
+        if configuration.leaveOutCopiesPeersHave, let queue = first.queue {
+            for key in keys { queue.peerSent(key) }
+        }
+        return proceed(RPCProgress(rpc: rpc, ids: ids, keys: keys, fresh: first.fresh), from: peer)
+    }
+
+    /// Handles the RPC's new messages from `progress.next` on, then its control part; stops at a
+    /// message that waits for a topic validator.
+    private func proceed(_ progress: RPCProgress, from peer: PeerID) -> PendingValidation? {
+        var progress = progress
+        while progress.next < progress.fresh.count {
+            let index = progress.fresh[progress.next]
+            progress.next += 1
+            let message = progress.rpc.messages[index]
+            if let wait = handleNew(message, id: progress.ids[index], key: progress.keys[index], from: peer) {
+                return PendingValidation(
+                    progress: progress, message: message, received: wait.received, validator: wait.validator,
+                    timeout: wait.timeout)
+            }
+        }
+        if let control = progress.rpc.control, !control.isEmpty {
             let actions = state.withLockedValue { s -> [PubSubRouterAction] in
                 guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
                 let now = ContinuousClock.now
@@ -196,28 +302,44 @@ extension PubSubService {
             }
             execute(actions)
         }
+        return nil
     }
 
-    /// Checks in order: duplicate (seen cache), StrictSign, our own message, then marks it seen,
-    /// validates, delivers and routes. The signature is checked before the ID is marked seen, so a
-    /// forged copy cannot shadow the real message.
-    private func handle(_ message: PubSubRPC.Message, from peer: PeerID) async {
-        let id = configuration.messageID(message)
-        let (duplicate, queue) = state.withLockedValue { s -> (Bool, OutboundQueue?) in
-            s.counters.received += 1
-            let queue = s.sessions[peer]?.queue
-            guard s.seen.contains(id, now: .now) else { return (false, queue) }
-            s.counters.duplicates += 1
-            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return (true, queue)
+    /// Waits for the validator's verdict, delivers and routes an accepted message, and handles
+    /// the rest of the RPC (validating further messages the same way).
+    func finish(_ pending: PendingValidation, from peer: PeerID) async {
+        var next: PendingValidation? = pending
+        while let pending = next {
+            let message = pending.message
+            let id = pending.received.id
+            let verdict = await Self.run(
+                pending.validator, on: pending.received, timeout: pending.timeout, eventLoop: host.eventLoopGroup.any())
+            switch verdict {
+            case .accept:
+                if let routed = state.withLockedValue({ s in Self.route(message, id: id, from: peer, now: .now, in: &s) }) {
+                    deliver(pending.received, to: routed.subscribers)
+                    execute(routed.actions)
+                }
+            case .reject:
+                reject(message, id: id, from: peer, reason: "rejected by the topic validator")
+            case .ignore:
+                state.withLockedValue { $0.counters.ignored += 1 }
+            }
+            next = proceed(pending.progress, from: peer)
         }
-        // The peer has this message: what we queued for it with only this message can stay here.
-        if configuration.leaveOutCopiesPeersHave { queue?.peerSent(id) }
-        if duplicate { return }
+    }
+
+    /// A message that was not in the seen cache: StrictSign, our own message, then marks it seen,
+    /// and delivers and routes it — or returns what its topic's validator needs. The signature is
+    /// checked before the ID is marked seen, so a forged copy cannot shadow the real message.
+    private func handleNew(
+        _ message: PubSubRPC.Message, id: MessageID, key: MessageKey, from peer: PeerID
+    ) -> (received: PubSubMessage, validator: Validator, timeout: Duration)? {
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
         case .failure(let failure):
-            return reject(message, id: id, from: peer, reason: failure.description)
+            reject(message, id: id, from: peer, reason: failure.description)
+            return nil
         case .success(let verified):
             author = verified
         }
@@ -225,36 +347,50 @@ extension PubSubService {
         // entry expired) is dropped, never delivered or forwarded again.
         if author.peer == host.peerID {
             state.withLockedValue { $0.counters.ignored += 1 }
-            return
+            return nil
         }
-        let fresh = state.withLockedValue { s -> Bool in
-            if s.seen.insert(id, now: .now) { return true }
-            s.counters.duplicates += 1  // a copy from another peer got here first
-            s.router.duplicateMessage(message, id: id, from: peer, now: .now)
-            return false
+        enum Next {
+            case done
+            case routed(Routed)
+            case validate(validator: Validator, timeout: Duration)
         }
-        guard fresh else { return }
+        let next = state.withLockedValue { s -> Next in
+            let now = ContinuousClock.now
+            guard s.seen.insert(key, now: now) else {
+                s.counters.duplicates += 1  // a copy from another peer got here first
+                s.router.duplicateMessage(message, id: id, from: peer, now: now)
+                return .done
+            }
+            if !s.validators.isEmpty, let entry = s.validators[message.topic] {
+                return .validate(validator: entry.validator, timeout: entry.timeout)
+            }
+            return Self.route(message, id: id, from: peer, now: now, in: &s).map(Next.routed) ?? .done
+        }
         let received = PubSubMessage(
             topic: message.topic, data: message.data, from: author.peer, seqno: author.seqno, id: id, receivedFrom: peer)
-        switch await validate(received) {
-        case .accept:
-            break
-        case .reject:
-            return reject(message, id: id, from: peer, reason: "rejected by the topic validator")
-        case .ignore:
-            state.withLockedValue { $0.counters.ignored += 1 }
-            return
+        switch next {
+        case .done:
+            return nil
+        case .routed(let routed):
+            deliver(received, to: routed.subscribers)
+            execute(routed.actions)
+            return nil
+        case .validate(let validator, let timeout):
+            return (received, validator, timeout)
         }
-        let routed = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])? in
-            guard s.phase == .running else { return nil }
-            let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
-            if !subscribers.isEmpty { s.counters.delivered += 1 }
-            s.counters.routed += 1
-            return (subscribers, s.router.route(message, id: id, from: peer, now: .now))
-        }
-        guard let routed else { return }
-        deliver(received, to: routed.subscribers)
-        execute(routed.actions)
+    }
+
+    typealias Routed = (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])
+
+    /// Under the lock: a new valid message goes to our subscriptions and to the router.
+    private static func route(
+        _ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, now: ContinuousClock.Instant, in s: inout State
+    ) -> Routed? {
+        guard s.phase == .running else { return nil }
+        let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
+        if !subscribers.isEmpty { s.counters.delivered += 1 }
+        s.counters.routed += 1
+        return (subscribers, s.router.route(message, id: id, from: peer, now: now))
     }
 
     private func reject(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, reason: String) {
@@ -333,7 +469,7 @@ extension PubSubService {
                 frame = bytes.count <= configuration.maxRPCSize
                     ? OutboundFrame(
                         bytes: Self.frame(bytes), messageCount: rpc.messages.count,
-                        messageID: single ? configuration.messageID(rpc.messages[0]) : nil)
+                        messageID: single ? MessageKey(configuration.messageID(rpc.messages[0])) : nil)
                     : nil
                 last = (rpc, frame)
             }
@@ -359,12 +495,8 @@ extension PubSubService {
             case .suppressed: suppressed += 1
             }
         }
-        if dropped > 0 || suppressed > 0 {
-            state.withLockedValue {
-                $0.counters.dropped += dropped
-                $0.counters.suppressed += suppressed
-            }
-        }
+        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+        if suppressed > 0 { transmissions.withLockedValue { $0.suppressed += suppressed } }
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {
@@ -403,5 +535,99 @@ private final class VerdictSlot: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+    }
+}
+
+/// Reads a peer's stream to us on the stream's event loop: frames are decoded and handled as the
+/// data arrives (from inside the connection's channel handlers: what the engine does there only
+/// queues writes, resets streams and resumes tasks). All its state is used on that loop only.
+final class LoopReader: Sendable {
+    private struct State: Sendable {
+        var decoder: RPCFrameDecoder
+        var continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>?
+        var cancelled = false
+    }
+
+    private let service: PubSubService
+    private let stream: P2PStream
+    private let peer: PeerID
+    private let generation: UInt64
+    private let state: NIOLoopBoundBox<State>
+
+    /// `decoder`: where an earlier reader stopped (it may hold whole frames already).
+    init(service: PubSubService, stream: P2PStream, peer: PeerID, generation: UInt64, decoder: RPCFrameDecoder) {
+        self.service = service
+        self.stream = stream
+        self.peer = peer
+        self.generation = generation
+        state = NIOLoopBoundBox.makeBoxSendingValue(State(decoder: decoder), eventLoop: stream.eventLoop)
+    }
+
+    /// On the loop: handles the frames the decoder holds, then takes the stream's data;
+    /// `continuation` gets the outcome.
+    func start(_ continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>) {
+        if state.value.cancelled {
+            continuation.resume(returning: ended("inbound stream failed: cancelled"))
+            return
+        }
+        state.value.continuation = continuation
+        guard handleDecodedFrames() else { return }
+        stream.setReadHandler { [self] event in receive(event) }
+    }
+
+    /// Handles the whole frames in the decoder; false when that ended this reader (a message
+    /// waits for a validator, or the RPC was bad).
+    private func handleDecodedFrames() -> Bool {
+        do {
+            while state.value.continuation != nil, let frame = try state.value.decoder.nextFrame() {
+                let rpc = try PubSubRPC(decoding: frame)
+                if let pending = service.handle(rpc, from: peer) {
+                    // The serving task waits for the validator, then starts a new reader.
+                    stream.setReadHandler(nil)
+                    finish(.validating(pending, state.value.decoder))
+                    return false
+                }
+            }
+            return state.value.continuation != nil
+        } catch {
+            // Handed over first: the reset below reports a failure to the read handler.
+            stream.setReadHandler(nil)
+            finish(.ended)
+            service.badRPC(error, on: stream, from: peer)
+            return false
+        }
+    }
+
+    /// On the loop: the serving task was cancelled.
+    func cancel() {
+        state.value.cancelled = true
+        guard state.value.continuation != nil else { return }
+        stream.setReadHandler(nil)
+        finish(ended("inbound stream failed: cancelled"))
+    }
+
+    private func receive(_ event: P2PStream.ReadEvent) {
+        guard state.value.continuation != nil else { return }  // handed over or finished
+        switch event {
+        case .data(let chunk):
+            state.value.decoder.append(chunk)
+            _ = handleDecodedFrames()
+        case .end:
+            // The peer closed its stream: it has left pubsub.
+            finish(ended("inbound stream closed"))
+        case .failure(let error):
+            finish(ended("inbound stream failed: \(error)"))
+        }
+    }
+
+    private func ended(_ reason: String) -> PubSubService.LoopReadOutcome {
+        service.inboundEnded(stream, of: peer, generation: generation, reason: reason)
+        return .ended
+    }
+
+    private func finish(_ outcome: PubSubService.LoopReadOutcome) {
+        guard let continuation = state.value.continuation else { return }
+        state.value.continuation = nil
+        continuation.resume(returning: outcome)
     }
 }

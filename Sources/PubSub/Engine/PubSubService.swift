@@ -9,7 +9,7 @@ import NIOCore
 ///
 /// The service owns the I/O around a `PubSubRouter` state machine: one outbound pubsub stream per
 /// peer (we write only on ours, the peer writes only on its own, as the spec has it), inbound
-/// streams read in a loop, RPC framing with a size limit, StrictSign signing and verification,
+/// streams read on their event loops, RPC framing with a size limit, StrictSign signing and verification,
 /// topic validators, the seen cache (a message is delivered and routed at most once) and local
 /// delivery. The router lives in the lock; the actions it returns are carried out outside it.
 ///
@@ -37,14 +37,14 @@ public final class PubSubService: Sendable {
         var messageCount: Int
         /// Set when the RPC is exactly one message and nothing else: the frame is left out if the
         /// peer sends us that message before it goes out.
-        var messageID: MessageID?
+        var messageID: MessageKey?
     }
 
     /// Our side of one pubsub peer.
     struct PeerSession: Sendable {
         /// Tells this session from a later one with the same peer.
         let generation: UInt64
-        /// The bounded outbound queue, drained by the peer's writer task.
+        /// The bounded outbound queue, written to our stream from its event loop.
         let queue: OutboundQueue
         var outbound: P2PStream?
         var inbound: P2PStream?
@@ -92,6 +92,14 @@ public final class PubSubService: Sendable {
     public let protocols: [String]
     let heartbeatInterval: Duration?
     let state: NIOLockedValueBox<State>
+    /// `forwarded` and `suppressed`, counted apart from `state`: every write counts, from the
+    /// peers' event loops, and need not wait for the engine's lock.
+    let transmissions = NIOLockedValueBox(Transmissions())
+
+    struct Transmissions {
+        var forwarded = 0
+        var suppressed = 0
+    }
     var logger: Logger { configuration.logger }
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
@@ -285,7 +293,11 @@ public final class PubSubService: Sendable {
     }
 
     public var counters: PubSubCounters {
-        state.withLockedValue { $0.counters }
+        var counters = state.withLockedValue { $0.counters }
+        let transmissions = transmissions.withLockedValue { $0 }
+        counters.forwarded = transmissions.forwarded
+        counters.suppressed = transmissions.suppressed
+        return counters
     }
 
     /// A look at the router's state, e.g. a gossipsub mesh:

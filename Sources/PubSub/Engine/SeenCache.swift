@@ -11,10 +11,12 @@ public struct SeenCache: Sendable {
     /// Entries dropped before their time because the cache was full.
     public private(set) var evictions = 0
 
-    private var expiries: [MessageID: ContinuousClock.Instant] = [:]
+    private var expiries: [MessageKey: ContinuousClock.Instant] = [:]
     /// Insertion order; `order[head...]` are live, the rest are waiting to be compacted away.
-    private var order: [MessageID] = []
+    private var order: [MessageKey] = []
     private var head = 0
+    /// The expiry of the newest entry: expiries never decrease along `order`.
+    private var lastExpiry: ContinuousClock.Instant?
 
     public init(ttl: Duration, capacity: Int) {
         precondition(ttl > .zero && capacity > 0, "a seen cache needs a positive ttl and capacity")
@@ -26,24 +28,34 @@ public struct SeenCache: Sendable {
 
     /// Whether `id` was inserted less than `ttl` before `now`.
     public func contains(_ id: MessageID, now: ContinuousClock.Instant) -> Bool {
-        guard let expiry = expiries[id] else { return false }
+        contains(MessageKey(id), now: now)
+    }
+
+    func contains(_ key: MessageKey, now: ContinuousClock.Instant) -> Bool {
+        guard let expiry = expiries[key] else { return false }
         return expiry > now
     }
 
     /// Records `id` as seen at `now`. Returns false when it was seen already (and has not expired).
     @discardableResult
     public mutating func insert(_ id: MessageID, now: ContinuousClock.Instant) -> Bool {
+        insert(MessageKey(id), now: now)
+    }
+
+    @discardableResult
+    mutating func insert(_ key: MessageKey, now: ContinuousClock.Instant) -> Bool {
         expire(now: now)
-        if contains(id, now: now) { return false }
+        if contains(key, now: now) { return false }
         if expiries.count >= capacity {
             removeOldest()
             evictions += 1
         }
         // `now` may lag an earlier insertion's instant (callers on different threads read the clock
         // before taking the lock); clamping keeps expiries in insertion order.
-        let last = order.last.flatMap { expiries[$0] } ?? (now + ttl)
-        expiries[id] = max(now + ttl, last)
-        order.append(id)
+        let expiry = max(now + ttl, lastExpiry ?? (now + ttl))
+        expiries[key] = expiry
+        lastExpiry = expiry
+        order.append(key)
         return true
     }
 

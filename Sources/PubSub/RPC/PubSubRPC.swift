@@ -51,9 +51,21 @@ public struct PubSubRPC: Sendable, Equatable {
         /// The bytes the StrictSign signature covers (after the `"libp2p-pubsub:"` prefix): the
         /// message protobuf without `signature` and `key`, fields in number order.
         public func signableBytes() -> [UInt8] {
-            var w = ProtobufWriter()
+            signableBytes(after: [])
+        }
+
+        /// `prefix` followed by `signableBytes()`, in one buffer.
+        func signableBytes(after prefix: [UInt8]) -> [UInt8] {
+            var w = ProtobufWriter(reservingCapacity: prefix.count + encodedSizeBound)
+            w.writeRaw(prefix)
             encodeUnsigned(into: &w)
             return w.bytes
+        }
+
+        /// At least the encoded size (each field's key and length take at most 1 + 5 bytes here).
+        var encodedSizeBound: Int {
+            (from?.count ?? 0) + data.count + (seqno?.count ?? 0) + topic.utf8.count + (signature?.count ?? 0)
+                + (key?.count ?? 0) + 6 * 6
         }
 
         func encodeUnsigned(into w: inout ProtobufWriter) {
@@ -64,7 +76,7 @@ public struct PubSubRPC: Sendable, Equatable {
         }
 
         public func encoded() -> [UInt8] {
-            var w = ProtobufWriter()
+            var w = ProtobufWriter(reservingCapacity: encodedSizeBound)
             encodeUnsigned(into: &w)
             if let signature { w.writeBytesField(5, signature) }
             if let key { w.writeBytesField(6, key) }
@@ -160,7 +172,7 @@ public struct PubSubRPC: Sendable, Equatable {
     // MARK: - Encoding
 
     public func encoded() -> [UInt8] {
-        var w = ProtobufWriter()
+        var w = ProtobufWriter(reservingCapacity: messages.reduce(16) { $0 + $1.encodedSizeBound + 6 })
         for sub in subscriptions {
             var s = ProtobufWriter()
             s.writeBoolField(1, sub.subscribe)

@@ -4,19 +4,21 @@ import Identity
 /// IHAVE, one random ID of it is tracked; if that message has not arrived — from any peer — by the
 /// deadline, the advertising peer broke its promise and gets a behaviour penalty (P₇).
 struct GossipPromises: Sendable {
-    private var deadlines: [MessageID: [PeerID: ContinuousClock.Instant]] = [:]
+    private var deadlines: [MessageKey: [PeerID: ContinuousClock.Instant]] = [:]
 
     var isEmpty: Bool { deadlines.isEmpty }
 
     /// `peer` advertised `id` and we asked for it; it is due by `deadline` (an earlier promise for
     /// the same message and peer keeps its deadline).
     mutating func add(_ peer: PeerID, id: MessageID, deadline: ContinuousClock.Instant) {
-        if deadlines[id]?[peer] == nil { deadlines[id, default: [:]][peer] = deadline }
+        let key = MessageKey(id)
+        if deadlines[key]?[peer] == nil { deadlines[key, default: [:]][peer] = deadline }
     }
 
     /// The message arrived (valid or not): every promise for it is kept.
     mutating func fulfil(_ id: MessageID) {
-        deadlines[id] = nil
+        guard !deadlines.isEmpty else { return }
+        deadlines[MessageKey(id)] = nil
     }
 
     /// Forgets the promises whose deadline has passed and returns how many each peer broke.

@@ -185,21 +185,20 @@ public struct GossipSubRouter: PubSubRouter {
 
         let topic = message.topic
         let threshold = configuration.thresholds.publish
-        // Only peers with a stream (a subscription may be reported before `addPeer`).
-        let topicPeers = membership.peers(in: topic).filter { membership.contains($0) }
-        var recipients: Set<PeerID> = []
+        let topicPeers = membership.peers(in: topic)
+        var recipients: Set<PeerID>
         if source == nil && configuration.floodPublish {
             // v1.1 flood publishing: our own messages go to every topic peer above the publish
             // threshold, whether or not we joined the topic (then there is no fanout either).
-            recipients = topicPeers.filter { isExplicit($0) || score(of: $0) >= threshold }
-        } else {
-            // v1.0 "Message Processing": floodsub peers of the topic always, then the mesh — or,
-            // for a topic we did not join, the fanout (created with up to D peers when empty).
-            for peer in topicPeers where isExplicit(peer) || (isFloodsub(peer) && score(of: peer) >= threshold) {
-                recipients.insert(peer)
+            // Only peers with a stream (a subscription may be reported before `addPeer`).
+            recipients = topicPeers.filter {
+                membership.contains($0) && (isExplicit($0) || score(of: $0) >= threshold)
             }
+        } else {
+            // v1.0 "Message Processing": the mesh — or, for a topic we did not join, the fanout
+            // (created with up to D peers when empty) —, plus floodsub peers of the topic always.
             if let meshPeers = mesh[topic] {
-                recipients.formUnion(meshPeers)
+                recipients = meshPeers
             } else {
                 var peers = fanout[topic] ?? []
                 if peers.isEmpty {
@@ -208,16 +207,21 @@ public struct GossipSubRouter: PubSubRouter {
                     if !peers.isEmpty { fanout[topic] = peers }
                 }
                 lastPublished[topic] = now
-                recipients.formUnion(peers)
+                recipients = peers
+            }
+            let explicitPeers = !configuration.explicitPeers.isEmpty
+            for peer in topicPeers where !recipients.contains(peer) {
+                guard let protocolID = membership.protocolOf[peer] else { continue }
+                if (explicitPeers && isExplicit(peer)) || (protocolID == Self.floodsub && score(of: peer) >= threshold) {
+                    recipients.insert(peer)
+                }
             }
         }
-        // Never back to the peer it came from, nor to its author.
-        if let source { recipients.remove(source) }
-        if let author = message.from { recipients = recipients.filter { $0.bytes != author } }
-
-        var outbox = Outbox()
-        for peer in recipients { outbox.message(peer, message) }
-        return outbox.actions
+        // Never back to the peer it came from, nor to its author; in peer order, so that a run is
+        // reproducible. The message alone: one RPC for every recipient.
+        let author = message.from
+        let rpc = PubSubRPC(messages: [message])
+        return recipients.filter { $0 != source && $0.bytes != author }.sorted().map { .send(to: $0, rpc) }
     }
 
     public mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,

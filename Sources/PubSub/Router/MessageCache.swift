@@ -15,13 +15,13 @@ struct MessageCache: Sendable {
     }
 
     private struct Key: Sendable {
-        var id: MessageID
+        var id: MessageKey
         var topic: String
     }
 
     let historyLength: Int
     let historyGossip: Int
-    private var entries: [MessageID: Entry] = [:]
+    private var entries: [MessageKey: Entry] = [:]
     /// `windows[0]` is the current window.
     private var windows: [[Key]]
 
@@ -36,20 +36,22 @@ struct MessageCache: Sendable {
 
     /// Adds a message to the current window (a message already cached keeps its window).
     mutating func put(_ message: PubSubRPC.Message, id: MessageID) {
-        guard entries[id] == nil else { return }
-        entries[id] = Entry(message: message)
-        windows[0].append(Key(id: id, topic: message.topic))
+        let key = MessageKey(id)
+        guard entries[key] == nil else { return }
+        entries[key] = Entry(message: message)
+        windows[0].append(Key(id: key, topic: message.topic))
     }
 
-    func get(_ id: MessageID) -> PubSubRPC.Message? { entries[id]?.message }
+    func get(_ id: MessageID) -> PubSubRPC.Message? { entries[MessageKey(id)]?.message }
 
     /// The message for an IWANT from `peer`, with how many times `peer` has now asked for it
     /// (this request included).
     mutating func get(_ id: MessageID, for peer: PeerID) -> (message: PubSubRPC.Message, count: Int)? {
-        guard var entry = entries[id] else { return nil }
+        let key = MessageKey(id)
+        guard var entry = entries.removeValue(forKey: key) else { return nil }
         let count = entry.transmissions[peer, default: 0] + 1
         entry.transmissions[peer] = count
-        entries[id] = entry
+        entries[key] = entry
         return (entry.message, count)
     }
 
@@ -57,7 +59,7 @@ struct MessageCache: Sendable {
     func gossipIDs(topic: String) -> [MessageID] {
         var ids: [MessageID] = []
         for window in windows.prefix(historyGossip) {
-            for key in window.reversed() where key.topic == topic { ids.append(key.id) }
+            for key in window.reversed() where key.topic == topic { ids.append(key.id.id) }
         }
         return ids
     }

@@ -46,7 +46,12 @@ struct PeerScore: Sendable {
 
     var parameters: PeerScoreParameters
     private(set) var stats: [PeerID: PeerStats] = [:]
-    private var deliveries: [MessageID: DeliveryRecord] = [:]
+    private var deliveries: [MessageKey: DeliveryRecord] = [:]
+    /// Records in the order they were made, so that they expire from the front (`firstSeen` only
+    /// grows) instead of a pass over all of them at every heartbeat; `deliveryOrder[orderHead...]`
+    /// are live.
+    private var deliveryOrder: [(key: MessageKey, firstSeen: ContinuousClock.Instant)] = []
+    private var orderHead = 0
     private var lastDecay: ContinuousClock.Instant?
 
     init(parameters: PeerScoreParameters) {
@@ -158,7 +163,9 @@ struct PeerScore: Sendable {
     /// whose copies arrived while it was validated count as near-first.
     mutating func messageValidated(id: MessageID, topic: String, from source: PeerID?,
                                    now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
+        let key = MessageKey(id)
+        var record = deliveries.removeValue(forKey: key) ?? newRecord(key, now: now)
+        defer { deliveries[key] = record }
         guard record.status == .pending else { return }
         record.status = .valid(at: now)
         if let source {
@@ -167,12 +174,13 @@ struct PeerScore: Sendable {
         }
         for peer in record.peers { markMeshDelivery(peer, topic: topic) }
         if let source { record.peers.insert(source) }
-        deliveries[id] = record
     }
 
     /// A message from `peer` failed validation: P₄ for it and for every peer that sent a copy.
     mutating func messageRejected(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
+        let key = MessageKey(id)
+        var record = deliveries.removeValue(forKey: key) ?? newRecord(key, now: now)
+        defer { deliveries[key] = record }
         switch record.status {
         case .pending:
             record.status = .invalid
@@ -183,24 +191,37 @@ struct PeerScore: Sendable {
         case .valid:
             break  // already accepted: a verdict for the same ID cannot change
         }
-        deliveries[id] = record
     }
 
     /// A copy of a message already seen arrived from `peer`.
     mutating func duplicateDelivered(id: MessageID, topic: String, from peer: PeerID, now: ContinuousClock.Instant) {
-        var record = deliveries[id] ?? DeliveryRecord(firstSeen: now)
-        let new = record.peers.insert(peer).inserted
-        switch record.status {
+        // Updated in place: a record copied out and written back would copy its peer set.
+        let key = MessageKey(id)
+        let records = deliveries.count
+        let (new, status) = Self.insert(peer, into: &deliveries[key, default: DeliveryRecord(firstSeen: now)])
+        if deliveries.count > records { deliveryOrder.append((key, now)) }
+        switch status {
         case .pending:
             break
         case .valid(let at):
-            if new, let p = parameters.parameters(for: topic), now <= at + p.meshMessageDeliveriesWindow {
+            // Only counted where it can weigh: P₃ or P₃b (the counter affects nothing else).
+            if new, let p = parameters.parameters(for: topic), now <= at + p.meshMessageDeliveriesWindow,
+               p.meshMessageDeliveriesWeight != 0 || p.meshFailurePenaltyWeight != 0 {
                 markMeshDelivery(peer, topic: topic)
             }
         case .invalid:
             if new { markInvalidDelivery(peer, topic: topic) }
         }
-        deliveries[id] = record
+    }
+
+    /// A record for a message first seen now (not stored yet).
+    private mutating func newRecord(_ key: MessageKey, now: ContinuousClock.Instant) -> DeliveryRecord {
+        deliveryOrder.append((key, now))
+        return DeliveryRecord(firstSeen: now)
+    }
+
+    private static func insert(_ peer: PeerID, into record: inout DeliveryRecord) -> (inserted: Bool, DeliveryStatus) {
+        (record.peers.insert(peer).inserted, record.status)
     }
 
     private mutating func withTopicStats(_ peer: PeerID, _ topic: String,
@@ -271,7 +292,19 @@ struct PeerScore: Sendable {
             stats[peer] = s
         }
         let retention = parameters.deliveryRecordRetention
-        deliveries = deliveries.filter { now < $0.value.firstSeen + retention }
+        while orderHead < deliveryOrder.count, deliveryOrder[orderHead].firstSeen + retention <= now {
+            let (key, firstSeen) = deliveryOrder[orderHead]
+            // Only the record this entry was made for (not a later one for the same ID).
+            if deliveries[key]?.firstSeen == firstSeen { deliveries[key] = nil }
+            orderHead += 1
+        }
+        if orderHead == deliveryOrder.count {
+            deliveryOrder.removeAll(keepingCapacity: true)
+            orderHead = 0
+        } else if orderHead >= 1024 && orderHead * 2 >= deliveryOrder.count {
+            deliveryOrder.removeFirst(orderHead)
+            orderHead = 0
+        }
     }
 
     /// `x` to the power `n` (n ≥ 0) by squaring.
