@@ -5,11 +5,13 @@ import NIOPosix
 import Noise
 import PointSub
 
-/// `swift run -c release pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor]`
+/// `swift run -c release pointsub-bench [host | stream | connect | rr | pubsub] [--quick] [--default-executor]`
 ///
 /// - `host`: for this machine, the ChaChaPoly seal rate on one core, single-stream throughput
 ///   over raw TCP and over Noise + Yamux, connect + first stream + 1-byte echo latency, and
 ///   secured connections per second.
+/// - `stream`: only the seal rate and the two single-stream throughputs of `host`.
+/// - `stream`: only the seal rate and the two single-stream throughputs of `host`.
 /// - `connect`: only the connect + first stream + echo latencies (`--iterations=N`, default 500),
 ///   for profiling them; `--two-processes` puts the server in a child process (`echo-server`),
 ///   so that client and server do not share event loops, as between real peers.
@@ -21,8 +23,9 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
+        usage: pointsub-bench [host | stream | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
           host                host-level figures (crypto, stream throughput, connect latency)
+          stream              only the seal rate, raw TCP and single-stream throughput of `host`
           connect             only the connect + first stream + echo latencies of `host`
           --iterations=N      connect: samples per figure (default 500)
           --two-processes     connect: the server runs in a child process
@@ -103,7 +106,7 @@ struct Bench {
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "connect", "rr", "pubsub", "echo-server"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "echo-server"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -122,6 +125,10 @@ struct Bench {
         if command == nil || command == "host" {
             print(String(repeating: "-", count: 72))
             try await hostFigures(quick: quick)
+        }
+        if command == "stream" {
+            print(String(repeating: "-", count: 72))
+            try await throughputFigures(quick: quick)
         }
         if command == "connect" {
             print(String(repeating: "-", count: 72))
@@ -148,6 +155,19 @@ struct Bench {
 
     /// The host-level figures.
     static func hostFigures(quick: Bool) async throws {
+        try await throughputFigures(quick: quick)
+
+        try await connectFigures(iterations: quick ? 50 : 500)
+
+        let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
+        print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
+
+        let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
+        print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
+    }
+
+    /// The seal rate, raw TCP and single-stream throughput.
+    static func throughputFigures(quick: Bool) async throws {
         let seal = chachaRate(seconds: quick ? 0.5 : 2)
         print(String(format: "ChaChaPoly seal (one core, 65519-byte messages)   %8.1f MiB/s", seal))
         let allocating = swiftCryptoChachaRate(seconds: quick ? 0.3 : 1)
@@ -159,14 +179,6 @@ struct Bench {
 
         let p2p = try await streamThroughput(bytes: streamBytes)
         print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
-
-        try await connectFigures(iterations: quick ? 50 : 500)
-
-        let (streamMedian, streamP99) = try await streamEchoLatency(iterations: quick ? 200 : 2000)
-        print(String(format: "new stream + 1-byte echo (identified peer)   median %8.3f ms, p99 %.3f ms", streamMedian, streamP99))
-
-        let perSecond = try await connectionsPerSecond(seconds: quick ? 1 : 3, workers: 4)
-        print(String(format: "new secured connections per second (4 dialers)   %8.0f /s", perSecond))
     }
 
     /// connect + first stream + echo, to a new and to a known peer.
