@@ -174,11 +174,19 @@ struct Bench {
         print(String(format: "  the same through swift-crypto's ChaChaPoly API  %8.1f MiB/s  (a new Data per call)", allocating))
 
         let streamBytes = quick ? 64 << 20 : 512 << 20
+        var cpu = RequestResponseBench.processCPUTime()
         let tcp = try await rawTCPThroughput(bytes: streamBytes)
-        print(String(format: "raw TCP single connection                        %8.1f MiB/s", tcp))
+        let tcpCPU = (RequestResponseBench.processCPUTime() - cpu) * 1e9 / Double(streamBytes)
+        print(String(format: "raw TCP single connection                        %8.1f MiB/s  CPU %.2f ns/B", tcp, tcpCPU))
 
+        cpu = RequestResponseBench.processCPUTime()
         let p2p = try await streamThroughput(bytes: streamBytes)
-        print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  (%.2f × seal rate)", p2p, p2p / seal))
+        let p2pCPU = (RequestResponseBench.processCPUTime() - cpu) * 1e9 / Double(streamBytes)
+        print(String(format: "Noise+Yamux single stream                        %8.1f MiB/s  CPU %.2f ns/B  (%.2f × seal rate)", p2p, p2pCPU, p2p / seal))
+        // Both ends share the two cores: their CPU per byte, less TCP's and one seal and one open
+        // per byte, is what Noise, Yamux and the host add.
+        let cipher = 2 * 1e9 / (seal * 1_048_576)
+        print(String(format: "  CPU per byte beyond TCP and the cipher (2 × %.2f ns/B)  %.2f ns/B", cipher / 2, p2pCPU - tcpCPU - cipher))
     }
 
     /// connect + first stream + echo, to a new and to a known peer.
