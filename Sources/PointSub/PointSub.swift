@@ -1,3 +1,4 @@
+import NIOCore
 @_exported import Identity
 @_exported import LibP2P
 @_exported import Multiformats
@@ -9,9 +10,12 @@
 
 /// Runs `body` with a started host that answers identify and ping, then shuts the host down
 /// gracefully (open streams get the configured grace period), whether `body` returns or throws.
+/// `eventLoopGroup`: where the host's connections run (default: NIO's shared group); a single
+/// `EventLoop` keeps them all on one thread.
 public func withHost<T: Sendable>(
     identity: PrivateKey = .generateEd25519(),
     configuration: P2PHost.Configuration = .defaults,
+    eventLoopGroup: (any EventLoopGroup)? = nil,
     _ body: (P2PHost) async throws -> T
 ) async throws -> T {
     var configuration = configuration
@@ -19,7 +23,7 @@ public func withHost<T: Sendable>(
     let hasPing = configuration.services.contains { $0 is PingService }
     if !hasIdentify { configuration.services.insert(IdentifyService(), at: 0) }
     if !hasPing { configuration.services.append(PingService()) }
-    let host = P2PHost(identity: identity, configuration: configuration)
+    let host = P2PHost(identity: identity, configuration: configuration, eventLoopGroup: eventLoopGroup)
     do {
         try await host.start()
         let result = try await body(host)

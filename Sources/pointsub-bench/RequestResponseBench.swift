@@ -79,11 +79,16 @@ enum RequestResponseBench {
         print(header)
         print(String(repeating: "-", count: header.count))
 
-        let server = try await PlainTCPEchoServer.start()
+        // Every client end on one event loop, every server end on the other, for PointSub and TCP
+        // alike: like two peers on the two cores. (Round-robin placement put a client and its
+        // server on the same loop in some runs and not in others, which moved TCP's CPU per
+        // request by up to 2.4 times between runs.)
+        let loops = Bench.twoLoops()
+        let server = try await PlainTCPEchoServer.start(on: loops.server)
         let serverConfig = P2PHost.Configuration.defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }
         var lowest: (Cell, Double)?
         do {
-            try await withHost(configuration: serverConfig) { serverHost in
+            try await withHost(configuration: serverConfig, eventLoopGroup: loops.server) { serverHost in
                 let pointSubServer = try PointSubServer(host: serverHost, configuration: .defaults {
                     $0.compression = compression
                 })
@@ -98,7 +103,7 @@ enum RequestResponseBench {
                     }
                     await stream.close()
                 }
-                try await withHost { clientHost in
+                try await withHost(eventLoopGroup: loops.client) { clientHost in
                     _ = try await clientHost.connect(to: serverHost.addresses[0])
                     let client = try PointSubClient(host: clientHost, configuration: .defaults {
                         $0.compression = compression
@@ -133,7 +138,7 @@ enum RequestResponseBench {
                         var tcp: Result?
                         if sides.contains(.tcp) {
                             tcp = try await PlainTCPEchoServer.measure(
-                                server.address, payload: payload, inFlight: cell.inFlight, phases: phases)
+                                server.address, from: loops.client, payload: payload, inFlight: cell.inFlight, phases: phases)
                         }
                         var ratio: Double?
                         var cpuRatio: Double?
@@ -404,8 +409,8 @@ struct PlainTCPEchoServer: Sendable {
     let task: Task<Void, Never>
     var address: SocketAddress { channel.localAddress! }
 
-    static func start() async throws -> PlainTCPEchoServer {
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    static func start(on group: any EventLoopGroup) async throws -> PlainTCPEchoServer {
+        let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -448,12 +453,13 @@ struct PlainTCPEchoServer: Sendable {
 
     /// `inFlight` connections, each a worker sending `payload` one request at a time.
     static func measure(
-        _ address: SocketAddress, payload: ByteBuffer, inFlight: Int, phases: RequestResponseBench.Phases
+        _ address: SocketAddress, from group: any EventLoopGroup, payload: ByteBuffer, inFlight: Int,
+        phases: RequestResponseBench.Phases
     ) async throws -> RequestResponseBench.Result {
         var connections: [Connection] = []
         for _ in 0..<inFlight {
             connections.append(
-                try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                try await ClientBootstrap(group: group)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .connect(to: address) { channel in
                         channel.eventLoop.makeCompletedFuture { try Connection(wrappingChannelSynchronously: channel) }
