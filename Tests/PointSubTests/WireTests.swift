@@ -137,6 +137,47 @@ func expectViolation(
         }
     }
 
+    /// Messages of many sizes (around PointSub's 16 KiB split of header and payload, Yamux frame
+    /// sizes, many frames), cut into chunks at seeded random points
+    /// (several messages per chunk, a header split across chunks, a payload over many chunks):
+    /// every message comes out whole and in order, whatever the cuts.
+    @Test(arguments: [1, 2, 3, 4, 5])
+    func largeAndSmallMessagesSurviveAnyChunking(seed: UInt64) throws {
+        var random = SplitMix(seed: seed)
+        let threshold = PointSubMessage.separatePayloadThreshold
+        let sizes = [0, 7, threshold - 1, threshold, threshold + 1, 3, 65_536, 70_000, 1, 300_000, 12]
+        var wire = ByteBuffer()
+        var expected: [ByteBuffer] = []
+        for (n, size) in sizes.enumerated() {
+            let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ n) })
+            expected.append(payload)
+            var message = PointSubMessage(kind: .request, payload: payload).encoded()
+            wire.writeBuffer(&message)
+        }
+        var parser = PointSubMessageParser(maxBlockSize: 1 << 20)
+        var received: [ByteBuffer] = []
+        while wire.readableBytes > 0 {
+            // Mostly frame-sized chunks, some tiny ones (headers cut in two).
+            let size = random.next() % 4 == 0 ? Int(random.next() % 4) + 1 : Int(random.next() % 70_000) + 1
+            parser.append(wire.readSlice(length: min(size, wire.readableBytes))!)
+            while let message = try parser.next() { received.append(message.payload) }
+        }
+        #expect(received.count == expected.count)
+        for (got, want) in zip(received, expected) { #expect(got == want) }
+        #expect(parser.bufferedBytes == 0)
+        try parser.finish()
+    }
+
+    @Test func aLongPayloadCutShortIsTruncated() throws {
+        var parser = PointSubMessageParser(maxBlockSize: 1 << 20)
+        var wire = PointSubMessage(kind: .request, payload: ByteBuffer(repeating: 1, count: 100_000)).encoded()
+        parser.append(wire.readSlice(length: 30_000)!)
+        parser.append(wire.readSlice(length: 30_000)!)
+        #expect(try parser.next() == nil)
+        #expect(parser.bufferedBytes == 60_000)
+        #expect { try parser.finish() } throws: { ($0 as? PointSubError)?.violation == .truncated }
+    }
+
     @Test func maxBlockSizeIsCheckedOnTheHeaderBeforeAnyPayload() throws {
         let max = 64 * 1024
         func header(length: Int, original: Int? = nil) -> ByteBuffer {
@@ -453,5 +494,18 @@ func randomBytes(_ count: Int) -> ByteBuffer {
         pool.give(ByteBuffer(repeating: 0, count: 4096))
         #expect(pool.count == 2)
         #expect(pool.statistics.dropped == 2)
+    }
+}
+
+/// A small seeded generator for chunk sizes.
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
