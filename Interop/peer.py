@@ -532,7 +532,29 @@ def make_host(seed: int) -> Any:
     )
     host.set_stream_handler(ECHO_PROTOCOL, handle_echo)
     host.set_stream_handler(PERF_PROTOCOL, handle_perf)
+    _note_identify_answers(host)
     return host
+
+
+def _note_identify_answers(host: Any) -> None:
+    """Wrap py's own identify responder so that the dial mode can tell when it
+    has answered the remote's identify request: the Swift listener asks a few
+    milliseconds after a connection opens, and a dialer that hangs up right
+    after its test would otherwise race that request."""
+    original = host.get_mux().handlers.get(IDENTIFY_PROTOCOL)
+    if original is None:
+        return
+    host._identify_answered = None
+
+    async def answer(stream: Any) -> None:
+        try:
+            await original(stream)
+        finally:
+            event = getattr(host, "_identify_answered", None)
+            if event is not None:
+                event.set()
+
+    host.set_stream_handler(IDENTIFY_PROTOCOL, answer)
 
 
 async def stop_auto_connector(host: Any) -> None:
@@ -1500,6 +1522,8 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         emit_result(result)
         return EXIT_FAIL, result
     host = make_host(args.seed)
+    answered = trio.Event()
+    host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
     code = EXIT_FAIL
     async with host.run(listen_addrs=[L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
@@ -1522,9 +1546,14 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         if cs.cancelled_caught:
             result = {"ok": False, "error": f"timeout after {args.timeout:g} s"}
             code = EXIT_TIMEOUT
-        # Report first, then tear down (bounded).
+        # Report first, then tear down (bounded): once the remote's identify
+        # request was answered (at most 2 s, and not after the connection
+        # ended), so that it learns who we are.
         emit_result(result)
         start_watchdog(10.0, code, None)
+        with trio.move_on_after(2):
+            while not answered.is_set() and host.get_network().get_connections(info.peer_id):
+                await trio.sleep(0.005)
         with trio.move_on_after(5) as cs2:
             cs2.shield = True
             await host.close()
