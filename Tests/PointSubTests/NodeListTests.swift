@@ -23,8 +23,8 @@ private final class ManualClock: Sendable {
     }
 }
 
-/// SplitMix64: reproducible random requests.
-private struct SeededGenerator: RandomNumberGenerator {
+/// SplitMix64: reproducible random requests (and chunk sizes in WireTests).
+struct SeededGenerator: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15

@@ -143,7 +143,7 @@ func expectViolation(
     /// every message comes out whole and in order, whatever the cuts.
     @Test(arguments: [1, 2, 3, 4, 5])
     func largeAndSmallMessagesSurviveAnyChunking(seed: UInt64) throws {
-        var random = SplitMix(seed: seed)
+        var random = SeededGenerator(state: seed)
         let threshold = PointSubMessage.separatePayloadThreshold
         let sizes = [0, 7, threshold - 1, threshold, threshold + 1, 3, 65_536, 70_000, 1, 300_000, 12]
         var wire = ByteBuffer()
@@ -494,18 +494,5 @@ func randomBytes(_ count: Int) -> ByteBuffer {
         pool.give(ByteBuffer(repeating: 0, count: 4096))
         #expect(pool.count == 2)
         #expect(pool.statistics.dropped == 2)
-    }
-}
-
-/// A small seeded generator for chunk sizes.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
