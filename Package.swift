@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One module per layer, bottom to top:
-// Multiformats → Identity → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
+// Multiformats → Identity → Resources → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
@@ -22,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .target(name: "Multiformats", dependencies: [
@@ -32,6 +35,12 @@ let package = Package(
             "Multiformats",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        // Resource accounting shared by every layer: scopes, limits, memory reservations, refusals.
+        .target(name: "Resources", dependencies: [
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Multiformats",
@@ -50,16 +59,19 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
+            "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Multiformats", "Identity", "Transport", "Multistream", "Noise", "Yamux",
+            "Multiformats", "Identity", "Transport", "Multistream", "Noise", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "Protocols", dependencies: [
             "LibP2P",
@@ -74,6 +86,8 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "PubSub", dependencies: [
             "LibP2P", "PointSub", "Multiformats", "Identity",
@@ -81,12 +95,18 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "PointSub", "PubSub",
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [
             "PointSub", "PubSub", "Noise",
@@ -102,15 +122,19 @@ let package = Package(
         .testTarget(name: "NoiseTests", dependencies: [
             "Noise", .product(name: "NIOEmbedded", package: "swift-nio"),
         ], swiftSettings: strict),
+        .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
-            "Yamux", .product(name: "NIOEmbedded", package: "swift-nio"),
+            "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "LibP2PTests", dependencies: [
-            "PointSub", "Multistream", "Noise", "Yamux",
+            "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .testTarget(name: "PubSubTests", dependencies: [
             "PubSub", "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
