@@ -6,6 +6,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Noise
+import Resources
+import ServiceLifecycle
 import Transport
 import Yamux
 
@@ -53,6 +55,10 @@ public final class P2PHost: Sendable {
         /// How long `shutdown()` lets open streams finish.
         public var shutdownGracePeriod: Duration = .seconds(5)
         public var yamux: YamuxConfiguration = .defaults
+        /// Limits of the host's resource manager (connections, handshakes, streams and memory by
+        /// scope: system, address, peer, connection, stream, protocol, service). See
+        /// ``ResourceManager/Configuration`` for the defaults.
+        public var resources: ResourceManager.Configuration = .defaults
         /// Started in this order when the host starts.
         public var services: [any HostService] = []
         public var logger = Logger(label: "pointsub.host", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -88,6 +94,9 @@ public final class P2PHost: Sendable {
     public let peerstore = Peerstore()
     public let configuration: Configuration
     public let eventLoopGroup: any EventLoopGroup
+    /// Accounts for and limits what remote peers make this host hold. Services reserve memory in
+    /// their own scope (`resourceManager.serviceScope("pointsub")`).
+    public let resourceManager: ResourceManager
     private let transport: TCPTransport
     private let upgrader: Upgrader
     private let state = NIOLockedValueBox(State())
@@ -102,6 +111,7 @@ public final class P2PHost: Sendable {
         // By default every host shares NIO's singleton group (one thread per core): two hosts in one
         // process should not each start their own threads.
         self.eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        self.resourceManager = ResourceManager(configuration: configuration.resources, logger: configuration.logger)
         self.transport = TCPTransport(group: self.eventLoopGroup)
         // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
         let local = try! NoiseLocalIdentity(identity: identity)
@@ -571,5 +581,17 @@ public final class P2PHost: Sendable {
             }
             throw error
         }
+    }
+}
+
+extension P2PHost: Service {
+    /// Runs the host as a ServiceLifecycle `Service`: starts it (services, listeners), serves
+    /// until graceful shutdown is requested (or the task is cancelled), then shuts down gracefully
+    /// (open streams get `shutdownGracePeriod`).
+    public func run() async throws {
+        try await start()
+        // Returns on graceful shutdown; throws CancellationError when cancelled. Either way: stop.
+        try? await gracefulShutdown()
+        await shutdown()
     }
 }
