@@ -90,3 +90,77 @@ enum DER {
         return key
     }
 }
+
+extension DER {
+    /// OID 1.2.840.113549.1.1.1 (rsaEncryption), DER content bytes.
+    static let rsaEncryptionOID: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]
+
+    /// Why an RSA SubjectPublicKeyInfo was refused by ``validateRSAPublicKey(_:)``.
+    enum RSAKeyProblem: Error {
+        case malformed(String)
+        case tooSmall(bits: Int)
+        case tooLarge(bits: Int)
+    }
+
+    /// Checks that `bytes` is exactly one strict-DER PKIX SubjectPublicKeyInfo holding an RSA key
+    /// that BoringSSL will accept, and returns the modulus size in bits.
+    ///
+    /// Why this exists: swift-crypto 3.12.3's `_RSA.Signing.PublicKey(derRepresentation:)` frees
+    /// its BoringSSL key on the error path *and* again in `deinit` (a double free that aborts the
+    /// process; `PublicKey{Type=RSA, Data=<empty>}` in a Noise handshake was enough). So no byte
+    /// sequence may reach that initializer unless BoringSSL's parse is certain to succeed: this
+    /// checks everything `d2i_RSA_PUBKEY` checks (SPKI and AlgorithmIdentifier structure, NULL
+    /// parameters, a BIT STRING with no unused bits, RSAPublicKey{n, e} as minimal non-negative
+    /// INTEGERs, nothing trailing) and `rsa_check_public_key` (n odd, e odd, 2 ≤ bits(e) ≤ 33),
+    /// plus our own size bounds.
+    static func validateRSAPublicKey(_ bytes: [UInt8], minBits: Int, maxBits: Int) throws(RSAKeyProblem) -> Int {
+        var outer = Reader(bytes[...])
+        guard let spki = outer.read(tag: 0x30), outer.isAtEnd else {
+            throw .malformed("not one DER SEQUENCE")
+        }
+        var spkiReader = Reader(spki)
+        guard let algorithm = spkiReader.read(tag: 0x30) else { throw .malformed("no AlgorithmIdentifier") }
+        var algorithmReader = Reader(algorithm)
+        guard let oid = algorithmReader.read(tag: 0x06), Array(oid) == rsaEncryptionOID else {
+            throw .malformed("algorithm is not rsaEncryption")
+        }
+        // RFC 3279 §2.3.1: the parameters MUST be NULL (and BoringSSL insists on them).
+        guard let null = algorithmReader.read(tag: 0x05), null.isEmpty, algorithmReader.isAtEnd else {
+            throw .malformed("rsaEncryption parameters are not NULL")
+        }
+        guard let bitString = spkiReader.read(tag: 0x03), spkiReader.isAtEnd else {
+            throw .malformed("no subjectPublicKey BIT STRING")
+        }
+        guard bitString.first == 0x00 else { throw .malformed("BIT STRING has unused bits") }
+        var keyReader = Reader(bitString.dropFirst())
+        guard let rsaKey = keyReader.read(tag: 0x30), keyReader.isAtEnd else {
+            throw .malformed("RSAPublicKey is not one SEQUENCE")
+        }
+        var integers = Reader(rsaKey)
+        guard let n = integers.read(tag: 0x02), let e = integers.read(tag: 0x02), integers.isAtEnd else {
+            throw .malformed("RSAPublicKey is not SEQUENCE { INTEGER, INTEGER }")
+        }
+        guard let nBits = unsignedBitCount(n), let eBits = unsignedBitCount(e) else {
+            throw .malformed("modulus or exponent is not a minimal non-negative INTEGER")
+        }
+        guard n.last.map({ $0 & 1 == 1 }) == true else { throw .malformed("modulus is even") }
+        guard eBits >= 2, eBits <= 33, e.last.map({ $0 & 1 == 1 }) == true else {
+            throw .malformed("public exponent must be odd, > 1 and at most 33 bits")
+        }
+        guard nBits >= minBits else { throw .tooSmall(bits: nBits) }
+        guard nBits <= maxBits else { throw .tooLarge(bits: nBits) }
+        return nBits
+    }
+
+    /// The bit length of a DER INTEGER's content if it is minimal and non-negative, else nil.
+    static func unsignedBitCount(_ content: ArraySlice<UInt8>) -> Int? {
+        guard let first = content.first, first & 0x80 == 0 else { return nil }
+        var digits = content
+        if first == 0 {
+            guard content.count == 1 || content[content.startIndex + 1] & 0x80 != 0 else { return nil }
+            digits = content.dropFirst()
+        }
+        guard let top = digits.first else { return 0 }
+        return (digits.count - 1) * 8 + (8 - top.leadingZeroBitCount)
+    }
+}

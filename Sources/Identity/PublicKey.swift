@@ -78,21 +78,28 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
             }
             return backing
         case .rsa:
+            // Validated in full first: swift-crypto's RSA parser must never see bytes it would
+            // refuse (its error path double-frees; see DER.validateRSAPublicKey).
+            let bits: Int
+            do {
+                bits = try DER.validateRSAPublicKey(raw, minBits: minRSABits, maxBits: maxRSABits)
+            } catch {
+                switch error {
+                case .malformed(let why):
+                    throw IdentityError(.invalidKey, "RSA public key is not a valid PKIX SubjectPublicKeyInfo: \(why)")
+                case .tooSmall(let n):
+                    throw IdentityError(.rsaKeyTooSmall, "RSA key has \(n) bits; at least \(minRSABits) required")
+                case .tooLarge(let n):
+                    throw IdentityError(.rsaKeyTooLarge, "RSA key has \(n) bits; at most \(maxRSABits) allowed")
+                }
+            }
             let key: _RSA.Signing.PublicKey
             do {
-                // `unsafeDERRepresentation` accepts >= 1024 bits so that we can report
-                // too-small keys with a precise error instead of a generic parse failure.
-                key = try _RSA.Signing.PublicKey(unsafeDERRepresentation: raw)
+                key = try _RSA.Signing.PublicKey(derRepresentation: raw)
             } catch {
-                throw IdentityError(.invalidKey, "RSA public key is not valid DER: \(error)")
+                throw IdentityError(.invalidKey, "RSA public key refused by the crypto library: \(error)")
             }
-            guard key.keySizeInBits >= minRSABits else {
-                throw IdentityError(.rsaKeyTooSmall, "RSA key has \(key.keySizeInBits) bits; at least \(minRSABits) required")
-            }
-            guard key.keySizeInBits <= maxRSABits else {
-                throw IdentityError(.rsaKeyTooLarge, "RSA key has \(key.keySizeInBits) bits; at most \(maxRSABits) allowed")
-            }
-            guard Array(key.derRepresentation) == raw else {
+            guard key.keySizeInBits == bits, Array(key.derRepresentation) == raw else {
                 throw IdentityError(.invalidKey, "RSA public key is not a canonical PKIX SubjectPublicKeyInfo")
             }
             return .rsa(key)
