@@ -1,7 +1,9 @@
 import Identity
 import Multiformats
 import Multistream
+import NIOConcurrencyHelpers
 import NIOCore
+import Resources
 import Yamux
 
 /// A secured, multiplexed connection to one peer.
@@ -23,10 +25,15 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public let muxer = "/yamux/1.0.0"
     package let session: YamuxSession
     let negotiationTimeout: Duration
+    /// The connection's place in the host's resource manager; released when it closes.
+    public let resourceScope: ConnectionScope?
+    /// When a stream was last opened on this connection (the connection manager's idle clock).
+    private let activity: NIOLockedValueBox<ContinuousClock.Instant>
 
     init(
         id: UInt64, remotePeer: PeerID, remotePublicKey: PublicKey, direction: Direction,
-        localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration
+        localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration,
+        resourceScope: ConnectionScope? = nil
     ) {
         self.id = id
         self.remotePeer = remotePeer
@@ -37,6 +44,15 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         self.openedAt = .now
         self.session = session
         self.negotiationTimeout = negotiationTimeout
+        self.resourceScope = resourceScope
+        self.activity = NIOLockedValueBox(.now)
+    }
+
+    /// When a stream was last opened on this connection, in either direction.
+    public var lastStreamActivity: ContinuousClock.Instant { activity.withLockedValue { $0 } }
+
+    func markStreamActivity() {
+        activity.withLockedValue { $0 = .now }
     }
 
     public var isClosed: Bool { session.isClosed }
@@ -51,6 +67,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public func newStream(protocols: [String], lazy: Bool = false) async throws -> P2PStream {
         precondition(!protocols.isEmpty, "newStream needs at least one protocol")
         // The multistream header and first proposal ride on the SYN: one frame, one write.
+        markStreamActivity()
         var negotiator = MultistreamNegotiator(role: .dialer(proposals: lazy ? [protocols[0]] : protocols))
         let stream = try await session.openStream(sending: ByteBuffer(bytes: negotiator.start()))
         if lazy {

@@ -44,14 +44,16 @@ public final class P2PHost: Sendable {
         public var protocolVersion = "ipfs/0.1.0"
         /// TCP connect plus the whole upgrade, per address tried.
         public var dialTimeout: Duration = .seconds(15)
-        /// How long an inbound connection has to finish its security and muxer handshakes.
+        /// How long an inbound connection has to finish its security and muxer handshakes. Each
+        /// remote address may hold only `resources.perAddress.pendingInbound` handshakes at once,
+        /// so silent sockets from one source cannot block the others for this long.
         public var handshakeTimeout: Duration = .seconds(10)
         /// How long a new stream has to agree on a protocol.
         public var streamNegotiationTimeout: Duration = .seconds(10)
-        /// Connections, established plus upgrading; more inbound ones are closed at once.
-        public var maxConnections = 1024
-        /// Inbound connections still in their handshake at once.
-        public var maxPendingInbound = 64
+        /// Local IP address outbound TCP connections are bound to (nil: the kernel picks).
+        public var dialSourceAddress: String?
+        /// Watermarks and idle timeout of the connection manager.
+        public var connectionManager: ConnectionManager.Configuration = .defaults
         /// How long `shutdown()` lets open streams finish.
         public var shutdownGracePeriod: Duration = .seconds(5)
         public var yamux: YamuxConfiguration = .defaults
@@ -76,6 +78,7 @@ public final class P2PHost: Sendable {
         var dials: [PeerID: Task<Connection, any Error>] = [:]
         var handlers: [String: StreamHandler] = [:]
         var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
+        var maintenance: Task<Void, Never>?
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
         var handlerTasks: [UInt64: Task<Void, Never>] = [:]
@@ -87,6 +90,7 @@ public final class P2PHost: Sendable {
         }
 
         var connectionCount: Int { connections.values.reduce(0) { $0 + $1.count } }
+        var lastTrimCheck: ContinuousClock.Instant?
     }
 
     public let identity: PrivateKey
@@ -97,7 +101,13 @@ public final class P2PHost: Sendable {
     /// Accounts for and limits what remote peers make this host hold. Services reserve memory in
     /// their own scope (`resourceManager.serviceScope("pointsub")`).
     public let resourceManager: ResourceManager
+    /// Trims connections above the high watermark and closes idle ones; protocols protect and
+    /// tag the peers they depend on here.
+    public let connectionManager: ConnectionManager
     private let transport: TCPTransport
+    private let metrics = HostMetrics()
+    /// Lines a remote can cause at will (refusals, failed handshakes), at a bounded rate.
+    private let remoteLog: RateLimitedLogger
     private let upgrader: Upgrader
     private let state = NIOLockedValueBox(State())
     var logger: Logger { configuration.logger }
@@ -112,11 +122,14 @@ public final class P2PHost: Sendable {
         // process should not each start their own threads.
         self.eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         self.resourceManager = ResourceManager(configuration: configuration.resources, logger: configuration.logger)
+        self.connectionManager = ConnectionManager(configuration: configuration.connectionManager)
+        self.remoteLog = RateLimitedLogger(configuration.logger)
         self.transport = TCPTransport(group: self.eventLoopGroup)
         // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
         let local = try! NoiseLocalIdentity(identity: identity)
         self.upgrader = Upgrader(
-            local: local, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount)
+            local: local, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount,
+            metrics: metrics)
     }
 
     // MARK: - Lifecycle
@@ -130,6 +143,7 @@ public final class P2PHost: Sendable {
         guard first else { return }
         for service in configuration.services { try await service.attach(to: self) }
         for address in configuration.listenAddresses { _ = try await listen(on: address) }
+        startMaintenance()
     }
 
     /// Stops listening, lets open streams finish for up to `gracePeriod`, closes every connection,
@@ -140,6 +154,7 @@ public final class P2PHost: Sendable {
             return (s.listeners, s.connections.values.flatMap { $0 }, Array(s.dials.values), s.shuttingDown)
         }
         if alreadyDown { return }
+        state.withLockedValue { $0.maintenance }?.cancel()
         for listener in listeners { await listener.close() }
         for dial in dials { dial.cancel() }
         let grace = gracePeriod ?? configuration.shutdownGracePeriod
@@ -373,60 +388,94 @@ public final class P2PHost: Sendable {
         let timeout = configuration.dialTimeout.timeAmount
         let upgrader = self.upgrader
         let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
+        let scope: ConnectionScope
+        do {
+            scope = try resourceManager.openConnection(direction: .outbound)
+        } catch {
+            throw HostError(.limitReached, "cannot dial \(address): \(error)", underlying: [error])
+        }
         let channel: Channel
         do {
-            channel = try await transport.dial(plain, timeout: timeout) { channel in
+            channel = try await transport.dial(plain, timeout: timeout, bindTo: configuration.dialSourceAddress) { channel in
                 upgrade.withLockedValue {
                     $0 = upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout)
                 }
                 return channel.eventLoop.makeSucceededVoidFuture()
             }
         } catch let error as TransportError where error.code == .dialTimeout {
+            scope.done()
             throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", underlying: [error])
+        } catch {
+            scope.done()
+            throw error
         }
         let result: Upgrader.Result
         do {
             result = try await upgrade.withLockedValue { $0! }.get()
         } catch let error as HostError where error.code == .dialTimeout {
+            scope.done()
+            metrics.handshakeFailed(.outbound, reason: "timeout")
             throw error
         } catch {
+            scope.done()
             channel.close(promise: nil)
+            metrics.handshakeFailed(.outbound, reason: Upgrader.failureReason(error))
             throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
         }
         if result.remote.remotePeer == peerID {
+            scope.done()
             channel.close(promise: nil)
             throw HostError(.dialSelf, "\(address) is ourselves")
         }
-        return try register(result, channel: channel, direction: .outbound, remoteAddress: plain)
+        do {
+            try scope.setPeer(result.remote.remotePeer.description)
+        } catch {
+            scope.done()
+            channel.close(promise: nil)
+            throw HostError(.limitReached, "connection to \(address) refused: \(error)", underlying: [error])
+        }
+        scope.markEstablished()
+        return try register(result, channel: channel, direction: .outbound, remoteAddress: plain, scope: scope)
     }
 
-    /// Runs on the accepted channel's event loop, before it is active.
+    /// Runs on the accepted channel's event loop, before it is active. The connection is
+    /// accounted before a byte is read: per source address (pending handshakes, connections,
+    /// memory), then per peer once the security handshake names it.
     private func acceptInbound(_ channel: Channel) -> EventLoopFuture<Void> {
-        let admitted = state.withLockedValue { s -> Bool in
-            guard !s.shuttingDown, s.pendingInbound < configuration.maxPendingInbound,
-                s.connectionCount + s.pendingInbound < configuration.maxConnections
-            else { return false }
-            s.pendingInbound += 1
-            return true
-        }
-        guard admitted else {
-            logger.debug("inbound connection refused: limit reached")
+        let remote = channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+        let remoteIP = channel.remoteAddress?.ipAddress
+        guard !state.withLockedValue({ $0.shuttingDown }) else { return channel.close() }
+        let scope: ConnectionScope
+        do {
+            scope = try resourceManager.openConnection(direction: .inbound, remoteAddress: remoteIP)
+        } catch {
+            // The resource manager logged the refusal (rate-limited, with the address).
+            metrics.connectionRefused(reason: error.scope)
             return channel.close()
         }
-        let remote = channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+        let remoteText = remote.map { "\($0)" } ?? "unknown"
         upgrader.upgrade(channel: channel, role: .responder).whenComplete { [self] result in
-            state.withLockedValue { $0.pendingInbound -= 1 }
             switch result {
             case .success(let upgraded):
+                let peer = upgraded.remote.remotePeer
                 do {
+                    try scope.setPeer(peer.description)
+                    scope.markEstablished()
                     _ = try register(
                         upgraded, channel: channel, direction: .inbound,
-                        remoteAddress: remote ?? Multiaddr([]))
+                        remoteAddress: remote ?? Multiaddr([]), scope: scope)
                 } catch {
+                    scope.done()
+                    metrics.connectionRefused(reason: (error as? ResourceError)?.scope ?? "shutdown")
                     channel.close(promise: nil)
                 }
             case .failure(let error):
-                logger.debug("inbound upgrade failed", metadata: ["error": "\(error)"])
+                scope.done()
+                let reason = Upgrader.failureReason(error)
+                metrics.handshakeFailed(.inbound, reason: reason)
+                remoteLog.log(
+                    .info, key: "inbound upgrade \(reason)", "inbound connection upgrade failed",
+                    metadata: ["remote_address": "\(remoteText)", "reason": "\(reason)", "error": "\(error)"])
                 emit(.inboundUpgradeFailed(remoteAddress: remote, error: error))
             }
         }
@@ -434,7 +483,8 @@ public final class P2PHost: Sendable {
     }
 
     private func register(
-        _ result: Upgrader.Result, channel: Channel, direction: Connection.Direction, remoteAddress: Multiaddr
+        _ result: Upgrader.Result, channel: Channel, direction: Connection.Direction, remoteAddress: Multiaddr,
+        scope: ConnectionScope
     ) throws -> Connection {
         let peer = result.remote.remotePeer
         let (connection, isFirst, observers) = try state.withLockedValue { s in
@@ -443,7 +493,7 @@ public final class P2PHost: Sendable {
                 id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
                 direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
                 remoteAddress: remoteAddress, session: result.session,
-                negotiationTimeout: configuration.streamNegotiationTimeout)
+                negotiationTimeout: configuration.streamNegotiationTimeout, resourceScope: scope)
             s.connections[peer, default: []].append(connection)
             return (connection, s.connections[peer]!.count == 1, s.connectionObservers)
         }
@@ -456,8 +506,12 @@ public final class P2PHost: Sendable {
                 self?.unregister(connection, error: nil)
             }
         }
-        logger.debug("connection opened", metadata: ["peer": "\(peer)", "direction": "\(direction.rawValue)"])
+        logger.debug(
+            "connection opened",
+            metadata: ["peer": "\(peer)", "direction": "\(direction.rawValue)", "remote_address": "\(remoteAddress)"])
+        metrics.connectionOpened(direction)
         emit(.connectionOpened(connection))
+        if connectionCountAboveHighWater() { scheduleTrim() }
         if isFirst { emit(.peerConnected(peer)) }
         serveInboundStreams(of: connection)
         for observer in observers { observer(connection) }
@@ -472,9 +526,14 @@ public final class P2PHost: Sendable {
             s.connections[peer] = list.isEmpty ? nil : list
             return list.isEmpty
         }
-        if let error {
-            logger.debug("connection failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
-        }
+        connection.resourceScope?.done()
+        metrics.connectionClosed(connection.direction)
+        var metadata: Logger.Metadata = [
+            "peer": "\(peer)", "direction": "\(connection.direction.rawValue)",
+            "remote_address": "\(connection.remoteAddress)",
+        ]
+        if let error { metadata["error"] = "\(error)" }
+        logger.debug(error == nil ? "connection closed" : "connection failed", metadata: metadata)
         emit(.connectionClosed(connection, error: error))
         if wasLast {
             peerstore.updateAddressTTL(for: peer, to: .recentlyConnected)
@@ -495,6 +554,7 @@ public final class P2PHost: Sendable {
     private func serveInboundStreams(of connection: Connection) {
         connection.session.setInboundStreamHandler { [weak self] stream in
             guard let self else { return stream.reset() }
+            connection.markStreamActivity()
             var negotiator = MultistreamNegotiator(role: .listener(protocols: self.supportedProtocols))
             _ = negotiator.start()  // a listener sends nothing first
             if let early = stream.takeAvailable() {
@@ -540,7 +600,12 @@ public final class P2PHost: Sendable {
                 negotiated = try await Self.negotiate(
                     stream, continuing: negotiator, timeout: configuration.streamNegotiationTimeout)
             } catch {
-                logger.debug("inbound stream negotiation failed", metadata: ["error": "\(error)"])
+                remoteLog.log(
+                    .debug, key: "inbound stream negotiation failed", "inbound stream negotiation failed",
+                    metadata: [
+                        "peer": "\(connection.remotePeer)", "remote_address": "\(connection.remoteAddress)",
+                        "error": "\(error)",
+                    ])
                 stream.reset()
                 return
             }
@@ -549,15 +614,83 @@ public final class P2PHost: Sendable {
             stream.reset()  // removed while we negotiated
             return
         }
+        metrics.streamOpened(.inbound, protocolID: negotiated.protocol)
         let p2pStream = P2PStream(
             stream: stream, protocolID: negotiated.protocol, connection: connection, leftover: negotiated.leftover)
         do {
             try await handler(p2pStream)
             await p2pStream.close()
         } catch {
-            logger.debug("stream handler failed", metadata: ["protocol": "\(negotiated.protocol)", "error": "\(error)"])
+            logger.debug(
+                "stream handler failed",
+                metadata: [
+                    "protocol": "\(negotiated.protocol)", "peer": "\(connection.remotePeer)",
+                    "remote_address": "\(connection.remoteAddress)", "error": "\(error)",
+                ])
             p2pStream.reset()
         }
+    }
+
+    // MARK: - Connection manager
+
+    private func connectionCountAboveHighWater() -> Bool {
+        state.withLockedValue { $0.connectionCount } > connectionManager.configuration.highWater
+    }
+
+    /// Runs the connection manager's check every `checkInterval` until shutdown.
+    private func startMaintenance() {
+        let interval = connectionManager.configuration.checkInterval
+        let task = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard let self, !Task.isCancelled else { return }
+                await self.trimConnections()
+            }
+        }
+        state.withLockedValue { s in
+            if s.shuttingDown { task.cancel() } else { s.maintenance = task }
+        }
+    }
+
+    /// A trim soon, at most one a second (a burst of new connections triggers one).
+    private func scheduleTrim() {
+        let now = ContinuousClock.now
+        let due = state.withLockedValue { s -> Bool in
+            if let last = s.lastTrimCheck, now - last < .seconds(1) { return false }
+            s.lastTrimCheck = now
+            return true
+        }
+        guard due else { return }
+        track { [weak self] in await self?.trimConnections() }
+    }
+
+    /// Closes the connections the connection manager picks: idle ones, and above the high
+    /// watermark the least useful ones. Returns how many it closed.
+    @discardableResult
+    public func trimConnections() async -> Int {
+        let connections = allConnections.filter { !$0.isClosed }
+        let candidates = connections.map {
+            ConnectionManager.Candidate(
+                id: $0.id, peer: $0.remotePeer, openedAt: $0.openedAt, streams: $0.streamCount,
+                lastActivity: $0.lastStreamActivity)
+        }
+        let chosen = connectionManager.selectToClose(candidates, now: .now)
+        guard !chosen.isEmpty else { return 0 }
+        let byID = Dictionary(connections.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        await withTaskGroup(of: Void.self) { group in
+            for (id, reason) in chosen {
+                guard let connection = byID[id] else { continue }
+                metrics.connectionTrimmed(reason)
+                logger.debug(
+                    "closing connection",
+                    metadata: [
+                        "reason": "\(reason.rawValue)", "peer": "\(connection.remotePeer)",
+                        "remote_address": "\(connection.remoteAddress)",
+                    ])
+                group.addTask { await connection.close(graceful: false) }
+            }
+        }
+        return chosen.count
     }
 
     /// multistream-select on a new stream, continuing `negotiator` (started, its first bytes

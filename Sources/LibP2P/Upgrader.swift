@@ -22,6 +22,7 @@ struct Upgrader: Sendable {
     let local: NoiseLocalIdentity
     let yamux: YamuxConfiguration
     let timeout: TimeAmount
+    let metrics: HostMetrics
 
     struct Result: Sendable {
         let remote: NoiseHandshakeResult
@@ -78,6 +79,7 @@ struct Upgrader: Sendable {
         let local = self.local
         let yamux = self.yamux
         do {
+            try channel.pipeline.syncOperations.addHandler(ByteCountingHandler(metrics: metrics))
             // Handlers are not Sendable: NIOLoopBound carries them into callbacks, which all run on `loop`.
             let (security, securityDone) = negotiation(Self.securityProtocol)
             try channel.pipeline.syncOperations.addHandler(security.value)
@@ -104,6 +106,21 @@ struct Upgrader: Sendable {
             .flatMap { $0 }
         } catch {
             return loop.makeFailedFuture(error)
+        }
+    }
+}
+
+extension Upgrader {
+    /// A short, fixed-set name for why an upgrade failed (a metrics dimension and a log key).
+    static func failureReason(_ error: any Error) -> String {
+        switch error {
+        case let error as HostError where error.code == .dialTimeout || error.code == .upgradeFailed:
+            return "timeout"
+        case is NoiseError: return "security"
+        case is MultistreamError: return "negotiation"
+        case is YamuxError: return "muxer"
+        case is ChannelError: return "closed"
+        default: return "other"
         }
     }
 }

@@ -94,16 +94,25 @@ public struct TCPTransport: Sendable {
         return TCPListener(channel: channel, address: try Multiaddr(socketAddress: local))
     }
 
-    /// Connects; `initializer` runs on the new channel before it becomes active.
+    /// Connects; `initializer` runs on the new channel before it becomes active. `bindTo`: the
+    /// local IP address to connect from (nil: the kernel picks).
     public func dial(
         _ address: Multiaddr,
         timeout: TimeAmount,
+        bindTo sourceAddress: String? = nil,
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws -> Channel {
-        let bootstrap = ClientBootstrap(group: group)
+        var bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer(initializer)
+        if let sourceAddress {
+            do {
+                bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddress, port: 0))
+            } catch {
+                throw TransportError(.unsupportedAddress, "cannot dial from \(sourceAddress): \(error)")
+            }
+        }
         do {
             // An IP address is connected to directly: connect(host:port:) would run the resolver
             // (on a thread pool) even for a literal, which costs more than the loopback handshake.
