@@ -177,6 +177,26 @@ struct PubSubEventsTests {
         #expect(await PubSubStartupTests.eventually(.seconds(5)) { memory.inUse == 0 })
     }
 
+    @Test func whatAPeerIsSendingIsHeldOnlyWithinTheMemoryAccount() async throws {
+        let memory = CountingMemoryAccount(limit: 8 << 10)
+        try await PubSubTestNetwork.with(
+            nodes: 2, edges: [(0, 1)], configuration: { $0 == 0 ? .defaults { $0.memory = memory } : .defaults }
+        ) { net in
+            let received = Collector(try net.services[0].subscribe("t"))
+            try await net.waitForSubscriptions("t", subscribers: [0])
+            try await net.services[1].publish("t", [UInt8](repeating: 1, count: 1000))
+            try await net.waitUntil("the small message arrived") { received.messages.count == 1 }
+            #expect(await PubSubStartupTests.eventually(.seconds(5)) { memory.inUse == 0 })
+            // 20 KiB in one RPC: more than the account lets node 0 hold for it.
+            try await net.services[1].publish("t", [UInt8](repeating: 2, count: 20 << 10))
+            try await net.waitUntil("node 1 was dropped") {
+                net.counters[0].memoryRefusals == 1 && !net.services[0].peers.contains(net.peerID(1))
+            }
+            #expect(received.messages.count == 1)
+            #expect(await PubSubStartupTests.eventually(.seconds(5)) { memory.inUse == 0 })
+        }
+    }
+
     // MARK: - ServiceLifecycle
 
     @Test func runStartsAndStopsOnCancellationOrStop() async throws {

@@ -28,6 +28,9 @@ public struct PubSubCounters: Sendable, Equatable {
     /// RPCs not sent because a peer's outbound queue was full (a slow or stalled peer: frames or
     /// bytes at their limit) or the memory account refused their bytes.
     public var dropped = 0
+    /// Peers whose pubsub stream was reset because the memory account refused to hold the RPC
+    /// they were sending.
+    public var memoryRefusals = 0
     /// Topic subscriptions of peers ignored: the peer had `maxTopicsPerPeer` topics already.
     public var refusedSubscriptions = 0
     /// Messages not delivered to a subscription whose buffer was full (a slow consumer).

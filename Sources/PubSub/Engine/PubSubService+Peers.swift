@@ -252,6 +252,15 @@ extension PubSubService {
         endSession(with: peer, generation: nil, reason: error.description)
     }
 
+    /// The memory account refused to hold what a peer's stream sent (a frame in progress).
+    func memoryRefused(_ error: ResourceError, on stream: P2PStream, from peer: PeerID, bytes: Int) {
+        state.withLockedValue { $0.counters.memoryRefusals += 1 }
+        peerLog.log(.info, key: "pubsub memory refused", "pubsub peer dropped: memory refused for its RPC",
+            metadata: ["peer": "\(peer)", "bytes": "\(bytes)", "error": "\(error)"])
+        stream.reset()
+        endSession(with: peer, generation: nil, reason: "memory refused: \(error)")
+    }
+
     enum LoopReadOutcome: Sendable {
         /// The stream ended (or failed, or sent a bad RPC): all done.
         case ended
@@ -702,11 +711,17 @@ private final class VerdictSlot: Sendable {
 /// Reads a peer's stream to us on the stream's event loop: frames are decoded and handled as the
 /// data arrives (from inside the connection's channel handlers: what the engine does there only
 /// queues writes, resets streams and resumes tasks). All its state is used on that loop only.
+///
+/// The bytes the decoder holds (a frame in progress: up to `maxRPCSize` plus a read chunk) are
+/// reserved in the service's memory account while this reader runs; a refusal resets the stream
+/// and drops the peer.
 final class LoopReader: Sendable {
     private struct State: Sendable {
         var decoder: RPCFrameDecoder
         var continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>?
         var cancelled = false
+        /// Bytes reserved for what the decoder holds.
+        var reserved = 0
     }
 
     private let service: PubSubService
@@ -732,8 +747,31 @@ final class LoopReader: Sendable {
             return
         }
         state.value.continuation = continuation
-        guard handleDecodedFrames() else { return }
+        guard accountBuffered(), handleDecodedFrames(), accountBuffered() else { return }
         stream.setReadHandler { [self] event in receive(event) }
+    }
+
+    /// Makes the reservation match what the decoder holds plus `incoming` (a chunk about to be
+    /// appended: reserved before it is kept); false when the memory account refused (the reader
+    /// has then ended, the stream is reset and the peer dropped).
+    private func accountBuffered(incoming: Int = 0) -> Bool {
+        guard state.value.continuation != nil else { return false }
+        let buffered = state.value.decoder.bufferedBytes + incoming
+        let reserved = state.value.reserved
+        if buffered > reserved {
+            do {
+                try service.configuration.memory.reserveMemory(buffered - reserved)
+            } catch {
+                stream.setReadHandler(nil)
+                finish(.ended)
+                service.memoryRefused(error, on: stream, from: peer, bytes: buffered)
+                return false
+            }
+        } else if buffered < reserved {
+            service.configuration.memory.releaseMemory(reserved - buffered)
+        }
+        state.value.reserved = buffered
+        return true
     }
 
     /// Handles the whole frames in the decoder; false when that ended this reader (a message
@@ -771,8 +809,9 @@ final class LoopReader: Sendable {
         guard state.value.continuation != nil else { return }  // handed over or finished
         switch event {
         case .data(let chunk):
+            guard accountBuffered(incoming: chunk.readableBytes) else { return }
             state.value.decoder.append(chunk)
-            _ = handleDecodedFrames()
+            _ = handleDecodedFrames() && accountBuffered()
         case .end:
             // The peer closed its stream: it has left pubsub.
             finish(ended("inbound stream closed"))
@@ -787,6 +826,12 @@ final class LoopReader: Sendable {
     }
 
     private func finish(_ outcome: PubSubService.LoopReadOutcome) {
+        // What the decoder holds is not this reader's any more (dropped, or handed to the
+        // serving task while a validator runs: reading is paused then).
+        if state.value.reserved > 0 {
+            service.configuration.memory.releaseMemory(state.value.reserved)
+            state.value.reserved = 0
+        }
         guard let continuation = state.value.continuation else { return }
         state.value.continuation = nil
         continuation.resume(returning: outcome)
