@@ -20,6 +20,8 @@ struct PubSubMetrics: Sendable {
     let graylisted = Counter(label: "pointsub_pubsub_rpcs_graylisted_total")
     /// Peers dropped for an oversized or malformed RPC.
     let badRPCs = Counter(label: "pointsub_pubsub_bad_rpcs_total")
+    /// Peers dropped because the memory account refused what they were sending.
+    let memoryRefusals = Counter(label: "pointsub_pubsub_memory_refusals_total")
     /// Subscriptions of peers ignored because the peer had `maxTopicsPerPeer` already.
     let refusedSubscriptions = Counter(label: "pointsub_pubsub_subscriptions_refused_total")
     /// Pubsub peers (with a stream to or from us) now.

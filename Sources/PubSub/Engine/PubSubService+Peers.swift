@@ -255,6 +255,7 @@ extension PubSubService {
     /// The memory account refused to hold what a peer's stream sent (a frame in progress).
     func memoryRefused(_ error: ResourceError, on stream: P2PStream, from peer: PeerID, bytes: Int) {
         state.withLockedValue { $0.counters.memoryRefusals += 1 }
+        metrics.memoryRefusals.increment()
         peerLog.log(.info, key: "pubsub memory refused", "pubsub peer dropped: memory refused for its RPC",
             metadata: ["peer": "\(peer)", "bytes": "\(bytes)", "error": "\(error)"])
         stream.reset()
