@@ -88,8 +88,8 @@ extension PubSubService {
             case .gone:
                 return nil
             case .retry(let delay):
-                logger.debug(
-                    "opening the pubsub stream failed; retrying",
+                peerLog.log(
+                    .debug, key: "pubsub open retry", "opening the pubsub stream failed; retrying",
                     metadata: ["peer": "\(peer)", "attempt": "\(attempt)", "error": "\(failure)"])
                 try? await Task.sleep(for: delay)
                 // The connection may have closed meanwhile: any open one to the peer will do
@@ -105,8 +105,9 @@ extension PubSubService {
                 } else {
                     // Most often a peer without pubsub (or not yet: its stream to us will start a
                     // new session). Nothing was added to the router.
-                    logger.debug(
-                        "no pubsub stream to peer", metadata: ["peer": "\(peer)", "error": "\(failure)"])
+                    peerLog.log(
+                        .debug, key: "pubsub open failed", "no pubsub stream to peer",
+                        metadata: ["peer": "\(peer)", "error": "\(failure)"])
                     finishEnding(ended, of: peer, keepReading: true)
                 }
                 return nil
@@ -215,7 +216,8 @@ extension PubSubService {
             return (session.generation, previous, actions, created)
         }
         guard let attached else {
-            logger.debug("pubsub stream refused: the service is not running", metadata: ["peer": "\(peer)"])
+            peerLog.log(.debug, key: "pubsub stream refused", "pubsub stream refused: the service is not running",
+                metadata: ["peer": "\(peer)"])
             return stream.reset()
         }
         if let created = attached.created {
@@ -640,7 +642,9 @@ extension PubSubService {
             frames.append((frame, queue))
         }
         if tooLarge > 0 {
-            logger.warning("router produced RPCs over maxRPCSize; dropped", metadata: ["count": "\(tooLarge)"])
+            // Gossip replies are asked for by peers: rate-limited.
+            peerLog.log(.warning, key: "pubsub rpc over limit", "router produced RPCs over maxRPCSize; dropped",
+                metadata: ["count": "\(tooLarge)"])
         }
         enqueue(frames, alreadyDropped: tooLarge)
     }
