@@ -14,6 +14,9 @@ public enum PubSubError: Error, Sendable, Equatable, CustomStringConvertible {
     case publishRejected(topic: String, PubSubValidationResult)
     /// Signing a message to publish failed.
     case signingFailed(String)
+    /// Fewer peers than required are known to subscribe to the topic: from `publish(_:_:minPeers:)`
+    /// (nothing was sent) and `waitForPeers(topic:count:timeout:)` (not enough joined in time).
+    case notEnoughPeers(topic: String, known: Int, required: Int)
 
     public var description: String {
         switch self {
@@ -24,6 +27,8 @@ public enum PubSubError: Error, Sendable, Equatable, CustomStringConvertible {
         case .messageTooLarge(let size, let limit): "a message of \(size) bytes does not fit in an RPC of at most \(limit)"
         case .publishRejected(let topic, let result): "the validator of \(topic) did not accept the message (\(result))"
         case .signingFailed(let why): "signing the message failed: \(why)"
+        case .notEnoughPeers(let topic, let known, let required):
+            "\(known) peers known in \(topic), \(required) required"
         }
     }
 }

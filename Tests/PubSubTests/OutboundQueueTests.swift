@@ -54,7 +54,7 @@ struct OutboundQueueTests {
         let queue = OutboundQueue(capacity: 2)
         #expect(queue.yield(Self.frame("1")) == .queued)
         #expect(queue.yield(Self.frame("2")) == .queued)
-        #expect(queue.yield(Self.frame("3")) == .dropped)
+        #expect(queue.yield(Self.frame("3")) == .dropped(.full))
     }
 
     @Test func framesOfAMessageThePeerSentUsAreLeftOut() throws {
@@ -186,7 +186,7 @@ struct OutboundQueueTests {
         let recorder = RecordingSink()
         _ = queue.yield(Self.frame("last"))
         queue.finish()
-        #expect(queue.yield(Self.frame("too late")) == .dropped)
+        #expect(queue.yield(Self.frame("too late")) == .dropped(.finished))
         queue.attach(recorder.sink)
         recorder.loop.run()
         #expect(recorder.writes == ["last"])
@@ -219,7 +219,7 @@ struct OutboundQueueTests {
         recorder.loop.run()
         #expect(recorder.log.withLockedValue(\.failures).count == 1)
         #expect(recorder.writes == ["doomed"])
-        #expect(queue.yield(Self.frame("after")) == .dropped)
+        #expect(queue.yield(Self.frame("after")) == .dropped(.finished))
         queue.finish()
         recorder.loop.run()
         #expect(recorder.log.withLockedValue(\.finished) == 0)

@@ -1,3 +1,5 @@
+import Identity
+import LibP2P
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -12,6 +14,11 @@ import NIOCore
 /// carries only such a message is left out, when queued or when its turn comes — the peer has
 /// the message, another copy would only be a duplicate there. In a flood most copies are
 /// duplicates, and the longer frames wait the more of them this saves.
+///
+/// Memory: the bytes of every frame are reserved in the memory account before the frame is
+/// queued (a refusal drops the frame) and released once it is written, left out or thrown away;
+/// the queue holds at most `capacity` frames and `maxBytes` bytes. A peer that does not read
+/// gets newer frames dropped, never an unbounded queue.
 final class OutboundQueue: Sendable {
     /// Where the batches go: normally the peer's pubsub stream.
     struct Sink: Sendable {
@@ -36,6 +43,9 @@ final class OutboundQueue: Sendable {
         var draining = false
         /// The sink was told `finished` or `failed`.
         var done = false
+        /// Bytes reserved for the frames in `frames`, and for those taken and being written.
+        var queuedBytes = 0
+        var writingBytes = 0
 
         /// The sink to schedule a drain on, if one is due.
         mutating func drainDue() -> Sink? {
@@ -51,12 +61,24 @@ final class OutboundQueue: Sendable {
         var bytes: ByteBuffer
         var messageCount: Int
         var suppressed: Int
+        /// Reserved bytes of the frames written, and of those left out.
+        var writtenBytes = 0
+        var suppressedBytes = 0
+    }
+
+    enum DropReason: String, Equatable, Sendable {
+        /// `capacity` frames or `maxBytes` bytes are queued.
+        case full
+        /// The memory account refused the frame's bytes.
+        case noMemory
+        /// The queue is finished (the peer is gone or the service stopping).
+        case finished
     }
 
     enum YieldResult: Equatable {
         case queued
-        /// The queue is full or finished.
-        case dropped
+        /// Not queued, and why.
+        case dropped(DropReason)
         /// The frame carries only a message the peer sent us.
         case suppressed
     }
@@ -64,30 +86,63 @@ final class OutboundQueue: Sendable {
     /// How many message IDs the peer sent us are remembered.
     static let rememberedIDs = 512
 
-    /// Most frames waiting; more are refused (`yield` returns `.dropped`).
+    /// Most frames waiting; more are refused (`yield` returns `.dropped(.full)`).
     let capacity: Int
+    /// Most bytes of frames waiting or being written.
+    let maxBytes: Int
     /// Most bytes of frames joined into one write (a larger frame goes alone).
     let maxBatchBytes: Int
+    /// Where the bytes of queued frames are reserved.
+    let memory: any MemoryAccount
+    /// The peer the frames are for (for the logs).
+    let peer: PeerID?
     private let state: NIOLockedValueBox<State>
 
-    init(capacity: Int, maxBatchBytes: Int = 4 * 1024) {
+    init(
+        capacity: Int, maxBytes: Int = .max, memory: any MemoryAccount = UnlimitedMemoryAccount(),
+        peer: PeerID? = nil, maxBatchBytes: Int = 4 * 1024
+    ) {
         self.capacity = capacity
+        self.maxBytes = maxBytes
+        self.memory = memory
+        self.peer = peer
         self.maxBatchBytes = maxBatchBytes
         state = NIOLockedValueBox(State(peerHas: RecentIDs(capacity: Self.rememberedIDs)))
     }
 
-    /// Queues `frame`, unless the queue is full or finished, or the frame carries only a message
-    /// the peer sent us.
+    deinit {
+        // Frames never written (the queue was dropped with them, e.g. its stream never opened).
+        let held = state.withLockedValue { $0.queuedBytes + $0.writingBytes }
+        if held > 0 { memory.releaseMemory(held) }
+    }
+
+    /// Queues `frame`, unless the queue is full or finished, the memory account refuses its
+    /// bytes, or the frame carries only a message the peer sent us.
     func yield(_ frame: PubSubService.OutboundFrame) -> YieldResult {
+        let size = frame.bytes.readableBytes
+        // Reserved before the frame is queued, outside the queue's lock (the account has its own).
+        do {
+            try memory.reserveMemory(size)
+        } catch {
+            return .dropped(.noMemory)
+        }
         let (result, sink) = state.withLockedValue { s -> (YieldResult, Sink?) in
-            guard !s.finished, !s.done, s.frames.count < capacity else { return (.dropped, nil) }
+            guard !s.finished, !s.done else { return (.dropped(.finished), nil) }
+            guard s.frames.count < capacity, s.queuedBytes + s.writingBytes + size <= maxBytes else {
+                return (.dropped(.full), nil)
+            }
             if let id = frame.messageID, s.peerHas.contains(id) { return (.suppressed, nil) }
             s.frames.append(frame)
+            s.queuedBytes += size
             return (.queued, s.drainDue())
         }
+        if result != .queued { memory.releaseMemory(size) }
         if let sink { schedule(on: sink) }
         return result
     }
+
+    /// Bytes reserved for frames queued or being written.
+    var reservedBytes: Int { state.withLockedValue { $0.queuedBytes + $0.writingBytes } }
 
     /// The peer sent us message `id`: frames carrying only that message need not go out.
     func peerSent(_ id: MessageKey) {
@@ -107,6 +162,7 @@ final class OutboundQueue: Sendable {
     /// No more frames are taken; what is queued is still written, then the sink is told
     /// `finished`.
     func finish() {
+        // Without a sink the frames wait for one; if none comes, `deinit` gives their bytes back.
         let sink = state.withLockedValue { s -> Sink? in
             s.finished = true
             return s.drainDue()
@@ -137,6 +193,8 @@ final class OutboundQueue: Sendable {
                     return .idle
                 }
                 if let batch = Self.take(&s.frames, peerHas: s.peerHas, maxBytes: maxBatchBytes) {
+                    s.queuedBytes -= batch.writtenBytes + batch.suppressedBytes
+                    s.writingBytes += batch.writtenBytes
                     return .write(batch, sink)
                 }
                 s.draining = false
@@ -151,6 +209,7 @@ final class OutboundQueue: Sendable {
                 sink.finished()
                 return
             case .write(let batch, let sink):
+                if batch.suppressedBytes > 0 { memory.releaseMemory(batch.suppressedBytes) }
                 guard batch.bytes.readableBytes > 0 else {
                     sink.wrote(0, batch.suppressed)
                     continue
@@ -175,14 +234,22 @@ final class OutboundQueue: Sendable {
     private func wrote(_ batch: Batch, _ result: Result<Void, any Error>, to sink: Sink) -> Bool {
         switch result {
         case .success:
+            state.withLockedValue { $0.writingBytes -= batch.writtenBytes }
+            if batch.writtenBytes > 0 { memory.releaseMemory(batch.writtenBytes) }
             sink.wrote(batch.messageCount, batch.suppressed)
             return true
         case .failure(let error):
-            state.withLockedValue { s in
+            let released = state.withLockedValue { s -> Int in
                 s.done = true
                 s.draining = false
                 s.frames.removeAll()
+                defer {
+                    s.queuedBytes = 0
+                    s.writingBytes = 0
+                }
+                return s.queuedBytes + s.writingBytes
             }
+            if released > 0 { memory.releaseMemory(released) }
             sink.failed(error)
             return false
         }
@@ -192,7 +259,16 @@ final class OutboundQueue: Sendable {
     /// reached (at least one frame, whatever its size), less those the peer no longer needs. nil
     /// when nothing is queued.
     func take(maxBytes: Int) -> Batch? {
-        state.withLockedValue { s in Self.take(&s.frames, peerHas: s.peerHas, maxBytes: maxBytes) }
+        let batch = state.withLockedValue { s -> Batch? in
+            let batch = Self.take(&s.frames, peerHas: s.peerHas, maxBytes: maxBytes)
+            if let batch { s.queuedBytes -= batch.writtenBytes + batch.suppressedBytes }
+            return batch
+        }
+        // Taken out of the queue's hands: the caller writes (or drops) them.
+        if let batch, batch.writtenBytes + batch.suppressedBytes > 0 {
+            memory.releaseMemory(batch.writtenBytes + batch.suppressedBytes)
+        }
+        return batch
     }
 
     private static func take(
@@ -204,6 +280,7 @@ final class OutboundQueue: Sendable {
             if let id = frame.messageID, peerHas.contains(id) {
                 frames.removeFirst()
                 batch.suppressed += 1
+                batch.suppressedBytes += frame.bytes.readableBytes
                 continue
             }
             if batch.bytes.readableBytes == 0 {
@@ -221,6 +298,7 @@ final class OutboundQueue: Sendable {
                 batch.bytes.writeImmutableBuffer(frame.bytes)
             }
             batch.messageCount += frame.messageCount
+            batch.writtenBytes += frame.bytes.readableBytes
             frames.removeFirst()
         }
         return batch.bytes.readableBytes > 0 || batch.suppressed > 0 ? batch : nil

@@ -13,6 +13,19 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     /// RPCs waiting to be written to one peer. When full, new RPCs for that peer are dropped and
     /// counted (`PubSubCounters.dropped`): a stalled peer never holds up the others.
     public var maxQueuedRPCsPerPeer = 1024
+    /// Bytes of RPCs waiting to be written to one peer (or being written); beyond it new RPCs for
+    /// that peer are dropped and counted like a full queue.
+    public var maxQueuedBytesPerPeer = 16 << 20
+    /// Where the bytes of queued RPCs are reserved before they are queued, and released once
+    /// written or thrown away; a refusal drops the RPC (counted in `PubSubCounters.dropped`).
+    /// Give it the host's resource manager's service scope
+    /// (`resourceManager.serviceScope("pubsub")`) to count pubsub against the service and system
+    /// limits. Default: an account that never refuses (the per-peer limits still apply).
+    public var memory: any MemoryAccount = UnlimitedMemoryAccount()
+    /// Topics one peer may be known to subscribe to; further subscriptions of that peer are
+    /// ignored (counted in `PubSubCounters.refusedSubscriptions`) until it unsubscribes from some.
+    /// Topic names are chosen by the peer: without a limit it could make us hold any number.
+    public var maxTopicsPerPeer = 1024
     /// Messages a subscription holds for a slow consumer; beyond it new messages are dropped for
     /// that subscription and counted (`PubSubCounters.subscriberOverflows`). The network is never
     /// slowed down by a consumer.
@@ -49,6 +62,7 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     public func validate() throws(PubSubError) {
         for (name, value) in [
             ("maxRPCSize", maxRPCSize), ("maxQueuedRPCsPerPeer", maxQueuedRPCsPerPeer),
+            ("maxQueuedBytesPerPeer", maxQueuedBytesPerPeer), ("maxTopicsPerPeer", maxTopicsPerPeer),
             ("subscriptionBufferSize", subscriptionBufferSize), ("seenCacheCapacity", seenCacheCapacity),
         ] where value <= 0 {
             throw .invalidConfiguration("\(name) must be positive (is \(value))")

@@ -25,8 +25,14 @@ public struct PubSubCounters: Sendable, Equatable {
     /// Messages a validator ignored or did not judge in time, and messages claiming to be ours
     /// that we did not publish (a stale copy whose seen entry expired).
     public var ignored = 0
-    /// RPCs not sent because a peer's outbound queue was full (a slow or stalled peer).
+    /// RPCs not sent because a peer's outbound queue was full (a slow or stalled peer: frames or
+    /// bytes at their limit) or the memory account refused their bytes.
     public var dropped = 0
+    /// Peers whose pubsub stream was reset because the memory account refused to hold the RPC
+    /// they were sending.
+    public var memoryRefusals = 0
+    /// Topic subscriptions of peers ignored: the peer had `maxTopicsPerPeer` topics already.
+    public var refusedSubscriptions = 0
     /// Messages not delivered to a subscription whose buffer was full (a slow consumer).
     public var subscriberOverflows = 0
     /// Peers whose pubsub streams were reset for sending an oversized or malformed RPC.

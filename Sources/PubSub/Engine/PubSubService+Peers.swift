@@ -12,18 +12,106 @@ extension PubSubService {
     /// Makes sure we have a session with `peer`; a new one gets a task that opens our stream on
     /// `connection` and hands it to the session's queue.
     func ensureSession(with peer: PeerID, on connection: Connection) {
-        let created = state.withLockedValue { s -> (generation: UInt64, frames: OutboundQueue)? in
-            guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
-            // Bounded queue: when full, `yield` refuses the newest frame.
-            let queue = OutboundQueue(capacity: configuration.maxQueuedRPCsPerPeer)
-            let generation = s.takeID()
-            s.sessions[peer] = PeerSession(generation: generation, queue: queue)
-            return (generation, queue)
-        }
+        let created = state.withLockedValue { s in makeSession(with: peer, in: &s) }
         guard let created else { return }
+        spawnWriter(peer: peer, generation: created.generation, connection: connection, frames: created.frames)
+    }
+
+    /// Under the lock: a new session with `peer`, unless there is one (or we are not running, or
+    /// `peer` is us). The caller spawns its writer (`spawnWriter`) once out of the lock.
+    func makeSession(with peer: PeerID, in s: inout State) -> (generation: UInt64, frames: OutboundQueue)? {
+        guard s.phase == .running, s.sessions[peer] == nil, peer != host.peerID else { return nil }
+        s.openFailed.remove(peer)
+        // Bounded queue (frames and bytes, the bytes reserved in the memory account): when full,
+        // `yield` refuses the newest frame.
+        let queue = OutboundQueue(
+            capacity: configuration.maxQueuedRPCsPerPeer, maxBytes: configuration.maxQueuedBytesPerPeer,
+            memory: configuration.memory, peer: peer)
+        let generation = s.takeID()
+        s.sessions[peer] = PeerSession(generation: generation, queue: queue)
+        return (generation, queue)
+    }
+
+    func spawnWriter(peer: PeerID, generation: UInt64, connection: Connection, frames: OutboundQueue) {
         // Spawned on the host, so a host shutdown cancels it.
         host.spawn { [weak self] in
-            await self?.runWriter(peer: peer, generation: created.generation, connection: connection, frames: created.frames)
+            await self?.runWriter(peer: peer, generation: generation, connection: connection, frames: frames)
+        }
+    }
+
+    /// Attempts at opening our stream to a peer whose own stream to us is open (so it speaks
+    /// pubsub), and the wait before the second; each further wait is twice the one before.
+    static let maxOpenAttempts = 5
+    static let firstOpenRetryDelay: Duration = .milliseconds(50)
+
+    private enum OpenFailure {
+        /// The session ended meanwhile (or was replaced): nothing to do.
+        case gone
+        case retry(after: Duration)
+        /// The session was removed; finish its ending.
+        case ended(EndedSession, giveUp: Bool)
+    }
+
+    /// Opens our pubsub stream to `peer`. A failure is retried (a few times, with growing waits)
+    /// while the peer's own stream to us is open: it speaks pubsub, and our proposal most likely
+    /// reached it before its handler was registered — two hosts that start pubsub at the same
+    /// moment (issue 10, defect 8). Without the peer's stream the session ends — in the same turn
+    /// of the lock that looks at it, so a peer stream that comes in later finds no session and
+    /// starts a new one (with a new attempt from our side).
+    private func openOutbound(peer: PeerID, generation: UInt64, connection: Connection) async -> P2PStream? {
+        var connection = connection
+        var attempt = 0
+        while true {
+            let failure: any Error
+            do {
+                if let opener = streamOpener.withLockedValue({ $0 }) {
+                    return try await opener(connection, protocols)
+                }
+                return try await connection.newStream(protocols: protocols)
+            } catch {
+                failure = error
+            }
+            attempt += 1
+            let cancelled = Task.isCancelled
+            let connected = !host.connections(to: peer).isEmpty
+            let outcome = state.withLockedValue { s -> OpenFailure in
+                guard s.phase == .running, let session = s.sessions[peer], session.generation == generation else {
+                    return .gone
+                }
+                if session.inbound != nil, attempt < Self.maxOpenAttempts, !cancelled {
+                    return .retry(after: Self.firstOpenRetryDelay * (1 << (attempt - 1)))
+                }
+                if session.inbound == nil, connected { s.openFailed.insert(peer) }
+                return .ended(removeSession(of: peer, in: &s), giveUp: session.inbound != nil)
+            }
+            switch outcome {
+            case .gone:
+                return nil
+            case .retry(let delay):
+                peerLog.log(
+                    .debug, key: "pubsub open retry", "opening the pubsub stream failed; retrying",
+                    metadata: ["peer": "\(peer)", "attempt": "\(attempt)", "error": "\(failure)"])
+                try? await Task.sleep(for: delay)
+                // The connection may have closed meanwhile: any open one to the peer will do
+                // (none: `peerDisconnected` ends the session).
+                connection = host.connections(to: peer).first ?? connection
+            case .ended(let ended, let giveUp):
+                if giveUp {
+                    // The peer's stream goes too: it notices, and nobody is left half connected.
+                    peerLog.log(
+                        .warning, key: "pubsub open gave up", "pubsub peer dropped: cannot open our stream to it",
+                        metadata: ["peer": "\(peer)", "attempts": "\(attempt)", "error": "\(failure)"])
+                    finishEnding(ended, of: peer, keepReading: false)
+                } else {
+                    // Most often a peer without pubsub (or not yet: its stream to us will start a
+                    // new session). Nothing was added to the router.
+                    peerLog.log(
+                        .debug, key: "pubsub open failed", "no pubsub stream to peer",
+                        metadata: ["peer": "\(peer)", "error": "\(failure)"])
+                    finishEnding(ended, of: peer, keepReading: true)
+                }
+                return nil
+            }
         }
     }
 
@@ -33,14 +121,7 @@ extension PubSubService {
     private func runWriter(
         peer: PeerID, generation: UInt64, connection: Connection, frames: OutboundQueue
     ) async {
-        let stream: P2PStream
-        do {
-            stream = try await connection.newStream(protocols: protocols)
-        } catch {
-            // Most often a peer without pubsub; nothing was added to the router then.
-            endSession(with: peer, generation: generation, reason: "cannot open a pubsub stream: \(error)", keepReading: true)
-            return
-        }
+        guard let stream = await openOutbound(peer: peer, generation: generation, connection: connection) else { return }
         let attached = state.withLockedValue { s -> (topics: [String], actions: [PubSubRouterAction])? in
             guard s.phase == .running, var session = s.sessions[peer], session.generation == generation else { return nil }
             session.outbound = stream
@@ -50,9 +131,10 @@ extension PubSubService {
             if !session.inRouter {
                 session.inRouter = true
                 actions = s.router.addPeer(
-                    peer, protocolID: stream.protocolID, outbound: connection.direction == .outbound, now: .now)
+                    peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, now: .now)
             }
             s.sessions[peer] = session
+            peersChanged(&s)
             return (s.subscriptions.keys.sorted(), actions)
         }
         guard let attached else {
@@ -112,8 +194,14 @@ extension PubSubService {
     /// ends. A newer stream from the same peer replaces this one (go-libp2p does the same).
     func serveInbound(_ stream: P2PStream) async {
         let peer = stream.remotePeer
-        ensureSession(with: peer, on: stream.connection)
-        let attached = state.withLockedValue { s -> (generation: UInt64, previous: P2PStream?, actions: [PubSubRouterAction])? in
+        // The session is looked up (or made) and the stream attached in one turn of the lock: a
+        // writer whose open just failed decides under the same lock whether the session goes
+        // (no peer stream yet) or retries (there is one) — nothing falls in between.
+        let attached = state.withLockedValue { s -> (
+            generation: UInt64, previous: P2PStream?, actions: [PubSubRouterAction],
+            created: (generation: UInt64, frames: OutboundQueue)?
+        )? in
+            let created = makeSession(with: peer, in: &s)
             guard s.phase == .running, var session = s.sessions[peer] else { return nil }
             let previous = session.inbound
             session.inbound = stream
@@ -124,9 +212,17 @@ extension PubSubService {
                     peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, now: .now)
             }
             s.sessions[peer] = session
-            return (session.generation, previous, actions)
+            peersChanged(&s)
+            return (session.generation, previous, actions, created)
         }
-        guard let attached else { return stream.reset() }
+        guard let attached else {
+            peerLog.log(.debug, key: "pubsub stream refused", "pubsub stream refused: the service is not running",
+                metadata: ["peer": "\(peer)"])
+            return stream.reset()
+        }
+        if let created = attached.created {
+            spawnWriter(peer: peer, generation: created.generation, connection: stream.connection, frames: created.frames)
+        }
         attached.previous?.reset()
         execute(attached.actions)
 
@@ -150,10 +246,22 @@ extension PubSubService {
     /// A peer sent an oversized or malformed RPC.
     func badRPC(_ error: PubSubError, on stream: P2PStream, from peer: PeerID) {
         state.withLockedValue { $0.counters.badRPCs += 1 }
-        logger.info("pubsub peer sent a bad RPC", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        metrics.badRPCs.increment()
+        peerLog.log(.info, key: "pubsub bad rpc", "pubsub peer dropped: it sent a bad RPC",
+            metadata: ["peer": "\(peer)", "error": "\(error)"])
         // Whatever session the peer has by now goes, and this stream with it.
         stream.reset()
         endSession(with: peer, generation: nil, reason: error.description)
+    }
+
+    /// The memory account refused to hold what a peer's stream sent (a frame in progress).
+    func memoryRefused(_ error: ResourceError, on stream: P2PStream, from peer: PeerID, bytes: Int) {
+        state.withLockedValue { $0.counters.memoryRefusals += 1 }
+        metrics.memoryRefusals.increment()
+        peerLog.log(.info, key: "pubsub memory refused", "pubsub peer dropped: memory refused for its RPC",
+            metadata: ["peer": "\(peer)", "bytes": "\(bytes)", "error": "\(error)"])
+        stream.reset()
+        endSession(with: peer, generation: nil, reason: "memory refused: \(error)")
     }
 
     enum LoopReadOutcome: Sendable {
@@ -187,8 +295,50 @@ extension PubSubService {
 
     /// The last connection to `peer` closed. If a new one opened meanwhile, start over on it.
     func peerDisconnected(_ peer: PeerID) {
+        state.withLockedValue { _ = $0.openFailed.remove(peer) }
         endSession(with: peer, generation: nil, reason: "disconnected")
         if let connection = host.connections(to: peer).first { ensureSession(with: peer, on: connection) }
+    }
+
+    /// Identify told us the peer's protocols (again: identify push follows a peer registering new
+    /// handlers). If our stream could not be opened to it before (and it has none to us) and it
+    /// now speaks one of our protocols, we try again — once per such failure. Peers dropped for
+    /// what they sent are not in that set: they are not called back.
+    func peerIdentified(_ peer: PeerID) {
+        guard state.withLockedValue({ $0.openFailed.contains(peer) }) else { return }
+        let theirs = Set(host.peerstore.protocols(for: peer))
+        guard protocols.contains(where: theirs.contains), let connection = host.connections(to: peer).first else { return }
+        ensureSession(with: peer, on: connection)
+    }
+
+    /// What `removeSession` took out, for `finishEnding` to finish outside the lock.
+    struct EndedSession {
+        let session: PeerSession
+        let actions: [PubSubRouterAction]
+    }
+
+    /// Under the lock: removes `peer`'s session and the peer from the router (and from the
+    /// topics it had joined: `.peerLeft` events).
+    func removeSession(of peer: PeerID, in s: inout State) -> EndedSession {
+        let session = s.sessions.removeValue(forKey: peer)!
+        var actions: [PubSubRouterAction] = []
+        if session.inRouter {
+            actions = s.router.removePeer(peer, now: .now)
+            for topic in (s.peerTopics.removeValue(forKey: peer) ?? []).sorted() {
+                emit(.peerLeft(topic: topic, peer: peer), in: &s)
+            }
+            peersChanged(&s)
+        }
+        return EndedSession(session: session, actions: actions)
+    }
+
+    /// Out of the lock: ends the removed session's queue and streams, and carries out the
+    /// router's actions.
+    func finishEnding(_ ended: EndedSession, of peer: PeerID, keepReading: Bool) {
+        ended.session.queue.finish()
+        ended.session.outbound?.reset()
+        if !keepReading { ended.session.inbound?.reset() }
+        execute(ended.actions)
     }
 
     /// Removes the session (only generation `generation`, when given) and the peer from the router,
@@ -196,18 +346,15 @@ extension PubSubService {
     /// end — when only our stream failed, e.g. because the peer is stopping, the peer's stream
     /// may still hold messages it sent before.
     func endSession(with peer: PeerID, generation: UInt64?, reason: String, keepReading: Bool = false) {
-        let ended = state.withLockedValue { s -> (session: PeerSession, actions: [PubSubRouterAction])? in
+        let ended = state.withLockedValue { s -> EndedSession? in
             guard let session = s.sessions[peer], generation == nil || session.generation == generation else { return nil }
-            s.sessions[peer] = nil
-            let actions = session.inRouter ? s.router.removePeer(peer, now: .now) : []
-            return (session, actions)
+            return removeSession(of: peer, in: &s)
         }
         guard let ended else { return }
-        logger.debug("pubsub peer removed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
-        ended.session.queue.finish()
-        ended.session.outbound?.reset()
-        if !keepReading { ended.session.inbound?.reset() }
-        execute(ended.actions)
+        // A remote can make this happen at will (connect, open, reset, again): rate-limited.
+        peerLog.log(.debug, key: "pubsub peer removed", "pubsub peer removed",
+            metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        finishEnding(ended, of: peer, keepReading: keepReading)
     }
 
     // MARK: - Inbound RPCs
@@ -254,8 +401,7 @@ extension PubSubService {
             var actions: [PubSubRouterAction] = []
             if !rpc.subscriptions.isEmpty, s.phase == .running, s.sessions[peer]?.inRouter == true {
                 for subscription in rpc.subscriptions {
-                    actions += s.router.peerSubscription(
-                        peer, topic: subscription.topic, subscribed: subscription.subscribe, now: now)
+                    actions += peerSubscription(peer, subscription, now: now, in: &s)
                 }
             }
             var fresh: [Int] = []
@@ -270,7 +416,17 @@ extension PubSubService {
             }
             return (fresh, s.sessions[peer]?.queue, actions)
         }
-        guard let first else { return nil }
+        guard let first else {
+            metrics.graylisted.increment()
+            peerLog.log(.debug, key: "pubsub graylisted", "pubsub RPC of a graylisted peer ignored",
+                metadata: ["peer": "\(peer)"])
+            return nil
+        }
+        if !rpc.messages.isEmpty {
+            metrics.received.increment(by: rpc.messages.count)
+            let duplicates = rpc.messages.count - first.fresh.count
+            if duplicates > 0 { metrics.duplicates.increment(by: duplicates) }
+        }
         execute(first.actions)
         // The peer has these messages: what we queued for it with only one of them can stay here.
         if configuration.leaveOutCopiesPeersHave, let queue = first.queue {
@@ -316,7 +472,7 @@ extension PubSubService {
                 pending.validator, on: pending.received, timeout: pending.timeout, eventLoop: host.eventLoopGroup.any())
             switch verdict {
             case .accept:
-                if let routed = state.withLockedValue({ s in Self.route(message, id: id, from: peer, now: .now, in: &s) }) {
+                if let routed = state.withLockedValue({ s in self.route(message, id: id, from: peer, now: .now, in: &s) }) {
                     deliver(pending.received, to: routed.subscribers)
                     execute(routed.actions)
                 }
@@ -357,6 +513,7 @@ extension PubSubService {
         let next = state.withLockedValue { s -> Next in
             let now = ContinuousClock.now
             guard s.seen.insert(key, now: now) else {
+                metrics.duplicates.increment()
                 s.counters.duplicates += 1  // a copy from another peer got here first
                 s.router.duplicateMessage(message, id: id, from: peer, now: now)
                 return .done
@@ -364,7 +521,7 @@ extension PubSubService {
             if !s.validators.isEmpty, let entry = s.validators[message.topic] {
                 return .validate(validator: entry.validator, timeout: entry.timeout)
             }
-            return Self.route(message, id: id, from: peer, now: now, in: &s).map(Next.routed) ?? .done
+            return route(message, id: id, from: peer, now: now, in: &s).map(Next.routed) ?? .done
         }
         let received = PubSubMessage(
             topic: message.topic, data: message.data, from: author.peer, seqno: author.seqno, id: id, receivedFrom: peer)
@@ -383,12 +540,15 @@ extension PubSubService {
     typealias Routed = (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])
 
     /// Under the lock: a new valid message goes to our subscriptions and to the router.
-    private static func route(
+    private func route(
         _ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, now: ContinuousClock.Instant, in s: inout State
     ) -> Routed? {
         guard s.phase == .running else { return nil }
         let subscribers = s.subscriptions[message.topic].map { Array($0.values) } ?? []
-        if !subscribers.isEmpty { s.counters.delivered += 1 }
+        if !subscribers.isEmpty {
+            s.counters.delivered += 1
+            metrics.delivered.increment()
+        }
         s.counters.routed += 1
         return (subscribers, s.router.route(message, id: id, from: peer, now: now))
     }
@@ -398,7 +558,9 @@ extension PubSubService {
             s.counters.rejected += 1
             s.router.messageRejected(message, id: id, from: peer, now: .now)
         }
-        logger.debug("pubsub message rejected", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        metrics.rejected.increment()
+        peerLog.log(.debug, key: "pubsub message rejected", "pubsub message rejected",
+            metadata: ["peer": "\(peer)", "reason": "\(reason)"])
     }
 
     // MARK: - Validation
@@ -480,7 +642,9 @@ extension PubSubService {
             frames.append((frame, queue))
         }
         if tooLarge > 0 {
-            logger.warning("router produced RPCs over maxRPCSize; dropped", metadata: ["count": "\(tooLarge)"])
+            // Gossip replies are asked for by peers: rate-limited.
+            peerLog.log(.warning, key: "pubsub rpc over limit", "router produced RPCs over maxRPCSize; dropped",
+                metadata: ["count": "\(tooLarge)"])
         }
         enqueue(frames, alreadyDropped: tooLarge)
     }
@@ -491,11 +655,22 @@ extension PubSubService {
         for (frame, queue) in frames {
             switch queue.yield(frame) {
             case .queued: break
-            case .dropped: dropped += 1
+            case .dropped(let why):
+                dropped += 1
+                // A peer that reads slowly (or not at all) fills its queue: what does not fit is
+                // dropped, never queued without bound.
+                if why != .finished {
+                    peerLog.log(
+                        .info, key: "pubsub queue full", "pubsub RPC to peer dropped",
+                        metadata: ["peer": "\(queue.peer.map { "\($0)" } ?? "?")", "reason": "\(why)"])
+                }
             case .suppressed: suppressed += 1
             }
         }
-        if dropped > 0 { state.withLockedValue { $0.counters.dropped += dropped } }
+        if dropped > 0 {
+            state.withLockedValue { $0.counters.dropped += dropped }
+            metrics.dropped.increment(by: dropped)
+        }
         if suppressed > 0 { transmissions.withLockedValue { $0.suppressed += suppressed } }
     }
 
@@ -541,11 +716,17 @@ private final class VerdictSlot: Sendable {
 /// Reads a peer's stream to us on the stream's event loop: frames are decoded and handled as the
 /// data arrives (from inside the connection's channel handlers: what the engine does there only
 /// queues writes, resets streams and resumes tasks). All its state is used on that loop only.
+///
+/// The bytes the decoder holds (a frame in progress: up to `maxRPCSize` plus a read chunk) are
+/// reserved in the service's memory account while this reader runs; a refusal resets the stream
+/// and drops the peer.
 final class LoopReader: Sendable {
     private struct State: Sendable {
         var decoder: RPCFrameDecoder
         var continuation: CheckedContinuation<PubSubService.LoopReadOutcome, Never>?
         var cancelled = false
+        /// Bytes reserved for what the decoder holds.
+        var reserved = 0
     }
 
     private let service: PubSubService
@@ -571,8 +752,31 @@ final class LoopReader: Sendable {
             return
         }
         state.value.continuation = continuation
-        guard handleDecodedFrames() else { return }
+        guard accountBuffered(), handleDecodedFrames(), accountBuffered() else { return }
         stream.setReadHandler { [self] event in receive(event) }
+    }
+
+    /// Makes the reservation match what the decoder holds plus `incoming` (a chunk about to be
+    /// appended: reserved before it is kept); false when the memory account refused (the reader
+    /// has then ended, the stream is reset and the peer dropped).
+    private func accountBuffered(incoming: Int = 0) -> Bool {
+        guard state.value.continuation != nil else { return false }
+        let buffered = state.value.decoder.bufferedBytes + incoming
+        let reserved = state.value.reserved
+        if buffered > reserved {
+            do {
+                try service.configuration.memory.reserveMemory(buffered - reserved)
+            } catch {
+                stream.setReadHandler(nil)
+                finish(.ended)
+                service.memoryRefused(error, on: stream, from: peer, bytes: buffered)
+                return false
+            }
+        } else if buffered < reserved {
+            service.configuration.memory.releaseMemory(reserved - buffered)
+        }
+        state.value.reserved = buffered
+        return true
     }
 
     /// Handles the whole frames in the decoder; false when that ended this reader (a message
@@ -610,8 +814,9 @@ final class LoopReader: Sendable {
         guard state.value.continuation != nil else { return }  // handed over or finished
         switch event {
         case .data(let chunk):
+            guard accountBuffered(incoming: chunk.readableBytes) else { return }
             state.value.decoder.append(chunk)
-            _ = handleDecodedFrames()
+            _ = handleDecodedFrames() && accountBuffered()
         case .end:
             // The peer closed its stream: it has left pubsub.
             finish(ended("inbound stream closed"))
@@ -626,6 +831,12 @@ final class LoopReader: Sendable {
     }
 
     private func finish(_ outcome: PubSubService.LoopReadOutcome) {
+        // What the decoder holds is not this reader's any more (dropped, or handed to the
+        // serving task while a validator runs: reading is paused then).
+        if state.value.reserved > 0 {
+            service.configuration.memory.releaseMemory(state.value.reserved)
+            state.value.reserved = 0
+        }
         guard let continuation = state.value.continuation else { return }
         state.value.continuation = nil
         continuation.resume(returning: outcome)

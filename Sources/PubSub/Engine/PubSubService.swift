@@ -4,6 +4,7 @@ import Logging
 import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
+import ServiceLifecycle
 
 /// Publish/subscribe on a host with a pluggable router (floodsub, gossipsub).
 ///
@@ -14,9 +15,16 @@ import NIOCore
 /// delivery. The router lives in the lock; the actions it returns are carried out outside it.
 ///
 /// Peers are picked up from the host's connections: every connection (open at `start()` or later)
-/// gets our stream, and every peer that opens its stream to us is taken in. A peer that breaks
-/// the wire protocol (malformed or oversized RPC) has its pubsub streams reset and is removed from
-/// the router; everything else keeps working.
+/// gets our stream, and every peer that opens its stream to us is taken in (and gets ours, retried
+/// a few times if the first open fails: see `docs/PUBSUB.md`, "Finding each other"). A peer that
+/// breaks the wire protocol (malformed or oversized RPC) has its pubsub streams reset and is
+/// removed from the router; everything else keeps working. Peers joining and leaving topics are
+/// `events()`; `waitForPeers(topic:count:timeout:)` and `publish(_:_:minPeers:)` make sure a
+/// message has somebody to go to. The bytes queued for peers are bounded per peer and reserved in
+/// `configuration.memory`. Counters are `counters` and swift-metrics (`pointsub_pubsub_…`).
+///
+/// Under swift-service-lifecycle the service is a `Service`: `run()` starts it and stops it on
+/// graceful shutdown or cancellation.
 ///
 ///     let pubsub = try PubSubService(host: host, router: FloodSubRouter())
 ///     try pubsub.start()
@@ -74,6 +82,15 @@ public final class PubSubService: Sendable {
         /// them to drain and close, and resets only what is left: a reset right after a clean
         /// close could make the peer drop data it has not read yet.
         var openOutbound: [UInt64: P2PStream] = [:]
+        /// The topics each pubsub peer announced (as passed to the router), for the events and
+        /// for `maxTopicsPerPeer`.
+        var peerTopics: [PeerID: Set<String>] = [:]
+        var eventSubscribers: [UInt64: AsyncStream<PubSubEvent>.Continuation] = [:]
+        /// Connected peers our stream could not be opened to, with no stream of theirs to us:
+        /// tried again when identify reports that they speak pubsub. Cleared on disconnection.
+        var openFailed: Set<PeerID> = []
+        /// `run()` calls waiting for `stop()`.
+        var stopWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
 
         mutating func takeID() -> UInt64 {
             defer { nextID += 1 }
@@ -101,6 +118,12 @@ public final class PubSubService: Sendable {
         var suppressed = 0
     }
     var logger: Logger { configuration.logger }
+    /// For lines a remote peer can cause at will (peers dropped, RPCs refused).
+    let peerLog: RateLimitedLogger
+    let metrics = PubSubMetrics()
+    /// Tests only: replaces how our pubsub stream is opened on a connection (to make an open fail
+    /// at a chosen moment). nil: `connection.newStream(protocols:)`.
+    let streamOpener = NIOLockedValueBox<(@Sendable (Connection, [String]) async throws -> P2PStream)?>(nil)
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
     public init(host: P2PHost, router: some PubSubRouter, configuration: PubSubConfiguration = .defaults) throws(PubSubError) {
@@ -110,6 +133,7 @@ public final class PubSubService: Sendable {
         self.configuration = configuration
         self.protocols = router.protocols
         self.heartbeatInterval = router.heartbeatInterval
+        self.peerLog = RateLimitedLogger(configuration.logger, perSecond: 1, burst: 10)
         // Spec: seqno need only be unique per author; a random start keeps a restarted node's
         // messages from colliding with its earlier ones still in other nodes' seen caches. Below
         // 2^63, so tools that read it as a signed 64-bit number (JSON, Int64) see it unchanged.
@@ -165,7 +189,11 @@ public final class PubSubService: Sendable {
             Task { [weak self] in
                 for await event in events {
                     guard let self else { return }
-                    if case .peerDisconnected(let peer) = event { self.peerDisconnected(peer) }
+                    switch event {
+                    case .peerDisconnected(let peer): self.peerDisconnected(peer)
+                    case .peerIdentified(let peer): self.peerIdentified(peer)
+                    default: break
+                    }
                 }
             }
         ]
@@ -195,7 +223,7 @@ public final class PubSubService: Sendable {
     /// up to `gracePeriod` and our streams are then closed (the peers see a clean end); whatever is
     /// left after that is reset. The service cannot be started again. Safe to call more than once.
     public func stop(gracePeriod: Duration = .seconds(1)) async {
-        let (wasRunning, sessions, subscribers, tasks) = state.withLockedValue { s in
+        let (wasRunning, sessions, subscribers, tasks, listeners, waiters) = state.withLockedValue { s in
             let wasRunning = s.phase == .running
             s.phase = .stopped
             let now = ContinuousClock.now
@@ -204,9 +232,18 @@ public final class PubSubService: Sendable {
                 s.sessions = [:]
                 s.subscriptions = [:]
                 s.backgroundTasks = []
+                s.peerTopics = [:]
+                s.openFailed = []
+                s.eventSubscribers = [:]
+                s.stopWaiters = [:]
+                peersChanged(&s)
             }
-            return (wasRunning, Array(s.sessions.values), s.subscriptions.values.flatMap(\.values), s.backgroundTasks)
+            return (
+                wasRunning, Array(s.sessions.values), s.subscriptions.values.flatMap(\.values), s.backgroundTasks,
+                Array(s.eventSubscribers.values), Array(s.stopWaiters.values))
         }
+        for listener in listeners { listener.finish() }
+        for waiter in waiters { waiter.resume() }
         if wasRunning { for protocolID in protocols { host.removeStreamHandler(protocolID) } }
         for task in tasks { task.cancel() }
         for subscriber in subscribers { subscriber.finish() }
@@ -325,16 +362,26 @@ public final class PubSubService: Sendable {
     // MARK: - Publishing
 
     /// Signs `data` as a new message of `topic` and sends it to the peers the router picks. We
-    /// need not subscribe to the topic. Throws `.notRunning`, `.messageTooLarge` (it would not
-    /// fit in `maxRPCSize`), `.publishRejected` (our validator did not accept it).
+    /// need not subscribe to the topic. `minPeers`: the message is sent only if at least that
+    /// many peers are known to subscribe to the topic (`peers(topic:)`); otherwise nothing is
+    /// sent and `.notEnoughPeers` is thrown — `publish` returning means the message went to
+    /// somebody (without it, a publish with nobody to send to succeeds quietly). Throws
+    /// `.notRunning`, `.notEnoughPeers`, `.messageTooLarge` (it would not fit in `maxRPCSize`),
+    /// `.publishRejected` (our validator did not accept it).
     @discardableResult
-    public func publish(_ topic: String, _ data: some Collection<UInt8>) async throws(PubSubError) -> MessageID {
-        let seqno = state.withLockedValue { s -> UInt64? in
-            guard s.phase == .running else { return nil }
+    public func publish(_ topic: String, _ data: some Collection<UInt8>, minPeers: Int = 0) async throws(PubSubError) -> MessageID {
+        let checked = state.withLockedValue { s -> Result<UInt64, PubSubError> in
+            guard s.phase == .running else { return .failure(.notRunning) }
+            if minPeers > 0 {
+                let known = s.router.peers(subscribedTo: topic).count
+                guard known >= minPeers else {
+                    return .failure(.notEnoughPeers(topic: topic, known: known, required: minPeers))
+                }
+            }
             defer { s.seqno &+= 1 }
-            return s.seqno
+            return .success(s.seqno)
         }
-        guard let seqno else { throw .notRunning }
+        let seqno = try checked.get()
         let message: PubSubRPC.Message
         do {
             message = try MessageSigning.signedMessage(topic: topic, data: Array(data), seqno: seqno, key: host.identity)
@@ -361,8 +408,12 @@ public final class PubSubService: Sendable {
             s.seen.insert(id, now: now)
             s.counters.published += 1
             s.counters.routed += 1
+            metrics.published.increment()
             let subscribers = deliverOwn ? (s.subscriptions[topic].map { Array($0.values) } ?? []) : []
-            if !subscribers.isEmpty { s.counters.delivered += 1 }
+            if !subscribers.isEmpty {
+                s.counters.delivered += 1
+                metrics.delivered.increment()
+            }
             return (subscribers, s.router.route(message, id: id, from: nil, now: now))
         }
         guard let routed else { throw .notRunning }
@@ -379,6 +430,41 @@ public final class PubSubService: Sendable {
             return s.router.heartbeat(now: .now)
         }
         execute(actions)
+    }
+}
+
+// MARK: - ServiceLifecycle
+
+extension PubSubService: Service {
+    /// Runs the service in a `ServiceGroup`: starts it (if `start()` was not called yet), then
+    /// runs until graceful shutdown, cancellation of the calling task, or `stop()`, and stops it
+    /// (`stop()`'s default grace period) before returning. Throws what `start()` throws.
+    public func run() async throws {
+        try start()
+        let id = state.withLockedValue { $0.takeID() }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await gracefulShutdown() }
+            group.addTask { [weak self] in await self?.waitUntilStopped(id) }
+            await group.next()
+            group.cancelAll()
+        }
+        await stop()
+    }
+
+    /// Returns once `stop()` was called, or when the calling task is cancelled.
+    private func waitUntilStopped(_ id: UInt64) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let waiting = state.withLockedValue { s -> Bool in
+                    guard s.phase == .running, !Task.isCancelled else { return false }
+                    s.stopWaiters[id] = continuation
+                    return true
+                }
+                if !waiting { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLockedValue { $0.stopWaiters.removeValue(forKey: id) }?.resume()
+        }
     }
 }
 
