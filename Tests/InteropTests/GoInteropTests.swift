@@ -11,9 +11,10 @@ import Testing
 /// between two of our nodes, and go's DHT finding our node through another go node.
 ///
 /// The daemon cannot be asked everything: it has no identify query about other peers and no
-/// ping request. What go learned from our identify shows where go uses it: the DHT test finds our
-/// *listen* address, which go only knows from our identify message (we dialed go, so the
-/// connection's remote address is an ephemeral port). Go pings us through STREAM_OPEN on
+/// ping request. What go learned from our identify shows in go-libp2p's metrics (how many
+/// protocols and addresses it received, identify push listed; not our agent version) and where
+/// go uses it: the DHT test finds our *listen* address, which go only knows from our identify
+/// message (we dialed go, so the connection's remote address is an ephemeral port). Go pings us through STREAM_OPEN on
 /// `/ipfs/ping/1.0.0`, with the test writing the 32-byte payloads through the daemon's proxy.
 ///
 /// Every wait is bounded (`Self.timeout`); a missing `p2pd` fails every test.
@@ -32,9 +33,9 @@ struct GoInteropTests {
 
     /// Runs `body` with a started daemon; stops it afterwards. A failure carries its stderr.
     func withDaemon<T: Sendable>(
-        seed: UInt64, _ arguments: [String] = [], _ body: (P2PDaemon) async throws -> T
+        seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, _ body: (P2PDaemon) async throws -> T
     ) async throws -> T {
-        let daemon = try await P2PDaemon.start(seed: seed, arguments)
+        let daemon = try await P2PDaemon.start(seed: seed, arguments, metrics: metrics)
         do {
             let result = try await body(daemon)
             await daemon.stop()
@@ -89,7 +90,7 @@ struct GoInteropTests {
     // MARK: - Connect and identify, both directions
 
     @Test func goDialsSwift() async throws {
-        try await withDaemon(seed: 101) { go in
+        try await withDaemon(seed: 101, metrics: true) { go in
             try await withHost(identity: .ed25519(seed: 201), configuration: Self.configuration(listen: true)) { host in
                 // (host.addresses end in /p2p/<our ID>; go's addresses never do.)
                 let ours = host.addresses[0].removingPeerID()
@@ -105,12 +106,13 @@ struct GoInteropTests {
                 try await Self.until("our identify of go") { host.peerstore.info(for: go.peerID)?.agentVersion != nil }
                 let info = host.peerstore.info(for: go.peerID)
                 Self.checkGoIdentify(info, listenAddress: go.address)
+                try await Self.checkGoIdentifiedUs(go, host)
             }
         }
     }
 
     @Test func swiftDialsGo() async throws {
-        try await withDaemon(seed: 102) { go in
+        try await withDaemon(seed: 102, metrics: true) { go in
             try await withHost(identity: .ed25519(seed: 202), configuration: Self.configuration(listen: false)) { host in
                 let connection = try await host.connect(to: go.fullAddress)
                 #expect(connection.remotePeer == go.peerID)
@@ -126,6 +128,7 @@ struct GoInteropTests {
                 #expect(message.observedAddress != nil)
                 #expect(message.observedAddress == connection.localAddress)
                 Self.checkGoIdentify(host.peerstore.info(for: go.peerID), listenAddress: go.address)
+                try await Self.checkGoIdentifiedUs(go, host)
             }
         }
     }
@@ -140,6 +143,24 @@ struct GoInteropTests {
             #expect(protocols.contains(p), "go's protocols: \(protocols.sorted())")
         }
         #expect(info?.addresses.keys.contains(listenAddress) == true)
+    }
+
+    /// go's identify of us and its answer to ours, as go-libp2p 0.32 counts them in its metrics
+    /// (the daemon has no query for what go knows of a peer; our agent version is not counted):
+    /// go identified us once and answered us, as many protocols as we list, as many addresses as we listen on,
+    /// and identify push among our protocols.
+    static func checkGoIdentifiedUs(_ go: P2PDaemon, _ host: P2PHost) async throws {
+        var metrics: [String: Double] = [:]
+        try await until("go identifying us and answering our identify, in its metrics") {
+            metrics = try await go.metrics()
+            // (inbound: each identify of go we asked for; swiftDialsGo asks once more.)
+            return metrics["libp2p_identify_protocols_received_count"] == 1
+                && metrics["libp2p_identify_identify_total{dir=\"inbound\"}", default: 0] >= 1
+        }
+        #expect(metrics["libp2p_identify_identify_total{dir=\"outbound\"}"] == 1)
+        #expect(metrics["libp2p_identify_protocols_received_sum"] == Double(host.supportedProtocols.count))
+        #expect(metrics["libp2p_identify_addrs_received_sum"] == Double(host.listenAddresses.count))
+        #expect(metrics["libp2p_identify_conn_push_support_total{support=\"supported\"}"] == 1)
     }
 
     // MARK: - Ping

@@ -280,8 +280,13 @@ final class DaemonSocket {
 
     /// Connects to the unix socket at `path` and runs `body`; the connection is closed afterwards.
     static func with<T: Sendable>(path: String, _ body: (DaemonSocket) async throws -> T) async throws -> T {
+        try await with(address: try SocketAddress(unixDomainSocketPath: path), body)
+    }
+
+    /// Connects to `address` and runs `body`; the connection is closed afterwards.
+    static func with<T: Sendable>(address: SocketAddress, _ body: (DaemonSocket) async throws -> T) async throws -> T {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(to: try SocketAddress(unixDomainSocketPath: path)) { channel in
+            .connect(to: address) { channel in
                 channel.eventLoop.makeCompletedFuture { try Channel(wrappingChannelSynchronously: channel) }
             }
         return try await channel.executeThenClose { inbound, outbound in
@@ -460,12 +465,18 @@ final class P2PDaemon: Sendable {
     let peerID: PeerID
     /// Its TCP listen address on 127.0.0.1 (from IDENTIFY).
     let address: Multiaddr
+    /// Where it serves its metrics (`start(metrics: true)`).
+    let metricsPort: Int?
     /// `address` with `/p2p/<peerID>`.
     var fullAddress: Multiaddr { address.appending(peerID: peerID) }
 
     private static let counter = NIOLockedValueBox(0)
 
-    private init(running: ChildProcess.Running, directory: String, controlPath: String, peerID: PeerID, address: Multiaddr) {
+    private init(
+        running: ChildProcess.Running, directory: String, controlPath: String, peerID: PeerID, address: Multiaddr,
+        metricsPort: Int?
+    ) {
+        self.metricsPort = metricsPort
         self.running = running
         self.directory = directory
         self.controlPath = controlPath
@@ -475,7 +486,8 @@ final class P2PDaemon: Sendable {
 
     /// Starts `p2pd` with the Ed25519 key of `seed` (written as a libp2p PrivateKey protobuf file,
     /// as `pointsub keygen` does), listening on 127.0.0.1 only, plus `arguments` (e.g. `-pubsub`).
-    static func start(seed: UInt64, _ arguments: [String] = []) async throws -> P2PDaemon {
+    /// With `metrics`, it serves go-libp2p's Prometheus metrics on a free 127.0.0.1 port.
+    static func start(seed: UInt64, _ arguments: [String] = [], metrics: Bool = false) async throws -> P2PDaemon {
         try P2PD.checkInstalled()
         let n = counter.withLockedValue { $0 += 1; return $0 }
         let directory = "/tmp/pointsub-p2pd-\(getpid())-\(n)"
@@ -484,6 +496,14 @@ final class P2PDaemon: Sendable {
         let key = PrivateKey.ed25519(seed: seed)
         try KeyFile.write(key, to: "\(directory)/key")
         let controlPath = "\(directory)/control.sock"
+        var metricsPort: Int?
+        if metrics {
+            // A port free a moment ago (p2pd takes no port 0 here: it would not tell us which).
+            let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .bind(host: "127.0.0.1", port: 0).get()
+            metricsPort = probe.localAddress?.port
+            try await probe.close()
+        }
         let running = try ChildProcess.Running(
             P2PD.binary,
             [
@@ -491,7 +511,7 @@ final class P2PDaemon: Sendable {
                 "-hostAddrs", "/ip4/127.0.0.1/tcp/0",
                 // Keep it to loopback TCP: no relay service/client, no NAT port mapping.
                 "-relay=false",
-            ] + arguments,
+            ] + (metricsPort.map { ["-metricsAddr", "127.0.0.1:\($0)"] } ?? []) + arguments,
             captureStderr: true)
         do {
             // p2pd prints "Peer ID: …" once its control socket listens.
@@ -503,7 +523,9 @@ final class P2PDaemon: Sendable {
             guard let address = addresses.first(where: { $0.tcpPort != nil && $0.ipAddress?.description == "127.0.0.1" }) else {
                 throw ChildProcess.Failure("p2pd has no 127.0.0.1 TCP address: \(addresses)")
             }
-            return P2PDaemon(running: running, directory: directory, controlPath: controlPath, peerID: id, address: address)
+            return P2PDaemon(
+                running: running, directory: directory, controlPath: controlPath, peerID: id, address: address,
+                metricsPort: metricsPort)
         } catch {
             _ = try? await running.stop(signal: SIGKILL, timeout: 5)
             try? FileManager.default.removeItem(atPath: directory)
@@ -520,6 +542,30 @@ final class P2PDaemon: Sendable {
             _ = try? await running.stop(signal: SIGKILL, timeout: 5)
         }
         try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// go-libp2p's Prometheus metrics (`start(metrics: true)`), keyed by `name{labels}` as printed.
+    /// go-libp2p 0.32 counts what it received in identify messages here (protocols, addresses,
+    /// whether the peer lists identify push): the only view the daemon gives of what go learned
+    /// from our identify.
+    func metrics() async throws -> [String: Double] {
+        guard let metricsPort else { throw ChildProcess.Failure("p2pd was started without metrics") }
+        let text = try await DaemonSocket.with(address: try SocketAddress(ipAddress: "127.0.0.1", port: metricsPort)) { socket in
+            try await socket.writer.write(ByteBuffer(string: "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+            var body = ByteBuffer()
+            while let chunk = try await socket.readChunk() {
+                guard body.readableBytes + chunk.readableBytes <= 16 << 20 else { throw ChildProcess.Failure("metrics over 16 MiB") }
+                body.writeImmutableBuffer(chunk)
+            }
+            return String(buffer: body)
+        }
+        guard text.hasPrefix("HTTP/1.") else { throw ChildProcess.Failure("metrics: not an HTTP response: \(text.prefix(200))") }
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            values[String(line[..<space])] = value
+        }
+        return values
     }
 
     /// One request on a connection of its own.
