@@ -259,6 +259,24 @@ enum DaemonRequest {
     }
 }
 
+/// Runs `work` in a child task; throws (and cancels it) if it takes longer than `limit`.
+func withDeadline<T: Sendable>(
+    _ limit: Duration, _ what: String, _ work: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await work() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw ChildProcess.Failure("\(what) took longer than \(limit)")
+        }
+        return value
+    }
+}
+
 // MARK: - Unix socket connections
 
 /// One connection over a unix socket to or from the daemon: length-prefixed control messages,
@@ -550,14 +568,17 @@ final class P2PDaemon: Sendable {
     /// from our identify.
     func metrics() async throws -> [String: Double] {
         guard let metricsPort else { throw ChildProcess.Failure("p2pd was started without metrics") }
-        let text = try await DaemonSocket.with(address: try SocketAddress(ipAddress: "127.0.0.1", port: metricsPort)) { socket in
-            try await socket.writer.write(ByteBuffer(string: "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
-            var body = ByteBuffer()
-            while let chunk = try await socket.readChunk() {
-                guard body.readableBytes + chunk.readableBytes <= 16 << 20 else { throw ChildProcess.Failure("metrics over 16 MiB") }
-                body.writeImmutableBuffer(chunk)
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: metricsPort)
+        let text = try await withDeadline(.seconds(20), "p2pd metrics") {
+            try await DaemonSocket.with(address: address) { socket in
+                try await socket.writer.write(ByteBuffer(string: "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+                var body = ByteBuffer()
+                while let chunk = try await socket.readChunk() {
+                    guard body.readableBytes + chunk.readableBytes <= 16 << 20 else { throw ChildProcess.Failure("metrics over 16 MiB") }
+                    body.writeImmutableBuffer(chunk)
+                }
+                return String(buffer: body)
             }
-            return String(buffer: body)
         }
         guard text.hasPrefix("HTTP/1.") else { throw ChildProcess.Failure("metrics: not an HTTP response: \(text.prefix(200))") }
         var values: [String: Double] = [:]
@@ -569,8 +590,12 @@ final class P2PDaemon: Sendable {
     }
 
     /// One request on a connection of its own.
+    /// Bounded by 60 s, above the daemon's own limits (the `timeout` fields the tests send).
     func request(_ request: [UInt8]) async throws -> DaemonResponse {
-        try await DaemonSocket.with(path: controlPath) { try await $0.request(request) }
+        let path = controlPath
+        return try await withDeadline(.seconds(60), "p2pd request") {
+            try await DaemonSocket.with(path: path) { try await $0.request(request) }
+        }
     }
 
     /// CONNECT: the daemon dials `peer` at `addresses`.
