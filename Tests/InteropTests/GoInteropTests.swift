@@ -17,7 +17,8 @@ import Testing
 /// message (we dialed go, so the connection's remote address is an ephemeral port). Go pings us through STREAM_OPEN on
 /// `/ipfs/ping/1.0.0`, with the test writing the 32-byte payloads through the daemon's proxy.
 ///
-/// Every wait is bounded (`Self.timeout`); a missing `p2pd` fails every test.
+/// Every wait is bounded (`Self.timeout`); a missing `p2pd` fails every test. (No closures
+/// inside `#expect`: see the note at the top of PubSubInteropTests.swift.)
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct GoInteropTests {
     static let agent = "pointsub-go-interop/0.1.0"
@@ -122,7 +123,8 @@ struct GoInteropTests {
                 }
                 // Asking explicitly (the host asked on connecting too): go's answer, key checked.
                 let message = try await IdentifyService.identify(connection, host: host)
-                #expect(message.publicKey.map { go.peerID.matches($0) } == true)
+                let keyMatches = message.publicKey.map { go.peerID.matches($0) }
+                #expect(keyMatches == true)
                 #expect(message.listenAddresses.contains(go.address))
                 // go reports the address it sees us at: our side of the connection.
                 #expect(message.observedAddress != nil)
@@ -147,8 +149,8 @@ struct GoInteropTests {
 
     /// go's identify of us and its answer to ours, as go-libp2p 0.32 counts them in its metrics
     /// (the daemon has no query for what go knows of a peer; our agent version is not counted):
-    /// go identified us once and answered us, as many protocols as we list, as many addresses as we listen on,
-    /// and identify push among our protocols.
+    /// go identified us once and answered us, as many protocols as we list, as many addresses as
+    /// we listen on, and identify push among our protocols.
     static func checkGoIdentifiedUs(_ go: P2PDaemon, _ host: P2PHost) async throws {
         var metrics: [String: Double] = [:]
         try await until("go identifying us and answering our identify, in its metrics") {
@@ -244,7 +246,9 @@ struct GoInteropTests {
                     }
                     let streams = handler.streams
                     #expect(streams.count == 2)
-                    #expect(streams.allSatisfy { $0.peer == host.peerID && $0.proto == EchoService.protocolID })
+                    let allOurs = streams.allSatisfy { $0.peer == host.peerID && $0.proto == EchoService.protocolID }
+                    let described = streams.map { "\($0.peer) \($0.proto)" }
+                    #expect(allOurs, "StreamInfos: \(described)")
                     #expect(handler.echoedBytes == 2 << 20)
                 }
                 await handler.stop()
@@ -424,7 +428,8 @@ struct GoInteropTests {
                     #expect(found?.addresses.contains(ours) == true, "FIND_PEER gave \(found?.addresses ?? [])")
                     // A dialed us during its lookup, at the address B gave it.
                     try await Self.until("go A's connection to us") { !host.connections(to: goA.peerID).isEmpty }
-                    #expect(host.connections(to: goA.peerID).allSatisfy { $0.direction == .inbound })
+                    let allInbound = host.connections(to: goA.peerID).allSatisfy { $0.direction == .inbound }
+                    #expect(allInbound)
                     let seen = try await goA.peers().first { $0.id == host.peerID }
                     #expect(seen?.addresses.contains(ours) == true)
                 }
