@@ -192,18 +192,26 @@ struct GoInteropTests {
 
     // MARK: - Echo
 
-    /// go opens a stream to our `/echo/1.0.0` and sends 1 MiB through it; every byte comes back.
+    /// go opens two streams to our `/echo/1.0.0` at once and sends 1 MiB through each; every
+    /// byte comes back.
     @Test func goEchoesThroughSwift() async throws {
         try await withDaemon(seed: 104) { go in
             try await withHost(identity: .ed25519(seed: 204), configuration: Self.configuration(listen: true)) { host in
                 try await go.connect(host.peerID, [host.addresses[0].removingPeerID()])
-                try await go.withStream(to: host.peerID, [EchoService.protocolID]) { info, socket in
-                    #expect(info.peer == host.peerID)
-                    #expect(info.proto == EchoService.protocolID)
-                    let payload = Self.payload(1 << 20, seed: 7)
-                    let back = try await Self.roundTrip(socket, payload)
-                    #expect(back.readableBytes == 1 << 20)
-                    #expect(back == payload)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<2 {
+                        group.addTask {
+                            try await go.withStream(to: host.peerID, [EchoService.protocolID]) { info, socket in
+                                #expect(info.peer == host.peerID)
+                                #expect(info.proto == EchoService.protocolID)
+                                let payload = Self.payload(1 << 20, seed: UInt64(7 + index))
+                                let back = try await Self.roundTrip(socket, payload)
+                                #expect(back.readableBytes == 1 << 20)
+                                #expect(back == payload, "stream \(index)")
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
                 }
             }
         }
@@ -261,10 +269,11 @@ struct GoInteropTests {
 
     // MARK: - Pubsub: Swift A — go — Swift B
 
-    /// Our nodes A and B connect only to go; go (gossipsub or floodsub, subscribed through the
-    /// daemon) forwards between them. Each message A publishes reaches B exactly once, from A,
-    /// received from go, and the other way round (an empty message included); go's own PUBLISH
-    /// reaches both once; go's subscription gets each of ours once, signed.
+    /// Our nodes A and B are connected only to go (A dialed go, go dialed B); go (gossipsub or
+    /// floodsub, subscribed through the daemon) forwards between them. Each message A publishes
+    /// reaches B exactly once, from A, received from go, and the other way round (an empty
+    /// message included); go's own PUBLISH reaches both once; go's subscription gets each of ours
+    /// once, signed.
     @Test(arguments: ["floodsub", "gossipsub"])
     func pubsubThroughGo(router: String) async throws {
         let topic = "go-interop"
@@ -286,11 +295,13 @@ struct GoInteropTests {
         try await withHost(identity: .ed25519(seed: 210), configuration: config) { a in
             try await withPubSub(host: a, router: try PubSubInteropTests.router(router)) { pa in
                 let inboxA = PubSubInbox(try pa.subscribe(topic))
-                try await withHost(identity: .ed25519(seed: 211), configuration: config) { b in
+                // B listens and go dials it: go's pubsub stream to B goes out on a connection go
+                // opened, to A on one A opened.
+                try await withHost(identity: .ed25519(seed: 211), configuration: configuration(listen: true)) { b in
                     try await withPubSub(host: b, router: try PubSubInteropTests.router(router)) { pb in
                         let inboxB = PubSubInbox(try pb.subscribe(topic))
                         _ = try await a.connect(to: go.fullAddress)
-                        _ = try await b.connect(to: go.fullAddress)
+                        try await go.connect(b.peerID, [b.addresses[0].removingPeerID()])
                         try await until("go seeing A and B in \(topic)") {
                             let peers = try await go.pubsubPeers(topic)
                             return peers.contains(a.peerID) && peers.contains(b.peerID)
