@@ -149,6 +149,12 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: strict),
-        .testTarget(name: "InteropTests", dependencies: ["PointSub", "PubSub", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "InteropTests", dependencies: [
+            "PointSub", "PubSub", "TestSupport",
+            // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
     ]
 )
