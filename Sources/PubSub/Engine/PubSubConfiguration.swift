@@ -18,10 +18,10 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     public var maxQueuedBytesPerPeer = 16 << 20
     /// Where the bytes of queued RPCs are reserved before they are queued, and released once
     /// written or thrown away; a refusal drops the RPC (counted in `PubSubCounters.dropped`).
-    /// Give it the host's resource manager's service scope
-    /// (`resourceManager.serviceScope("pubsub")`) to count pubsub against the service and system
-    /// limits. Default: an account that never refuses (the per-peer limits still apply).
-    public var memory: any MemoryAccount = UnlimitedMemoryAccount()
+    /// nil (the default): the host's resource manager's `pubsub` service scope, so pubsub counts
+    /// against the service and system memory limits. `UnlimitedMemoryAccount()` turns the
+    /// accounting off (the per-peer limits still apply).
+    public var memory: (any MemoryAccount)?
     /// Topics one peer may be known to subscribe to; further subscriptions of that peer are
     /// ignored (counted in `PubSubCounters.refusedSubscriptions`) until it unsubscribes from some.
     /// Topic names are chosen by the peer: without a limit it could make us hold any number.

@@ -26,7 +26,7 @@ extension PubSubService {
         // `yield` refuses the newest frame.
         let queue = OutboundQueue(
             capacity: configuration.maxQueuedRPCsPerPeer, maxBytes: configuration.maxQueuedBytesPerPeer,
-            memory: configuration.memory, peer: peer)
+            memory: configuration.memory ?? UnlimitedMemoryAccount(), peer: peer)
         let generation = s.takeID()
         s.sessions[peer] = PeerSession(generation: generation, queue: queue)
         return (generation, queue)
@@ -765,7 +765,7 @@ final class LoopReader: Sendable {
         let reserved = state.value.reserved
         if buffered > reserved {
             do {
-                try service.configuration.memory.reserveMemory(buffered - reserved)
+                try service.configuration.memory?.reserveMemory(buffered - reserved)
             } catch {
                 stream.setReadHandler(nil)
                 finish(.ended)
@@ -773,7 +773,7 @@ final class LoopReader: Sendable {
                 return false
             }
         } else if buffered < reserved {
-            service.configuration.memory.releaseMemory(reserved - buffered)
+            service.configuration.memory?.releaseMemory(reserved - buffered)
         }
         state.value.reserved = buffered
         return true
@@ -834,7 +834,7 @@ final class LoopReader: Sendable {
         // What the decoder holds is not this reader's any more (dropped, or handed to the
         // serving task while a validator runs: reading is paused then).
         if state.value.reserved > 0 {
-            service.configuration.memory.releaseMemory(state.value.reserved)
+            service.configuration.memory?.releaseMemory(state.value.reserved)
             state.value.reserved = 0
         }
         guard let continuation = state.value.continuation else { return }

@@ -130,6 +130,8 @@ public final class PubSubService: Sendable {
         try configuration.validate()
         guard !router.protocols.isEmpty else { throw .invalidConfiguration("the router speaks no protocol") }
         self.host = host
+        var configuration = configuration
+        if configuration.memory == nil { configuration.memory = host.resourceManager.serviceScope("pubsub") }
         self.configuration = configuration
         self.protocols = router.protocols
         self.heartbeatInterval = router.heartbeatInterval
