@@ -192,6 +192,8 @@ func rootCause(of error: any Error) -> String {
     switch error {
     case let error as TransportError:
         return error.reason.isEmpty ? error.message : error.reason
+    case let error as PointSubError:
+        return error.underlying.map(rootCause(of:)) ?? error.message
     case let error as HostError:
         guard !error.underlying.isEmpty else { return error.message }
         // One cause per address tried; the same cause from several addresses is said once.
@@ -207,12 +209,23 @@ func rootCause(of error: any Error) -> String {
     }
 }
 
-/// One line for an error that ends a command.
+/// One line for an error that ends a command: what failed, then the root cause once.
 func describe(_ error: any Error) -> String {
     switch error {
     case let error as HostError:
-        guard !error.underlying.isEmpty else { return error.message }
+        // "X supports none of /p": the message is the whole story; the multistream detail repeats it.
+        guard !error.underlying.isEmpty, error.code != .protocolNotSupported else { return error.message }
         return "\(error.message): \(rootCause(of: error))"
+    case let error as PointSubError:
+        switch error.code {
+        case .protocolNotSupported:
+            return error.message
+        case .remote(let code):
+            return "the server answered with an error (\(code)): \(error.message)"
+        default:
+            guard let underlying = error.underlying else { return error.message }
+            return "\(error.message): \(rootCause(of: underlying))"
+        }
     case let error as TransportError:
         return error.message
     default:

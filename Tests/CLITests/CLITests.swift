@@ -142,6 +142,9 @@ struct CLITests {
         #expect(send.stdout.contains("requests/s, p50"))
         let wrong = try await CLI.run(["send", server.address, "--protocol", "/other/1", "--data", "x"])
         #expect(wrong.status != 0)
+        // Issue 10: one line, said once (it used to name the peer and the protocol three times).
+        let peer = server.address.split(separator: "/").last.map(String.init) ?? ""
+        #expect(wrong.stderr == "error: \(peer) does not serve /other/1\n", "\(wrong.stderr)")
         #expect(try await server.stop() == 143)
     }
 
