@@ -11,6 +11,7 @@ import NIOPosix
 
 /// Why a transport operation failed.
 public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kinds of transport failure.
     public enum Code: Sendable, Hashable {
         /// Not a TCP multiaddr this transport can dial or listen on.
         case unsupportedAddress
@@ -38,6 +39,7 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
         self.reason = reason
     }
 
+    /// "transport: " and the message.
     public var description: String { "transport: \(message)" }
 
     /// Classifies what NIO reported for a failed connect.
@@ -79,10 +81,12 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
 
 /// A bound TCP listener.
 public struct TCPListener: Sendable {
+    /// The listening server channel.
     public let channel: Channel
     /// The address actually bound (port 0 resolved to the real port).
     public let address: Multiaddr
 
+    /// Stops listening (accepted connections are not affected).
     public func close() async {
         try? await channel.close()
     }
@@ -90,8 +94,10 @@ public struct TCPListener: Sendable {
 
 /// TCP on NIOPosix: listens on and dials `/ip4|ip6|dns|dns4|dns6/…/tcp/PORT` multiaddrs.
 public struct TCPTransport: Sendable {
+    /// Where listeners and connections run.
     public let group: any EventLoopGroup
 
+    /// A transport on `group` (never shut down by the transport).
     public init(group: any EventLoopGroup) {
         self.group = group
     }

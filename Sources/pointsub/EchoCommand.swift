@@ -31,6 +31,9 @@ struct EchoCommand: CLICommand {
     var verbose: Bool { identity.verbose }
 
     func validate() throws {
+        if d != nil && metricsOptions.metrics != nil {
+            throw ValidationError("--metrics is for serving (-l / --listen), not with -d")
+        }
         if d == nil && listenOptions.l == nil && listenOptions.listen.isEmpty {
             throw ValidationError("give -l PORT / --listen MULTIADDR to serve, or -d MULTIADDR to dial")
         }

@@ -30,6 +30,9 @@ struct PerfCommand: CLICommand {
     var verbose: Bool { identity.verbose }
 
     func validate() throws {
+        if address != nil && metricsOptions.metrics != nil {
+            throw ValidationError("--metrics is for serving (-l / --listen), not with a MULTIADDR to measure against")
+        }
         if address == nil && listenOptions.l == nil && listenOptions.listen.isEmpty {
             throw ValidationError("give --listen MULTIADDR (or -l PORT) to serve, or a MULTIADDR to measure against")
         }
