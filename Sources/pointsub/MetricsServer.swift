@@ -61,12 +61,13 @@ enum MetricsEndpoint {
 }
 
 /// A minimal HTTP/1.1 server: `GET /metrics` answers with the registry's Prometheus text, anything
-/// else with 404. One request per connection; at most `maxConnections` at once, each closed after
-/// `idleTimeout` without a complete request (request heads are limited by NIOHTTP1's parser).
+/// else with 404. One request per connection; at most `maxConnections` at once, each closed
+/// `connectionLifetime` after it was accepted, answered or not (request heads are limited by
+/// NIOHTTP1's parser), so a slow client holds a slot for a bounded time.
 /// Runs as a service: closes its listener on graceful shutdown.
 final class MetricsServer: Service, Sendable, CustomStringConvertible {
     static let maxConnections = 16
-    static let idleTimeout: TimeAmount = .seconds(10)
+    static let connectionLifetime: TimeAmount = .seconds(10)
 
     let channel: any Channel
     /// "127.0.0.1:9100" as bound (port 0 resolved).
@@ -92,10 +93,13 @@ final class MetricsServer: Service, Sendable, CustomStringConvertible {
                         return true
                     }
                     guard admitted else { return channel.close() }
-                    channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                    let deadline = channel.eventLoop.scheduleTask(in: connectionLifetime) { channel.close(promise: nil) }
+                    channel.closeFuture.whenComplete { _ in
+                        deadline.cancel()
+                        open.withLockedValue { $0 -= 1 }
+                    }
                     return channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(IdleStateHandler(readTimeout: idleTimeout))
                         try sync.configureHTTPServerPipeline(withErrorHandling: true)
                         try sync.addHandler(MetricsHTTPHandler(registry: registry))
                     }
@@ -139,14 +143,6 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
             guard let head else { return }
             self.head = nil
             respond(to: head, context: context)
-        }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
         }
     }
 
