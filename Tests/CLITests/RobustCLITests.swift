@@ -13,7 +13,7 @@ import Glibc
 struct RobustCLITests {
     /// How long a command may take to end after a signal (it should take well under a second;
     /// the margin is for a loaded CI machine). Old builds ignored the signal altogether.
-    static let signalDeadline: TimeInterval = 3
+    static let signalDeadline: TimeInterval = 2
 
     /// Starts `arguments`, waits for `ready` on stdout or stderr, sends `signal`, and expects the
     /// command to exit with 128 + signal within `signalDeadline`.
