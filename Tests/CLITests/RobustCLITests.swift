@@ -170,6 +170,20 @@ struct RobustCLITests {
         #expect(try await server.stop() == 143)
     }
 
+    @Test func verboseLogsConnectionEventsOnStderrOnly() async throws {
+        let server = try await CLI.Server(["echo", "-l", "0", "--seed", "1"])
+        let quiet = try await CLI.run(["ping", server.address, "--count", "1"])
+        #expect(quiet.status == 0)
+        #expect(quiet.stderr.isEmpty, "\(quiet.stderr)")
+        let verbose = try await CLI.run(["ping", server.address, "--count", "1", "-v"])
+        #expect(verbose.status == 0)
+        // The library's debug lines (with the peer) reach stderr; stdout keeps only the results.
+        #expect(verbose.stderr.contains("connection opened"), "\(verbose.stderr)")
+        #expect(verbose.stderr.contains("12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"))
+        #expect(verbose.stdout.split(separator: "\n").allSatisfy { $0.hasPrefix("ping ") || $0.contains("pings to") })
+        #expect(try await server.stop() == 143)
+    }
+
     @Test func versionFlag() async throws {
         let run = try await CLI.run(["--version"])
         #expect(run.status == 0)
