@@ -1,33 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Multiformats
 import NIOCore
 import NIOPosix
 
 /// Why a transport operation failed.
 public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kinds of transport failure.
     public enum Code: Sendable, Hashable {
+        /// Not a TCP multiaddr this transport can dial or listen on.
         case unsupportedAddress
+        /// The TCP connect did not finish in time (no answer at all, e.g. a firewall that drops SYNs).
         case dialTimeout
+        /// The remote host answered with a reset: nothing listens on that port (ECONNREFUSED).
         case connectionRefused
+        /// The connect failed for another reason (`reason` says which: no route to host, …).
+        case connectionFailed
+        /// Binding the listener failed.
         case listenFailed
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// The whole story in one line: what failed, then the root cause once.
     public var message: String
+    /// The root cause alone, e.g. "connection refused" (empty when `message` says it all).
+    public var reason: String
 
-    public init(_ code: Code, _ message: String) {
+    /// A transport error; `reason` is the root cause alone when `message` ends with it.
+    public init(_ code: Code, _ message: String, reason: String = "") {
         self.code = code
         self.message = message
+        self.reason = reason
     }
 
+    /// "transport: " and the message.
     public var description: String { "transport: \(message)" }
+
+    /// Classifies what NIO reported for a failed connect.
+    ///
+    /// On Linux a refused connect does not come back as an error of connect(2): epoll reports the
+    /// socket with EPOLLERR, and NIO reads SO_ERROR and fails the channel with
+    /// `IOError(errnoCode: ECONNREFUSED, reason: "connection reset (error set)")`. Its description
+    /// therefore starts with "connection reset" although the errno says refused: the errno is
+    /// what counts. `connect(host:port:)` wraps the per-address errors in `NIOConnectionError`.
+    static func classifyConnectFailure(_ error: any Error) -> (code: Code, reason: String) {
+        switch error {
+        case let error as IOError:
+            return classify(errno: error.errnoCode)
+        case let error as NIOConnectionError:
+            if let first = error.connectionErrors.first { return classifyConnectFailure(first.error) }
+            if error.dnsAError != nil || error.dnsAAAAError != nil {
+                return (.connectionFailed, "cannot resolve \(error.host)")
+            }
+            return (.connectionFailed, "no address to connect to for \(error.host)")
+        case ChannelError.connectTimeout:
+            return (.dialTimeout, "timed out")
+        default:
+            return (.connectionFailed, "\(error)")
+        }
+    }
+
+    static func classify(errno code: Int32) -> (code: Code, reason: String) {
+        switch code {
+        case ECONNREFUSED: return (.connectionRefused, "connection refused")
+        case ETIMEDOUT: return (.dialTimeout, "timed out")
+        case ECONNRESET: return (.connectionFailed, "connection reset")
+        case EHOSTUNREACH: return (.connectionFailed, "no route to host")
+        case ENETUNREACH: return (.connectionFailed, "network is unreachable")
+        case EADDRNOTAVAIL: return (.connectionFailed, "address not available")
+        default: return (.connectionFailed, String(cString: strerror(code)).lowercased())
+        }
+    }
 }
 
 /// A bound TCP listener.
 public struct TCPListener: Sendable {
+    /// The listening server channel.
     public let channel: Channel
     /// The address actually bound (port 0 resolved to the real port).
     public let address: Multiaddr
 
+    /// Stops listening (accepted connections are not affected).
     public func close() async {
         try? await channel.close()
     }
@@ -35,8 +94,10 @@ public struct TCPListener: Sendable {
 
 /// TCP on NIOPosix: listens on and dials `/ip4|ip6|dns|dns4|dns6/…/tcp/PORT` multiaddrs.
 public struct TCPTransport: Sendable {
+    /// Where listeners and connections run.
     public let group: any EventLoopGroup
 
+    /// A transport on `group` (never shut down by the transport).
     public init(group: any EventLoopGroup) {
         self.group = group
     }
@@ -86,7 +147,8 @@ public struct TCPTransport: Sendable {
                 .bind(host: host, port: port)
                 .get()
         } catch {
-            throw TransportError(.listenFailed, "cannot listen on \(address): \(error)")
+            let reason = (error as? IOError).map { TransportError.classify(errno: $0.errnoCode).reason } ?? "\(error)"
+            throw TransportError(.listenFailed, "cannot listen on \(address): \(reason)", reason: reason)
         }
         guard let local = channel.localAddress else {
             throw TransportError(.listenFailed, "listener has no local address")
@@ -121,13 +183,14 @@ public struct TCPTransport: Sendable {
             }
             let (host, port) = try Self.hostAndPort(address)
             return try await bootstrap.connect(host: host, port: port).get()
-        } catch let error as ChannelError {
-            if case .connectTimeout = error {
-                throw TransportError(.dialTimeout, "connecting to \(address) timed out")
-            }
-            throw TransportError(.connectionRefused, "cannot connect to \(address): \(error)")
+        } catch let error as TransportError {
+            throw error
         } catch {
-            throw TransportError(.connectionRefused, "cannot connect to \(address): \(error)")
+            let (code, reason) = TransportError.classifyConnectFailure(error)
+            if code == .dialTimeout {
+                throw TransportError(.dialTimeout, "connecting to \(address) timed out", reason: reason)
+            }
+            throw TransportError(code, "cannot connect to \(address): \(reason)", reason: reason)
         }
     }
 }

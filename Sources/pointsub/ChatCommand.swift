@@ -3,16 +3,19 @@ import Dispatch
 import Foundation
 import PointSub
 import PubSub
+import ServiceLifecycle
 
 /// `pointsub chat`: publish each stdin line on a topic, print each message received on it.
-struct ChatCommand: AsyncParsableCommand {
+struct ChatCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on a pubsub topic: publish each stdin line, print each message received.",
         discussion: """
-            Runs until SIGINT/SIGTERM (exit 0), also after stdin ends unless --exit-on-eof is given, so it \
-            can be a pure receiver (`< /dev/null`). With --json, stdout carries exactly one JSON object per \
-            received message and nothing else; listen addresses go to stderr.
+            Runs until SIGINT/SIGTERM (exit 130/143), also after stdin ends unless --exit-on-eof is given \
+            (then it exits 0 when stdin ends), so it can be a pure receiver (`< /dev/null`). With --json, \
+            stdout carries exactly one JSON object per received message and nothing else (seqno is a \
+            decimal string: it is a 64-bit number, more than a JSON reader's double holds exactly); \
+            listen addresses go to stderr.
             """)
 
     enum RouterChoice: String, ExpressibleByArgument, CaseIterable {
@@ -21,6 +24,7 @@ struct ChatCommand: AsyncParsableCommand {
 
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var listenOptions: ListenOptions
+    @OptionGroup var metricsOptions: MetricsOptions
 
     @Option(help: "The topic to join.")
     var topic: String
@@ -37,6 +41,8 @@ struct ChatCommand: AsyncParsableCommand {
     @Flag(help: "Exit when stdin ends instead of waiting for a signal.")
     var exitOnEof = false
 
+    var verbose: Bool { identity.verbose }
+
     func validate() throws {
         for address in connect { _ = try peerOf(try parseAddress(address)) }
     }
@@ -50,51 +56,70 @@ struct ChatCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    func execute() async throws {
         let router = try makeRouter()
         let targets = try connect.map { try parseAddress($0) }
+        let metrics = try await metricsOptions.start()
         let hostConfiguration = identity.configuration(listen: try listenOptions.addresses(defaultPort: 0))
         let pubsubConfiguration = PubSubConfiguration.defaults { $0.logger = hostConfiguration.logger }
         let output = ChatOutput(json: json)
         let (topic, exitOnEOF) = (self.topic, exitOnEof)
         try await withHost(identity: try identity.privateKey(), configuration: hostConfiguration) { host in
-            try await withPubSub(host: host, router: router, configuration: pubsubConfiguration) { pubsub in
+            let pubsub = try PubSubService(host: host, router: router, configuration: pubsubConfiguration)
+            try pubsub.start()
+            do {
                 let subscription = try pubsub.subscribe(topic)
                 for address in host.addresses { output.status("\(address)") }
-                for target in targets { _ = try await host.connect(to: target) }
-                // The first lines should reach the peers we dialed: wait (bounded) until they have
-                // announced the topic.
-                let dialed = Set(try targets.map(peerOf))
-                let deadline = ContinuousClock.now + .seconds(10)
-                while !dialed.isSubset(of: pubsub.peers(topic: topic)), ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-
-                let (done, finish) = AsyncStream.makeStream(of: Void.self)
-                let printer = Task {
-                    for await message in subscription { await output.message(message) }
-                }
-                let input = StandardInputLines()
-                let publisher = Task {
-                    for await line in input.lines {
-                        do {
-                            try await pubsub.publish(topic, Array(line.utf8))
-                        } catch {
-                            output.error("not published: \(error)")
-                        }
-                        input.consumed()
+                let chat = WorkService(description: "chat") {
+                    try await cancelWhenGracefulShutdown {
+                        try await Self.chat(
+                            host: host, pubsub: pubsub, subscription: subscription, topic: topic, targets: targets,
+                            output: output, exitOnEOF: exitOnEOF)
                     }
-                    if exitOnEOF { finish.yield() }
                 }
-                let signal = Task {
-                    await waitForTerminationSignal()
-                    finish.yield()
-                }
-                for await _ in done { break }
-                publisher.cancel()
-                printer.cancel()
-                signal.cancel()
+                try await serveHost(host, metrics: metrics, extra: [PubSubLifecycleService(pubsub: pubsub), chat])
+            } catch {
+                await pubsub.stop()
+                throw error
             }
+        }
+    }
+
+    /// Dials `targets`, then publishes stdin lines and prints received messages until stdin ends
+    /// (with `exitOnEOF`) or the task is cancelled (a signal).
+    private static func chat(
+        host: P2PHost, pubsub: PubSubService, subscription: PubSubSubscription, topic: String, targets: [Multiaddr],
+        output: ChatOutput, exitOnEOF: Bool
+    ) async throws {
+        let printer = Task {
+            for await message in subscription { await output.message(message) }
+        }
+        defer { printer.cancel() }
+        do {
+            for target in targets { _ = try await connectPeer(host, to: target) }
+            // The first lines should reach the peers we dialed: wait (bounded) until they have
+            // announced the topic.
+            let dialed = Set(try targets.map(peerOf))
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !dialed.isSubset(of: pubsub.peers(topic: topic)), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let input = StandardInputLines()
+            // Ends when stdin does, or at once when this task is cancelled.
+            for await line in input.lines {
+                do {
+                    try await pubsub.publish(topic, Array(line.utf8))
+                } catch {
+                    output.error("not published: \(error)")
+                }
+                input.consumed()
+            }
+            guard exitOnEOF else {
+                // A pure receiver now: until a signal cancels us.
+                while true { try await Task.sleep(for: .seconds(3600)) }
+            }
+        } catch is CancellationError {
+            return  // a signal: the group shuts the rest down
         }
     }
 }
@@ -116,7 +141,9 @@ private struct ChatOutput: Sendable {
     private struct Record: Encodable {
         let from: String
         let topic: String
-        let seqno: UInt64
+        /// A decimal string: seqnos are 64-bit (often nanoseconds since 1970, above 2^53), and
+        /// JSON readers that parse numbers as doubles would round them.
+        let seqno: String
         let data: String
     }
 
@@ -135,7 +162,7 @@ private struct ChatOutput: Sendable {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let record = Record(
-                from: message.from.b58String, topic: message.topic, seqno: message.seqno, data: message.text)
+                from: message.from.b58String, topic: message.topic, seqno: String(message.seqno), data: message.text)
             guard let encoded = try? encoder.encode(record) else { return }
             line = String(decoding: encoded, as: UTF8.self)
         } else {

@@ -2,15 +2,22 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import PointSub
+import ServiceLifecycle
 
 /// Two hosts in one process on 127.0.0.1: one dials the other, echoes, pings, identifies, and prints
 /// what happened; then four nodes in a line show request/response, routes and broadcast.
-struct DemoCommand: AsyncParsableCommand {
+struct DemoCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Local nodes: dial, echo, ping, identify, perf; request/response, routes and gossipsub across four nodes.")
 
-    func run() async throws {
+    func execute() async throws {
+        // An in-process demo: a signal cancels it (its hosts close as it unwinds).
+        let command = self
+        try await cancelWhenGracefulShutdown { try await command.runDemo() }
+    }
+
+    func runDemo() async throws {
         let serverConfig = P2PHost.Configuration.defaults {
             $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
             $0.services = [EchoService(), PerfService()]

@@ -5,13 +5,36 @@ import NIOCore
 import NIOPosix
 import PointSub
 
+/// The version `pointsub --version` prints.
+let pointsubVersion = "0.1.0"
+
 @main
 enum Main {
     static func main() async {
         TerminationSignal.shared.install()
         // Swift tasks run on NIO's event loops: no thread hop between a task and its connection.
         _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        await PointSubCommand.main()
+        let parsed: any ParsableCommand
+        do {
+            parsed = try PointSubCommand.parseAsRoot()
+        } catch {
+            PointSubCommand.exit(withError: error)  // usage errors, --help and --version: ArgumentParser's way
+        }
+        do {
+            var command = parsed
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+            PointSubCommand.exit(withError: error)
+        } catch {
+            // One line: what failed, with the root cause once.
+            printError("error: \(describe(error))")
+            exit(1)
+        }
+        exit(0)
     }
 }
 
@@ -19,6 +42,12 @@ struct PointSubCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pointsub",
         abstract: "A libp2p node in Swift: identity, echo, ping, perf, PointSub request/response, routes, pubsub chat.",
+        discussion: """
+            Every command ends cleanly on SIGINT or SIGTERM (servers finish what is in flight, for up \
+            to a second) and then exits with 130 or 143 (128 + the signal's number); a second signal \
+            ends it at once.
+            """,
+        version: pointsubVersion,
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
             ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self,
@@ -47,41 +76,66 @@ struct IdentityOptions: ParsableArguments {
         return .generateEd25519()
     }
 
+    /// Hosts made by the CLI let open streams finish for at most this long when a signal stops them.
+    static let shutdownGracePeriod: Duration = .seconds(1)
+
     func configuration(listen: [Multiaddr] = [], services: [any HostService] = []) -> P2PHost.Configuration {
         var c = P2PHost.Configuration.defaults
         c.listenAddresses = listen
         c.services = services
-        if verbose {
-            var logger = Logger(label: "pointsub", factory: { StreamLogHandler.standardError(label: $0) })
-            logger.logLevel = .debug
-            c.logger = logger
-        }
+        c.shutdownGracePeriod = Self.shutdownGracePeriod
+        c.logger = CLILogging.logger(verbose: verbose)
         return c
     }
 }
 
-struct IDCommand: AsyncParsableCommand {
+struct IDCommand: CLICommand {
     static let configuration = CommandConfiguration(commandName: "id", abstract: "Print the peer ID of an identity.")
     @OptionGroup var identity: IdentityOptions
     @Flag(help: "Print the CIDv1 (base32) form instead of base58.")
     var cid = false
 
-    func run() async throws {
+    func execute() async throws {
         let peer = PeerID(publicKey: try identity.privateKey().publicKey)
         print(cid ? peer.cidString : peer.b58String)
     }
 }
 
-struct KeygenCommand: AsyncParsableCommand {
+struct KeygenCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "keygen", abstract: "Write a new Ed25519 identity to a key file and print its peer ID.")
     @Argument(help: "Where to write the key (created with mode 0600).")
     var path: String
 
-    func run() async throws {
+    @Flag(help: "Replace the file if it exists (without it, an existing file is never touched).")
+    var force = false
+
+    func execute() async throws {
         let key = PrivateKey.generateEd25519()
-        try KeyFile.write(key, to: path)
+        if force {
+            try KeyFile.write(key, to: path)
+        } else {
+            try Self.writeNew(key, to: path)
+        }
         print(PeerID(publicKey: key.publicKey))
+    }
+
+    /// Writes the key to a temporary file beside `path`, then link(2)s it to `path`: link never
+    /// replaces an existing file, so there is no window in which a file created meanwhile is lost.
+    static func writeNew(_ key: PrivateKey, to path: String) throws {
+        if FileManager.default.fileExists(atPath: path) { throw Self.exists(path) }
+        let temporary = path + ".new-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try KeyFile.write(key, to: temporary)
+        defer { unlink(temporary) }
+        guard link(temporary, path) == 0 else {
+            let code = errno
+            if code == EEXIST { throw Self.exists(path) }
+            throw CLIError("cannot write \(path): \(String(cString: strerror(code)).lowercased())")
+        }
+    }
+
+    private static func exists(_ path: String) -> CLIError {
+        CLIError("\(path) exists; not overwriting it (use --force to replace it)")
     }
 }
 

@@ -3,10 +3,11 @@ import Foundation
 import NIOCore
 import PointSub
 import PubSub
+import ServiceLifecycle
 
 /// `pointsub route`: N nodes in this process on 127.0.0.1 with named routes between them;
 /// node-0 dispatches to one route, then to all of them (one is dead), and prints what happened.
-struct RouteCommand: AsyncParsableCommand {
+struct RouteCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "route",
         abstract: "Named routes demo: local nodes, Dispatch to one route, DispatchAll to every route (one dead).")
@@ -37,7 +38,13 @@ struct RouteCommand: AsyncParsableCommand {
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
     }
 
-    func run() async throws {
+    func execute() async throws {
+        // An in-process demo: a signal cancels it (its hosts close as it unwinds).
+        let command = self
+        try await cancelWhenGracefulShutdown { try await command.runDemo() }
+    }
+
+    func runDemo() async throws {
         let configuration = RouteTable.Configuration.defaults {
             $0.mode = mode.table
             $0.timeout = .milliseconds(timeout)

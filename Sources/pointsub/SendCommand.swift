@@ -1,13 +1,21 @@
 import ArgumentParser
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import PointSub
 
 /// `pointsub send`: one request (prints the reply) or many (prints rate and latency).
-struct SendCommand: AsyncParsableCommand {
+struct SendCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "send",
-        abstract: "Send PointSub requests: one prints the reply; --count N prints the rate and p50/p99 latency.")
+        abstract: "Send PointSub requests: one prints the reply; --count N prints the rate and p50/p99 latency.",
+        discussion: """
+            With --json, stdout carries one JSON object: {"type":"reply",…} for one request, \
+            {"type":"final",…} for --count. Runs longer than a second print their progress on stderr.
+            """)
+
+    /// The largest request `--size` makes: PointSub's default block limit (servers refuse more).
+    static let maxRequestSize: UInt64 = 32 << 20
 
     @OptionGroup var identity: IdentityOptions
 
@@ -20,8 +28,8 @@ struct SendCommand: AsyncParsableCommand {
     @Option(help: "The request payload as text.")
     var data: String?
 
-    @Option(help: "A request of this many bytes (e.g. 1KiB) instead of --data.")
-    var size: String?
+    @Option(help: "A request of this many pseudo-random bytes (e.g. 1KiB, 1.5MB) instead of --data.", transform: ByteSize.parse)
+    var size: ByteSize?
 
     @Option(help: "Send this many requests and report the rate and latency.")
     var count: Int = 1
@@ -32,28 +40,37 @@ struct SendCommand: AsyncParsableCommand {
     @Option(help: "Per-request timeout in seconds.")
     var timeout: Double = 30
 
+    @Flag(help: "Print the result as one JSON object on stdout (and nothing else there).")
+    var json = false
+
+    var verbose: Bool { identity.verbose }
+
     func validate() throws {
         guard (data == nil) != (size == nil) else { throw ValidationError("give exactly one of --data or --size") }
         guard count >= 1, concurrency >= 1 else { throw ValidationError("--count and --concurrency must be at least 1") }
-        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be positive and at most a day") }
+        if let size, size.bytes > Self.maxRequestSize {
+            throw ValidationError("--size \(size) is larger than a request may be (\(ByteSize(bytes: Self.maxRequestSize)))")
+        }
     }
 
-    func run() async throws {
+    func execute() async throws {
         let target = try parseAddress(address)
         let peer = try peerOf(target)
         let payload: ByteBuffer
         if let data {
             payload = ByteBuffer(string: data)
         } else {
-            payload = SplitMix.payload(bytes: Int(try parseSize(size!)), seed: 1)
+            payload = PayloadStream.payload(bytes: Int(size!.bytes), seed: 1)
         }
         let protocolID = self.protocol
         let timeout = Duration.milliseconds(Int64(self.timeout * 1000))
-        try await withHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
-            _ = try await host.connect(to: target)
+        let command = self
+        try await withClientHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
+            _ = try await connectPeer(host, to: target)
             let client = try PointSubClient(host: host)
             do {
-                try await exchange(client: client, peer: peer, payload: payload, protocolID: protocolID, timeout: timeout)
+                try await command.exchange(client: client, peer: peer, payload: payload, protocolID: protocolID, timeout: timeout)
                 await client.close()
             } catch {
                 await client.close()
@@ -67,17 +84,32 @@ struct SendCommand: AsyncParsableCommand {
     ) async throws {
         let count = self.count
         let concurrency = min(self.concurrency, count)
+        let clock = ContinuousClock()
         if count == 1 {
+            let start = clock.now
             let reply = try await client.send(payload, to: peer, protocol: protocolID, timeout: timeout)
-            if data != nil {
+            let elapsed = clock.now - start
+            if json {
+                var object: [String: Any] = [
+                    "type": "reply", "request_bytes": payload.readableBytes, "reply_bytes": reply.readableBytes,
+                    "seconds": elapsed.seconds,
+                ]
+                if data != nil { object["reply"] = String(buffer: reply) }
+                try printJSON(object)
+            } else if data != nil {
                 print(String(buffer: reply))
             } else {
                 print("reply: \(reply.readableBytes) bytes")
             }
             return
         }
-        let clock = ContinuousClock()
         let start = clock.now
+        let done = NIOLockedValueBox(0)
+        let progress = startProgress { elapsed in
+            let sent = done.withLockedValue { $0 }
+            printError(String(format: "… %.1f s: %d of %d requests", elapsed.seconds, sent, count))
+        }
+        defer { progress.cancel() }
         let latencies = try await withThrowingTaskGroup(of: [Double].self) { group in
             for worker in 0..<concurrency {
                 let share = count / concurrency + (worker < count % concurrency ? 1 : 0)
@@ -88,6 +120,7 @@ struct SendCommand: AsyncParsableCommand {
                         let t0 = clock.now
                         _ = try await client.send(payload, to: peer, protocol: protocolID, timeout: timeout)
                         samples.append((clock.now - t0).milliseconds)
+                        done.withLockedValue { $0 += 1 }
                     }
                     return samples
                 }
@@ -96,8 +129,16 @@ struct SendCommand: AsyncParsableCommand {
         }
         let elapsed = (clock.now - start).seconds
         func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        print(String(
-            format: "%d requests of %d bytes, %d in flight: %.0f requests/s, p50 %.3f ms, p99 %.3f ms",
-            count, payload.readableBytes, concurrency, Double(count) / elapsed, percentile(0.5), percentile(0.99)))
+        if json {
+            try printJSON([
+                "type": "final", "requests": count, "request_bytes": payload.readableBytes, "concurrency": concurrency,
+                "seconds": elapsed, "requests_per_second": Double(count) / elapsed,
+                "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
+            ])
+        } else {
+            print(String(
+                format: "%d requests of %d bytes, %d in flight: %.0f requests/s, p50 %.3f ms, p99 %.3f ms",
+                count, payload.readableBytes, concurrency, Double(count) / elapsed, percentile(0.5), percentile(0.99)))
+        }
     }
 }
