@@ -150,7 +150,10 @@ public final class P2PHost: Sendable {
     /// and ends event subscriptions. Safe to call more than once.
     public func shutdown(gracePeriod: Duration? = nil) async {
         let (listeners, connections, dials, alreadyDown) = state.withLockedValue { s in
-            defer { s.shuttingDown = true }
+            defer {
+                s.shuttingDown = true
+                s.listeners = []
+            }
             return (s.listeners, s.connections.values.flatMap { $0 }, Array(s.dials.values), s.shuttingDown)
         }
         if alreadyDown { return }

@@ -19,11 +19,13 @@ import PointSub
 ///   same framing (see `RequestResponseBench`).
 /// - `pubsub`: a 50-node gossipsub and floodsub broadcast network in this process: delivery
 ///   latency, copies and transmissions per message (see `PubSubBench`).
+/// - `attack`: the attacks of issue 10 from 127.0.0.2 against a server process while an honest
+///   client on 127.0.0.1 pings and sends (see `AttackBench`); not part of the default run.
 /// - no subcommand: all three.
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | stream | connect | rr | pubsub] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
+        usage: pointsub-bench [host | stream | connect | rr | pubsub | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
           host                host-level figures (crypto, stream throughput, connect latency)
           stream              only the seal rate, raw TCP and single-stream throughput of `host`
           connect             only the connect + first stream + echo latencies of `host`
@@ -32,6 +34,12 @@ struct Bench {
           rr                  request/response: PointSub vs plain TCP with the same framing
           pubsub              broadcast: 50 in-process nodes on a random 6-regular graph, gossipsub
                               and floodsub, messages at a fixed rate; latency, copies, transmissions
+          attack              attacks from 127.0.0.2 on a server process, an honest client on
+                              127.0.0.1: honest success and latency, server peak RSS and fds
+          --attack=NAME       attack: only this attack (repeatable; none, rsa-key, silent-sockets,
+                              idle-connections, idle-requests, window-fill, ping-flood,
+                              unknown-stream, zip-bomb)
+          --budget=MIB        attack: the server's system memory budget (default 256)
           (none)              all three
           --quick             shorter runs
           --default-executor  keep Swift's default executor (default: NIO's event loops)
@@ -101,12 +109,12 @@ struct Bench {
             pubsub.routers = [router]
         }
         let valueOptions = [
-            "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
+            "--attack=", "--budget=", "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
         ]
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "echo-server"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "echo-server", "attack", "attack-server"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -120,6 +128,22 @@ struct Bench {
         if command == "echo-server" {
             try await echoServer()
             return
+        }
+        var attack = AttackBench.Options()
+        if let budget = values("--budget")?.last { attack.budgetMiB = budget }
+        if command == "attack-server" {
+            try await AttackBench.serve(budgetMiB: attack.budgetMiB)
+            return
+        }
+        if let seconds = values("--seconds")?.last { attack.seconds = seconds }
+        let chosen = arguments.filter { $0.hasPrefix("--attack=") }.map { String($0.dropFirst("--attack=".count)) }
+        if !chosen.isEmpty {
+            let known = Set(AttackBench.attacks.map(\.name))
+            guard chosen.allSatisfy(known.contains) else {
+                FileHandle.standardError.write(Data("pointsub-bench: --attack takes one of \(known.sorted())\n".utf8))
+                exit(2)
+            }
+            attack.only = Set(chosen)
         }
         print("pointsub-bench on \(machineDescription())")
         if command == nil || command == "host" {
@@ -139,6 +163,10 @@ struct Bench {
             } else {
                 try await connectFigures(iterations: iterations ?? (quick ? 50 : 500))
             }
+        }
+        if command == "attack" {
+            print(String(repeating: "-", count: 72))
+            try await AttackBench.run(options: attack)
         }
         if command == nil || command == "rr" {
             if command == nil { print() }
