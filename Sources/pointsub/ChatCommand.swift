@@ -77,7 +77,7 @@ struct ChatCommand: CLICommand {
                             output: output, exitOnEOF: exitOnEOF)
                     }
                 }
-                try await serveHost(host, metrics: metrics, extra: [PubSubLifecycleService(pubsub: pubsub), chat])
+                try await serveHost(host, metrics: metrics, extra: [pubsub, chat])
             } catch {
                 await pubsub.stop()
                 throw error

@@ -135,18 +135,6 @@ struct PointSubServerService: Service, CustomStringConvertible {
     }
 }
 
-/// A started pubsub service as a `Service` (until PubSubService conforms itself): stops it on
-/// graceful shutdown.
-struct PubSubLifecycleService: Service, CustomStringConvertible {
-    let pubsub: PubSubService
-    var description: String { "pubsub" }
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        await pubsub.stop()
-    }
-}
-
 /// Runs a client exchange on `host` until it ends or the command is asked to stop: on graceful
 /// shutdown (a signal) the exchange is cancelled and the host's connections are closed at once,
 /// so a transfer blocked in a read or a write ends now rather than when it would have finished.
