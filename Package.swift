@@ -149,6 +149,15 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: strict),
+        // README.md's Swift examples, compiled (see ReadmeExamples.swift).
+        .testTarget(name: "ReadmeTests", dependencies: [
+            "PointSub", "PubSub",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: strict),
         .testTarget(name: "InteropTests", dependencies: [
             "PointSub", "PubSub", "TestSupport",
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
