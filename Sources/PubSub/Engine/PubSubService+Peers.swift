@@ -130,6 +130,7 @@ extension PubSubService {
             var actions: [PubSubRouterAction] = []
             if !session.inRouter {
                 session.inRouter = true
+                protect(peer)
                 actions = s.router.addPeer(
                     peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, now: .now)
             }
@@ -208,6 +209,7 @@ extension PubSubService {
             var actions: [PubSubRouterAction] = []
             if !session.inRouter {
                 session.inRouter = true
+                protect(peer)
                 actions = s.router.addPeer(
                     peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, now: .now)
             }
@@ -317,12 +319,22 @@ extension PubSubService {
         let actions: [PubSubRouterAction]
     }
 
+    /// The connection manager's protection tag for peers we exchange pubsub with.
+    static let connectionManagerTag = "pubsub"
+
+    /// A peer in the router: its connections are protected from the connection manager's trimming
+    /// and idle closing while the session lasts (the mesh and the topic peers depend on them).
+    func protect(_ peer: PeerID) {
+        host.connectionManager.protect(peer, tag: Self.connectionManagerTag)
+    }
+
     /// Under the lock: removes `peer`'s session and the peer from the router (and from the
     /// topics it had joined: `.peerLeft` events).
     func removeSession(of peer: PeerID, in s: inout State) -> EndedSession {
         let session = s.sessions.removeValue(forKey: peer)!
         var actions: [PubSubRouterAction] = []
         if session.inRouter {
+            host.connectionManager.unprotect(peer, tag: Self.connectionManagerTag)
             actions = s.router.removePeer(peer, now: .now)
             for topic in (s.peerTopics.removeValue(forKey: peer) ?? []).sorted() {
                 emit(.peerLeft(topic: topic, peer: peer), in: &s)

@@ -107,8 +107,15 @@ public final class RouteTable: Sendable {
             }
         }
         if let refusal { throw refusal }
+        // In persistent mode the table keeps its connections open between dispatches: the host's
+        // connection manager must not close them as idle or trim them.
+        if configuration.mode == .persistent { host.connectionManager.protect(route.peer, tag: Self.connectionManagerTag) }
         return route
     }
+
+    /// The connection manager's protection tag for route peers (persistent mode).
+    static let connectionManagerTag = "routes"
+
 
     /// `addRoute` with the address as text; a text that is no multiaddr is `.invalidAddress`.
     @discardableResult
@@ -136,6 +143,7 @@ public final class RouteTable: Sendable {
             return .success((route, Self.takeDialed(&s, peer: route.peer)))
         }
         let (route, connections) = try outcome.get()
+        host.connectionManager.unprotect(route.peer, tag: Self.connectionManagerTag)
         await close(connections, to: route.peer)
         return route
     }
@@ -437,6 +445,7 @@ public final class RouteTable: Sendable {
         let (server, idle) = state.withLockedValue { s -> (PointSubServer?, [PeerID: [Connection]]) in
             guard !s.closed else { return (nil, [:]) }
             s.closed = true
+            for route in s.registry.routes { host.connectionManager.unprotect(route.peer, tag: Self.connectionManagerTag) }
             s.registry.removeAll()
             // Connections of peers with dispatches running are closed by the last of those.
             var idle: [PeerID: [Connection]] = [:]
