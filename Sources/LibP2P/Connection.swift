@@ -29,11 +29,12 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public let resourceScope: ConnectionScope?
     /// When a stream was last opened on this connection (the connection manager's idle clock).
     private let activity: NIOLockedValueBox<ContinuousClock.Instant>
+    private let metrics: HostMetrics?
 
     init(
         id: UInt64, remotePeer: PeerID, remotePublicKey: PublicKey, direction: Direction,
         localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration,
-        resourceScope: ConnectionScope? = nil
+        resourceScope: ConnectionScope? = nil, metrics: HostMetrics? = nil
     ) {
         self.id = id
         self.remotePeer = remotePeer
@@ -45,6 +46,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         self.session = session
         self.negotiationTimeout = negotiationTimeout
         self.resourceScope = resourceScope
+        self.metrics = metrics
         self.activity = NIOLockedValueBox(.now)
     }
 
@@ -71,6 +73,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         var negotiator = MultistreamNegotiator(role: .dialer(proposals: lazy ? [protocols[0]] : protocols))
         let stream = try await session.openStream(sending: ByteBuffer(bytes: negotiator.start()))
         if lazy {
+            metrics?.streamOpened(.outbound, protocolID: protocols[0])
             return P2PStream(
                 stream: stream, protocolID: protocols[0], connection: self, leftover: ByteBuffer(),
                 unverified: negotiator)
@@ -78,6 +81,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         do {
             let (proto, leftover) = try await P2PHost.negotiate(
                 stream, continuing: negotiator, timeout: negotiationTimeout)
+            metrics?.streamOpened(.outbound, protocolID: proto)
             return P2PStream(stream: stream, protocolID: proto, connection: self, leftover: leftover)
         } catch let error as MultistreamError where error.code == .noProtocolInCommon {
             stream.reset()

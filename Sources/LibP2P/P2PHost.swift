@@ -394,6 +394,7 @@ public final class P2PHost: Sendable {
         let scope: ConnectionScope
         do {
             scope = try resourceManager.openConnection(direction: .outbound)
+            try Self.reserveSecurityBuffers(in: scope)
         } catch {
             throw HostError(.limitReached, "cannot dial \(address): \(error)", underlying: [error])
         }
@@ -441,6 +442,20 @@ public final class P2PHost: Sendable {
         return try register(result, channel: channel, direction: .outbound, remoteAddress: plain, scope: scope)
     }
 
+    /// What a connection's security layer may buffer: one Noise message of at most 64 KiB each
+    /// way, plus slack for the socket reads around it. Reserved for the connection's lifetime.
+    static let securityBufferBytes = 2 * (65_535 + 16 * 1024)
+
+    /// Reserves the security buffers in a new connection's scope; on refusal the scope is closed.
+    private static func reserveSecurityBuffers(in scope: ConnectionScope) throws(ResourceError) {
+        do throws(ResourceError) {
+            try scope.reserveMemory(securityBufferBytes)
+        } catch {
+            scope.done()
+            throw error
+        }
+    }
+
     /// Runs on the accepted channel's event loop, before it is active. The connection is
     /// accounted before a byte is read: per source address (pending handshakes, connections,
     /// memory), then per peer once the security handshake names it.
@@ -451,6 +466,7 @@ public final class P2PHost: Sendable {
         let scope: ConnectionScope
         do {
             scope = try resourceManager.openConnection(direction: .inbound, remoteAddress: remoteIP)
+            try Self.reserveSecurityBuffers(in: scope)
         } catch {
             // The resource manager logged the refusal (rate-limited, with the address).
             metrics.connectionRefused(reason: error.scope)
@@ -496,7 +512,7 @@ public final class P2PHost: Sendable {
                 id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
                 direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
                 remoteAddress: remoteAddress, session: result.session,
-                negotiationTimeout: configuration.streamNegotiationTimeout, resourceScope: scope)
+                negotiationTimeout: configuration.streamNegotiationTimeout, resourceScope: scope, metrics: metrics)
             s.connections[peer, default: []].append(connection)
             return (connection, s.connections[peer]!.count == 1, s.connectionObservers)
         }
