@@ -285,11 +285,11 @@ struct State {
     ) throws(ResourceError) {
         let usage = self.usage[key] ?? ResourceUsage()
         for (resource, value) in after(usage) {
-            let limit = limits[resource]
+            let limit = limits[keyPath: resource.limit]
             if value > limit {
                 throw ResourceError(
                     scope: key.kind, scopeName: key.name, resource: resource, limit: limit,
-                    requested: value - usage[resource])
+                    requested: value - usage[keyPath: resource.usage])
             }
         }
     }
@@ -360,32 +360,32 @@ struct State {
     }
 }
 
-extension ScopeLimits {
-    subscript(resource: ResourceError.Resource) -> Int {
-        switch resource {
-        case .memory: return memory
-        case .connectionsInbound: return connectionsInbound
-        case .connectionsOutbound: return connectionsOutbound
-        case .connections: return connections
-        case .pendingInbound: return pendingInbound
-        case .streamsInbound: return streamsInbound
-        case .streamsOutbound: return streamsOutbound
-        case .streams: return streams
+extension ResourceError.Resource {
+    /// Where this resource is in limits and in usage (`connections` and `streams` in usage are
+    /// the sums of both directions).
+    var limit: KeyPath<ScopeLimits, Int> {
+        switch self {
+        case .memory: return \.memory
+        case .connectionsInbound: return \.connectionsInbound
+        case .connectionsOutbound: return \.connectionsOutbound
+        case .connections: return \.connections
+        case .pendingInbound: return \.pendingInbound
+        case .streamsInbound: return \.streamsInbound
+        case .streamsOutbound: return \.streamsOutbound
+        case .streams: return \.streams
         }
     }
-}
 
-extension ResourceUsage {
-    subscript(resource: ResourceError.Resource) -> Int {
-        switch resource {
-        case .memory: return memory
-        case .connectionsInbound: return connectionsInbound
-        case .connectionsOutbound: return connectionsOutbound
-        case .connections: return connections
-        case .pendingInbound: return pendingInbound
-        case .streamsInbound: return streamsInbound
-        case .streamsOutbound: return streamsOutbound
-        case .streams: return streams
+    var usage: KeyPath<ResourceUsage, Int> {
+        switch self {
+        case .memory: return \.memory
+        case .connectionsInbound: return \.connectionsInbound
+        case .connectionsOutbound: return \.connectionsOutbound
+        case .connections: return \.connections
+        case .pendingInbound: return \.pendingInbound
+        case .streamsInbound: return \.streamsInbound
+        case .streamsOutbound: return \.streamsOutbound
+        case .streams: return \.streams
         }
     }
 }

@@ -195,53 +195,47 @@ public final class StreamScope: MemoryAccount, @unchecked Sendable {
 
     /// The stream's protocol is negotiated: it moves from the transient scope to `protocolID`'s.
     public func setProtocol(_ protocolID: String) throws(ResourceError) {
-        let manager = self.manager
-        let context = self.context
-        let key = ScopeKey.stream(id)
-        try manager.withState { s throws(ResourceError) in
-            guard var record = s.streams[id], record.protocolID == nil else { return }
-            let inbound = record.direction == .inbound
-            let memory = s.usage[key]?.memory ?? 0
-            let target = ScopeKey.protocol(protocolID)
-            try s.check(target, limits: manager.limits(for: target)) { u in
-                [
-                    inbound ? (.streamsInbound, u.streamsInbound + 1) : (.streamsOutbound, u.streamsOutbound + 1),
-                    (.streams, u.streams + 1), (.memory, u.memory + memory),
-                ]
-            }
-            s.update(.transient) { u in if inbound { u.streamsInbound -= 1 } else { u.streamsOutbound -= 1 } }
-            s.update(target) { u in
-                if inbound { u.streamsInbound += 1 } else { u.streamsOutbound += 1 }
-                u.memory += memory
-            }
+        try attach(to: .protocol(protocolID), leavingTransient: true) { record in
+            guard record.protocolID == nil else { return false }
             record.protocolID = protocolID
-            s.streams[id] = record
-        } refused: { error in
-            manager.report(error, address: context.address, peer: context.peer)
+            return true
         }
     }
 
     /// The stream belongs to service `name` (its streams and memory count there too).
     public func setService(_ name: String) throws(ResourceError) {
+        try attach(to: .service(name), leavingTransient: false) { record in
+            guard record.service == nil else { return false }
+            record.service = name
+            return true
+        }
+    }
+
+    /// Counts the stream (and the memory it holds) in `target` too, if `update` says the record
+    /// changed; with `leavingTransient` its stream count leaves the transient scope.
+    private func attach(
+        to target: ScopeKey, leavingTransient: Bool, _ update: (inout StreamRecord) -> Bool
+    ) throws(ResourceError) {
         let manager = self.manager
         let context = self.context
         let key = ScopeKey.stream(id)
         try manager.withState { s throws(ResourceError) in
-            guard var record = s.streams[id], record.service == nil else { return }
+            guard var record = s.streams[id], update(&record) else { return }
             let inbound = record.direction == .inbound
             let memory = s.usage[key]?.memory ?? 0
-            let target = ScopeKey.service(name)
             try s.check(target, limits: manager.limits(for: target)) { u in
                 [
                     inbound ? (.streamsInbound, u.streamsInbound + 1) : (.streamsOutbound, u.streamsOutbound + 1),
                     (.streams, u.streams + 1), (.memory, u.memory + memory),
                 ]
             }
+            if leavingTransient {
+                s.update(.transient) { u in if inbound { u.streamsInbound -= 1 } else { u.streamsOutbound -= 1 } }
+            }
             s.update(target) { u in
                 if inbound { u.streamsInbound += 1 } else { u.streamsOutbound += 1 }
                 u.memory += memory
             }
-            record.service = name
             s.streams[id] = record
         } refused: { error in
             manager.report(error, address: context.address, peer: context.peer)
