@@ -1,4 +1,5 @@
 import NIOCore
+import Resources
 
 /// Which side of the underlying connection this session is.
 ///
@@ -139,14 +140,23 @@ public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let keepAliveTimeout = Code("keepAliveTimeout")
         /// API misuse, e.g. two concurrent readers of one stream.
         public static let invalidUsage = Code("invalidUsage")
+        /// The resource manager refused what the operation needs (a new outbound stream and its
+        /// initial receive window); `resourceError` tells which limit.
+        public static let resourceLimit = Code("resourceLimit")
     }
 
+    /// What kind of failure this is.
     public var code: Code
+    /// Details for people.
     public var message: String
+    /// The resource manager's refusal behind a `.resourceLimit` error.
+    public var resourceError: ResourceError?
 
-    public init(_ code: Code, _ message: String = "") {
+    /// An error of kind `code`.
+    public init(_ code: Code, _ message: String = "", resourceError: ResourceError? = nil) {
         self.code = code
         self.message = message
+        self.resourceError = resourceError
     }
 
     public var description: String {

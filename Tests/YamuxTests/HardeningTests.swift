@@ -1,0 +1,216 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import Resources
+import Testing
+
+@testable import Yamux
+
+/// Holds flushes asked for while it fires a read until that read has been handled, as
+/// `NoiseHandler` does (so that replies to one read leave in one write).
+final class FlushHoldingHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    private var reading = false
+    private var flushAfterRead = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        reading = true
+        context.fireChannelRead(data)
+        reading = false
+        if flushAfterRead {
+            flushAfterRead = false
+            context.flush()
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        if reading {
+            flushAfterRead = true
+        } else {
+            context.flush()
+        }
+    }
+}
+
+@Suite("Yamux under attack: bounded replies, discarded payloads, GoAway before close", .timeLimit(.minutes(1)))
+struct HardeningTests {
+    @Test("GoAway(protocol error) reaches the peer before EOF even when the flush is held until the read ends")
+    func goAwayBeforeClose() throws {
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
+        try channel.pipeline.syncOperations.addHandler(FlushHoldingHandler())
+        let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
+        // Version 7: a protocol violation.
+        try channel.writeInbound(ByteBuffer(bytes: [7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
+        let written = try #require(try channel.readOutbound(as: ByteBuffer.self), "the peer saw EOF without a GoAway")
+        var decoder = YamuxFrameDecoder()
+        decoder.append(written)
+        #expect(try decoder.nextFrame() == .goAway(.protocolError))
+        #expect(!channel.isActive)
+        #expect(session.isClosed)
+        let failure = NIOLockedValueBox<YamuxError?>(nil)
+        session.closeFuture.whenFailure { error in failure.withLockedValue { $0 = error as? YamuxError } }
+        #expect(failure.withLockedValue { $0 }?.code == .invalidVersion)
+    }
+
+    @Test("a 16 MiB data frame for an unknown stream is skipped as it arrives, never buffered")
+    func unknownStreamPayloadIsSkipped() throws {
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
+        let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
+        let chunk = 64 * 1024
+        let total = 16 * 1024 * 1024
+        var header = ByteBuffer()
+        YamuxFrame(type: .data, streamID: 7, length: UInt32(total)).encodeHeader(into: &header)
+        try channel.writeInbound(header)
+        let payload = ByteBuffer(repeating: 0xAB, count: chunk)
+        var largest = 0
+        for _ in 0..<(total / chunk) {
+            try channel.writeInbound(payload)
+            largest = max(largest, session.handler.value.bufferedInputBytesForTests)
+        }
+        #expect(largest <= chunk)
+        // Still in step: the next frame is understood.
+        try channel.writeInbound(YamuxFrame.ping(opaque: 9, ack: false).encoded(allocator: ByteBufferAllocator()))
+        let reply = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        var decoder = YamuxFrameDecoder()
+        decoder.append(reply)
+        #expect(try decoder.nextFrame() == .ping(opaque: 9, ack: true))
+        #expect(!session.isClosed)
+        _ = try? channel.finish()
+    }
+
+    @Test("data after the peer's FIN and data for a refused SYN are skipped too, with RST")
+    func refusedPayloadsAreSkipped() throws {
+        var config = YamuxConfiguration.testing
+        config.maxAcceptBacklog = 1
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
+        let session = try YamuxSession.install(on: channel, role: .responder, configuration: config)
+        var frames = ByteBuffer()
+        YamuxFrame.windowUpdate(streamID: 1, flags: .syn, delta: 0).encode(into: &frames)
+        // Backlog full: stream 3 is refused, its 200 KiB are dropped as they come.
+        YamuxFrame(type: .data, flags: .syn, streamID: 3, length: 200 * 1024).encodeHeader(into: &frames)
+        try channel.writeInbound(frames)
+        let rst = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        var decoder = YamuxFrameDecoder()
+        decoder.append(rst)
+        #expect(try decoder.nextFrame() == .windowUpdate(streamID: 3, flags: .rst, delta: 0))
+        for _ in 0..<4 {
+            try channel.writeInbound(ByteBuffer(repeating: 1, count: 50 * 1024))
+            #expect(session.handler.value.bufferedInputBytesForTests == 0)
+        }
+        #expect(session.openStreamCount == 1)
+        #expect(!session.isClosed)
+        _ = try? channel.finish()
+    }
+
+    @Test("a ping flood whose replies are never read: the replies queued stay bounded; reading resumes when they drain")
+    func pingFlood() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do {
+            try await pingFlood(on: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+    }
+
+    private func pingFlood(on group: MultiThreadedEventLoopGroup) async throws {
+        let sessions = NIOLockedValueBox<[YamuxSession]>([])
+        let serverChannels = NIOLockedValueBox<[Channel]>([])
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_sndbuf), value: 16 * 1024)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
+                    sessions.withLockedValue { $0.append(session) }
+                    serverChannels.withLockedValue { $0.append(channel) }
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+
+        let received = ReceivedBytes()
+        let client = try await ClientBootstrap(group: group)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) }
+            }
+            .connect(to: server.localAddress!).get()
+        defer { client.close(promise: nil) }
+
+        // 1,004,824 pings (12 MB) in writes of 5,461 pings each (one shared 64 KiB buffer).
+        let pingsPerWrite = 5461
+        let writes = 184
+        var batch = ByteBuffer()
+        for index in 0..<pingsPerWrite {
+            YamuxFrame.ping(opaque: UInt32(index), ack: false).encode(into: &batch)
+        }
+        for _ in 0..<writes { client.write(batch, promise: nil) }
+        client.flush()
+
+        // Until the client has sent everything (the server kept reading) or its queue stops
+        // shrinking for 0.5 s (the server stopped reading): at most 10 s.
+        let floodStart = ContinuousClock.now
+        var largestQueued = 0
+        var lastClientQueued = -1
+        var stableSamples = 0
+        for _ in 0..<1000 {
+            try await Task.sleep(for: .milliseconds(10))
+            guard let serverChannel = serverChannels.withLockedValue({ $0.first }) else { continue }
+            let serverQueued = try await serverChannel.getOption(.bufferedWritableBytes).get()
+            largestQueued = max(largestQueued, serverQueued)
+            let clientQueued = try await client.getOption(.bufferedWritableBytes).get()
+            if clientQueued == 0 { break }
+            stableSamples = clientQueued == lastClientQueued ? stableSamples + 1 : 0
+            lastClientQueued = clientQueued
+            if stableSamples >= 50 { break }
+        }
+        print("ping flood: at most \(largestQueued) bytes of replies queued on the server; paused after \(ContinuousClock.now - floodStart)")
+        #expect(largestQueued > 0)
+        #expect(largestQueued <= 1024 * 1024, "server queued \(largestQueued) bytes of ping replies")
+        #expect(sessions.withLockedValue { $0.first?.isClosed } == false)
+
+        // The client reads now: the server answers and resumes reading (the client's queue,
+        // stuck while the socket buffers were full, shrinks again).
+        let start = ContinuousClock.now
+        let queuedAtPause = try await client.getOption(.bufferedWritableBytes).get()
+        #expect(queuedAtPause > 0)
+        if let serverChannel = serverChannels.withLockedValue({ $0.first }) {
+            // A normal send buffer again: the tiny one makes loopback crawl (delayed ACKs).
+            try await serverChannel.setOption(.socketOption(.so_sndbuf), value: 1 << 20).get()
+        }
+        try await client.setOption(.autoRead, value: true).get()
+        client.read()
+        var resumed = false
+        for _ in 0..<1000 {
+            try await Task.sleep(for: .milliseconds(10))
+            let clientQueued = try await client.getOption(.bufferedWritableBytes).get()
+            if clientQueued < queuedAtPause && received.count > 0 {
+                resumed = true
+                break
+            }
+        }
+        #expect(resumed)
+        print("ping flood: resumed in \(ContinuousClock.now - start)")
+    }
+}
+
+/// Counts the bytes a channel receives.
+final class ReceivedBytes: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    private let total = NIOLockedValueBox(0)
+    var count: Int { total.withLockedValue { $0 } }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data).readableBytes
+        total.withLockedValue { $0 += bytes }
+    }
+}
