@@ -38,23 +38,52 @@ final class FlushHoldingHandler: ChannelDuplexHandler {
 
 @Suite("Yamux under attack: bounded replies, discarded payloads, GoAway before close", .timeLimit(.minutes(1)))
 struct HardeningTests {
-    @Test("GoAway(protocol error) reaches the peer before EOF even when the flush is held until the read ends")
-    func goAwayBeforeClose() throws {
-        let channel = EmbeddedChannel()
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
-        try channel.pipeline.syncOperations.addHandler(FlushHoldingHandler())
-        let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
-        // Version 7: a protocol violation.
-        try channel.writeInbound(ByteBuffer(bytes: [7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
-        let written = try #require(try channel.readOutbound(as: ByteBuffer.self), "the peer saw EOF without a GoAway")
-        var decoder = YamuxFrameDecoder()
-        decoder.append(written)
-        #expect(try decoder.nextFrame() == .goAway(.protocolError))
-        #expect(!channel.isActive)
-        #expect(session.isClosed)
-        let failure = NIOLockedValueBox<YamuxError?>(nil)
-        session.closeFuture.whenFailure { error in failure.withLockedValue { $0 = error as? YamuxError } }
-        #expect(failure.withLockedValue { $0 }?.code == .invalidVersion)
+    /// Runs `body` with a one-thread event loop group, shut down afterwards.
+    static func withGroup(_ body: (MultiThreadedEventLoopGroup) async throws -> Void) async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do {
+            try await body(group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+    }
+
+    @Test("GoAway(protocol error) reaches the peer before EOF, behind a handler that holds flushes during its read as Noise does")
+    func goAwayBeforeClose() async throws {
+        try await Self.withGroup { group in
+            let sessions = NIOLockedValueBox<[YamuxSession]>([])
+            let server = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(FlushHoldingHandler())
+                        let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
+                        sessions.withLockedValue { $0.append(session) }
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).get()
+            defer { server.close(promise: nil) }
+            let received = ReceivedBytes()
+            let client = try await ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) }
+                }
+                .connect(to: server.localAddress!).get()
+            let timeout = client.eventLoop.scheduleTask(in: .seconds(5)) { client.close(promise: nil) }
+            // Version 7: a protocol violation.
+            try await client.writeAndFlush(ByteBuffer(bytes: [7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
+            try await client.closeFuture.get()  // the server hung up (or the 5 s ran out)
+            timeout.cancel()
+            var decoder = YamuxFrameDecoder()
+            decoder.append(received.bytes)
+            #expect(try decoder.nextFrame() == .goAway(.protocolError), "the peer saw EOF without a GoAway")
+            let session = try #require(sessions.withLockedValue { $0.first })
+            await #expect(throws: YamuxError(.invalidVersion, "unsupported yamux version 7")) {
+                try await session.closeFuture.get()
+            }
+        }
     }
 
     @Test("a 16 MiB data frame for an unknown stream is skipped as it arrives, never buffered")
@@ -111,14 +140,7 @@ struct HardeningTests {
 
     @Test("a ping flood whose replies are never read: the replies queued stay bounded; reading resumes when they drain")
     func pingFlood() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        do {
-            try await pingFlood(on: group)
-        } catch {
-            try? await group.shutdownGracefully()
-            throw error
-        }
-        try await group.shutdownGracefully()
+        try await Self.withGroup { try await pingFlood(on: $0) }
     }
 
     private func pingFlood(on group: MultiThreadedEventLoopGroup) async throws {
@@ -203,14 +225,18 @@ struct HardeningTests {
     }
 }
 
-/// Counts the bytes a channel receives.
+/// Counts the bytes a channel receives, keeping the first 64 KiB.
 final class ReceivedBytes: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
-    private let total = NIOLockedValueBox(0)
-    var count: Int { total.withLockedValue { $0 } }
+    private let state = NIOLockedValueBox((count: 0, kept: ByteBuffer()))
+    var count: Int { state.withLockedValue { $0.count } }
+    var bytes: ByteBuffer { state.withLockedValue { $0.kept } }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data).readableBytes
-        total.withLockedValue { $0 += bytes }
+        var buffer = unwrapInboundIn(data)
+        state.withLockedValue { state in
+            state.count += buffer.readableBytes
+            if state.kept.readableBytes < 65_536 { state.kept.writeBuffer(&buffer) }
+        }
     }
 }
