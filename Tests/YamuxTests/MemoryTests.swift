@@ -102,6 +102,56 @@ struct MemoryTests {
         #endif
     }
 
+    /// Heap per stream held by both ends of `streams` idle streams after one request and one
+    /// response each: an initiator and a responder session on two embedded channels whose
+    /// writes are carried over by hand.
+    static func bothEndsBytesPerUsedStream() throws -> Int {
+        let streams = Self.streams / 4
+        #if canImport(Glibc)
+        let clientChannel = EmbeddedChannel()
+        let serverChannel = EmbeddedChannel(loop: clientChannel.embeddedEventLoop)
+        try clientChannel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
+        try serverChannel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4002)).wait()
+        let client = try YamuxSession.install(on: clientChannel, role: .initiator, configuration: configuration)
+        let server = try YamuxSession.install(on: serverChannel, role: .responder, configuration: configuration)
+        let clientStreams = Holder()
+        let serverStreams = Holder()
+        clientStreams.reserve(streams)
+        serverStreams.reserve(streams)
+        server.setInboundStreamHandler { stream in
+            serverStreams.append(stream)
+            if let request = stream.takeAvailable() {
+                var response = ByteBuffer(string: "re: ")
+                response.writeImmutableBuffer(request)
+                stream.writeFromEventLoop(response)
+            }
+        }
+        func carry(_ from: EmbeddedChannel, _ to: EmbeddedChannel) throws {
+            while let buffer = try from.readOutbound(as: ByteBuffer.self) { try to.writeInbound(buffer) }
+        }
+        let before = heapInUse()
+        for _ in 0..<streams {
+            client.handler.value.openStream(sending: ByteBuffer(string: "hello")).whenSuccess { clientStreams.append($0) }
+        }
+        try carry(clientChannel, serverChannel)
+        try carry(serverChannel, clientChannel)
+        var answered = 0
+        for stream in clientStreams.streams where stream.takeAvailable() == ByteBuffer(string: "re: hello") {
+            answered += 1
+        }
+        try carry(clientChannel, serverChannel)  // credit, if any
+        let after = heapInUse()
+        #expect(answered == streams)
+        #expect(serverStreams.count == streams)
+        #expect(client.openStreamCount == streams && server.openStreamCount == streams)
+        _ = try? clientChannel.finish()
+        _ = try? serverChannel.finish()
+        return (after - before) / streams
+        #else
+        return 0
+        #endif
+    }
+
     static func median(_ runs: Int, _ body: () throws -> Int) rethrows -> Int {
         var values: [Int] = []
         for _ in 0..<runs { values.append(try body()) }
@@ -121,6 +171,14 @@ struct MemoryTests {
     func outbound() throws {
         let perStream = try Self.median(3, Self.outboundBytesPerStream)
         print("yamux idle outbound stream: \(perStream) heap bytes")
+        #expect(perStream > 0)
+        #expect(perStream <= 2048)
+    }
+
+    @Test("both ends of an idle stream that carried a request and a response hold at most 2 KiB together", .enabled(if: isLinux))
+    func bothEnds() throws {
+        let perStream = try Self.median(3, Self.bothEndsBytesPerUsedStream)
+        print("yamux idle used stream, both ends: \(perStream) heap bytes")
         #expect(perStream > 0)
         #expect(perStream <= 2048)
     }
