@@ -251,8 +251,7 @@ final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// stream gets its `StreamScope` and initial window reserved here, or is refused with RST
     /// (as go-yamux does when its memory manager refuses the initial window).
     private func classify(_ header: YamuxFrameHeader) throws(YamuxError) -> YamuxPayloadDisposition {
-        try stateMachine.validateHeader(header)
-        switch stateMachine.disposition(of: header) {
+        switch try stateMachine.classify(header) {
         case .keep:
             return .keep
         case .discard:

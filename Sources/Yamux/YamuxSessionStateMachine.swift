@@ -141,37 +141,7 @@ struct YamuxSessionStateMachine {
 
     // MARK: - Inbound
 
-    /// Checks a frame header as soon as it is parsed, before its payload is buffered.
-    func validateHeader(_ header: YamuxFrameHeader) throws(YamuxError) {
-        guard header.type == .data || header.type == .windowUpdate, !isFailed else { return }
-        guard header.streamID != 0 else {
-            // Spec: ID 0 is reserved for the session (ping / go away).
-            throw YamuxError(.invalidStreamID, "stream frame on stream ID 0")
-        }
-        if header.flags.contains(.syn) {
-            guard streams[header.streamID] == nil else {
-                throw YamuxError(.invalidStreamID, "duplicate SYN for open stream \(header.streamID)")
-            }
-            guard isRemoteInitiated(header.streamID) else {
-                throw YamuxError(.invalidStreamID, "SYN with stream ID \(header.streamID) of our parity")
-            }
-        }
-        guard header.type == .data else { return }
-        if let stream = streams[header.streamID] {
-            guard header.length <= stream.recvRemaining else {
-                throw YamuxError(.windowExceeded, "data frame of \(header.length) bytes on stream \(header.streamID) exceeds the remaining receive window \(stream.recvRemaining)")
-            }
-        } else if header.flags.contains(.syn) {
-            // Before our ACK, the peer may only assume the spec's 256 KiB.
-            guard header.length <= Self.specWindow else {
-                throw YamuxError(.windowExceeded, "SYN data frame of \(header.length) bytes exceeds the initial window")
-            }
-        }
-        // Data for unknown (closed / refused) streams is discarded as it arrives (see
-        // `disposition(of:)`); maxFrameSize bounds one frame.
-    }
-
-    /// What `receive` will do with a frame, decided from its (validated) header alone.
+    /// What `receive` will do with a frame, decided from its header alone.
     enum HeaderDisposition: Equatable {
         /// Its payload is delivered (or it has none).
         case keep
@@ -182,24 +152,49 @@ struct YamuxSessionStateMachine {
         case newStream
     }
 
-    /// Mirrors the decisions of `receiveStreamFrame` for a header, so that the payload of a frame
-    /// nobody will read is skipped as it arrives instead of being buffered whole first (a 16 MiB
-    /// data frame for an unknown stream costs no memory). Nothing changes between this call and
-    /// `receive` of the same frame: a discarded frame is handed over right after its header.
-    func disposition(of header: YamuxFrameHeader) -> HeaderDisposition {
+    /// Checks a frame header as soon as it is parsed, before its payload is buffered.
+    func validateHeader(_ header: YamuxFrameHeader) throws(YamuxError) {
+        _ = try classify(header)
+    }
+
+    /// Checks a frame header as soon as it is parsed (before its payload is buffered) and tells
+    /// what `receive` will do with the frame, mirroring its decisions, so that the payload of a
+    /// frame nobody will read is skipped as it arrives instead of being buffered whole first (a
+    /// 16 MiB data frame for an unknown stream costs no memory). Nothing changes between this
+    /// call and `receive` of a discarded frame: the decoder hands it over right after its header.
+    func classify(_ header: YamuxFrameHeader) throws(YamuxError) -> HeaderDisposition {
         guard header.type == .data || header.type == .windowUpdate, !isFailed else { return .keep }
         let id = header.streamID
-        if header.flags.contains(.syn) {
-            if header.flags.contains(.rst) || refusesInboundStreams { return .discard }
-            return .newStream
+        guard id != 0 else {
+            // Spec: ID 0 is reserved for the session (ping / go away).
+            throw YamuxError(.invalidStreamID, "stream frame on stream ID 0")
         }
-        guard let stream = streams[id] else {
+        if header.flags.contains(.syn) {
+            guard streams.index(forKey: id) == nil else {
+                throw YamuxError(.invalidStreamID, "duplicate SYN for open stream \(id)")
+            }
+            guard isRemoteInitiated(id) else {
+                throw YamuxError(.invalidStreamID, "SYN with stream ID \(id) of our parity")
+            }
+            // Before our ACK, the peer may only assume the spec's 256 KiB.
+            if header.type == .data && header.length > Self.specWindow {
+                throw YamuxError(.windowExceeded, "SYN data frame of \(header.length) bytes exceeds the initial window")
+            }
+            return header.flags.contains(.rst) || refusesInboundStreams ? .discard : .newStream
+        }
+        guard let index = streams.index(forKey: id) else {
             // Yamux spec and go-yamux: a frame for a stream we do not know is not an error (it
             // can be data still in flight for a stream we reset); go-yamux drains its payload.
+            // maxFrameSize bounds one frame; its bytes are skipped as they arrive.
             return .discard
         }
-        if header.type == .data && stream.remoteFIN && header.length > 0 { return .discard }
-        return .keep
+        guard header.type == .data else { return .keep }
+        let remaining = streams.values[index].recvRemaining
+        guard header.length <= remaining else {
+            throw YamuxError(.windowExceeded, "data frame of \(header.length) bytes on stream \(id) exceeds the remaining receive window \(remaining)")
+        }
+        // Data after the peer's FIN: `receive` resets the stream and drops the data.
+        return streams.values[index].remoteFIN && header.length > 0 ? .discard : .keep
     }
 
     /// Whether a new inbound stream would be refused (with RST) right now.
