@@ -141,7 +141,7 @@ public struct YamuxFrameDecoder: Sendable {
     private var buffer = ByteBuffer()
     /// Header of the frame whose payload is still incomplete (already validated).
     private var pendingHeader: YamuxFrameHeader?
-    /// Payload bytes of a discarded frame still to be skipped.
+    /// Payload bytes of a discarded frame still to come (they will be skipped, not stored).
     public private(set) var discardingBytes = 0
 
     public init(maxFrameSize: Int = YamuxFrameDecoder.defaultMaxFrameSize) {

@@ -16,6 +16,13 @@ import Resources
 /// - Streams: the peer's unaccepted streams are bounded by `maxAcceptBacklog` (excess SYNs
 ///   get RST), open streams per direction by `maxStreams`, and our unacknowledged SYNs by
 ///   `maxOutboundAckBacklog` (`openStream()` waits).
+/// - Replies: what the peer's frames ask for one to one (ping ACKs, RSTs) pauses reading once
+///   64 KiB of it waits in a channel that is not writable; a peer that never reads cannot make
+///   the write queue grow.
+/// - Discarded data: the payload of a frame for a stream that is gone (or refused) is skipped
+///   as it arrives, never buffered.
+/// - Resources: with a `ConnectionScope`, every stream's scope and initial window are reserved
+///   before the stream exists, and window growth before it is granted.
 public final class YamuxSession: Sendable {
     public static let protocolID = "/yamux/1.0.0"
 
