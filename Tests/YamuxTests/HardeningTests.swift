@@ -138,6 +138,38 @@ struct HardeningTests {
         _ = try? channel.finish()
     }
 
+    @Test("while the channel is not writable, 64 KiB of ping replies pause decoding and hold read(); writability resumes both")
+    func pingRepliesPauseReading() throws {
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4001)).wait()
+        let reads = ReadCounter()
+        try channel.pipeline.syncOperations.addHandler(reads)
+        let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+
+        let pings = 20_000
+        var flood = ByteBuffer()
+        for index in 0..<pings { YamuxFrame.ping(opaque: UInt32(index), ack: false).encode(into: &flood) }
+        try channel.writeInbound(flood)
+        channel.read()
+        var replies = 0
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { replies += buffer.readableBytes / YamuxFrame.headerSize }
+        // Paused right after the mark: the rest waits undecoded, and the read is held.
+        #expect(replies == YamuxHandler.replyMark / YamuxFrame.headerSize + 1)
+        #expect(session.handler.value.bufferedInputBytesForTests == (pings - replies) * YamuxFrame.headerSize)
+        #expect(reads.count == 0)
+
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { replies += buffer.readableBytes / YamuxFrame.headerSize }
+        #expect(replies == pings)
+        #expect(session.handler.value.bufferedInputBytesForTests == 0)
+        #expect(reads.count == 1)
+        #expect(!session.isClosed)
+        _ = try? channel.finish()
+    }
+
     @Test("a ping flood whose replies are never read: the replies queued stay bounded; reading resumes when they drain")
     func pingFlood() async throws {
         try await Self.withGroup { try await pingFlood(on: $0) }
@@ -238,5 +270,16 @@ final class ReceivedBytes: ChannelInboundHandler, Sendable {
             state.count += buffer.readableBytes
             if state.kept.readableBytes < 65_536 { state.kept.writeBuffer(&buffer) }
         }
+    }
+}
+
+/// Counts the `read()` calls that reach it (put it first in the pipeline).
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    private(set) var count = 0
+
+    func read(context: ChannelHandlerContext) {
+        count += 1
+        context.read()
     }
 }
