@@ -148,6 +148,11 @@ final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         endSession(error: nil, goAway: nil, closeChannel: false)
         self.context = nil
+        if readHeld {
+            // The channel lives on without us: give back the read we held.
+            readHeld = false
+            context.read()
+        }
     }
 
     func channelActive(context: ChannelHandlerContext) {

@@ -178,11 +178,13 @@ struct HardeningTests {
     private func pingFlood(on group: MultiThreadedEventLoopGroup) async throws {
         let sessions = NIOLockedValueBox<[YamuxSession]>([])
         let serverChannels = NIOLockedValueBox<[Channel]>([])
+        let serverReads = ReadCounter()
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_sndbuf), value: 16 * 1024)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(serverReads)
                     let session = try YamuxSession.install(on: channel, role: .responder, configuration: .testing)
                     sessions.withLockedValue { $0.append(session) }
                     serverChannels.withLockedValue { $0.append(channel) }
@@ -232,11 +234,12 @@ struct HardeningTests {
         #expect(largestQueued <= 1024 * 1024, "server queued \(largestQueued) bytes of ping replies")
         #expect(sessions.withLockedValue { $0.first?.isClosed } == false)
 
-        // The client reads now: the server answers and resumes reading (the client's queue,
-        // stuck while the socket buffers were full, shrinks again).
+        // The client reads now: the server answers, and once its replies drained it asks for
+        // input again (a read() reaches the head of its pipeline).
         let start = ContinuousClock.now
         let queuedAtPause = try await client.getOption(.bufferedWritableBytes).get()
         #expect(queuedAtPause > 0)
+        let readsAtPause = serverReads.count
         if let serverChannel = serverChannels.withLockedValue({ $0.first }) {
             // A normal send buffer again: the tiny one makes loopback crawl (delayed ACKs).
             try await serverChannel.setOption(.socketOption(.so_sndbuf), value: 1 << 20).get()
@@ -246,8 +249,7 @@ struct HardeningTests {
         var resumed = false
         for _ in 0..<1000 {
             try await Task.sleep(for: .milliseconds(10))
-            let clientQueued = try await client.getOption(.bufferedWritableBytes).get()
-            if clientQueued < queuedAtPause && received.count > 0 {
+            if serverReads.count > readsAtPause && received.count > 0 {
                 resumed = true
                 break
             }
@@ -274,12 +276,13 @@ final class ReceivedBytes: ChannelInboundHandler, Sendable {
 }
 
 /// Counts the `read()` calls that reach it (put it first in the pipeline).
-final class ReadCounter: ChannelOutboundHandler {
+final class ReadCounter: ChannelOutboundHandler, Sendable {
     typealias OutboundIn = ByteBuffer
-    private(set) var count = 0
+    private let reads = NIOLockedValueBox(0)
+    var count: Int { reads.withLockedValue { $0 } }
 
     func read(context: ChannelHandlerContext) {
-        count += 1
+        reads.withLockedValue { $0 += 1 }
         context.read()
     }
 }
