@@ -2,6 +2,7 @@ import Identity
 import Multistream
 import NIOCore
 import Noise
+import Resources
 import Yamux
 
 /// Upgrades a raw TCP channel to a secured, multiplexed libp2p connection:
@@ -32,7 +33,11 @@ struct Upgrader: Sendable {
     /// Call it from the channel's initializer, before the channel is active.
     /// `timeout` overrides the configured handshake timeout (a dial passes its whole budget, which
     /// then also covers the TCP connect, since the timer starts in the initializer).
-    func upgrade(channel: Channel, role: Role, timeout: TimeAmount? = nil) -> EventLoopFuture<Result> {
+    /// `resourceScope`: the connection's scope; the Yamux session opens a stream scope in it for
+    /// every stream and reserves its receive window there (nil: no accounting).
+    func upgrade(
+        channel: Channel, role: Role, timeout: TimeAmount? = nil, resourceScope: ConnectionScope? = nil
+    ) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
         let done = loop.makePromise(of: Result.self)
         let limit = timeout ?? self.timeout
@@ -49,14 +54,14 @@ struct Upgrader: Sendable {
         // Called from a channel initializer, the first handler goes in before the channel can read:
         // the remote's first bytes (its multistream header) must not reach an empty pipeline.
         if loop.inEventLoop {
-            start(channel: channel, role: role).cascade(to: done)
+            start(channel: channel, role: role, resourceScope: resourceScope).cascade(to: done)
         } else {
-            loop.execute { self.start(channel: channel, role: role).cascade(to: done) }
+            loop.execute { self.start(channel: channel, role: role, resourceScope: resourceScope).cascade(to: done) }
         }
         return done.futureResult
     }
 
-    private func start(channel: Channel, role: Role) -> EventLoopFuture<Result> {
+    private func start(channel: Channel, role: Role, resourceScope: ConnectionScope?) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
         let isInitiator: Bool
         let expectedPeer: PeerID?
@@ -98,7 +103,8 @@ struct Upgrader: Sendable {
                 try channel.pipeline.syncOperations.addHandler(muxer.value)
                 return muxerDone.flatMapThrowing { _ in
                     let session = try YamuxSession.install(
-                        on: channel, role: isInitiator ? .initiator : .responder, configuration: yamux)
+                        on: channel, role: isInitiator ? .initiator : .responder, configuration: yamux,
+                        resourceScope: resourceScope)
                     if !isInitiator { _ = channel.pipeline.syncOperations.removeHandler(muxer.value) }
                     return Result(remote: remote, session: session)
                 }

@@ -1,4 +1,5 @@
 import NIOCore
+import Resources
 
 /// Which side of the underlying connection this session is.
 ///
@@ -104,53 +105,82 @@ public struct YamuxGoAwayCode: RawRepresentable, Sendable, Hashable, CustomStrin
 /// Every error the Yamux module throws.
 public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
-        private let name: String
-        private init(_ name: String) { self.name = name }
-        public var description: String { name }
+        // One byte, not the name: errors are stored per stream (twice), so their size counts.
+        private let index: UInt8
+        private init(_ index: UInt8) { self.index = index }
+        private static let names = ["protocolError", "windowExceeded", "frameTooLarge", "unknownFrameType", "invalidVersion", "invalidStreamID", "streamLimit", "acceptBacklogFull", "streamReset", "streamClosed", "sessionClosed", "goAwayReceived", "goAwaySent", "keepAliveTimeout", "invalidUsage", "resourceLimit"]
+        /// The code's name, e.g. `protocolError`.
+        public var description: String { Self.names[Int(index)] }
 
         /// The peer violated the protocol (generic).
-        public static let protocolError = Code("protocolError")
+        public static let protocolError = Code(0)
         /// The peer sent more data than the receive window allowed.
-        public static let windowExceeded = Code("windowExceeded")
+        public static let windowExceeded = Code(1)
         /// A frame longer than the decoder's limit.
-        public static let frameTooLarge = Code("frameTooLarge")
+        public static let frameTooLarge = Code(2)
         /// Frame type other than 0...3.
-        public static let unknownFrameType = Code("unknownFrameType")
+        public static let unknownFrameType = Code(3)
         /// Header version other than 0.
-        public static let invalidVersion = Code("invalidVersion")
+        public static let invalidVersion = Code(4)
         /// Stream ID 0 on a stream frame, a SYN of the wrong parity, or a duplicate SYN.
-        public static let invalidStreamID = Code("invalidStreamID")
+        public static let invalidStreamID = Code(5)
         /// `maxStreams` outbound streams are already open, or stream IDs are exhausted.
-        public static let streamLimit = Code("streamLimit")
+        public static let streamLimit = Code(6)
         /// The accept backlog was full. (Part of the contract; currently never thrown: refused
         /// inbound SYNs are answered with RST and never reach the application.)
-        public static let acceptBacklogFull = Code("acceptBacklogFull")
+        public static let acceptBacklogFull = Code(7)
         /// The stream was reset (by the peer, or locally with `reset()`).
-        public static let streamReset = Code("streamReset")
+        public static let streamReset = Code(8)
         /// The operation is not possible any more on this stream (e.g. write after closeWrite).
-        public static let streamClosed = Code("streamClosed")
+        public static let streamClosed = Code(9)
         /// The session (or its channel) is closed.
-        public static let sessionClosed = Code("sessionClosed")
+        public static let sessionClosed = Code(10)
         /// The peer sent GoAway: no new streams may be opened.
-        public static let goAwayReceived = Code("goAwayReceived")
+        public static let goAwayReceived = Code(11)
         /// We sent GoAway (or are closing): no new streams may be opened.
-        public static let goAwaySent = Code("goAwaySent")
+        public static let goAwaySent = Code(12)
         /// A keep-alive ping was not answered in time.
-        public static let keepAliveTimeout = Code("keepAliveTimeout")
+        public static let keepAliveTimeout = Code(13)
         /// API misuse, e.g. two concurrent readers of one stream.
-        public static let invalidUsage = Code("invalidUsage")
+        public static let invalidUsage = Code(14)
+        /// The resource manager refused what the operation needs (a new outbound stream and its
+        /// initial receive window); `resourceError` tells which limit.
+        public static let resourceLimit = Code(15)
     }
 
+    /// What kind of failure this is.
     public var code: Code
+    /// Details for people.
     public var message: String
+    /// The resource manager's refusal behind a `.resourceLimit` error.
+    public var resourceError: ResourceError? {
+        get { resourceBox?.error }
+        set { resourceBox = newValue.map(ResourceErrorBox.init) }
+    }
+    // Boxed: a `ResourceError` inline would more than double the size of every YamuxError.
+    private var resourceBox: ResourceErrorBox?
 
-    public init(_ code: Code, _ message: String = "") {
+    /// An error of kind `code`.
+    public init(_ code: Code, _ message: String = "", resourceError: ResourceError? = nil) {
         self.code = code
         self.message = message
+        self.resourceBox = resourceError.map(ResourceErrorBox.init)
     }
 
     public var description: String {
         message.isEmpty ? "YamuxError(\(code))" : "YamuxError(\(code)): \(message)"
+    }
+
+    /// Equal when code, message and resource error are.
+    public static func == (lhs: YamuxError, rhs: YamuxError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.resourceError == rhs.resourceError
+    }
+
+    /// Hashes code, message and resource error.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(resourceError)
     }
 
     /// Whether this error means the peer broke the protocol (answered with GoAway(protocol error)).
@@ -163,4 +193,10 @@ public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
             return false
         }
     }
+}
+
+/// Holds a `ResourceError` out of line (see `YamuxError.resourceError`).
+private final class ResourceErrorBox: Sendable {
+    let error: ResourceError
+    init(_ error: ResourceError) { self.error = error }
 }

@@ -17,7 +17,9 @@ public struct YamuxFrameHeader: Sendable, Hashable {
     }
 }
 
-/// One yamux frame. Only data frames carry a payload; for them `length == payload.readableBytes`.
+/// One yamux frame. Only data frames carry a payload; for them `length == payload.readableBytes`,
+/// except for a frame whose payload the decoder discarded (`YamuxPayloadDisposition.discard`),
+/// which comes with an empty payload.
 public struct YamuxFrame: Sendable, Hashable {
     /// The only protocol version (spec: "always set to 0").
     public static let protocolVersion: UInt8 = 0
@@ -114,12 +116,23 @@ public struct YamuxFrame: Sendable, Hashable {
     }
 }
 
+/// What to do with the payload of a data frame whose header was just parsed.
+public enum YamuxPayloadDisposition: Sendable, Hashable {
+    /// Buffer it and return the frame with it once complete.
+    case keep
+    /// Nobody wants it (a stream that is gone or refused): return the frame at once with an
+    /// empty payload and drop its payload bytes as they arrive, without buffering them.
+    case discard
+}
+
 /// Incremental frame parser: `append` bytes as they arrive, then call `nextFrame()` until it
 /// returns nil (more bytes needed).
 ///
 /// The length field is untrusted: it is checked against `maxFrameSize` (and the caller's
 /// header validation) as soon as the header is complete, before any payload is buffered.
-/// Payload bytes are only buffered as they arrive; nothing is allocated from the length.
+/// Payload bytes are only buffered as they arrive; nothing is allocated from the length. A
+/// payload the caller discards (`YamuxPayloadDisposition.discard`) is skipped as it arrives:
+/// the decoder then holds at most the bytes of one `append`.
 public struct YamuxFrameDecoder: Sendable {
     /// 16 MiB (the default largest stream window, so the largest legal data frame) + 64 KiB.
     public static let defaultMaxFrameSize = 16 * 1024 * 1024 + 64 * 1024
@@ -128,6 +141,8 @@ public struct YamuxFrameDecoder: Sendable {
     private var buffer = ByteBuffer()
     /// Header of the frame whose payload is still incomplete (already validated).
     private var pendingHeader: YamuxFrameHeader?
+    /// Payload bytes of a discarded frame still to come (they will be skipped, not stored).
+    public private(set) var discardingBytes = 0
 
     public init(maxFrameSize: Int = YamuxFrameDecoder.defaultMaxFrameSize) {
         self.maxFrameSize = maxFrameSize
@@ -137,11 +152,18 @@ public struct YamuxFrameDecoder: Sendable {
     public var bufferedBytes: Int { buffer.readableBytes + (pendingHeader == nil ? 0 : YamuxFrame.headerSize) }
 
     public mutating func append(_ bytes: ByteBuffer) {
+        var bytes = bytes
+        if discardingBytes > 0 {
+            // The payload of a discarded frame: drop it before it is stored.
+            let skipped = min(discardingBytes, bytes.readableBytes)
+            bytes.moveReaderIndex(forwardBy: skipped)
+            discardingBytes -= skipped
+            if bytes.readableBytes == 0 { return }
+        }
         if buffer.readableBytes == 0 {
             // Common case: take the buffer over without copying.
             buffer = bytes
         } else {
-            var bytes = bytes
             if buffer.readerIndex > 0 && buffer.readerIndex >= buffer.readableBytes {
                 buffer.discardReadBytes()
             }
@@ -150,7 +172,7 @@ public struct YamuxFrameDecoder: Sendable {
     }
 
     public mutating func nextFrame() throws(YamuxError) -> YamuxFrame? {
-        try nextFrame(validatingHeader: { _ throws(YamuxError) in })
+        try nextFrame(classifyingHeader: { _ throws(YamuxError) in .keep })
     }
 
     /// Like `nextFrame()`, but calls `validate` once per frame as soon as its header is
@@ -159,13 +181,39 @@ public struct YamuxFrameDecoder: Sendable {
     public mutating func nextFrame(
         validatingHeader validate: (YamuxFrameHeader) throws(YamuxError) -> Void
     ) throws(YamuxError) -> YamuxFrame? {
+        try nextFrame(classifyingHeader: { header throws(YamuxError) in
+            try validate(header)
+            return .keep
+        })
+    }
+
+    /// Like `nextFrame(validatingHeader:)`, and `classify` also decides whether a data frame's
+    /// payload is wanted. A discarded frame is returned right after its header, with an empty
+    /// payload (its `length` still tells the size); its payload bytes are then skipped as they
+    /// arrive, never buffered whole.
+    public mutating func nextFrame(
+        classifyingHeader classify: (YamuxFrameHeader) throws(YamuxError) -> YamuxPayloadDisposition
+    ) throws(YamuxError) -> YamuxFrame? {
+        if discardingBytes > 0 {
+            let skipped = min(discardingBytes, buffer.readableBytes)
+            buffer.moveReaderIndex(forwardBy: skipped)
+            discardingBytes -= skipped
+            if discardingBytes > 0 { return nil }
+        }
         let header: YamuxFrameHeader
         if let pending = pendingHeader {
             header = pending
         } else {
             guard buffer.readableBytes >= YamuxFrame.headerSize else { return nil }
             header = try Self.parseHeader(&buffer, maxFrameSize: maxFrameSize)
-            try validate(header)
+            let disposition = try classify(header)
+            if header.type == .data && disposition == .discard {
+                let skipped = min(Int(header.length), buffer.readableBytes)
+                buffer.moveReaderIndex(forwardBy: skipped)
+                discardingBytes = Int(header.length) - skipped
+                if buffer.readableBytes == 0 { buffer = ByteBuffer() }
+                return YamuxFrame(header: header)
+            }
             pendingHeader = header
         }
         guard header.type == .data else {

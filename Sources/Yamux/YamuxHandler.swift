@@ -1,5 +1,6 @@
 import Atomics
 import NIOCore
+import Resources
 
 /// State shared between the handler (event loop) and the façades (any thread): atomics only.
 final class YamuxSharedState: Sendable {
@@ -12,6 +13,8 @@ final class YamuxSharedState: Sendable {
     }
 
     let openStreams = ManagedAtomic<Int>(0)
+    /// Inbound streams refused because the resource manager would not admit them.
+    let refusedInboundStreams = ManagedAtomic<Int>(0)
     /// Smoothed RTT from pings in nanoseconds; 0 while unknown.
     let rttNanoseconds = ManagedAtomic<Int64>(0)
 
@@ -32,11 +35,26 @@ final class YamuxSharedState: Sendable {
 /// The channel handler that runs a yamux session. It is the last handler of the pipeline;
 /// inbound and outbound are plaintext `ByteBuffer`s.
 ///
+/// Reading is paced by what the peer makes us send: replies to its frames (ping ACKs, RSTs of
+/// refused streams) are written as they are produced, and once
+/// `replyMark` bytes of them were written while the channel is not writable, decoding stops and
+/// `read()` is held until the channel drains (a peer that floods pings and never reads the
+/// answers cannot make the write queue grow without bound). Our own data frames do not count:
+/// they are only produced while the channel is writable, and pausing on them would deadlock two
+/// peers that both send bulk data.
+///
 /// Confinement: every member is only touched on the channel's event loop. Other threads
 /// reach it through `NIOLoopBound<YamuxHandler>` (which checks that) by hopping to the loop.
-final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// Reply bytes written while the channel is not writable after which input is paused.
+    static let replyMark = 64 * 1024
+    /// How long the channel stays open after a final GoAway was written, if the write does not
+    /// complete earlier (a peer that does not read).
+    static let goAwayLinger: TimeAmount = .seconds(2)
 
     private enum State {
         case active
@@ -54,6 +72,9 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     let eventLoop: EventLoop
     let shared: YamuxSharedState
     let closePromise: EventLoopPromise<Void>
+    /// The connection's resources: each stream opens a `StreamScope` in it and reserves its
+    /// initial receive window there first (nil: no accounting).
+    let resourceScope: ConnectionScope?
 
     private var stateMachine: YamuxSessionStateMachine
     private var decoder: YamuxFrameDecoder
@@ -87,9 +108,25 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private var actionScratch: [YamuxSessionStateMachine.Action] = []
 
-    init(role: YamuxRole, configuration: YamuxConfiguration, eventLoop: EventLoop) {
+    /// Inside `processInput`: control frames written now are replies to the peer's frames.
+    private var processingInput = false
+    /// Reply bytes written since the channel was last seen writable.
+    private var replyBytes = 0
+    /// Decoding stopped until the channel is writable again (see the type's documentation).
+    private var inputPaused = false
+    /// A `read()` arrived while input was paused or the session ended: passed on on resume.
+    private var readHeld = false
+    /// The scope reserved for the SYN whose header was classified last, until its stream is made.
+    private var admittedScope: StreamScope?
+    /// False when the resource manager refused the SYN whose header was classified last.
+    private var admitNextStream = true
+    /// Completes when the last GoAway we wrote has gone to the channel below.
+    private var goAwayWritten: EventLoopFuture<Void>?
+
+    init(role: YamuxRole, configuration: YamuxConfiguration, eventLoop: EventLoop, resourceScope: ConnectionScope? = nil) {
         let configuration = configuration.normalized
         self.configuration = configuration
+        self.resourceScope = resourceScope
         self.eventLoop = eventLoop
         self.shared = YamuxSharedState(windowGrowthLimit: configuration.maxSessionWindowGrowth)
         self.closePromise = eventLoop.makePromise()
@@ -111,6 +148,11 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         endSession(error: nil, goAway: nil, closeChannel: false)
         self.context = nil
+        if readHeld {
+            // The channel lives on without us: give back the read we held.
+            readHeld = false
+            context.read()
+        }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -131,7 +173,23 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { pumpData() }
+        if context.channel.isWritable {
+            replyBytes = 0
+            pumpData()
+            if inputPaused {
+                inputPaused = false
+                // Inside `processInput` (a write made the channel writable again), its loop
+                // simply goes on; otherwise the bytes held back are decoded now.
+                if !processingInput, state != .ended {
+                    processInput()
+                    afterOperation()
+                }
+            }
+            if readHeld && !inputPaused && state != .ended {
+                readHeld = false
+                context.read()
+            }
+        }
         flushIfNeeded()
         context.fireChannelWritabilityChanged()
     }
@@ -139,16 +197,44 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard state != .ended else { return }
         decoder.append(unwrapInboundIn(data))
+        processInput()
+        afterOperation()
+    }
+
+    /// Holds the channel's `read()` while input is paused or the session has ended.
+    func read(context: ChannelHandlerContext) {
+        if inputPaused || state == .ended {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Decodes and handles the frames buffered in the decoder, until it needs more bytes, the
+    /// session ends, or the replies written meanwhile pause it.
+    private func processInput() {
+        guard !inputPaused, !processingInput else { return }
+        processingInput = true
+        if let context, context.channel.isWritable { replyBytes = 0 }
         var actions = takeScratch()
         do {
-            while state != .ended,
-                let frame = try decoder.nextFrame(validatingHeader: { header throws(YamuxError) in
-                    try self.stateMachine.validateHeader(header)
-                })
-            {
+            while state != .ended {
+                if replyBytes >= Self.replyMark, let context, !context.channel.isWritable {
+                    inputPaused = true
+                    break
+                }
+                guard let frame = try decoder.nextFrame(classifyingHeader: { header throws(YamuxError) in
+                    try self.classify(header)
+                }) else { break }
                 actions.removeAll(keepingCapacity: true)
-                stateMachine.receive(frame, into: &actions)
+                stateMachine.receive(frame, into: &actions, admitNewStream: admitNextStream)
+                admitNextStream = true
                 process(&actions)
+                if let unused = admittedScope {
+                    // Reserved for a stream that did not come about after all.
+                    admittedScope = nil
+                    unused.done()
+                }
             }
         } catch {
             actions.removeAll(keepingCapacity: true)
@@ -157,12 +243,59 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             process(&actions)
         }
         actionScratch = actions
+        processingInput = false
         if !acceptedDuringRead.isEmpty {
             let accepted = acceptedDuringRead
             acceptedDuringRead.removeAll(keepingCapacity: true)
             for stream in accepted { inboundHandler?(stream) }
         }
-        afterOperation()
+    }
+
+    /// Checks a frame's header and decides about its payload before any of it is buffered: the
+    /// payload of a frame for a stream that is gone is skipped as it arrives, and a new inbound
+    /// stream gets its `StreamScope` and initial window reserved here, or is refused with RST
+    /// (as go-yamux does when its memory manager refuses the initial window).
+    private func classify(_ header: YamuxFrameHeader) throws(YamuxError) -> YamuxPayloadDisposition {
+        switch try stateMachine.classify(header) {
+        case .keep:
+            return .keep
+        case .discard:
+            return .discard
+        case .newStream:
+            guard let resourceScope else { return .keep }
+            do {
+                admittedScope = try Self.openStreamScope(in: resourceScope, direction: .inbound, window: configuration.initialStreamWindow)
+                return .keep
+            } catch {
+                admitNextStream = false
+                shared.refusedInboundStreams.wrappingIncrement(ordering: .relaxed)
+                return .discard
+            }
+        }
+    }
+
+    /// Opens a stream scope and reserves the stream's initial receive window in it.
+    private static func openStreamScope(
+        in connection: ConnectionScope, direction: ResourceDirection, window: UInt32
+    ) throws(ResourceError) -> StreamScope {
+        let scope = try connection.openStream(direction: direction)
+        do throws(ResourceError) {
+            try scope.reserveMemory(Int(window))
+        } catch {
+            scope.done()
+            throw error
+        }
+        return scope
+    }
+
+    /// A stream scope for a stream we open (nil without a resource manager).
+    private func reserveOutboundStream() throws(YamuxError) -> StreamScope? {
+        guard let resourceScope else { return nil }
+        do throws(ResourceError) {
+            return try Self.openStreamScope(in: resourceScope, direction: .outbound, window: configuration.initialStreamWindow)
+        } catch {
+            throw YamuxError(.resourceLimit, "stream refused: \(error)", resourceError: error)
+        }
     }
 
     // MARK: - Action processing
@@ -178,9 +311,19 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         for action in actions {
             switch action {
             case .send(let frame):
-                writeFrame(frame, promise: nil)
+                // Frames the peer's frames ask for one to one (ping ACKs, RSTs of refused
+                // streams): these pace reading. Credit is not counted: it is at most one frame
+                // per half window of data, and our own writes must not stop our reading.
+                if processingInput { replyBytes &+= YamuxFrame.headerSize }
+                if frame.type == .goAway {
+                    writeGoAway(frame)
+                } else {
+                    writeFrame(frame, promise: nil)
+                }
             case .streamOpened(let id):
-                let stream = makeStream(id: id, isOutbound: false)
+                let scope = admittedScope
+                admittedScope = nil
+                let stream = makeStream(id: id, isOutbound: false, scope: scope)
                 streams[id] = stream
                 if inboundHandler != nil {
                     accept(stream)
@@ -207,12 +350,13 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
                     // The reader still gets what arrived before the reset (e.g. an error reply
                     // sent just before it), then the reset error.
                     stream.fail(error, discardQueued: false)
+                    stream.protocolEnded()
                     if let index = acceptQueue.firstIndex(where: { $0 === stream }) {
                         acceptQueue.remove(at: index)
                     }
                 }
             case .streamClosed(let id):
-                streams.removeValue(forKey: id)
+                streams.removeValue(forKey: id)?.protocolEnded()
             case .pong(let opaque):
                 receivedPong(opaque)
             case .goAwayReceived:
@@ -279,6 +423,13 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         needsFlush = true
     }
 
+    /// Writes a GoAway and remembers when it has been written (the channel is closed only then).
+    private func writeGoAway(_ frame: YamuxFrame) {
+        let written = eventLoop.makePromise(of: Void.self)
+        writeFrame(frame, promise: written)
+        goAwayWritten = written.futureResult
+    }
+
     private func flushIfNeeded() {
         guard needsFlush, let context else { return }
         needsFlush = false
@@ -299,16 +450,16 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
             writeFrame(out.frame, promise: promise)
-            if let id = out.closedStreamID { streams.removeValue(forKey: id) }
+            if let id = out.closedStreamID { streams.removeValue(forKey: id)?.protocolEnded() }
         }
     }
 
-    private func makeStream(id: UInt32, isOutbound: Bool) -> YamuxStream {
+    private func makeStream(id: UInt32, isOutbound: Bool, scope: StreamScope?) -> YamuxStream {
         YamuxStream(
-            id: id, isOutbound: isOutbound, handler: bound, shared: shared,
+            id: id, isOutbound: isOutbound, handler: bound, shared: shared, resourceScope: scope,
             window: YamuxReceiveWindow(
                 initialWindow: configuration.initialStreamWindow,
-                maxWindow: configuration.maxStreamWindow, now: .now(), budget: shared.windowBudget))
+                maxWindow: configuration.maxStreamWindow, now: .now()))
     }
 
     private func accept(_ stream: YamuxStream) {
@@ -331,21 +482,34 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             pendingOpens.append((promise, firstData))
             return promise.futureResult
         }
+        if stateMachine.mustWaitToOpen {
+            let promise = eventLoop.makePromise(of: YamuxStream.self)
+            pendingOpens.append((promise, firstData))
+            return promise.futureResult
+        }
+        let scope: StreamScope?
+        do throws(YamuxError) {
+            scope = try reserveOutboundStream()
+        } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
         switch stateMachine.openStream(firstData: firstData) {
         case .opened(let id, let frame):
-            return opened(id: id, frame: frame, firstData: firstData)
+            return opened(id: id, frame: frame, firstData: firstData, scope: scope)
         case .mustWait:
+            scope?.done()
             let promise = eventLoop.makePromise(of: YamuxStream.self)
             pendingOpens.append((promise, firstData))
             return promise.futureResult
         case .failed(let error):
+            scope?.done()
             return eventLoop.makeFailedFuture(error)
         }
     }
 
     /// Registers a stream the state machine opened and sends its SYN (and first data).
-    private func opened(id: UInt32, frame: YamuxFrame, firstData: ByteBuffer?) -> EventLoopFuture<YamuxStream> {
-        let stream = makeStream(id: id, isOutbound: true)
+    private func opened(id: UInt32, frame: YamuxFrame, firstData: ByteBuffer?, scope: StreamScope?) -> EventLoopFuture<YamuxStream> {
+        let stream = makeStream(id: id, isOutbound: true, scope: scope)
         streams[id] = stream
         if frame.type == .data {
             let written = eventLoop.makePromise(of: Void.self)
@@ -369,13 +533,25 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func drainPendingOpens() {
         while let (promise, firstData) = pendingOpens.first {
+            // Checked before reserving: this runs after every operation while opens wait.
+            if stateMachine.mustWaitToOpen { return }
+            let scope: StreamScope?
+            do throws(YamuxError) {
+                scope = try reserveOutboundStream()
+            } catch {
+                pendingOpens.removeFirst()
+                promise.fail(error)
+                continue
+            }
             switch stateMachine.openStream(firstData: firstData) {
             case .opened(let id, let frame):
                 pendingOpens.removeFirst()
-                opened(id: id, frame: frame, firstData: firstData).cascade(to: promise)
+                opened(id: id, frame: frame, firstData: firstData, scope: scope).cascade(to: promise)
             case .mustWait:
+                scope?.done()
                 return
             case .failed(let error):
+                scope?.done()
                 failPendingOpens(error)
                 return
             }
@@ -431,7 +607,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
     func goAway(_ code: YamuxGoAwayCode) {
         defer { afterOperation() }
         guard state != .ended, !stateMachine.localGoAway else { return }
-        writeFrame(stateMachine.goAway(code), promise: nil)
+        writeGoAway(stateMachine.goAway(code))
         failPendingOpens(YamuxError(.goAwaySent, "GoAway sent"))
         if acceptQueue.isEmpty { cancelInboundWait() }
     }
@@ -457,6 +633,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
             writeFrame(frame, promise: nil)
             if let stream = streams.removeValue(forKey: id) {
                 stream.fail(YamuxError(.sessionClosed, "session closing"), discardQueued: true)
+                stream.protocolEnded()
             }
         }
         acceptQueue.removeAll()
@@ -514,7 +691,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch stateMachine.closeWrite(streamID: stream.id, promise: promise) {
         case .send(let frame, let closed):
             writeFrame(frame, promise: promise)
-            if closed { streams.removeValue(forKey: stream.id) }
+            if closed { streams.removeValue(forKey: stream.id)?.protocolEnded() }
         case .queued:
             break
         case .alreadyClosed:
@@ -541,6 +718,7 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         for promise in promises { promise.fail(error) }
         if let stream = streams.removeValue(forKey: id) {
             stream.fail(error, discardQueued: true)
+            stream.protocolEnded()
             if let index = acceptQueue.firstIndex(where: { $0 === stream }) { acceptQueue.remove(at: index) }
         }
     }
@@ -610,6 +788,8 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     var isClosingForTests: Bool { state == .closing }
     var pendingDataBytesForTests: Int { stateMachine.streams.values.reduce(0) { $0 + $1.pendingBytes } }
+    /// Input bytes held by the decoder (received, not yet handled or discarded).
+    var bufferedInputBytesForTests: Int { decoder.bufferedBytes }
 
     // MARK: - End of session
 
@@ -620,9 +800,13 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .ended
         shared.isClosed.store(true, ordering: .releasing)
         if let goAway, !stateMachine.isFailed, !stateMachine.localGoAway {
-            writeFrame(stateMachine.goAway(goAway), promise: nil)
+            writeGoAway(stateMachine.goAway(goAway))
         }
         flushIfNeeded()
+        if let unused = admittedScope {
+            admittedScope = nil
+            unused.done()
+        }
 
         keepAliveTask?.cancel()
         keepAliveTimeoutTask?.cancel()
@@ -635,8 +819,14 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         for promise in stateMachine.failSession() { promise.fail(failure) }
         let streams = self.streams
         self.streams.removeAll()
-        for stream in streams.values { stream.fail(failure, discardQueued: false) }
-        for stream in acceptQueue { stream.fail(failure, discardQueued: false) }
+        for stream in streams.values {
+            stream.fail(failure, discardQueued: false)
+            stream.protocolEnded()
+        }
+        for stream in acceptQueue {
+            stream.fail(failure, discardQueued: false)
+            stream.protocolEnded()
+        }
         acceptQueue.removeAll()
         inboundHandler = nil  // it may hold the session (through the connection) alive
         cancelInboundWait()
@@ -647,7 +837,20 @@ final class YamuxHandler: ChannelInboundHandler, RemovableChannelHandler {
         shared.openStreams.store(0, ordering: .relaxed)
 
         if closeChannel, let context {
-            context.close(promise: nil)
+            let channel = context.channel
+            if let written = goAwayWritten {
+                // The GoAway must reach the peer before the EOF. A handler below may hold our
+                // flush until it has handled the read we are in (Noise does), so closing now
+                // would drop the frame: close once it has been written, or after a short linger
+                // if it cannot be (a peer that does not read). Reads are held meanwhile.
+                let linger = eventLoop.scheduleTask(in: Self.goAwayLinger) { channel.close(promise: nil) }
+                written.whenComplete { _ in
+                    linger.cancel()
+                    channel.close(promise: nil)
+                }
+            } else {
+                context.close(promise: nil)
+            }
         }
         if let error {
             closePromise.fail(error)

@@ -1,5 +1,6 @@
 import Atomics
 import NIOCore
+import Resources
 
 /// Receive-side credit accounting and window auto-tuning for one stream.
 ///
@@ -22,7 +23,10 @@ import NIOCore
 /// session's pings; it is floored at `minimumRTT`, which also stands in while no RTT has been
 /// measured yet: on loopback or a LAN the measured RTT is far below the scheduling latency of
 /// the reading task, so the raw value would never allow growth. The cost of growing is memory
-/// only, bounded by `maxWindowSize` per stream, and only paid while the reader keeps up.
+/// only, bounded by `maxWindowSize` per stream, and only paid while the reader keeps up; growth
+/// is reserved in the session's budget and in the stream's resource scope before it is granted,
+/// and a refusal just keeps the window where it is.
+///
 /// The session-wide allowance for window growth beyond the streams' initial windows, shared by
 /// all streams of a session: without it 1,024 streams auto-tuned to 16 MiB could make one peer
 /// buffer 16 GiB. A stream that cannot reserve growth keeps its current window (still correct
@@ -64,27 +68,28 @@ struct YamuxReceiveWindow: Sendable {
     private(set) var windowSize: UInt32
     let maxWindowSize: UInt32
     let initialWindowSize: UInt32
-    /// Where growth beyond `initialWindowSize` is reserved (nil: unlimited).
-    let budget: YamuxWindowBudget?
     /// Consumed by the application, not yet credited to the peer.
     private(set) var consumedUncredited: UInt32 = 0
     /// Start of the current epoch (creation, or the last credit).
     private(set) var epochStart: NIODeadline
 
-    init(initialWindow: UInt32, maxWindow: UInt32, now: NIODeadline, budget: YamuxWindowBudget? = nil) {
+    init(initialWindow: UInt32, maxWindow: UInt32, now: NIODeadline) {
         self.windowSize = initialWindow
         self.initialWindowSize = initialWindow
         self.maxWindowSize = max(maxWindow, initialWindow)
         self.epochStart = now
-        self.budget = budget
     }
 
-    /// Growth this window holds from the budget (to be released when the stream goes away).
+    /// Growth this window holds beyond its initial size (released when the stream goes away).
     var reservedGrowth: Int { Int(windowSize - initialWindowSize) }
 
     /// Records that the application consumed `bytes`. Returns the delta of a WINDOW_UPDATE
-    /// to send now, or nil if none is due yet.
-    mutating func consumed(_ bytes: Int, now: NIODeadline, rtt: TimeAmount?) -> UInt32? {
+    /// to send now, or nil if none is due yet. Growth is reserved first in `budget` (the
+    /// session's, nil: unlimited) and `account` (the stream's resource scope, nil: none).
+    mutating func consumed(
+        _ bytes: Int, now: NIODeadline, rtt: TimeAmount?,
+        budget: YamuxWindowBudget? = nil, account: StreamScope? = nil
+    ) -> UInt32? {
         precondition(bytes >= 0)
         consumedUncredited &+= UInt32(clamping: bytes)
         guard consumedUncredited >= windowSize / 2 else { return nil }
@@ -95,6 +100,15 @@ struct YamuxReceiveWindow: Sendable {
         if windowSize < maxWindowSize && epoch < effectiveRTT * 2 {
             var growth = UInt32(min(UInt64(windowSize) * 2, UInt64(maxWindowSize))) - windowSize
             if let budget { growth = UInt32(budget.reserve(upTo: Int(growth))) }
+            if growth > 0, let account {
+                do {
+                    try account.reserveMemory(Int(growth))
+                } catch {
+                    // Refused: the window stays as it is (flow control is still correct).
+                    budget?.release(Int(growth))
+                    growth = 0
+                }
+            }
             delta += growth
             windowSize += growth
         }

@@ -1,4 +1,5 @@
 import NIOCore
+import Resources
 
 /// A yamux session (`/yamux/1.0.0`) over one channel.
 ///
@@ -15,6 +16,13 @@ import NIOCore
 /// - Streams: the peer's unaccepted streams are bounded by `maxAcceptBacklog` (excess SYNs
 ///   get RST), open streams per direction by `maxStreams`, and our unacknowledged SYNs by
 ///   `maxOutboundAckBacklog` (`openStream()` waits).
+/// - Replies: what the peer's frames ask for one to one (ping ACKs, RSTs) pauses reading once
+///   64 KiB of it waits in a channel that is not writable; a peer that never reads cannot make
+///   the write queue grow.
+/// - Discarded data: the payload of a frame for a stream that is gone (or refused) is skipped
+///   as it arrives, never buffered.
+/// - Resources: with a `ConnectionScope`, every stream's scope and initial window are reserved
+///   before the stream exists, and window growth before it is granted.
 public final class YamuxSession: Sendable {
     public static let protocolID = "/yamux/1.0.0"
 
@@ -38,11 +46,19 @@ public final class YamuxSession: Sendable {
     /// Adds the yamux handler to the end of `channel`'s pipeline and returns the session.
     /// Must be called on the channel's event loop. The handler accepts bytes right away, so
     /// bytes left over from the protocol negotiation can be fired into it immediately after.
+    ///
+    /// `resourceScope`: the connection's scope in the resource manager. Every stream, inbound or
+    /// outbound, then opens a `StreamScope` in it (`YamuxStream.resourceScope`) and reserves its
+    /// initial receive window there before it exists; window growth is reserved before it is
+    /// granted (and simply not granted when refused). A refused inbound stream is answered with
+    /// RST, a refused `openStream()` throws `.resourceLimit`. nil: no accounting.
     public static func install(
-        on channel: Channel, role: YamuxRole, configuration: YamuxConfiguration = .defaults
+        on channel: Channel, role: YamuxRole, configuration: YamuxConfiguration = .defaults,
+        resourceScope: ConnectionScope? = nil
     ) throws -> YamuxSession {
         channel.eventLoop.preconditionInEventLoop()
-        let handler = YamuxHandler(role: role, configuration: configuration, eventLoop: channel.eventLoop)
+        let handler = YamuxHandler(
+            role: role, configuration: configuration, eventLoop: channel.eventLoop, resourceScope: resourceScope)
         let session = YamuxSession(role: role, handler: handler)
         do {
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -55,7 +71,7 @@ public final class YamuxSession: Sendable {
 
     /// Opens a new outbound stream. The SYN is sent right away (data may follow at once);
     /// suspends while `maxOutboundAckBacklog` of our streams are unacknowledged.
-    /// Throws `.streamLimit` at `maxStreams`, `.goAwayReceived` / `.goAwaySent` after GoAway,
+    /// Throws `.resourceLimit` when the resource manager refuses the stream, `.streamLimit` at `maxStreams`, `.goAwayReceived` / `.goAwaySent` after GoAway,
     /// `.sessionClosed` when the session ended.
     ///
     /// `initialData`: the stream's first bytes, sent with the SYN — in the same data frame when
@@ -119,6 +135,9 @@ public final class YamuxSession: Sendable {
 
     /// Streams currently open in either direction (including unaccepted inbound ones).
     public var openStreamCount: Int { shared.openStreams.load(ordering: .relaxed) }
+
+    /// Inbound streams answered with RST because the resource manager refused them.
+    public var refusedInboundStreamCount: Int { shared.refusedInboundStreams.load(ordering: .relaxed) }
 
     /// Smoothed round-trip time measured by pings, if any.
     public var roundTripTime: Duration? {

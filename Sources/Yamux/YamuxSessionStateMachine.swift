@@ -30,7 +30,7 @@ struct YamuxSessionStateMachine {
         var sendWindow: UInt32
         /// Bytes the peer may still send us before it needs credit.
         var recvRemaining: UInt32
-        var pendingWrites = CircularBuffer<PendingWrite>(initialCapacity: 2)
+        var pendingWrites = Queue<PendingWrite>()
         var pendingBytes = 0
         /// `closeWrite` was requested; FIN goes out once `pendingWrites` are sent.
         var finRequested = false
@@ -141,20 +141,66 @@ struct YamuxSessionStateMachine {
 
     // MARK: - Inbound
 
+    /// What `receive` will do with a frame, decided from its header alone.
+    enum HeaderDisposition: Equatable {
+        /// Its payload is delivered (or it has none).
+        case keep
+        /// Its payload is dropped: the stream is unknown, gone, refused, or already finished.
+        case discard
+        /// A SYN the session would accept: a new inbound stream (the caller may still refuse it
+        /// for lack of resources, see `receive(_:into:admitNewStream:)`).
+        case newStream
+    }
+
     /// Checks a frame header as soon as it is parsed, before its payload is buffered.
     func validateHeader(_ header: YamuxFrameHeader) throws(YamuxError) {
-        guard header.type == .data, !isFailed else { return }
-        if let stream = streams[header.streamID] {
-            guard header.length <= stream.recvRemaining else {
-                throw YamuxError(.windowExceeded, "data frame of \(header.length) bytes on stream \(header.streamID) exceeds the remaining receive window \(stream.recvRemaining)")
+        _ = try classify(header)
+    }
+
+    /// Checks a frame header as soon as it is parsed (before its payload is buffered) and tells
+    /// what `receive` will do with the frame, mirroring its decisions, so that the payload of a
+    /// frame nobody will read is skipped as it arrives instead of being buffered whole first (a
+    /// 16 MiB data frame for an unknown stream costs no memory). Nothing changes between this
+    /// call and `receive` of a discarded frame: the decoder hands it over right after its header.
+    func classify(_ header: YamuxFrameHeader) throws(YamuxError) -> HeaderDisposition {
+        guard header.type == .data || header.type == .windowUpdate, !isFailed else { return .keep }
+        let id = header.streamID
+        guard id != 0 else {
+            // Spec: ID 0 is reserved for the session (ping / go away).
+            throw YamuxError(.invalidStreamID, "stream frame on stream ID 0")
+        }
+        if header.flags.contains(.syn) {
+            guard streams.index(forKey: id) == nil else {
+                throw YamuxError(.invalidStreamID, "duplicate SYN for open stream \(id)")
             }
-        } else if header.flags.contains(.syn) {
+            guard isRemoteInitiated(id) else {
+                throw YamuxError(.invalidStreamID, "SYN with stream ID \(id) of our parity")
+            }
             // Before our ACK, the peer may only assume the spec's 256 KiB.
-            guard header.length <= Self.specWindow else {
+            if header.type == .data && header.length > Self.specWindow {
                 throw YamuxError(.windowExceeded, "SYN data frame of \(header.length) bytes exceeds the initial window")
             }
+            return header.flags.contains(.rst) || refusesInboundStreams ? .discard : .newStream
         }
-        // Data for unknown (closed / refused) streams is discarded; maxFrameSize bounds it.
+        guard let index = streams.index(forKey: id) else {
+            // Yamux spec and go-yamux: a frame for a stream we do not know is not an error (it
+            // can be data still in flight for a stream we reset); go-yamux drains its payload.
+            // maxFrameSize bounds one frame; its bytes are skipped as they arrive.
+            return .discard
+        }
+        guard header.type == .data else { return .keep }
+        let remaining = streams.values[index].recvRemaining
+        guard header.length <= remaining else {
+            throw YamuxError(.windowExceeded, "data frame of \(header.length) bytes on stream \(id) exceeds the remaining receive window \(remaining)")
+        }
+        // Data after the peer's FIN: `receive` resets the stream and drops the data.
+        return streams.values[index].remoteFIN && header.length > 0 ? .discard : .keep
+    }
+
+    /// Whether a new inbound stream would be refused (with RST) right now.
+    private var refusesInboundStreams: Bool {
+        localGoAway || isClosing || inboundCount >= configuration.maxStreams
+            || acceptBacklog >= configuration.maxAcceptBacklog
     }
 
     /// The decoder (or anything else) found a protocol violation.
@@ -165,7 +211,9 @@ struct YamuxSessionStateMachine {
         actions.append(.protocolViolation(error))
     }
 
-    mutating func receive(_ frame: YamuxFrame, into actions: inout [Action]) {
+    /// Handles one frame from the peer. `admitNewStream == false`: a SYN the session would accept
+    /// is refused with RST all the same (the caller could not reserve resources for it).
+    mutating func receive(_ frame: YamuxFrame, into actions: inout [Action], admitNewStream: Bool = true) {
         guard !isFailed else { return }
         switch frame.type {
         case .ping:
@@ -180,11 +228,11 @@ struct YamuxSessionStateMachine {
             remoteGoAway = true
             actions.append(.goAwayReceived(YamuxGoAwayCode(rawValue: frame.length)))
         case .data, .windowUpdate:
-            receiveStreamFrame(frame, into: &actions)
+            receiveStreamFrame(frame, into: &actions, admitNewStream: admitNewStream)
         }
     }
 
-    private mutating func receiveStreamFrame(_ frame: YamuxFrame, into actions: inout [Action]) {
+    private mutating func receiveStreamFrame(_ frame: YamuxFrame, into actions: inout [Action], admitNewStream: Bool) {
         let id = frame.streamID
         let flags = frame.flags
         guard id != 0 else {
@@ -206,9 +254,7 @@ struct YamuxSessionStateMachine {
                 return protocolViolation(YamuxError(.windowExceeded, "SYN data frame exceeds the initial window"), into: &actions)
             }
             if flags.contains(.rst) { return }
-            if localGoAway || isClosing || inboundCount >= configuration.maxStreams
-                || acceptBacklog >= configuration.maxAcceptBacklog
-            {
+            if refusesInboundStreams || !admitNewStream {
                 // Refuse the stream; any data on it is dropped, later frames for it ignored.
                 actions.append(.send(.windowUpdate(streamID: id, flags: .rst, delta: 0)))
                 return
@@ -295,7 +341,7 @@ struct YamuxSessionStateMachine {
             inboundCount -= 1
             if stream.phase == .synReceived { acceptBacklog -= 1 }
         }
-        var promises = stream.pendingWrites.compactMap(\.promise)
+        var promises = stream.pendingWrites.all.compactMap(\.promise)
         if let fin = stream.finPromise { promises.append(fin) }
         return promises
     }
@@ -334,6 +380,12 @@ struct YamuxSessionStateMachine {
         }
         // SYN as a window update (like go-yamux) that also announces any extra initial window.
         return .opened(streamID: id, frame: .windowUpdate(streamID: id, flags: .syn, delta: initialWindowBonus))
+    }
+
+    /// Whether `openStream` would answer `.mustWait` (the outbound ACK backlog is full).
+    var mustWaitToOpen: Bool {
+        !isFailed && !localGoAway && !isClosing && !remoteGoAway && outboundCount < configuration.maxStreams
+            && !streamIDsExhausted && outboundUnacked >= configuration.maxOutboundAckBacklog
     }
 
     /// The application took an inbound stream: returns the ACK frame to send (nil if the
@@ -420,14 +472,13 @@ struct YamuxSessionStateMachine {
 
             let available = streams.values[index].pendingWrites.first!.data.readableBytes
             let length = min(available, Int(streams.values[index].sendWindow), configuration.maxDataFrameSize)
-            let headIndex = streams.values[index].pendingWrites.startIndex
-            let payload = streams.values[index].pendingWrites[headIndex].data.readSlice(length: length)!
+            let payload = streams.values[index].pendingWrites.modifyFirst { $0.data.readSlice(length: length)! }
             streams.values[index].sendWindow -= UInt32(length)
             streams.values[index].pendingBytes -= length
 
             var out = OutboundData(frame: .data(streamID: id, payload: payload))
             if length == available {
-                out.writePromise = streams.values[index].pendingWrites.removeFirst().promise
+                out.writePromise = streams.values[index].pendingWrites.popFirst()!.promise
             }
             if streams.values[index].pendingWrites.isEmpty && streams.values[index].finRequested {
                 out.frame.header.flags.insert(.fin)

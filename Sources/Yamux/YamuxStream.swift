@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import Resources
 
 /// One yamux stream: an ordered, flow-controlled byte stream inside a session.
 ///
@@ -13,25 +14,38 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     public let id: UInt32
     /// Whether we opened this stream (as opposed to the peer).
     public let isOutbound: Bool
-    public let eventLoop: EventLoop
+    /// The stream's account in the resource manager (nil when the session has no resource
+    /// scope). It holds the stream's initial receive window and its growth; the host names the
+    /// protocol with `setProtocol` once negotiated. Released (`done()`) when the stream has
+    /// ended and its reader has nothing left queued, or when the stream object goes away.
+    public let resourceScope: StreamScope?
 
     let handler: NIOLoopBound<YamuxHandler>
     let shared: YamuxSharedState
     let readState: NIOLockedValueBox<ReadState>
 
-    init(id: UInt32, isOutbound: Bool, handler: NIOLoopBound<YamuxHandler>, shared: YamuxSharedState, window: YamuxReceiveWindow) {
+    // Memory: an idle stream is this object, its lock with the read state, and the session's
+    // entries for it; queues are allocated only when something is queued (see `Queue`).
+    init(
+        id: UInt32, isOutbound: Bool, handler: NIOLoopBound<YamuxHandler>, shared: YamuxSharedState,
+        resourceScope: StreamScope? = nil, window: YamuxReceiveWindow
+    ) {
         self.id = id
         self.isOutbound = isOutbound
-        self.eventLoop = handler.eventLoop
         self.handler = handler
         self.shared = shared
+        self.resourceScope = resourceScope
         self.readState = NIOLockedValueBox(ReadState(window: window))
     }
+
+    /// The event loop of the session's channel.
+    public var eventLoop: EventLoop { handler.eventLoop }
 
     public var description: String { "YamuxStream(\(id))" }
 
     deinit {
-        // The stream's window growth goes back to the session's budget.
+        // The stream's window growth goes back to the session's budget (the resource scope
+        // releases itself when it goes away).
         let growth = readState.withLockedValue { $0.window.reservedGrowth }
         shared.windowBudget?.release(growth)
     }
@@ -46,8 +60,12 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     }
 
     struct ReadState {
-        var buffers = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+        var buffers = Queue<ByteBuffer>()
         var bufferedBytes = 0
+        /// The session forgot the stream (both FINs, reset, session end): the resource scope is
+        /// released as soon as nothing is queued for the reader any more.
+        var protocolEnded = false
+        var scopeReleased = false
         var waiter: CheckedContinuation<ByteBuffer?, any Error>?
         var end: ReadEnd?
         /// `close()` was called: data is discarded (but still credited).
@@ -78,13 +96,36 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         if let buffer = s.buffers.popFirst() {
             s.bufferedBytes -= buffer.readableBytes
             // No credit once the peer finished sending (or the session ended).
-            let credit = s.end == nil ? s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt) : nil
+            let credit = s.end == nil ? consume(buffer.readableBytes, &s) : nil
+            if s.protocolEnded && s.buffers.isEmpty { releaseScope(&s) }
             return .data(buffer, credit: credit)
         }
         switch s.end {
         case .eof: return .eof
         case .error(let error): return .failure(error)
         case nil: return .pending
+        }
+    }
+
+    /// The application consumed `bytes`: the credit to give, if due (growth reserved first).
+    private func consume(_ bytes: Int, _ s: inout ReadState) -> UInt32? {
+        s.window.consumed(
+            bytes, now: .now(), rtt: shared.rtt, budget: shared.windowBudget,
+            account: s.scopeReleased ? nil : resourceScope)
+    }
+
+    private func releaseScope(_ s: inout ReadState) {
+        guard !s.scopeReleased else { return }
+        s.scopeReleased = true
+        resourceScope?.done()
+    }
+
+    /// Called by the handler when it forgets the stream: releases the resource scope now, or
+    /// once the reader has taken what is still queued.
+    func protocolEnded() {
+        readState.withLockedValue { s in
+            s.protocolEnded = true
+            if s.buffers.isEmpty { releaseScope(&s) }
         }
     }
 
@@ -281,6 +322,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         let (waiter, readHandler) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?) in
             s.buffers.removeAll()
             s.bufferedBytes = 0
+            if s.protocolEnded { releaseScope(&s) }
             if case .error = s.end {} else { s.end = .error(error) }
             if s.writeError == nil { s.writeError = error }
             defer { s.waiter = nil }
@@ -316,7 +358,8 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             let discarded = s.bufferedBytes
             s.buffers.removeAll()
             s.bufferedBytes = 0
-            let credit = discarded > 0 && s.end == nil ? s.window.consumed(discarded, now: .now(), rtt: shared.rtt) : nil
+            let credit = discarded > 0 && s.end == nil ? consume(discarded, &s) : nil
+            if s.protocolEnded { releaseScope(&s) }
             defer { s.waiter = nil }
             return (credit, s.waiter)
         }
@@ -337,16 +380,16 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?, UInt32?) in
             if s.end != nil { return (nil, nil, nil) }
             if s.readClosed {
-                return (nil, nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+                return (nil, nil, consume(buffer.readableBytes, &s))
             }
             // (Behind data still queued for a handler being handed it, the new data queues too.)
             if let readHandler = s.readHandler, s.buffers.isEmpty {
-                return (nil, readHandler, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+                return (nil, readHandler, consume(buffer.readableBytes, &s))
             }
             if let waiter = s.waiter {
                 // A reader waits, so nothing is queued: hand the data over directly.
                 s.waiter = nil
-                return (waiter, nil, s.window.consumed(buffer.readableBytes, now: .now(), rtt: shared.rtt))
+                return (waiter, nil, consume(buffer.readableBytes, &s))
             }
             s.buffers.append(buffer)
             s.bufferedBytes += buffer.readableBytes
@@ -378,6 +421,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
             if discardQueued {
                 s.buffers.removeAll()
                 s.bufferedBytes = 0
+                if s.protocolEnded { releaseScope(&s) }
                 if case .error = s.end {} else { s.end = .error(error) }
             } else if s.end == nil {
                 s.end = .error(error)
@@ -432,3 +476,51 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// A FIFO that allocates nothing until something is queued (an idle stream holds two of them,
+/// where a `CircularBuffer` would allocate its storage up front): an array read from `head`,
+/// reset when drained (keeping its storage for the next burst).
+struct Queue<Element> {
+    private var elements: [Element?] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == elements.count }
+    var count: Int { elements.count - head }
+    var first: Element? { isEmpty ? nil : elements[head] }
+
+    mutating func append(_ element: Element) {
+        elements.append(element)
+    }
+
+    mutating func popFirst() -> Element? {
+        guard head < elements.count else { return nil }
+        let element = elements[head].take()
+        head += 1
+        if head == elements.count {
+            elements.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 64 && head * 2 >= elements.count {
+            // Compact once the consumed prefix dominates, so a queue never drained stays bounded.
+            elements.removeFirst(head)
+            head = 0
+        }
+        return element
+    }
+
+    /// Applies `body` to the first element in place. The queue must not be empty.
+    mutating func modifyFirst<T>(_ body: (inout Element) -> T) -> T {
+        precondition(head < elements.count)
+        return body(&elements[head]!)
+    }
+
+    /// Empties the queue and frees its storage.
+    mutating func removeAll() {
+        elements = []
+        head = 0
+    }
+
+    /// The elements in order.
+    var all: [Element] { elements[head...].map { $0! } }
+}
+
+extension Queue: Sendable where Element: Sendable {}

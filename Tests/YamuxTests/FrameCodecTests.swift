@@ -132,6 +132,34 @@ struct FrameCodecTests {
         }
     }
 
+    @Test("a discarded payload is skipped as it arrives, in pieces of any size, and the next frame decodes")
+    func discardedPayload() throws {
+        var decoder = YamuxFrameDecoder()
+        let length = 1_000_000
+        var bytes = ByteBuffer()
+        YamuxFrame(type: .data, streamID: 5, length: UInt32(length)).encodeHeader(into: &bytes)
+        bytes.writeRepeatingByte(7, count: length)
+        YamuxFrame.data(streamID: 3, payload: ByteBuffer(string: "next")).encode(into: &bytes)
+        var frames: [YamuxFrame] = []
+        var largest = 0
+        var generator = SystemRandomNumberGenerator()
+        while bytes.readableBytes > 0 {
+            decoder.append(bytes.readSlice(length: min(bytes.readableBytes, Int.random(in: 1...70_000, using: &generator)))!)
+            while let frame = try decoder.nextFrame(classifyingHeader: { header throws(YamuxError) in
+                header.streamID == 5 ? .discard : .keep
+            }) {
+                frames.append(frame)
+            }
+            largest = max(largest, decoder.bufferedBytes)
+        }
+        #expect(frames.count == 2)
+        #expect(frames.first?.header == YamuxFrameHeader(type: .data, flags: [], streamID: 5, length: UInt32(length)))
+        #expect(frames.first?.payload.readableBytes == 0)
+        #expect(frames.last == .data(streamID: 3, payload: ByteBuffer(string: "next")))
+        #expect(largest < 70_000)
+        #expect(decoder.discardingBytes == 0 && decoder.bufferedBytes == 0)
+    }
+
     @Test("unknown flag bits are preserved, not rejected")
     func unknownFlags() throws {
         var decoder = YamuxFrameDecoder()
