@@ -34,12 +34,13 @@ public struct PointSubRequest: Sendable {
 /// has its first bytes (already buffered ones included), before they are parsed; `incomplete`
 /// runs each time a started message needs another read.
 func readMessage(
-    from stream: P2PStream, into parser: inout PointSubMessageParser, firstBytes: () throws -> Void = {},
+    from stream: P2PStream, into parser: inout PointSubMessageParser,
+    firstBytes: (inout PointSubMessageParser) throws -> Void = { _ in },
     incomplete: () -> Void = {}
 ) async throws -> PointSubMessage? {
     var started = parser.bufferedBytes > 0
     if started {
-        try firstBytes()
+        try firstBytes(&parser)
         if let message = try parser.next() { return message }
     }
     while true {
@@ -51,7 +52,7 @@ func readMessage(
         guard chunk.readableBytes > 0 else { continue }
         if !started {
             started = true
-            try firstBytes()
+            try firstBytes(&parser)
         }
         parser.append(chunk)
         if let message = try parser.next() { return message }

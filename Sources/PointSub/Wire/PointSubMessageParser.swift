@@ -79,6 +79,18 @@ public struct PointSubMessageParser: Sendable {
         }
     }
 
+    /// Whether the parser holds storage (a parser made without a buffer has none until bytes
+    /// arrive or `adoptStorage` gives it some).
+    public var hasStorage: Bool { buffer.capacity > 0 }
+
+    /// Uses `storage` (e.g. from a `BufferPool`, cleared here) to accumulate into when nothing
+    /// is buffered; otherwise (bytes are pending) keeps the current storage and ignores it.
+    public mutating func adoptStorage(_ storage: ByteBuffer) {
+        guard buffer.readableBytes == 0 else { return }
+        buffer = storage
+        buffer.clear()
+    }
+
     /// Hands the storage back (for a buffer pool); the parser is empty afterwards.
     public mutating func takeBuffer() -> ByteBuffer {
         defer { buffer = ByteBuffer() }
