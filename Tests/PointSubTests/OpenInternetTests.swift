@@ -277,43 +277,52 @@ struct OpenInternetTests {
     }
 
     /// Memory per idle PointSub stream (heap growth, `mallinfo2`), on top of what an idle stream
-    /// costs the host (Yamux, negotiation, handler task) measured with a handler that only waits.
+    /// costs the host (Yamux, negotiation, handler task), measured with a handler that only
+    /// waits. Three rounds, the smallest difference counts: other tests running at the same time
+    /// move the heap either way, but cannot make every round look small if PointSub is not.
     @Test func idleStreamsCostLittleMemory() async throws {
         let config = PointSubServer.Configuration.defaults { $0.maxIdleStreamsPerPeer = 1000 }
         try await withServerAndClient(server: config) { server, client, serverHost in
             try server.start("/idle/1.0.0", handler: reverseHandler)
             let waiting = Counter()
+            let done = Counter()
             try serverHost.setStreamHandler("/baseline/1.0.0") { stream in
                 waiting.increment()
                 _ = try? await stream.read()
+                done.increment()
             }
             let peer = serverHost.peerID
-            var streams: [P2PStream] = []
-            func open(_ protocolID: String, _ count: Int) async throws {
+            func open(_ protocolID: String, _ count: Int) async throws -> [P2PStream] {
+                var streams: [P2PStream] = []
                 for _ in 0..<count {
                     streams.append(try await client.host.newStream(to: peer, protocols: [protocolID]))
                 }
+                return streams
             }
             // Warm-up, so one-time allocations (pools, caches, table growth) are not counted.
-            try await open("/baseline/1.0.0", 20)
-            try await open("/idle/1.0.0", 20)
+            let warm = try await open("/baseline/1.0.0", 20) + open("/idle/1.0.0", 20)
             #expect(await eventually { waiting.count == 20 && server.connectionsInfo().count == 20 })
-            let n = 450
-            try await Task.sleep(for: .milliseconds(100))
-            let start = heapInUse()
-            try await open("/baseline/1.0.0", n)
-            #expect(await eventually { waiting.count == 20 + n })
-            try await Task.sleep(for: .milliseconds(100))
-            let middle = heapInUse()
-            try await open("/idle/1.0.0", n)
-            #expect(await eventually { server.connectionsInfo().count == 20 + n })
-            try await Task.sleep(for: .milliseconds(100))
-            let end = heapInUse()
-            let baseline = (middle - start) / n
-            let pointSub = (end - middle) / n
-            print("idle stream heap growth: baseline handler \(baseline) B, PointSub \(pointSub) B, PointSub adds \(pointSub - baseline) B")
-            #expect(pointSub - baseline <= 4096)
-            for stream in streams { stream.reset() }
+            let n = 400
+            var results: [(baseline: Int, pointSub: Int)] = []
+            for _ in 0..<3 {
+                try await Task.sleep(for: .milliseconds(50))
+                let start = heapInUse()
+                let baselineStreams = try await open("/baseline/1.0.0", n)
+                #expect(await eventually { waiting.count - done.count == 20 + n })
+                try await Task.sleep(for: .milliseconds(50))
+                let middle = heapInUse()
+                let pointSubStreams = try await open("/idle/1.0.0", n)
+                #expect(await eventually { server.connectionsInfo().count == 20 + n })
+                try await Task.sleep(for: .milliseconds(50))
+                let end = heapInUse()
+                results.append(((middle - start) / n, (end - middle) / n))
+                for stream in baselineStreams + pointSubStreams { stream.reset() }
+                #expect(await eventually { waiting.count - done.count == 20 && server.connectionsInfo().count == 20 })
+            }
+            let added = results.map { $0.pointSub - $0.baseline }
+            print("idle stream heap growth per stream (baseline handler, PointSub): \(results); PointSub adds \(added)")
+            #expect(added.min()! <= 4096)
+            for stream in warm { stream.reset() }
         }
     }
 }
