@@ -183,8 +183,9 @@ struct OpenInternetTests {
             }
             #expect(replies == Array(repeating: "\(size)", count: count))
             #expect(held.withLockedValue { $0.max } <= 64 << 20)
-            #expect(server.decompressedBytesInFlight == 0)
-            #expect(serverHost.resourceManager.usage(ofService: "pointsub").memory == 0)
+            // Released once each reply is written (just after the client may have read it).
+            #expect(await eventually { server.decompressedBytesInFlight == 0 })
+            #expect(await eventually { serverHost.resourceManager.usage(ofService: "pointsub").memory == 0 })
         }
     }
 
@@ -208,6 +209,18 @@ struct OpenInternetTests {
             large.reset()
             #expect(server.decompressedBytesInFlight == 0)
             #expect(serverHost.resourceManager.usage(ofService: "pointsub").memory == 0)
+        }
+    }
+
+    /// The client inflates a compressed reply within its own bound and gives the reservation
+    /// back (its `pointsub` service scope returns to zero).
+    @Test func clientDecompressionIsAccounted() async throws {
+        try await withServerAndClient { server, client, serverHost in
+            try server.start("/big/1.0.0") { _ in ByteBuffer(repeating: 1, count: 1 << 20) }
+            let reply = try await client.send(ByteBuffer(string: "x"), to: serverHost.peerID, protocol: "/big/1.0.0")
+            #expect(reply.readableBytes == 1 << 20)
+            #expect(client.statistics.compressedResponses == 1)
+            #expect(client.host.resourceManager.usage(ofService: "pointsub").memory == 0)
         }
     }
 

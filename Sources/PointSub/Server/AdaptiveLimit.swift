@@ -99,6 +99,7 @@ public struct AdaptiveLimit: Sendable, Equatable {
 public final class ConnectionLimiter: Sendable {
     /// The outcome of `tryAcquire(for:)`.
     public enum Admission: Sendable, Equatable {
+        /// A slot was taken; give it back with `release(for:)`.
         case admitted
         /// Every slot is taken.
         case atLimit
@@ -116,6 +117,8 @@ public final class ConnectionLimiter: Sendable {
     public let perPeerShare: Double
     private let state: NIOLockedValueBox<State>
 
+    /// A limiter starting at `configuration.initial`; `perPeerShare` (clamped to 0...1, at least one
+    /// slot) applies to `tryAcquire(for:)` only.
     public init(
         _ configuration: AdaptiveLimit.Configuration, perPeerShare: Double = 1, now: ContinuousClock.Instant = .now
     ) {
@@ -181,7 +184,9 @@ public final class ConnectionLimiter: Sendable {
         s.limit.adjust(active: load, now: now)
     }
 
+    /// The current limit.
     public var limit: Int { state.withLockedValue { $0.limit.limit } }
+    /// The slots taken now.
     public var active: Int { state.withLockedValue { $0.active } }
     /// The slots `peer` holds now.
     public func active(for peer: PeerID) -> Int { state.withLockedValue { $0.byPeer[peer] ?? 0 } }
