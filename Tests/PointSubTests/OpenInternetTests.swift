@@ -134,14 +134,18 @@ struct OpenInternetTests {
     /// A new stream that sends nothing is reset after the read timeout (by the cleanup's sweep,
     /// not a timer per stream), counted and logged; an active one is not.
     @Test func silentNewStreamsAreResetAfterTheReadTimeout() async throws {
-        let config = PointSubServer.Configuration.defaults { $0.readTimeout = .milliseconds(200) }
+        let config = PointSubServer.Configuration.defaults { $0.readTimeout = .seconds(1) }
         try await withServerAndClient(server: config) { server, client, serverHost in
             try server.start("/reverse/1.0.0", handler: reverseHandler)
-            let silent = try await client.host.newStream(to: serverHost.peerID, protocols: ["/reverse/1.0.0"])
+            let peer = serverHost.peerID
+            #expect(try await client.send("ab", to: peer, protocol: "/reverse/1.0.0") == "ba")
+            let silent = try await client.host.newStream(to: peer, protocols: ["/reverse/1.0.0"])
             #expect(await eventually { server.statistics.readTimeouts == 1 })
             await #expect(throws: (any Error).self) { try await silent.read() }
-            #expect(try await client.send("ab", to: serverHost.peerID, protocol: "/reverse/1.0.0") == "ba")
+            // The stream that sent a request stays (idle streams are the idle timeout's business).
             #expect(server.connectionsInfo().count == 1)
+            #expect(try await client.send("cd", to: peer, protocol: "/reverse/1.0.0") == "dc")
+            #expect(client.statistics.streamsReused == 1)
         }
     }
 
@@ -299,9 +303,10 @@ struct OpenInternetTests {
             await group.triggerGracefulShutdown()
             try await running.value
             #expect(try await call.value == "done")
-            await #expect { try await client.send("x", to: peer, protocol: "/slow/1.0.0") } throws: {
-                pointSubError($0)?.code == .protocolNotSupported
-            }
+            // Stopped: the protocol is no longer served and no stream is left.
+            #expect(!serverHost.supportedProtocols.contains("/slow/1.0.0"))
+            #expect(server.connectionsInfo().isEmpty)
+            #expect(throws: PointSubError.self) { try server.start("/other/1.0.0", handler: reverseHandler) }
         }
     }
 

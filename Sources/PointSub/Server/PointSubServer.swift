@@ -234,8 +234,8 @@ public final class PointSubServer: Sendable {
             where record.phase == .waiting && !record.closing && record.requestCount == 0
                 && now - record.created >= readTimeout
             {
+                if let wait = record.idleWait, !wait.finish(.ended) { continue }  // bytes just arrived
                 s.records[id]!.closing = true
-                record.idleWait?.finish(.ended)
                 streams.append(record.stream)
             }
             s.stats.readTimeouts += streams.count
@@ -266,9 +266,10 @@ public final class PointSubServer: Sendable {
     private static func retireWaiting(_ s: inout State, where matches: (Record) -> Bool) -> [P2PStream] {
         var streams: [P2PStream] = []
         for (id, record) in s.records where record.phase == .waiting && !record.closing && matches(record) {
+            // close() drops the stream's read handler without a word: end the wait first. If
+            // the wait ended already, a request's first bytes just arrived: not idle.
+            if let wait = record.idleWait, !wait.finish(.ended) { continue }
             s.records[id]!.closing = true
-            // close() drops the stream's read handler without a word: end the wait first.
-            record.idleWait?.finish(.ended)
             streams.append(record.stream)
         }
         return streams
