@@ -144,7 +144,11 @@ let package = Package(
         .testTarget(name: "PointSubTests", dependencies: [
             "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), "CHeapInfo",
         ], swiftSettings: strict),
+        // glibc's mallinfo2() for tests that measure heap per object (not in Swift's Glibc module).
+        .target(name: "CHeapInfo", path: "Tests/CHeapInfo"),
         .target(name: "TestSupport", dependencies: [
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Tests/TestSupport", swiftSettings: strict),

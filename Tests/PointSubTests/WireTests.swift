@@ -455,6 +455,30 @@ func randomBytes(_ count: Int) -> ByteBuffer {
         #expect((100...10_000).contains(shared.limit))
     }
 
+    /// Issue 10: a peer holds at most its share of the slots, and its requests beyond a cap
+    /// (well below the shrink threshold) do not count as load, so it cannot shrink the limit.
+    @Test func perPeerShareAndOnePeerCannotShrinkTheLimit() throws {
+        var config = AdaptiveLimit.Configuration()
+        config.initial = 100
+        config.minimum = 10
+        config.maximum = 100
+        let limiter = ConnectionLimiter(config, perPeerShare: 0.25, now: t0)
+        let attacker = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let honest = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        for _ in 0..<25 { #expect(limiter.tryAcquire(for: attacker, now: t0) == .admitted) }
+        #expect(limiter.tryAcquire(for: attacker, now: t0) == .atPeerLimit)
+        #expect(limiter.tryAcquire(for: honest, now: t0) == .admitted)
+        // Many adjustment intervals at the attacker's full share: the limit stays.
+        for second in 1...50 {
+            #expect(limiter.tryAcquire(for: attacker, now: t0 + .seconds(second)) == .atPeerLimit)
+        }
+        #expect(limiter.limit == 100)
+        limiter.release(for: honest, now: t0 + .seconds(51))
+        for _ in 0..<25 { limiter.release(for: attacker, now: t0 + .seconds(51)) }
+        #expect(limiter.active == 0)
+        #expect(limiter.active(for: attacker) == 0)
+    }
+
     @Test func invalidLimitConfigurations() {
         var c = AdaptiveLimit.Configuration()
         c.minimum = 0

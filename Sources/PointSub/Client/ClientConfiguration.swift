@@ -20,6 +20,12 @@ extension PointSubClient {
         /// Compress requests per docs/PROTOCOL.md (≥ 1 KiB and saves ≥ 10 %). Compressed
         /// replies are always accepted.
         public var compression = true
+        /// Decompressed bytes of replies being inflated at once, over all calls (64 MiB: two
+        /// replies at the 32 MiB maximum block size). A compressed reply reserves its declared
+        /// size (and as much in the host resource manager's `pointsub` service scope) before it
+        /// is inflated; a reply that finds no room within the request timeout fails with
+        /// `.resourceLimit`.
+        public var maxDecompressedBytesInFlight = 64 * 1024 * 1024
         /// Read buffers kept for reuse, and the largest one kept.
         public var bufferPoolSize = 64
         public var bufferPoolMaxBufferSize = 1024 * 1024
@@ -41,6 +47,7 @@ extension PointSubClient {
             guard maxRetries >= 0 else { throw fail("maxRetries must not be negative (is \(maxRetries))") }
             guard maxIdleStreams >= 0 else { throw fail("maxIdleStreams must not be negative") }
             guard maxBlockSize > 0 else { throw fail("maxBlockSize must be positive (is \(maxBlockSize))") }
+            guard maxDecompressedBytesInFlight > 0 else { throw fail("maxDecompressedBytesInFlight must be positive") }
             guard bufferPoolSize >= 0 else { throw fail("bufferPoolSize must not be negative") }
             guard bufferPoolMaxBufferSize > 0 else { throw fail("bufferPoolMaxBufferSize must be positive") }
         }

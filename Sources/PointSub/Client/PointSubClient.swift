@@ -120,6 +120,7 @@ public final class PointSubClient: Sendable {
     public let host: P2PHost
     public let configuration: Configuration
     private let pool: BufferPool
+    private let decompression: DecompressionLimiter
     private let state = NIOLockedValueBox(State())
     /// The server nodes per protocol for `sendClosest` (PointSubClient+Closest.swift).
     let nodeList: NodeList
@@ -137,6 +138,9 @@ public final class PointSubClient: Sendable {
         self.nodeList = NodeList(localPeer: host.peerID, now: nodeClock)
         self.pool = BufferPool(
             maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
+        self.decompression = DecompressionLimiter(
+            capacity: configuration.maxDecompressedBytesInFlight, wait: configuration.requestTimeout,
+            memory: host.resourceManager.serviceScope("pointsub"))
         let interval = configuration.cleanupInterval
         let task = Task { [weak self] in
             while !Task.isCancelled {
@@ -344,7 +348,19 @@ public final class PointSubClient: Sendable {
         }
         let payload: ByteBuffer
         do {
-            payload = try reply.decodedPayload(maxBlockSize: configuration.maxBlockSize)
+            // Same bounds as the server's (a server can send a zip bomb too): reserved before
+            // inflating, large replies inflated off the event loops. The reservation covers the
+            // inflating; the caller owns the reply afterwards.
+            let decoded = try await decompression.decode(
+                reply, maxBlockSize: configuration.maxBlockSize, eventLoop: stream.stream.eventLoop)
+            decoded.reservation.release()
+            payload = decoded.payload
+        } catch let refused as DecompressionLimiter.Refused {
+            drop(stream, reset: true)
+            if refused.timedOut {
+                throw PointSubError(.timeout(requestSent: true), refused.description)
+            }
+            throw connectionFailed(sent: true, refused.description, refused.underlying)
         } catch {
             drop(stream, reset: true)
             throw error

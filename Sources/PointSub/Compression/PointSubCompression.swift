@@ -135,6 +135,12 @@ public enum PointSubCompression {
                 throw .violation(
                     .originalSizeMismatch, "zlib data decompresses to more than the declared \(originalLength) bytes")
             }
+            // Grow by doubling but never past the declared size (a write that needs room rounds
+            // up to a power of two: up to twice what the receiver reserved for it).
+            if output.writableBytes < chunk.readableBytes {
+                let needed = output.readableBytes + chunk.readableBytes
+                output.reserveCapacity(min(originalLength, max(needed, 2 * output.capacity)))
+            }
             output.writeBuffer(&chunk)
             if outputFull { continue }
             break

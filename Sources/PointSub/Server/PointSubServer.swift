@@ -1,7 +1,9 @@
 import Identity
 import LibP2P
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import ServiceLifecycle
 
 /// Serves PointSub requests (docs/PROTOCOL.md) for one or more protocol IDs on a host.
 ///
@@ -9,6 +11,14 @@ import NIOCore
 /// handler (bounded by `handlerTimeout`), writes the reply, and waits for the next request on
 /// the same stream until the client closes it, it has been idle too long, or it reached
 /// `maxRequestsPerConnection`.
+///
+/// What a peer can make the server hold is bounded (issue 10): a request slot only while a
+/// request is read, handled or answered (`connectionLimit`, at most `perPeerRequestShare` of it
+/// per peer); idle streams by `maxIdleStreams`/`maxIdleStreamsPerPeer` and `idleTimeout`, with no
+/// read buffer while idle; decompressed bytes by `maxDecompressedBytesInFlight` (reserved in the
+/// host's `pointsub` service scope before inflating, large payloads inflated off the event loops).
+/// Refusals are counted (`statistics`, `pointsub_*` metrics) and logged at a bounded rate with
+/// the peer and its address.
 public final class PointSubServer: Sendable {
     public typealias Handler = @Sendable (PointSubRequest) async throws -> ByteBuffer
 
@@ -22,6 +32,7 @@ public final class PointSubServer: Sendable {
     private struct Record {
         let id: UInt64
         let stream: P2PStream
+        let peer: PeerID
         let protocolID: String
         let created: ContinuousClock.Instant
         var lastActive: ContinuousClock.Instant
@@ -33,6 +44,10 @@ public final class PointSubServer: Sendable {
         var handlerTask: Task<Void, Never>?
         /// The stream failed while the handler ran (it may not have started yet).
         var handlerCancelled = false
+        /// Holds a request slot of `limiter` (from a request's first bytes to its reply).
+        var holdsSlot = false
+        /// The wait for the next request's first bytes, while there is one.
+        var idleWait: IdleWait?
     }
 
     private struct State {
@@ -42,6 +57,20 @@ public final class PointSubServer: Sendable {
         var stopping = false
         var cleanupTask: Task<Void, Never>?
         var stats = Statistics()
+        /// Streams in phase `waiting`, in total and per peer.
+        var idleCount = 0
+        var idleByPeer: [PeerID: Int] = [:]
+
+        mutating func addIdle(_ peer: PeerID) {
+            idleCount += 1
+            idleByPeer[peer, default: 0] += 1
+        }
+
+        mutating func removeIdle(_ peer: PeerID) {
+            idleCount -= 1
+            let n = idleByPeer[peer] ?? 0
+            idleByPeer[peer] = n > 1 ? n - 1 : nil
+        }
     }
 
     /// Why a request is not read any further (thrown out of `readMessage`'s first-bytes hook).
@@ -50,10 +79,20 @@ public final class PointSubServer: Sendable {
         var stopping: Bool
     }
 
+    /// A request refused with `busy` at its first bytes (no slot for it).
+    private struct NoSlot: Error {
+        var reason: PointSubServerMetrics.Refusal
+        var text: String
+    }
+
     public let host: P2PHost
     public let configuration: Configuration
     private let limiter: ConnectionLimiter
     private let pool: BufferPool
+    private let decompression: DecompressionLimiter
+    private let metrics = PointSubServerMetrics()
+    /// Refusals are a peer's to trigger at will: at most a few lines a second per kind.
+    private let refusalLog: RateLimitedLogger
     private let state = NIOLockedValueBox(State())
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
@@ -61,7 +100,11 @@ public final class PointSubServer: Sendable {
         try configuration.validate()
         self.host = host
         self.configuration = configuration
-        self.limiter = ConnectionLimiter(configuration.connectionLimit)
+        self.limiter = ConnectionLimiter(configuration.connectionLimit, perPeerShare: configuration.perPeerRequestShare)
+        self.decompression = DecompressionLimiter(
+            capacity: configuration.maxDecompressedBytesInFlight, wait: configuration.readTimeout,
+            memory: host.resourceManager.serviceScope("pointsub"))
+        self.refusalLog = RateLimitedLogger(host.configuration.logger, perSecond: 1, burst: 10)
         self.pool = BufferPool(
             maxBuffers: configuration.bufferPoolSize, maxBufferCapacity: configuration.bufferPoolMaxBufferSize)
     }
@@ -148,8 +191,14 @@ public final class PointSubServer: Sendable {
     }
 
     public var statistics: Statistics { state.withLockedValue { $0.stats } }
-    /// The current (adaptive) limit on concurrent streams.
+    /// The current (adaptive) limit on concurrent requests.
     public var connectionLimit: Int { limiter.limit }
+    /// The requests one peer may have in progress at once now.
+    public var perPeerRequestLimit: Int { limiter.perPeerLimit }
+    /// Requests being read, handled or answered now.
+    public var requestsInProgress: Int { limiter.active }
+    /// Decompressed request bytes reserved now (bounded by `maxDecompressedBytesInFlight`).
+    public var decompressedBytesInFlight: Int { decompression.inFlight }
     public var bufferPoolStatistics: BufferPool.Statistics { pool.statistics }
 
     // MARK: - Idle cleanup
@@ -158,13 +207,43 @@ public final class PointSubServer: Sendable {
         state.withLockedValue { s in
             guard s.cleanupTask == nil, !s.stopping else { return }
             let interval = configuration.cleanupInterval
+            // New streams must send their first request within `readTimeout`; a sweep enforces
+            // it (at most a quarter of the timeout late) instead of a timer per idle stream.
+            let tick = min(interval, max(configuration.readTimeout / 4, .milliseconds(10)))
             s.cleanupTask = Task { [weak self] in
+                var lastCleanup = ContinuousClock.now
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
+                    try? await Task.sleep(for: tick)
                     guard let self, !Task.isCancelled else { return }
-                    await self.closeIdleStreams()
+                    self.resetSilentStreams()
+                    if ContinuousClock.now - lastCleanup >= interval {
+                        lastCleanup = .now
+                        await self.closeIdleStreams()
+                    }
                 }
             }
+        }
+    }
+
+    /// Resets the new streams that have not sent a byte within `readTimeout`.
+    func resetSilentStreams(now: ContinuousClock.Instant = .now) {
+        let readTimeout = configuration.readTimeout
+        let silent = state.withLockedValue { s -> [P2PStream] in
+            var streams: [P2PStream] = []
+            for (id, record) in s.records
+            where record.phase == .waiting && !record.closing && record.requestCount == 0
+                && now - record.created >= readTimeout
+            {
+                if let wait = record.idleWait, !wait.finish(.ended) { continue }  // bytes just arrived
+                s.records[id]!.closing = true
+                streams.append(record.stream)
+            }
+            s.stats.readTimeouts += streams.count
+            return streams
+        }
+        for stream in silent {
+            refused(.readTimeout, result: nil, stream, "no request within the read timeout of \(readTimeout)")
+            stream.reset()
         }
     }
 
@@ -187,6 +266,9 @@ public final class PointSubServer: Sendable {
     private static func retireWaiting(_ s: inout State, where matches: (Record) -> Bool) -> [P2PStream] {
         var streams: [P2PStream] = []
         for (id, record) in s.records where record.phase == .waiting && !record.closing && matches(record) {
+            // close() drops the stream's read handler without a word: end the wait first. If
+            // the wait ended already, a request's first bytes just arrived: not idle.
+            if let wait = record.idleWait, !wait.finish(.ended) { continue }
             s.records[id]!.closing = true
             streams.append(record.stream)
         }
@@ -195,119 +277,322 @@ public final class PointSubServer: Sendable {
 
     // MARK: - One stream
 
+    private enum Admission {
+        case admitted(UInt64)
+        case stopping
+        case tooManyIdle(String)
+    }
+
+    // Memory per idle stream (issue 10: 17.5 KiB per idle stream before, heap growth measured
+    // in OpenInternetTests). The host keeps a task per stream while its handler runs, so an idle
+    // stream costs at least that task; what PointSub adds is kept small: an idle stream waits in
+    // `waitForBytes` on a read handler on the event loop (no `read()` chain of async frames), holds
+    // no read buffer, no timer (the first-request timeout is enforced by the cleanup's sweep) and
+    // no watchdog, and the large frames (`serveRequest`, `receive`, `respond`: the request, its
+    // payload, the reply) exist only while a request is handled. Measured: one `serve` with
+    // everything inline and a `read()` per idle stream cost ~5 KiB more than a handler that
+    // only awaits `read()`; now about the same as it.
+
     private func serve(_ stream: P2PStream, protocolID: String, handler: @escaping Handler) async {
-        let loop = host.eventLoopGroup.next()
-        let watchdog = StreamWatchdog(stream: stream, eventLoop: loop)
-        defer { watchdog.disarm() }
-        guard limiter.tryAcquire() else {
-            state.withLockedValue { $0.stats.busyRefusals += 1 }
-            await refuse(stream, .busy, "the server is at its limit of \(limiter.limit) streams", watchdog: watchdog)
-            return
-        }
-        defer { limiter.release() }
-        let now = ContinuousClock.now
-        let id = state.withLockedValue { s -> UInt64? in
-            guard !s.stopping else {
-                s.stats.unavailableRefusals += 1
-                return nil
-            }
-            let id = s.nextID
-            s.nextID += 1
-            s.records[id] = Record(id: id, stream: stream, protocolID: protocolID, created: now, lastActive: now)
-            s.stats.streamsAccepted += 1
-            return id
-        }
-        guard let id else {
-            await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
-            return
-        }
-        defer { _ = state.withLockedValue { $0.records.removeValue(forKey: id) } }
-
-        var parser = PointSubMessageParser(
-            maxBlockSize: configuration.maxBlockSize, accepting: [.request], buffer: pool.take())
-        defer { pool.give(parser.takeBuffer()) }
-        // A new stream must send its first request within the read timeout.
-        watchdog.arm(configuration.readTimeout)
+        guard let id = await admit(stream, protocolID: protocolID) else { return }
+        defer { removeRecord(id) }
+        // No storage until a request's first bytes arrive (an idle stream holds no buffer).
+        var parser = PointSubMessageParser(maxBlockSize: configuration.maxBlockSize, accepting: [.request])
+        defer { returnBuffer(&parser) }
         while true {
-            let message: PointSubMessage?
-            do {
-                message = try await readMessage(
-                    from: stream, into: &parser, firstBytes: { try beginRequest(id) },
-                    // Only a request that does not arrive in one piece needs the timer.
-                    incomplete: { watchdog.armIfIdle(configuration.readTimeout) })
-            } catch let error as PointSubError {
-                watchdog.disarm()
-                await refuseBadRequest(stream, error, watchdog: watchdog)
-                return
-            } catch let retired as Retired {
-                watchdog.disarm()
-                if retired.stopping {
-                    state.withLockedValue { $0.stats.unavailableRefusals += 1 }
-                    await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
+            var first: ByteBuffer?
+            if parser.bufferedBytes == 0 {
+                switch await waitForBytes(stream, id: id) {
+                case .data(let bytes): first = bytes
+                case .end: return  // the client closed its side: we close ours
+                case .ended:
+                    if !isClosing(id) { stream.reset() }
+                    return
                 }
-                return
-            } catch {
-                // Closed by the cleanup or stop(): our FIN is out, the client sees a clean end
-                // (spec: it may resend elsewhere). Otherwise reset by the client, or the read
-                // timeout fired (the watchdog reset the stream): nothing to answer.
-                if !isClosing(id) { stream.reset() }
+            }
+            guard await serveRequest(stream, id: id, parser: &parser, first: first, handler: handler) else { return }
+            // Idle again: no slot, no buffer.
+            if parser.bufferedBytes == 0 { returnBuffer(&parser) }
+            switch finishRequest(id) {
+            case .wait: continue
+            case .end: return
+            case .tooManyIdle(let text):
+                refused(.idleStreams, result: nil, stream, text)
+                await stream.close()
                 return
             }
-            watchdog.disarm()
-            guard let message else { return }  // the client closed its side: we close ours
-
-            let payload: ByteBuffer
-            do {
-                payload = try message.decodedPayload(maxBlockSize: configuration.maxBlockSize)
-            } catch {
-                await refuseBadRequest(stream, error, watchdog: watchdog)
-                return
-            }
-            if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
-
-            let request = PointSubRequest(payload: payload, peer: stream.remotePeer, protocolID: protocolID)
-            // The handler runs in one task of its own (so its time limit can cancel it without
-            // holding this one). If the client resets the stream meanwhile (its call was
-            // cancelled or timed out), the failure watcher cancels the handler: no read (and
-            // no task) needs to wait on the stream for that.
-            stream.setFailureWatcher { [weak self] in self?.cancelHandler(id) }
-            let reply: PointSubMessage
-            do {
-                reply = try await handle(request, handler: handler, recordID: id, eventLoop: loop)
-            } catch {
-                stream.setFailureWatcher(nil)
-                stream.reset()  // our own task was cancelled (host shutdown)
-                return
-            }
-            stream.setFailureWatcher(nil)
-            guard !clientWentAway(id) else {
-                stream.reset()  // the client is gone: nobody to answer
-                return
-            }
-
-            // Counted before the write so the client never sees a reply the counters miss.
-            let more = countRequest(id, compressedReply: reply.isCompressed)
-            watchdog.arm(configuration.writeTimeout)
-            do {
-                try await stream.write(contentsOf: reply.wireParts())
-            } catch {
-                stream.reset()
-                return
-            }
-            watchdog.disarm()
-            guard more, finishRequest(id) else { return }
         }
     }
 
-    /// First bytes of a request arrived: the stream is busy now, unless it was retired meanwhile.
+    /// Waits on the stream's event loop (a read handler, no `read()`) for the first bytes of the
+    /// next request.
+    private func waitForBytes(_ stream: P2PStream, id: UInt64) async -> IdleWait.Outcome {
+        let wait = IdleWait()
+        let registered = state.withLockedValue { s -> Bool in
+            guard let record = s.records[id], !record.closing else { return false }
+            s.records[id]!.idleWait = wait
+            return true
+        }
+        guard registered else { return .ended }
+        defer { state.withLockedValue { $0.records[id]?.idleWait = nil } }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                guard wait.start(continuation) else { return }
+                stream.eventLoop.execute {
+                    guard !wait.isFinished else { return }
+                    stream.setReadHandler { event in
+                        switch event {
+                        case .data(let bytes):
+                            guard bytes.readableBytes > 0 else { return }
+                            // Given back to read(): the request is read in the serving task.
+                            stream.setReadHandler(nil)
+                            if !wait.finish(.data(bytes)) { stream.reset() }  // retired meanwhile
+                        case .end: wait.finish(.end)
+                        case .failure: wait.finish(.ended)
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            if wait.finish(.ended) { stream.eventLoop.execute { stream.setReadHandler(nil) } }
+        }
+    }
+
+    /// Reads, handles and answers one request (`first`: its first bytes, taken by the idle
+    /// wait). false: the stream ends.
+    private func serveRequest(
+        _ stream: P2PStream, id: UInt64, parser: inout PointSubMessageParser, first: ByteBuffer?,
+        handler: @escaping Handler
+    ) async -> Bool {
+        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
+        defer { watchdog.disarm() }
+        guard let (message, started) = await receive(stream, id: id, parser: &parser, first: first, watchdog: watchdog)
+        else { return false }
+        return await respond(message, started: started, stream: stream, id: id, handler: handler, watchdog: watchdog)
+    }
+
+    /// Registers a new stream (idle until its first request's bytes arrive: it holds no request
+    /// slot, and counts against the idle bounds), or refuses it. nil: refused.
+    private func admit(_ stream: P2PStream, protocolID: String) async -> UInt64? {
+        let peer = stream.remotePeer
+        let now = ContinuousClock.now
+        let admission = state.withLockedValue { s -> Admission in
+            if s.stopping {
+                s.stats.unavailableRefusals += 1
+                return .stopping
+            }
+            let ofPeer = s.idleByPeer[peer] ?? 0
+            if s.idleCount >= configuration.maxIdleStreams || ofPeer >= configuration.maxIdleStreamsPerPeer {
+                s.stats.idleStreamRefusals += 1
+                s.stats.busyRefusals += 1
+                return .tooManyIdle(
+                    s.idleCount >= configuration.maxIdleStreams
+                        ? "the server holds its limit of \(configuration.maxIdleStreams) idle streams"
+                        : "the peer holds its limit of \(configuration.maxIdleStreamsPerPeer) idle streams")
+            }
+            let id = s.nextID
+            s.nextID += 1
+            s.records[id] = Record(
+                id: id, stream: stream, peer: peer, protocolID: protocolID, created: now, lastActive: now)
+            s.addIdle(peer)
+            s.stats.streamsAccepted += 1
+            return .admitted(id)
+        }
+        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
+        defer { watchdog.disarm() }
+        switch admission {
+        case .stopping:
+            refused(.unavailable, result: .unavailable, stream, "the server is shutting down")
+            await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
+            return nil
+        case .tooManyIdle(let text):
+            refused(.idleStreams, result: .busy, stream, text)
+            await refuse(stream, .busy, text, watchdog: watchdog)
+            return nil
+        case .admitted(let id):
+            return id
+        }
+    }
+
+    /// Waits for the next request and reads it (taking a request slot at its first bytes).
+    /// nil: the stream ends (the client closed it, or it was refused, reset or retired).
+    private func receive(
+        _ stream: P2PStream, id: UInt64, parser: inout PointSubMessageParser, first: ByteBuffer?,
+        watchdog: StreamWatchdog
+    ) async -> (PointSubMessage, ContinuousClock.Instant)? {
+        var started = ContinuousClock.now
+        let message: PointSubMessage?
+        do {
+            message = try await readMessage(
+                from: stream, into: &parser, first: first,
+                firstBytes: { parser in
+                    try beginRequest(id)
+                    started = .now
+                    parser.adoptStorage(pool.take())
+                },
+                // Only a request that does not arrive in one piece needs the timer.
+                incomplete: { watchdog.armIfIdle(configuration.readTimeout) })
+        } catch let error as PointSubError {
+            watchdog.disarm()
+            await refuseBadRequest(stream, error, watchdog: watchdog)
+            return nil
+        } catch let retired as Retired {
+            watchdog.disarm()
+            if retired.stopping {
+                state.withLockedValue { $0.stats.unavailableRefusals += 1 }
+                refused(.unavailable, result: .unavailable, stream, "the server is shutting down")
+                await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
+            }
+            return nil
+        } catch let noSlot as NoSlot {
+            watchdog.disarm()
+            refused(noSlot.reason, result: .busy, stream, noSlot.text)
+            await refuseAndDrain(stream, .busy, noSlot.text, watchdog: watchdog)
+            return nil
+        } catch {
+            // Closed by the cleanup or stop(): our FIN is out, the client sees a clean end
+            // (spec: it may resend elsewhere). Otherwise reset by the client, or the read
+            // timeout fired (the watchdog reset the stream): nothing to answer.
+            if watchdog.fired {
+                state.withLockedValue { $0.stats.readTimeouts += 1 }
+                refused(
+                    .readTimeout, result: nil, stream,
+                    "no complete request within the read timeout of \(configuration.readTimeout)")
+            }
+            if !isClosing(id) { stream.reset() }
+            return nil
+        }
+        watchdog.disarm()
+        guard let message else { return nil }  // the client closed its side: we close ours
+        return (message, started)
+    }
+
+    /// Decompresses, handles and answers one request. false: the stream ends.
+    private func respond(
+        _ message: PointSubMessage, started: ContinuousClock.Instant, stream: P2PStream, id: UInt64,
+        handler: @escaping Handler, watchdog: StreamWatchdog
+    ) async -> Bool {
+        metrics.bytesIn.increment(by: Int64(message.headerLength + message.payload.readableBytes))
+        let loop = stream.eventLoop
+        let payload: ByteBuffer
+        let reservation: DecompressionLimiter.Reservation
+        do {
+            (payload, reservation) = try await decompression.decode(
+                message, maxBlockSize: configuration.maxBlockSize, eventLoop: loop)
+        } catch let error as DecompressionLimiter.Refused {
+            state.withLockedValue { $0.stats.busyRefusals += 1 }
+            refused(.decompression, result: .busy, stream, error.description)
+            await refuse(stream, .busy, "the server has no room to decompress the request", watchdog: watchdog)
+            return false
+        } catch {
+            await refuseBadRequest(stream, error, watchdog: watchdog)
+            return false
+        }
+        // The decompressed request counts against the bound until its reply is written.
+        defer { reservation.release() }
+        if message.isCompressed {
+            state.withLockedValue { $0.stats.compressedRequests += 1 }
+            metrics.compressedBytesIn.increment(by: Int64(message.payload.readableBytes))
+            metrics.decompressedBytesIn.increment(by: Int64(payload.readableBytes))
+            metrics.decompressedInFlight.record(decompression.inFlight)
+        }
+
+        let request = PointSubRequest(payload: payload, peer: stream.remotePeer, protocolID: stream.protocolID)
+        // The handler runs in one task of its own (so its time limit can cancel it without
+        // holding this one). If the client resets the stream meanwhile (its call was
+        // cancelled or timed out), the failure watcher cancels the handler: no read (and
+        // no task) needs to wait on the stream for that.
+        stream.setFailureWatcher { [weak self] in self?.cancelHandler(id) }
+        let reply: PointSubMessage
+        let result: PointSubServerMetrics.Result
+        do {
+            (reply, result) = try await handle(request, handler: handler, recordID: id, eventLoop: loop)
+        } catch {
+            stream.setFailureWatcher(nil)
+            stream.reset()  // our own task was cancelled (host shutdown)
+            return false
+        }
+        stream.setFailureWatcher(nil)
+        guard !clientWentAway(id) else {
+            stream.reset()  // the client is gone: nobody to answer
+            return false
+        }
+
+        // Counted before the write so the client never sees a reply the counters miss.
+        let more = countRequest(id, compressedReply: reply.isCompressed)
+        metrics.count(result)
+        let parts = reply.wireParts()
+        metrics.bytesOut.increment(by: Int64(parts.reduce(0) { $0 + $1.readableBytes }))
+        watchdog.arm(configuration.writeTimeout)
+        do {
+            try await stream.write(contentsOf: parts)
+        } catch {
+            stream.reset()
+            return false
+        }
+        watchdog.disarm()
+        metrics.latency.record(duration: ContinuousClock.now - started)
+        return more
+    }
+
+    /// Gives the parser's storage back to the pool (if it has any).
+    private func returnBuffer(_ parser: inout PointSubMessageParser) {
+        if parser.hasStorage { pool.give(parser.takeBuffer()) }
+    }
+
+    /// Drops the record, with its idle count or request slot.
+    private func removeRecord(_ id: UInt64) {
+        let slot = state.withLockedValue { s -> PeerID? in
+            guard let record = s.records.removeValue(forKey: id) else { return nil }
+            if record.phase == .waiting { s.removeIdle(record.peer) }
+            return record.holdsSlot ? record.peer : nil
+        }
+        if let slot {
+            limiter.release(for: slot)
+            metrics.inFlight.record(limiter.active)
+        }
+    }
+
+    /// Counts and logs (at a bounded rate, with the peer and its address) a refusal.
+    private func refused(
+        _ reason: PointSubServerMetrics.Refusal, result: PointSubServerMetrics.Result?, _ stream: P2PStream,
+        _ text: String
+    ) {
+        metrics.refused(reason)
+        if let result { metrics.count(result) }
+        refusalLog.log(
+            .info, key: "pointsub refusal \(reason.rawValue)", "PointSub request refused",
+            metadata: [
+                "reason": .string(reason.rawValue), "peer": .stringConvertible(stream.remotePeer),
+                "address": .stringConvertible(stream.connection.remoteAddress), "protocol": .string(stream.protocolID),
+                "detail": .string(text),
+            ])
+    }
+
+    /// First bytes of a request arrived: the stream is busy now (it takes a request slot),
+    /// unless it was retired meanwhile or no slot is free.
     private func beginRequest(_ id: UInt64) throws {
         try state.withLockedValue { s in
             guard let record = s.records[id] else { throw Retired(stopping: false) }
             if record.closing { throw Retired(stopping: false) }
             if s.stopping { throw Retired(stopping: true) }
+            switch limiter.tryAcquire(for: record.peer) {
+            case .admitted: break
+            case .atLimit:
+                s.stats.busyRefusals += 1
+                throw NoSlot(reason: .busy, text: "the server is at its limit of \(limiter.limit) requests in progress")
+            case .atPeerLimit:
+                s.stats.busyRefusals += 1
+                s.stats.perPeerRefusals += 1
+                throw NoSlot(
+                    reason: .peerBusy, text: "the peer is at its limit of \(limiter.perPeerLimit) requests in progress")
+            }
+            s.removeIdle(record.peer)
+            s.records[id]!.holdsSlot = true
             s.records[id]!.phase = .busy
             s.records[id]!.lastActive = .now
         }
+        metrics.inFlight.record(limiter.active)
     }
 
     private func isClosing(_ id: UInt64) -> Bool {
@@ -341,23 +626,48 @@ public final class PointSubServer: Sendable {
         }
     }
 
-    /// The reply went out: wait for the next request unless the server is stopping.
-    private func finishRequest(_ id: UInt64) -> Bool {
-        state.withLockedValue { s in
-            guard s.records[id] != nil else { return false }
+    private enum AfterReply {
+        /// Wait for the next request.
+        case wait
+        /// The server is stopping (or the record is gone): end the stream.
+        case end
+        /// The idle bounds are reached: close the stream.
+        case tooManyIdle(String)
+    }
+
+    /// The reply went out: the slot is given back, and the stream waits for the next request
+    /// unless the server is stopping or the idle bounds are reached.
+    private func finishRequest(_ id: UInt64) -> AfterReply {
+        let (after, slot) = state.withLockedValue { s -> (AfterReply, PeerID?) in
+            guard let record = s.records[id] else { return (.end, nil) }
+            let slot = record.holdsSlot ? record.peer : nil
+            s.records[id]!.holdsSlot = false
             s.records[id]!.lastActive = .now
-            s.records[id]!.phase = .waiting
             s.records[id]!.handlerTask = nil
             s.records[id]!.handlerCancelled = false
-            return !s.stopping
+            guard !s.stopping else { return (.end, slot) }
+            let ofPeer = s.idleByPeer[record.peer] ?? 0
+            if s.idleCount >= configuration.maxIdleStreams || ofPeer >= configuration.maxIdleStreamsPerPeer {
+                s.stats.idleStreamRefusals += 1
+                s.records[id]!.closing = true
+                return (.tooManyIdle("idle stream limit reached: the stream is closed after its reply"), slot)
+            }
+            s.records[id]!.phase = .waiting
+            s.addIdle(record.peer)
+            return (.wait, slot)
         }
+        if let slot {
+            limiter.release(for: slot)
+            metrics.inFlight.record(limiter.active)
+        }
+        return after
     }
 
     /// Runs the handler within `handlerTimeout` and turns its outcome into the reply. Throws
     /// only when the calling task is cancelled.
     private func handle(
         _ request: PointSubRequest, handler: @escaping Handler, recordID: UInt64, eventLoop: any EventLoop
-    ) async throws -> PointSubMessage {
+    ) async throws -> (PointSubMessage, PointSubServerMetrics.Result) {
         do {
             let body = try await runWithTimeLimit(
                 configuration.handlerTimeout, on: eventLoop,
@@ -371,21 +681,21 @@ public final class PointSubServer: Sendable {
             ) { try await handler(request) }
             guard body.readableBytes <= configuration.maxBlockSize else {
                 state.withLockedValue { $0.stats.handlerErrors += 1 }
-                return .error(
-                    .handler,
-                    "the response of \(body.readableBytes) bytes exceeds the server's maximum block size of \(configuration.maxBlockSize)")
+                let text =
+                    "the response of \(body.readableBytes) bytes exceeds the server's maximum block size of \(configuration.maxBlockSize)"
+                return (.error(.handler, text), .handlerError)
             }
-            return .make(kind: .response, payload: body, compress: configuration.compression)
+            return (.make(kind: .response, payload: body, compress: configuration.compression), .ok)
         } catch is TimeLimitExceeded {
             state.withLockedValue { $0.stats.handlerTimeouts += 1 }
-            return .error(.timeout, "the handler did not finish within \(configuration.handlerTimeout)")
+            return (.error(.timeout, "the handler did not finish within \(configuration.handlerTimeout)"), .timeout)
         } catch let error as CancellationError where Task.isCancelled {
             throw error
         } catch {
             // Spec: a handler error reaches the client as an error message of code `handler`
             // carrying the error's text.
             state.withLockedValue { $0.stats.handlerErrors += 1 }
-            return .error(.handler, "\(error)")
+            return (.error(.handler, "\(error)"), .handlerError)
         }
     }
 
@@ -401,7 +711,19 @@ public final class PointSubServer: Sendable {
         state.withLockedValue { s in
             if code == .tooLarge { s.stats.tooLargeRefusals += 1 } else { s.stats.malformedRefusals += 1 }
         }
-        await refuse(stream, code, error.message, watchdog: watchdog)
+        if code == .tooLarge {
+            refused(.tooLarge, result: .tooLarge, stream, error.message)
+        } else {
+            refused(.malformed, result: .malformed, stream, error.message)
+        }
+        await refuseAndDrain(stream, code, error.message, watchdog: watchdog)
+    }
+
+    /// Answers with an error message, then drops what the client still sends of its request.
+    private func refuseAndDrain(
+        _ stream: P2PStream, _ code: RemoteErrorCode, _ text: String, watchdog: StreamWatchdog
+    ) async {
+        await refuse(stream, code, text, watchdog: watchdog)
         // Spec "Limits": the unread rest of the request is not buffered. We read and drop it
         // (so the client's write can finish and it reads our answer) until the client closes
         // or resets, at most `refusalLinger`; then reset.
@@ -421,6 +743,16 @@ public final class PointSubServer: Sendable {
             stream.reset()
         }
         watchdog.disarm()
+    }
+}
+
+extension PointSubServer: Service {
+    /// Serves (what was `start`ed) until a graceful shutdown is requested or the task is
+    /// cancelled, then stops accepting requests, lets those in progress finish for up to
+    /// `configuration.drainTimeout`, resets what is left, and returns.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await stop(gracePeriod: configuration.drainTimeout)
     }
 }
 
@@ -473,4 +805,67 @@ final class StreamWatchdog: Sendable {
     }
 
     var fired: Bool { state.withLockedValue { $0.fired } }
+}
+
+/// A server stream's wait for the first bytes of its next request: resumed once, by the stream's
+/// read handler (data, end, failure), by the idle cleanup or `stop()` retiring the stream, or by
+/// cancellation. Small on purpose (issue 10: memory per idle stream).
+final class IdleWait: Sendable {
+    enum Outcome: Sendable {
+        case data(ByteBuffer)
+        /// The client closed its side.
+        case end
+        /// Failed, reset, retired or cancelled.
+        case ended
+    }
+
+    private enum State {
+        case new
+        case waiting(CheckedContinuation<Outcome, Never>)
+        case finished(Outcome?)
+    }
+
+    private let state = NIOLockedValueBox(State.new)
+
+    /// Installs the continuation; false when the wait was finished already (then resumed here).
+    func start(_ continuation: CheckedContinuation<Outcome, Never>) -> Bool {
+        let early = state.withLockedValue { s -> Outcome? in
+            switch s {
+            case .new:
+                s = .waiting(continuation)
+                return nil
+            case .finished(let outcome):
+                s = .finished(nil)
+                return outcome ?? .ended
+            case .waiting:
+                preconditionFailure("an idle wait is started once")
+            }
+        }
+        guard let early else { return true }
+        continuation.resume(returning: early)
+        return false
+    }
+
+    var isFinished: Bool {
+        state.withLockedValue { if case .finished = $0 { true } else { false } }
+    }
+
+    /// Ends the wait with `outcome` unless it ended already; returns whether this call ended it.
+    @discardableResult
+    func finish(_ outcome: Outcome) -> Bool {
+        let (won, continuation) = state.withLockedValue { s -> (Bool, CheckedContinuation<Outcome, Never>?) in
+            switch s {
+            case .new:
+                s = .finished(outcome)
+                return (true, nil)
+            case .waiting(let continuation):
+                s = .finished(nil)
+                return (true, continuation)
+            case .finished:
+                return (false, nil)
+            }
+        }
+        continuation?.resume(returning: outcome)
+        return won
+    }
 }

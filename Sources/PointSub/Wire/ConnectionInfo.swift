@@ -30,16 +30,19 @@ public struct PointSubRequest: Sendable {
 
 /// Reads the next message from `stream` through `parser`. Returns nil on a clean end of stream
 /// between messages; throws `PointSubError` for bad bytes (`.truncated` when the stream ends
-/// inside a message) and the stream's own errors as they are. `firstBytes` runs once the message
+/// inside a message) and the stream's own errors as they are. `first`: bytes already read from
+/// the stream (they go before what `read()` returns). `firstBytes` runs once the message
 /// has its first bytes (already buffered ones included), before they are parsed; `incomplete`
 /// runs each time a started message needs another read.
 func readMessage(
-    from stream: P2PStream, into parser: inout PointSubMessageParser, firstBytes: () throws -> Void = {},
+    from stream: P2PStream, into parser: inout PointSubMessageParser, first: ByteBuffer? = nil,
+    firstBytes: (inout PointSubMessageParser) throws -> Void = { _ in },
     incomplete: () -> Void = {}
 ) async throws -> PointSubMessage? {
-    var started = parser.bufferedBytes > 0
+    var started = parser.bufferedBytes > 0 || (first?.readableBytes ?? 0) > 0
     if started {
-        try firstBytes()
+        try firstBytes(&parser)
+        if let first { parser.append(first) }
         if let message = try parser.next() { return message }
     }
     while true {
@@ -51,7 +54,7 @@ func readMessage(
         guard chunk.readableBytes > 0 else { continue }
         if !started {
             started = true
-            try firstBytes()
+            try firstBytes(&parser)
         }
         parser.append(chunk)
         if let message = try parser.next() { return message }

@@ -13,7 +13,11 @@ import NIOCore
 public struct PointSubMessageParser: Sendable {
     public let maxBlockSize: Int
     /// The kinds this side may receive (a server receives requests, a client responses and errors).
-    public let accepted: Set<PointSubMessage.Kind>
+    public var accepted: Set<PointSubMessage.Kind> {
+        Set(PointSubMessage.Kind.allCases.filter { acceptedMask & 1 << $0.rawValue != 0 })
+    }
+    /// `accepted` as bits (1 << kind): a parser per idle server stream should not hold a set's storage.
+    private let acceptedMask: UInt8
     private var buffer: ByteBuffer
 
     /// `buffer`: storage to accumulate into (e.g. from a `BufferPool`); it is cleared first.
@@ -22,7 +26,7 @@ public struct PointSubMessageParser: Sendable {
         buffer: ByteBuffer = ByteBuffer()
     ) {
         self.maxBlockSize = maxBlockSize
-        self.accepted = accepted
+        self.acceptedMask = accepted.reduce(0) { $0 | 1 << $1.rawValue }
         self.buffer = buffer
         self.buffer.clear()
     }
@@ -48,7 +52,7 @@ public struct PointSubMessageParser: Sendable {
         guard let kind = PointSubMessage.Kind(rawValue: rawKind) else {
             throw .violation(.unknownKind(rawKind), "unknown message kind 0x\(hex(rawKind))")
         }
-        guard accepted.contains(kind) else {
+        guard acceptedMask & 1 << kind.rawValue != 0 else {
             throw .violation(.unexpectedKind(rawKind), "a \(kind) message is not allowed in this direction")
         }
         guard let flags: UInt8 = buffer.getInteger(at: start + 1) else { return nil }
@@ -77,6 +81,18 @@ public struct PointSubMessageParser: Sendable {
         if buffer.readableBytes > 0 {
             throw .violation(.truncated, "the stream ended inside a message (\(buffer.readableBytes) bytes buffered)")
         }
+    }
+
+    /// Whether the parser holds storage (a parser made without a buffer has none until bytes
+    /// arrive or `adoptStorage` gives it some).
+    public var hasStorage: Bool { buffer.capacity > 0 }
+
+    /// Uses `storage` (e.g. from a `BufferPool`, cleared here) to accumulate into when nothing
+    /// is buffered; otherwise (bytes are pending) keeps the current storage and ignores it.
+    public mutating func adoptStorage(_ storage: ByteBuffer) {
+        guard buffer.readableBytes == 0 else { return }
+        buffer = storage
+        buffer.clear()
     }
 
     /// Hands the storage back (for a buffer pool); the parser is empty afterwards.

@@ -1,0 +1,177 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Resources
+
+/// Bounds what decompressing PointSub payloads may cost (issue 10, zip bombs): a 32 KB message
+/// can declare and inflate to 32 MiB, so 64 of them at once held ~650 MB and ~15 CPU-seconds of
+/// the event loops.
+///
+/// - Memory: before a payload is inflated, its declared decompressed size (`original`) is
+///   reserved against `capacity` — a global bound on decompressed bytes in flight, FIFO, waiting
+///   at most `wait` for room — and in the resource manager's `pointsub` service scope. Both stay
+///   reserved while the caller holds the `Reservation` (until the request is answered or the
+///   reply handed to the caller). Nothing of the claimed size is allocated up front: inflating
+///   goes in 64 KiB chunks and stops as soon as the output crosses `original`.
+/// - CPU: payloads declaring more than `inlineLimit` bytes are inflated on `NIOThreadPool`
+///   threads (as many as cores), never on an event loop; with the memory bound that also caps
+///   how many large inflations run at once. Small ones (the common case) stay inline: a thread
+///   hop costs more than inflating 64 KiB.
+final class DecompressionLimiter: Sendable {
+    /// A payload's share of the bound; give it back with `release()` exactly once.
+    struct Reservation: Sendable {
+        fileprivate let bytes: Int
+        fileprivate let limiter: DecompressionLimiter?
+
+        static let none = Reservation(bytes: 0, limiter: nil)
+
+        func release() { limiter?.release(bytes) }
+    }
+
+    private struct Waiter {
+        let id: UInt64
+        let bytes: Int
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
+    private struct State {
+        var inUse = 0
+        var waiters: [Waiter] = []
+        var nextWaiter: UInt64 = 0
+    }
+
+    /// Decompressed bytes in flight at most.
+    let capacity: Int
+    /// How long a payload may wait for room before it is refused.
+    let wait: Duration
+    let memory: any MemoryAccount
+    private let threadPool: NIOThreadPool
+    private let state = NIOLockedValueBox(State())
+
+    /// Larger declared sizes are inflated off the event loops.
+    static let inlineLimit = 64 * 1024
+
+    init(capacity: Int, wait: Duration, memory: any MemoryAccount, threadPool: NIOThreadPool = .singleton) {
+        self.capacity = max(1, capacity)
+        self.wait = wait
+        self.memory = memory
+        self.threadPool = threadPool
+    }
+
+    /// No room to decompress a payload: none came within `wait`, or the resource manager refused.
+    struct Refused: Error, CustomStringConvertible {
+        /// Waited for room in vain (rather than refused by the resource manager).
+        var timedOut: Bool
+        var description: String
+        var underlying: ResourceError?
+    }
+
+    /// Decompressed bytes reserved now.
+    var inFlight: Int { state.withLockedValue { $0.inUse } }
+
+    /// The message's payload, decompressed within the bounds. Throws `Refused` when no room came
+    /// within `wait` (or the resource manager refused), and `PointSubError`: `.messageTooLarge`
+    /// when `original` exceeds `maxBlockSize`, protocol violations for bad zlib data.
+    func decode(
+        _ message: PointSubMessage, maxBlockSize: Int, eventLoop: any EventLoop
+    ) async throws -> (payload: ByteBuffer, reservation: Reservation) {
+        guard let original = message.originalLength else { return (message.payload, .none) }
+        guard original <= maxBlockSize else {
+            throw PointSubError(
+                .messageTooLarge, "original size of \(original) bytes exceeds the maximum block size of \(maxBlockSize)")
+        }
+        // Larger than the whole bound: it takes the whole bound (it cannot do with less).
+        let bytes = min(max(original, 1), capacity)
+        guard await acquire(bytes, eventLoop: eventLoop) else {
+            throw Refused(
+                timedOut: true,
+                description: "no room to decompress \(original) bytes within \(wait) (\(capacity) bytes in flight at most)")
+        }
+        do {
+            try memory.reserveMemory(bytes)
+        } catch {
+            releaseBudget(bytes)
+            throw Refused(
+                timedOut: false, description: "the resource manager refused \(bytes) bytes for decompression",
+                underlying: error)
+        }
+        let reservation = Reservation(bytes: bytes, limiter: self)
+        do {
+            let payload: ByteBuffer
+            if original <= Self.inlineLimit {
+                payload = try message.decodedPayload(maxBlockSize: maxBlockSize)
+            } else {
+                payload = try await inflateOffLoop(message, maxBlockSize: maxBlockSize)
+            }
+            return (payload, reservation)
+        } catch {
+            reservation.release()
+            throw error
+        }
+    }
+
+    private func inflateOffLoop(_ message: PointSubMessage, maxBlockSize: Int) async throws(PointSubError) -> ByteBuffer {
+        let result: Result<ByteBuffer, PointSubError>
+        do {
+            result = try await threadPool.runIfActive {
+                Result { () throws(PointSubError) in try message.decodedPayload(maxBlockSize: maxBlockSize) }
+            }
+        } catch {
+            // Only when the pool was shut down (never the singleton's case).
+            throw PointSubError(.protocolViolation, "the decompression thread pool is not running", underlying: error)
+        }
+        return try result.get()
+    }
+
+    private func acquire(_ bytes: Int, eventLoop: any EventLoop) async -> Bool {
+        let id = state.withLockedValue { s -> UInt64? in
+            if s.waiters.isEmpty, s.inUse + bytes <= capacity {
+                s.inUse += bytes
+                return nil
+            }
+            s.nextWaiter += 1
+            return s.nextWaiter
+        }
+        guard let id else { return true }
+        let wait = self.wait
+        return await withCheckedContinuation { continuation in
+            let ready = state.withLockedValue { s -> Bool? in
+                // Room may have come between the two locks.
+                if s.waiters.isEmpty, s.inUse + bytes <= capacity {
+                    s.inUse += bytes
+                    return true
+                }
+                s.waiters.append(Waiter(id: id, bytes: bytes, continuation: continuation))
+                return nil
+            }
+            if let ready { return continuation.resume(returning: ready) }
+            eventLoop.scheduleTask(in: wait.timeAmount) { [self] in
+                let expired = state.withLockedValue { s -> Waiter? in
+                    guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                    return s.waiters.remove(at: index)
+                }
+                expired?.continuation.resume(returning: false)
+            }
+        }
+    }
+
+    private func release(_ bytes: Int) {
+        memory.releaseMemory(bytes)
+        releaseBudget(bytes)
+    }
+
+    private func releaseBudget(_ bytes: Int) {
+        let woken = state.withLockedValue { s -> [Waiter] in
+            s.inUse -= bytes
+            // FIFO: the first waiter goes first even if a later, smaller one would fit now, so
+            // a stream of small payloads cannot starve a large one.
+            var woken: [Waiter] = []
+            while let first = s.waiters.first, s.inUse + first.bytes <= capacity {
+                s.inUse += first.bytes
+                woken.append(s.waiters.removeFirst())
+            }
+            return woken
+        }
+        for waiter in woken { waiter.continuation.resume(returning: true) }
+    }
+}
