@@ -73,6 +73,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         var negotiator = MultistreamNegotiator(role: .dialer(proposals: lazy ? [protocols[0]] : protocols))
         let stream = try await session.openStream(sending: ByteBuffer(bytes: negotiator.start()))
         if lazy {
+            try Self.account(stream, protocolID: protocols[0])
             metrics?.streamOpened(.outbound, protocolID: protocols[0])
             return P2PStream(
                 stream: stream, protocolID: protocols[0], connection: self, leftover: ByteBuffer(),
@@ -81,6 +82,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         do {
             let (proto, leftover) = try await P2PHost.negotiate(
                 stream, continuing: negotiator, timeout: negotiationTimeout)
+            try Self.account(stream, protocolID: proto)
             metrics?.streamOpened(.outbound, protocolID: proto)
             return P2PStream(stream: stream, protocolID: proto, connection: self, leftover: leftover)
         } catch let error as MultistreamError where error.code == .noProtocolInCommon {
@@ -91,6 +93,17 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         } catch {
             stream.reset()
             throw error
+        }
+    }
+
+    /// Moves a new stream's resources to its protocol's scope; past the protocol's stream limit
+    /// the stream is reset and the refusal thrown.
+    private static func account(_ stream: YamuxStream, protocolID: String) throws {
+        do {
+            try stream.resourceScope?.setProtocol(protocolID)
+        } catch {
+            stream.reset()
+            throw HostError(.limitReached, "cannot open a \(protocolID) stream: \(error)", underlying: [error])
         }
     }
 

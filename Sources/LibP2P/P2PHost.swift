@@ -402,7 +402,9 @@ public final class P2PHost: Sendable {
         do {
             channel = try await transport.dial(plain, timeout: timeout, bindTo: configuration.dialSourceAddress) { channel in
                 upgrade.withLockedValue {
-                    $0 = upgrader.upgrade(channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout)
+                    $0 = upgrader.upgrade(
+                        channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout,
+                        resourceScope: scope)
                 }
                 return channel.eventLoop.makeSucceededVoidFuture()
             }
@@ -473,7 +475,7 @@ public final class P2PHost: Sendable {
             return channel.close()
         }
         let remoteText = remote.map { "\($0)" } ?? "unknown"
-        upgrader.upgrade(channel: channel, role: .responder).whenComplete { [self] result in
+        upgrader.upgrade(channel: channel, role: .responder, resourceScope: scope).whenComplete { [self] result in
             switch result {
             case .success(let upgraded):
                 let peer = upgraded.remote.remotePeer
@@ -631,6 +633,14 @@ public final class P2PHost: Sendable {
         }
         guard let handler = state.withLockedValue({ $0.handlers[negotiated.protocol] }) else {
             stream.reset()  // removed while we negotiated
+            return
+        }
+        do {
+            try stream.resourceScope?.setProtocol(negotiated.protocol)
+        } catch {
+            // The protocol's stream limit is reached (the manager logged it): refuse this stream.
+            metrics.streamRefused(reason: "protocol")
+            stream.reset()
             return
         }
         metrics.streamOpened(.inbound, protocolID: negotiated.protocol)

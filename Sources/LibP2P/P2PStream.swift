@@ -3,6 +3,7 @@ import Multiformats
 import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
+import Resources
 import Yamux
 
 /// A negotiated libp2p stream: one protocol, between us and `remotePeer`, over a Yamux stream.
@@ -32,6 +33,9 @@ public final class P2PStream: Sendable {
     }
 
     public var remotePeer: PeerID { connection.remotePeer }
+    /// The stream's place in the host's resource manager (memory a protocol holds for this stream
+    /// is reserved here); nil on a session without accounting.
+    public var resourceScope: StreamScope? { stream.resourceScope }
     public var streamID: UInt32 { stream.id }
 
     /// The next chunk of data, or nil once the remote has closed its write side.
