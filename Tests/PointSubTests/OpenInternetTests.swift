@@ -336,7 +336,9 @@ struct OpenInternetTests {
             // Warm-up, so one-time allocations (pools, caches, table growth) are not counted.
             let warm = try await open("/baseline/1.0.0", 20) + open("/idle/1.0.0", 20)
             #expect(await eventually { waiting.count == 20 && server.connectionsInfo().count == 20 })
-            let n = 400
+            // 440 streams in all on one connection: under the 512 full Yamux windows its default
+            // 128 MiB of resource-manager memory admit.
+            let n = 200
             var results: [(baseline: Int, pointSub: Int)] = []
             // Each round measures both kinds back to back, in alternating order, so a steady
             // allocation rate elsewhere in the process cancels out of the difference.
