@@ -18,6 +18,8 @@ struct PointSubServerMetrics: Sendable {
         case idleStreams
         /// No room to decompress within the decompressed-bytes-in-flight bound.
         case decompression
+        /// The resource manager refused memory for a large request's payload.
+        case memory
         case tooLarge, malformed
         /// The request did not arrive within the read timeout.
         case readTimeout

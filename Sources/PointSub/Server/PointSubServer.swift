@@ -366,8 +366,11 @@ public final class PointSubServer: Sendable {
     ) async -> Bool {
         let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
         defer { watchdog.disarm() }
-        guard let (message, started) = await receive(stream, id: id, parser: &parser, first: first, watchdog: watchdog)
+        guard let (message, started, reserved) = await receive(
+            stream, id: id, parser: &parser, first: first, watchdog: watchdog)
         else { return false }
+        // A large request's payload stays reserved until its reply is written.
+        defer { if reserved > 0 { stream.resourceScope?.releaseMemory(reserved) } }
         return await respond(message, started: started, stream: stream, id: id, handler: handler, watchdog: watchdog)
     }
 
@@ -419,9 +422,15 @@ public final class PointSubServer: Sendable {
     private func receive(
         _ stream: P2PStream, id: UInt64, parser: inout PointSubMessageParser, first: ByteBuffer?,
         watchdog: StreamWatchdog
-    ) async -> (PointSubMessage, ContinuousClock.Instant)? {
+    ) async -> (PointSubMessage, ContinuousClock.Instant, reserved: Int)? {
         var started = ContinuousClock.now
         let message: PointSubMessage?
+        // A payload of `reservationThreshold` bytes or more is reserved in the stream's resource
+        // scope as soon as its header announces it, before it is buffered; given back here unless
+        // the request is handed on (then after its reply).
+        var reserved = 0
+        var handedOn = false
+        defer { if !handedOn, reserved > 0 { stream.resourceScope?.releaseMemory(reserved) } }
         do {
             message = try await readMessage(
                 from: stream, into: &parser, first: first,
@@ -431,7 +440,16 @@ public final class PointSubServer: Sendable {
                     parser.adoptStorage(pool.take())
                 },
                 // Only a request that does not arrive in one piece needs the timer.
-                incomplete: { watchdog.armIfIdle(configuration.readTimeout) })
+                incomplete: { watchdog.armIfIdle(configuration.readTimeout) },
+                announced: { length in
+                    guard length >= Self.reservationThreshold, let scope = stream.resourceScope else { return }
+                    do {
+                        try scope.reserveMemory(length)
+                    } catch {
+                        throw NoSlot(reason: .memory, text: "no memory for a request of \(length) bytes (\(error))")
+                    }
+                    reserved = length
+                })
         } catch let error as PointSubError {
             watchdog.disarm()
             await refuseBadRequest(stream, error, watchdog: watchdog)
@@ -464,8 +482,13 @@ public final class PointSubServer: Sendable {
         }
         watchdog.disarm()
         guard let message else { return nil }  // the client closed its side: we close ours
-        return (message, started)
+        handedOn = true
+        return (message, started, reserved)
     }
+
+    /// Request payloads from this size on are reserved in the resource manager before they are
+    /// buffered (smaller ones are bounded by the request slots alone).
+    static let reservationThreshold = 64 * 1024
 
     /// Decompresses, handles and answers one request. false: the stream ends.
     private func respond(

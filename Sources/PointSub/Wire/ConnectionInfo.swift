@@ -37,15 +37,22 @@ public struct PointSubRequest: Sendable {
 func readMessage(
     from stream: P2PStream, into parser: inout PointSubMessageParser, first: ByteBuffer? = nil,
     firstBytes: (inout PointSubMessageParser) throws -> Void = { _ in },
-    incomplete: () -> Void = {}
+    incomplete: () -> Void = {},
+    announced: (Int) throws -> Void = { _ in }
 ) async throws -> PointSubMessage? {
     var started = parser.bufferedBytes > 0 || (first?.readableBytes ?? 0) > 0
+    var told = false
     if started {
         try firstBytes(&parser)
         if let first { parser.append(first) }
         if let message = try parser.next() { return message }
     }
     while true {
+        // The header is in, the payload not yet: its length is announced once, before it is buffered.
+        if !told, let length = parser.announcedLength {
+            told = true
+            try announced(length)
+        }
         if started { incomplete() }
         guard let chunk = try await stream.read() else {
             try parser.finish()

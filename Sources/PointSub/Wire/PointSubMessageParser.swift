@@ -34,6 +34,11 @@ public struct PointSubMessageParser: Sendable {
     /// Bytes received but not yet returned as a message.
     public var bufferedBytes: Int { buffer.readableBytes }
 
+    /// The payload length the header of the message being assembled announced, once the header
+    /// is complete and until the message is returned (nil otherwise): what the payload will hold,
+    /// known before it is buffered, so a receiver can reserve it first.
+    public private(set) var announcedLength: Int?
+
     public mutating func append(_ bytes: ByteBuffer) {
         if buffer.readableBytes == 0 {
             // Start over at the beginning of the storage instead of growing it.
@@ -67,7 +72,11 @@ public struct PointSubMessageParser: Sendable {
             original = value
         }
         let headerLength = index - start
-        guard buffer.readableBytes - headerLength >= length else { return nil }
+        guard buffer.readableBytes - headerLength >= length else {
+            announcedLength = length
+            return nil
+        }
+        announcedLength = nil
         buffer.moveReaderIndex(forwardBy: headerLength)
         let payload = buffer.readSlice(length: length)!
         if let original {
