@@ -17,6 +17,7 @@ enum Driver {
     nonisolated(unsafe) static var target: FuzzTarget = .varint
 }
 
+/// libFuzzer's entry point: runs the chosen target on one input.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = size > 0 && data != nil ? Array(UnsafeBufferPointer(start: data, count: size)) : []
