@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "PointSub", targets: ["PointSub"]),
         .library(name: "LibP2P", targets: ["LibP2P"]),
         .library(name: "PubSub", targets: ["PubSub"]),
+        // For the libFuzzer package in FuzzTesting/ (not a public API).
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
         .executable(name: "pointsub", targets: ["pointsub"]),
         .executable(name: "pointsub-bench", targets: ["pointsub-bench"]),
     ],
@@ -113,6 +115,15 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
+        // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
+        .target(name: "FuzzTargets", dependencies: [
+            "Multiformats", "Identity", "Multistream", "Noise", "Yamux", "Protocols", "PointSub", "PubSub",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        .testTarget(name: "FuzzRegressionTests", dependencies: [
+            "FuzzTargets", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"], swiftSettings: strict),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"], swiftSettings: strict),

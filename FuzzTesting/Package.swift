@@ -1,7 +1,8 @@
 // swift-tools-version:6.1
-// libFuzzer targets for every parser that reads bytes from the network. Build and run with
-// scripts/fuzz.sh (it passes -sanitize=fuzzer,address); crashes found are kept as regression
-// inputs under FuzzTesting/Regressions/ and replayed by the script.
+// The libFuzzer driver for the fuzz targets of the main package (module FuzzTargets, issue 10).
+// Build and run with scripts/fuzz.sh (it passes -sanitize=fuzzer,address); `FUZZ_TARGET=<name>`
+// picks the target. Crash inputs go to FuzzTesting/Regressions/<target>/ and become regression
+// tests in the normal suite (FuzzRegressionTests).
 import PackageDescription
 
 let package = Package(
@@ -10,7 +11,7 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "pointsub-fuzz",
-            dependencies: [.product(name: "PointSub", package: "PointSub")],
+            dependencies: [.product(name: "FuzzTargets", package: "PointSub")],
             swiftSettings: [.swiftLanguageMode(.v6), .unsafeFlags(["-parse-as-library"])]
         )
     ]

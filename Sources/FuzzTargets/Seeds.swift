@@ -1,0 +1,186 @@
+import Crypto
+import Identity
+import Multiformats
+import Multistream
+import NIOCore
+import PointSub
+import Protocols
+import PubSub
+import Yamux
+
+extension FuzzTargets {
+    /// Small valid inputs for `target`, built from the real encoders, so that the fuzzer starts
+    /// from real structure. `FuzzTesting/Seeds/<target>/` holds them as files (written by
+    /// `pointsub-fuzz` with `FUZZ_WRITE_SEEDS=<dir>`); the test suite replays them.
+    public static func seeds(for target: FuzzTarget) -> [[UInt8]] {
+        switch target {
+        case .varint:
+            return [0, 1, 127, 128, 300, 1 << 32, Varint.maxValue].map { Varint.encode($0) }
+        case .multibase:
+            let data = Array("hello pointsub".utf8)
+            return Multibase.Encoding.allCases.map { Array(Multibase.encode(data, as: $0).utf8) }
+                + [Array("BNBSWY3DP".utf8), Array("maGVsbG8".utf8), Array("F68656C6C6F".utf8)]
+        case .multihash:
+            let peer = SeedKeys.ed25519.peerID
+            let cid = CID(codec: Multicodec.libp2pKey, multihash: Multihash.sha256(Array("x".utf8)))
+            return [
+                [0] + Multihash.sha256(Array("pointsub".utf8)).bytes,
+                [0] + Multihash.identity(Array("inline".utf8)).bytes,
+                [1] + cid.bytes,
+                [2] + Array(cid.string().utf8),
+                [2] + Array(peer.cidString.utf8),
+            ]
+        case .multiaddr:
+            let texts = [
+                "/ip4/127.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1",
+                "/dns4/example.com/tcp/443/wss/p2p/\(SeedKeys.ed25519.peerID)",
+                "/ip4/1.2.3.4/tcp/1/p2p/\(SeedKeys.ecdsa.peerID)/p2p-circuit",
+                "/dnsaddr/bootstrap.libp2p.io", "/ip4/10.0.0.1/udp/443/quic-v1/webtransport",
+                "/ip6/fe80::1/tcp/80/http", "/dns/localhost/tcp/443/tls/sni/example.com/ws",
+            ]
+            var seeds: [[UInt8]] = []
+            for text in texts {
+                guard let address = try? Multiaddr(text) else { continue }
+                seeds.append([0] + address.bytes)
+                seeds.append([1] + Array(text.utf8))
+            }
+            return seeds
+        case .protobuf:
+            return [SeedKeys.ed25519.publicKey.marshal(), SeedKeys.ed25519.marshal(), identifySeed(), rpcSeed()]
+        case .keys:
+            let keys = [SeedKeys.ed25519, SeedKeys.ecdsa]
+            var seeds: [[UInt8]] = []
+            for key in keys {
+                let publicKey = key.publicKey.marshal()
+                seeds.append([0] + publicKey)
+                if let signature = try? key.sign(signedMessage), publicKey.count < 256 {
+                    seeds.append([1, UInt8(publicKey.count)] + publicKey + signature)
+                }
+                seeds.append([2] + key.marshal())
+                seeds.append([3] + key.peerID.bytes)
+                seeds.append([4] + Array(key.peerID.b58String.utf8))
+                seeds.append([4] + Array(key.peerID.cidString.utf8))
+            }
+            // Secp256k1 (parsed structurally only).
+            var secp = ProtobufWriter()
+            secp.writeVarintField(1, UInt64(KeyType.secp256k1.rawValue))
+            secp.writeBytesField(2, [0x02] + [UInt8](repeating: 0x5a, count: 32))
+            seeds.append([0] + secp.bytes)
+            return seeds
+        case .identify:
+            return [identifySeed(), IdentifyMessage().encoded()]
+        case .multistream:
+            var listener: [UInt8] = []
+            MultistreamNegotiator.encode(MultistreamNegotiator.header, into: &listener)
+            MultistreamNegotiator.encode("/mplex/6.7.0", into: &listener)
+            MultistreamNegotiator.encode("/yamux/1.0.0", into: &listener)
+            var dialer: [UInt8] = []
+            MultistreamNegotiator.encode(MultistreamNegotiator.header, into: &dialer)
+            MultistreamNegotiator.encode(MultistreamNegotiator.notAvailable, into: &dialer)
+            MultistreamNegotiator.encode("/mplex/6.7.0", into: &dialer)
+            return [[0] + listener, [1] + listener, [0x80] + dialer, [0x82] + dialer + [1, 2, 3]]
+        case .noise:
+            #if DEBUG || FUZZING
+                let fixture = NoiseFixture.shared
+                return [
+                    [0] + ((try? Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 9, count: 32)))
+                        .map { Array($0.publicKey.rawRepresentation) } ?? []),
+                    [2] + NoiseFixture.payload(NoiseFixture.initiatorIdentity, staticKey: fixture.initiatorStatic),
+                    [3] + NoiseFixture.payload(NoiseFixture.responderIdentity, staticKey: fixture.responderStatic),
+                ]
+            #else
+                return []
+            #endif
+        case .yamuxFrames:
+            var buffer = ByteBuffer()
+            for frame in [
+                YamuxFrame.windowUpdate(streamID: 1, flags: .syn, delta: 0),
+                .data(streamID: 1, flags: [], payload: ByteBuffer(string: "hello")),
+                .ping(opaque: 7, ack: false), .windowUpdate(streamID: 1, flags: .rst, delta: 0), .goAway(.normal),
+            ] {
+                frame.encode(into: &buffer)
+            }
+            let bytes = Array(buffer.readableBytesView)
+            return [[0] + bytes, [1] + bytes, [0x82] + bytes]
+        case .yamuxSession:
+            // Responder: the peer opens stream 1 with data, we accept, read, answer, close;
+            // we open stream 2, the peer ACKs it and sends a window update; go away.
+            let program: [UInt8] = [
+                1,
+                2, 0, 0x01, 1, 5, 104, 101, 108, 108, 111,  // data SYN on 1, "hello"
+                6, 0, 0,  // accept
+                6, 0, 1, 42,  // write 1 byte
+                6, 0, 5,  // pull data frames
+                6, 0, 2,  // close write
+                5, 3, 1, 2, 3,  // open with 3 bytes
+                2, 1, 0x02, 2, 0, 0, 1, 0,  // window update ACK on 2
+                2, 0, 0x04, 1, 0,  // FIN on 1
+                2, 2, 0x01, 0, 0, 0, 0, 9,  // ping
+                7, 0,  // go away
+            ]
+            return [program, [0] + Array(program.dropFirst())]
+        case .pubsubRPC:
+            let message = PubSubRPC.Message(
+                from: SeedKeys.ed25519.peerID.bytes, data: Array("payload".utf8), seqno: [0, 0, 0, 1], topic: "t",
+                signature: [UInt8](repeating: 1, count: 64), key: nil)
+            return [[0] + rpcSeed(), [1] + message.encoded(), [0] + PubSubRPC().encoded()]
+        case .pubsubFrames:
+            var buffer = ByteBuffer()
+            for rpc in [rpcSeed(), PubSubRPC(subscriptions: [.init(subscribe: false, topic: "x")]).encoded()] {
+                buffer.writeVarint(UInt64(rpc.count))
+                buffer.writeBytes(rpc)
+            }
+            let bytes = Array(buffer.readableBytesView)
+            return [[0] + bytes, [1] + bytes, [3] + bytes]
+        case .pointsubParser:
+            var buffer = ByteBuffer()
+            PointSubMessage(kind: .request, payload: ByteBuffer(string: "ping")).encode(into: &buffer)
+            PointSubMessage.make(kind: .response, payload: ByteBuffer(string: String(repeating: "pointsub ", count: 300)), compress: true)
+                .encode(into: &buffer)
+            PointSubMessage.error(.busy, "try later").encode(into: &buffer)
+            let bytes = Array(buffer.readableBytesView)
+            return [[0, 2] + bytes, [1, 2] + bytes, [2, 1] + bytes, [3, 2] + bytes]
+        case .pointsubDecompress:
+            let text = Array(String(repeating: "compressible text ", count: 100).utf8)
+            let size = UInt32(text.count)
+            let declared: [UInt8] = [UInt8(size >> 24), UInt8(size >> 16 & 0xff), UInt8(size >> 8 & 0xff), UInt8(size & 0xff)]
+            let zlib = PointSubCompression.compress(ByteBuffer(bytes: text)).map { Array($0.readableBytesView) } ?? []
+            return [[1] + declared + zlib, [2] + declared + zlib, [0x81] + declared + text, [0xc1] + declared + text]
+        }
+    }
+
+    private static func identifySeed() -> [UInt8] {
+        var message = IdentifyMessage()
+        message.publicKey = SeedKeys.ed25519.publicKey
+        // String literals: Multiaddr's literal initializer (valid constants).
+        message.listenAddresses = ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4001"]
+        message.observedAddress = "/ip4/1.2.3.4/tcp/5555"
+        message.protocols = ["/ipfs/id/1.0.0", "/meshsub/1.1.0"]
+        message.protocolVersion = "ipfs/0.1.0"
+        message.agentVersion = "pointsub/fuzz"
+        return message.encoded()
+    }
+
+    private static func rpcSeed() -> [UInt8] {
+        PubSubRPC(
+            subscriptions: [.init(subscribe: true, topic: "news")],
+            messages: [.init(from: SeedKeys.ed25519.peerID.bytes, data: Array("hi".utf8), seqno: [1], topic: "news")],
+            control: .init(
+                ihave: [.init(topic: "news", messageIDs: [[1, 2, 3]])], iwant: [.init(messageIDs: [[4, 5]])],
+                graft: [.init(topic: "news")],
+                prune: [.init(topic: "old", peers: [.init(peerID: SeedKeys.ed25519.peerID.bytes)], backoff: 60)])
+        ).encoded()
+    }
+}
+
+/// Fixed keys for the seeds (deterministic, so regenerated seeds are the same files).
+enum SeedKeys {
+    static let ed25519 = PrivateKey.ed25519(seed: 7)
+    static let ecdsa: PrivateKey = {
+        guard let key = try? P256.Signing.PrivateKey(rawRepresentation: [UInt8](repeating: 0x42, count: 32)),
+            let parsed = try? PrivateKey(type: .ecdsa, raw: Array(key.derRepresentation)) else {
+            return PrivateKey.ed25519(seed: 8)
+        }
+        return parsed
+    }()
+}
