@@ -6,13 +6,6 @@ import Protocols
 
 extension FuzzTargets {
     static func fuzzIdentify(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
-        // RSA skip (see `declaresRSAKey`): any publicKey field that declares an RSA key.
-        var reader = ProtobufReader(input)
-        var fields = 0
-        while fields <= input.count, let (field, value) = try? reader.next() {
-            if field == 1, case .bytes(let key) = value, declaresRSAKey(key) { return }
-            fields += 1
-        }
         guard let message = try? IdentifyMessage(decoding: input) else { return }
         let again: IdentifyMessage?
         do {
