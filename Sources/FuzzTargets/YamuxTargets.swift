@@ -173,7 +173,7 @@ extension FuzzTargets {
             let unacked = machine.streams.values.filter { $0.isOutbound && $0.phase == .synSent }.count
             try check(unacked == machine.outboundUnacked, "\(machine.outboundUnacked) unacked counted, \(unacked) streams")
             for stream in machine.streams.values {
-                try check(stream.pendingBytes == stream.pendingWrites.reduce(0) { $0 + $1.data.readableBytes },
+                try check(stream.pendingBytes == stream.pendingWrites.all.reduce(0) { $0 + $1.data.readableBytes },
                           "pending byte count differs from the queued writes")
             }
             var violations = 0

@@ -45,7 +45,9 @@ enum AttackBench {
         configuration.resources.system.memory = budgetMiB << 20
         try await withHost(configuration: configuration) { host in
             let server = try PointSubServer(host: host)
-            try server.start(kvProtocol) { request in request.payload }
+            // Answers with the request's size, as a store would: the server's work is what the
+            // attacker makes it do, not an amplification of our own (an echo of a 32 MiB bomb).
+            try server.start(kvProtocol) { request in ByteBuffer(string: "\(request.payload.readableBytes)") }
             FileHandle.standardOutput.write(Data("\(host.addresses[0])\n".utf8))
             Thread.detachNewThread {
                 _ = FileHandle.standardInput.readDataToEndOfFile()
@@ -139,7 +141,7 @@ enum AttackBench {
                 }
                 return nil
             }
-            group.addTask { try await honestClient(address: address, server: server, until: stop) }
+            group.addTask { try await honestProcess(address: address, seconds: seconds) }
             var samples: [Double?] = []
             for try await result in group { if let result { samples = result } }
             return samples
@@ -153,6 +155,34 @@ enum AttackBench {
             successRate: honest.isEmpty ? 0 : Double(latencies.count) / Double(honest.count), p50: percentile(0.5),
             p99: percentile(0.99), requests: honest.count, peakRSS: rss, peakFDs: fds,
             attackerNote: note.withLockedValue { $0 })
+    }
+
+    /// The honest client runs in a process of its own (`attack-honest`), so that the attacker's
+    /// own CPU work in this process cannot delay it: one line per exchange, its latency in ms or
+    /// `fail`.
+    static func honestProcess(address: Multiaddr, seconds: Int) async throws -> [Double?] {
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        child.arguments = ["attack-honest", "--address=\(address)", "--seconds=\(seconds)"]
+        let output = Pipe()
+        child.standardOutput = output
+        try child.run()
+        let text = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            Thread.detachNewThread {
+                let data = output.fileHandleForReading.readDataToEndOfFile()
+                continuation.resume(returning: String(decoding: data, as: UTF8.self))
+            }
+        }
+        child.waitUntilExit()
+        return text.split(separator: "\n").map { Double($0) }
+    }
+
+    /// `attack-honest --address=A --seconds=N`: the honest client, printing one line per exchange.
+    static func honest(address: Multiaddr, seconds: Int) async throws {
+        guard let server = address.peerID else { throw HostError(.invalidAddress, "\(address) has no /p2p/") }
+        let samples = try await honestClient(address: address, server: server, until: .now + .seconds(seconds))
+        let lines = samples.map { $0.map { String(format: "%.3f", $0) } ?? "fail" }
+        FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
 
     /// A ping and a 1 KiB PointSub request every 20 ms, each with a 2 s limit; one latency per

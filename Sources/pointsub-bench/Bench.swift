@@ -109,12 +109,12 @@ struct Bench {
             pubsub.routers = [router]
         }
         let valueOptions = [
-            "--attack=", "--budget=", "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
+            "--attack=", "--budget=", "--address=", "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
         ]
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "echo-server", "attack", "attack-server"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "echo-server", "attack", "attack-server", "attack-honest"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -136,6 +136,16 @@ struct Bench {
             return
         }
         if let seconds = values("--seconds")?.last { attack.seconds = seconds }
+        if command == "attack-honest" {
+            guard let text = arguments.last(where: { $0.hasPrefix("--address=") })?.dropFirst("--address=".count),
+                let address = Multiaddr(text)
+            else {
+                FileHandle.standardError.write(Data("pointsub-bench: attack-honest needs --address=MULTIADDR\n".utf8))
+                exit(2)
+            }
+            try await AttackBench.honest(address: address, seconds: attack.seconds)
+            return
+        }
         let chosen = arguments.filter { $0.hasPrefix("--attack=") }.map { String($0.dropFirst("--attack=".count)) }
         if !chosen.isEmpty {
             let known = Set(AttackBench.attacks.map(\.name))
