@@ -160,6 +160,39 @@ public final class ResourceManager: Sendable {
         return value
     }
 
+    /// Reserves `bytes` in `key` and every scope above it, or throws (reported) without reserving.
+    func reserve(_ bytes: Int, in key: ScopeKey) throws(ResourceError) {
+        try withState { s throws(ResourceError) in
+            try s.reserveMemory(bytes, in: key, limits: limits(for:))
+        } refused: { error in
+            let context = self.context(of: key)
+            report(error, address: context.address, peer: context.peer)
+        }
+    }
+
+    /// Gives back `bytes` reserved in `key`.
+    func release(_ bytes: Int, in key: ScopeKey) {
+        mutate { $0.releaseMemory(bytes, in: key) }
+    }
+
+    /// What `key` holds now.
+    func usage(of key: ScopeKey) -> ResourceUsage {
+        read { $0.usage[key] ?? ResourceUsage() }
+    }
+
+    /// The remote address and peer behind a connection or stream scope, for refusal reports.
+    func context(of key: ScopeKey) -> (address: String?, peer: String?) {
+        switch key {
+        case .connection(let id): return contextOf(connection: id)
+        case .stream(let id):
+            guard let connection = read({ $0.streams[id]?.connection }) else { return (nil, nil) }
+            return contextOf(connection: connection)
+        case .peer(let peer): return (nil, peer)
+        case .address(let address): return (address, nil)
+        default: return (nil, nil)
+        }
+    }
+
     func read<T>(_ body: (State) -> T) -> T {
         state.withLockedValue { body($0) }
     }
@@ -289,7 +322,7 @@ struct State {
             if value > limit {
                 throw ResourceError(
                     scope: key.kind, scopeName: key.name, resource: resource, limit: limit,
-                    requested: value - usage[keyPath: resource.usage])
+                    requested: value - usage.counts[keyPath: resource.limit])
             }
         }
     }
@@ -361,8 +394,7 @@ struct State {
 }
 
 extension ResourceError.Resource {
-    /// Where this resource is in limits and in usage (`connections` and `streams` in usage are
-    /// the sums of both directions).
+    /// Where this resource is in limits (and, through `ResourceUsage.counts`, in usage).
     var limit: KeyPath<ScopeLimits, Int> {
         switch self {
         case .memory: return \.memory
@@ -375,17 +407,15 @@ extension ResourceError.Resource {
         case .streams: return \.streams
         }
     }
+}
 
-    var usage: KeyPath<ResourceUsage, Int> {
-        switch self {
-        case .memory: return \.memory
-        case .connectionsInbound: return \.connectionsInbound
-        case .connectionsOutbound: return \.connectionsOutbound
-        case .connections: return \.connections
-        case .pendingInbound: return \.pendingInbound
-        case .streamsInbound: return \.streamsInbound
-        case .streamsOutbound: return \.streamsOutbound
-        case .streams: return \.streams
-        }
+extension ResourceUsage {
+    /// The usage in the shape of limits (each resource where its limit is), so one key path
+    /// reads either.
+    var counts: ScopeLimits {
+        ScopeLimits(
+            memory: memory, connectionsInbound: connectionsInbound, connectionsOutbound: connectionsOutbound,
+            connections: connections, pendingInbound: pendingInbound, streamsInbound: streamsInbound,
+            streamsOutbound: streamsOutbound, streams: streams)
     }
 }

@@ -25,12 +25,11 @@ public struct UnlimitedMemoryAccount: MemoryAccount {
 /// One connection's resources. Close it (``done()``) when the connection closes; what it and its
 /// streams still hold is released then.
 public final class ConnectionScope: MemoryAccount, @unchecked Sendable {
-    // @unchecked: `closed` is guarded by `lock`; `manager` and `id` are immutable.
+    // @unchecked: every stored property is immutable or a lock-guarded flag.
     let manager: ResourceManager
     /// The connection's number inside the manager.
     public let id: UInt64
-    private let lock = NIOLock()
-    private var closed = false
+    private let closing = OnceFlag()
 
     init(manager: ResourceManager, id: UInt64) {
         self.manager = manager
@@ -119,36 +118,21 @@ public final class ConnectionScope: MemoryAccount, @unchecked Sendable {
 
     /// Reserves `bytes` for this connection (its peer or transient, address and system scopes too).
     public func reserveMemory(_ bytes: Int) throws(ResourceError) {
-        let key = ScopeKey.connection(id)
-        let manager = self.manager
-        let context = manager.contextOf(connection: id)
-        try manager.withState { s throws(ResourceError) in
-            try s.reserveMemory(bytes, in: key, limits: manager.limits(for:))
-        } refused: { error in
-            manager.report(error, address: context.address, peer: context.peer)
-        }
+        try manager.reserve(bytes, in: .connection(id))
     }
 
     /// Gives back `bytes` reserved with ``reserveMemory(_:)``.
     public func releaseMemory(_ bytes: Int) {
-        let key = ScopeKey.connection(id)
-        manager.mutate { $0.releaseMemory(bytes, in: key) }
+        manager.release(bytes, in: .connection(id))
     }
 
     /// What this connection (with its streams) holds now.
-    public var usage: ResourceUsage {
-        let key = ScopeKey.connection(id)
-        return manager.read { $0.usage[key] ?? ResourceUsage() }
-    }
+    public var usage: ResourceUsage { manager.usage(of: .connection(id)) }
 
     /// Releases everything the connection still holds and its place in every scope. Streams still
     /// open on it are closed in the accounting too. Idempotent.
     public func done() {
-        let first = lock.withLock { () -> Bool in
-            defer { closed = true }
-            return !closed
-        }
-        guard first else { return }
+        guard closing.claim() else { return }
         let id = self.id
         manager.mutate { s in
             for (streamID, stream) in s.streams where stream.connection == id {
@@ -174,12 +158,11 @@ public final class ConnectionScope: MemoryAccount, @unchecked Sendable {
 
 /// One stream's resources. Close it (``done()``) when the stream ends.
 public final class StreamScope: MemoryAccount, @unchecked Sendable {
-    // @unchecked: `closed` is guarded by `lock`; `manager` and `id` are immutable.
+    // @unchecked: every stored property is immutable or a lock-guarded flag.
     let manager: ResourceManager
     /// The stream's number inside the manager.
     public let id: UInt64
-    private let lock = NIOLock()
-    private var closed = false
+    private let closing = OnceFlag()
 
     init(manager: ResourceManager, id: UInt64) {
         self.manager = manager
@@ -188,10 +171,7 @@ public final class StreamScope: MemoryAccount, @unchecked Sendable {
 
     deinit { done() }
 
-    private var context: (address: String?, peer: String?) {
-        let connection = manager.read { $0.streams[id]?.connection }
-        return connection.map { manager.contextOf(connection: $0) } ?? (nil, nil)
-    }
+    private var context: (address: String?, peer: String?) { manager.context(of: .stream(id)) }
 
     /// The stream's protocol is negotiated: it moves from the transient scope to `protocolID`'s.
     public func setProtocol(_ protocolID: String) throws(ResourceError) {
@@ -244,35 +224,20 @@ public final class StreamScope: MemoryAccount, @unchecked Sendable {
 
     /// Reserves `bytes` for this stream (and its connection, peer, protocol, service, system).
     public func reserveMemory(_ bytes: Int) throws(ResourceError) {
-        let key = ScopeKey.stream(id)
-        let manager = self.manager
-        try manager.withState { s throws(ResourceError) in
-            try s.reserveMemory(bytes, in: key, limits: manager.limits(for:))
-        } refused: { error in
-            let context = self.context
-            manager.report(error, address: context.address, peer: context.peer)
-        }
+        try manager.reserve(bytes, in: .stream(id))
     }
 
     /// Gives back `bytes` reserved with ``reserveMemory(_:)``.
     public func releaseMemory(_ bytes: Int) {
-        let key = ScopeKey.stream(id)
-        manager.mutate { $0.releaseMemory(bytes, in: key) }
+        manager.release(bytes, in: .stream(id))
     }
 
     /// What this stream holds now.
-    public var usage: ResourceUsage {
-        let key = ScopeKey.stream(id)
-        return manager.read { $0.usage[key] ?? ResourceUsage() }
-    }
+    public var usage: ResourceUsage { manager.usage(of: .stream(id)) }
 
     /// Releases the stream's memory and its place in every scope. Idempotent.
     public func done() {
-        let first = lock.withLock { () -> Bool in
-            defer { closed = true }
-            return !closed
-        }
-        guard first else { return }
+        guard closing.claim() else { return }
         let id = self.id
         manager.mutate { StreamScope.release(id, in: &$0) }
     }
@@ -312,18 +277,26 @@ public struct ServiceScope: MemoryAccount {
 
     /// Reserves `bytes` for the service, or throws without reserving anything.
     public func reserveMemory(_ bytes: Int) throws(ResourceError) {
-        let key = ScopeKey.service(name)
-        let manager = self.manager
-        try manager.withState { s throws(ResourceError) in
-            try s.reserveMemory(bytes, in: key, limits: manager.limits(for:))
-        } refused: { error in
-            manager.report(error, address: nil, peer: nil)
-        }
+        try manager.reserve(bytes, in: .service(name))
     }
 
     /// Gives back `bytes` reserved earlier.
     public func releaseMemory(_ bytes: Int) {
-        let key = ScopeKey.service(name)
-        manager.mutate { $0.releaseMemory(bytes, in: key) }
+        manager.release(bytes, in: .service(name))
+    }
+}
+
+/// A flag that only the first `claim()` finds unset.
+final class OnceFlag: @unchecked Sendable {
+    // @unchecked: `claimed` is guarded by `lock`.
+    private let lock = NIOLock()
+    private var claimed = false
+
+    /// Whether this call is the first.
+    func claim() -> Bool {
+        lock.withLock {
+            defer { claimed = true }
+            return !claimed
+        }
     }
 }
