@@ -65,44 +65,19 @@ enum AttackBench {
         print(
             "attack            honest ok     p50 ms   p99 ms  requests  server peak RSS  peak fds  attacker")
         for (name, _) in attacks where options.only?.contains(name) ?? true {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-            child.arguments = ["attack-server", "--budget=\(options.budgetMiB)"]
-            let input = Pipe()
-            let output = Pipe()
-            child.standardInput = input
-            child.standardOutput = output
-            try child.run()
-            defer {
-                try? input.fileHandleForWriting.close()
-                child.waitUntilExit()
+            let seconds = options.seconds
+            let (result, alive) = try await Bench.withServerProcess(["attack-server", "--budget=\(options.budgetMiB)"]) {
+                address, pid in
+                let result = try await measure(attack: name, address: address, server: address.peerID!, pid: pid, seconds: seconds)
+                return (result, isAlive(pid))
             }
-            let line = await readLine(output.fileHandleForReading)
-            guard let address = Multiaddr(line[...]), let server = address.peerID else {
-                throw HostError(.invalidAddress, "attack-server printed \(line.debugDescription)")
-            }
-            let result = try await measure(
-                attack: name, address: address, server: server, pid: child.processIdentifier, seconds: options.seconds)
-            let alive = child.isRunning
             print(
                 name.padding(toLength: 16, withPad: " ", startingAt: 0)
                 + String(
                     format: " %7.1f %%  %9.2f %8.2f  %8d  %11.1f MiB  %8d  %@",
                     result.successRate * 100, result.p50, result.p99, result.requests,
                     Double(result.peakRSS) / 1_048_576, result.peakFDs,
-                    alive ? result.attackerNote : "SERVER DIED (\(child.terminationStatus))"))
-        }
-    }
-
-    static func readLine(_ handle: FileHandle) async -> String {
-        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-            Thread.detachNewThread {
-                var bytes: [UInt8] = []
-                while let byte = try? handle.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") {
-                    bytes.append(byte)
-                }
-                continuation.resume(returning: String(decoding: bytes, as: UTF8.self))
-            }
+                    alive ? result.attackerNote : "SERVER DIED"))
         }
     }
 
@@ -390,6 +365,14 @@ enum AttackBench {
             let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
         else { return 0 }
         return kib * 1024
+    }
+
+    /// Whether the process still runs (not gone, not a zombie waiting to be reaped).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("State:") })
+        else { return false }
+        return !line.contains("Z")
     }
 
     static func openDescriptors(_ pid: Int32) -> Int {

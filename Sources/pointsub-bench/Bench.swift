@@ -469,9 +469,18 @@ struct Bench {
 
     /// Runs `body` with the address of an `echo-server` child process, which ends with it.
     static func withEchoServerProcess<T: Sendable>(_ body: @Sendable (Multiaddr) async throws -> T) async throws -> T {
+        let extra = CommandLine.arguments.contains("--default-executor") ? ["--default-executor"] : []
+        return try await withServerProcess(["echo-server"] + extra) { address, _ in try await body(address) }
+    }
+
+    /// Starts this binary with `arguments` as a server that prints its address on its first line
+    /// and runs until its stdin closes; runs `body` with that address and the child's pid.
+    static func withServerProcess<T: Sendable>(
+        _ arguments: [String], _ body: @Sendable (Multiaddr, Int32) async throws -> T
+    ) async throws -> T {
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["echo-server"] + (CommandLine.arguments.contains("--default-executor") ? ["--default-executor"] : [])
+        child.arguments = arguments
         let input = Pipe()
         let output = Pipe()
         child.standardInput = input
@@ -491,9 +500,9 @@ struct Bench {
             }
         }
         guard let address = Multiaddr(line[...]), address.peerID != nil else {
-            throw HostError(.invalidAddress, "echo-server printed \(line.debugDescription)")
+            throw HostError(.invalidAddress, "\(arguments[0]) printed \(line.debugDescription)")
         }
-        return try await body(address)
+        return try await body(address, child.processIdentifier)
     }
 
     /// Streams on one open connection to a peer that identify has described (so the protocol is
