@@ -542,10 +542,11 @@ public final class PointSubClient: Sendable {
 
     /// The streams this client has open (pooled or in use).
     public func connectionsInfo() -> [ConnectionInfo] {
-        let now = ContinuousClock.now
         let live = state.withLockedValue { $0.live.values.sorted { $0.id < $1.id } }
         return live.map { stream in
             let info = stream.info.withLockedValue { $0 }
+            // After the stream's info is read: an earlier `now` could precede its last activity.
+            let now = ContinuousClock.now
             return ConnectionInfo(
                 id: stream.id, remotePeer: stream.stream.remotePeer, protocolID: stream.protocolID,
                 created: stream.created, lastActive: info.lastActive, idleTime: now - info.lastActive,

@@ -174,9 +174,11 @@ public final class PointSubServer: Sendable {
 
     /// The live streams.
     public func connectionsInfo() -> [ConnectionInfo] {
-        let now = ContinuousClock.now
-        return state.withLockedValue { s in
-            s.records.values.sorted { $0.id < $1.id }.map { r in
+        state.withLockedValue { s in
+            // Read under the lock: a stream marked active after an earlier `now` would show a
+            // negative idle time.
+            let now = ContinuousClock.now
+            return s.records.values.sorted { $0.id < $1.id }.map { r in
                 ConnectionInfo(
                     id: r.id, remotePeer: r.stream.remotePeer, protocolID: r.protocolID, created: r.created,
                     lastActive: r.lastActive, idleTime: now - r.lastActive, requestCount: r.requestCount,
