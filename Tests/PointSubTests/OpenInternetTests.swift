@@ -21,14 +21,9 @@ struct OpenInternetTests {
             let peer = serverHost.peerID
             try await withHost { attacker in
                 _ = try await attacker.connect(to: serverHost.addresses[0])
-                var streams: [P2PStream] = []
+                let (streams, replies) = try await idleAfterOneRequest(attacker, to: peer, count: 16)
                 defer { for stream in streams { stream.reset() } }
-                for _ in 0..<16 {
-                    let stream = try await attacker.newStream(to: peer, protocols: ["/reverse/1.0.0"])
-                    streams.append(stream)
-                    let reply = try await rawExchange(stream, PointSubMessage(kind: .request, payload: ByteBuffer(string: "ab")))
-                    #expect(reply?.kind == .response)
-                }
+                #expect(replies.allSatisfy { $0?.kind == .response })
                 // Twice the limit of streams sit idle; the honest peer is served at once.
                 #expect(try await client.send("xy", to: peer, protocol: "/reverse/1.0.0") == "yx")
                 #expect(server.statistics.busyRefusals == 0)
@@ -51,14 +46,8 @@ struct OpenInternetTests {
             let peer = serverHost.peerID
             try await withHost { attacker in
                 _ = try await attacker.connect(to: serverHost.addresses[0])
-                var streams: [P2PStream] = []
+                let (streams, _) = try await idleAfterOneRequest(attacker, to: peer, count: 32, pause: .milliseconds(2))
                 defer { for stream in streams { stream.reset() } }
-                for _ in 0..<32 {
-                    let stream = try await attacker.newStream(to: peer, protocols: ["/reverse/1.0.0"])
-                    streams.append(stream)
-                    _ = try await rawExchange(stream, PointSubMessage(kind: .request, payload: ByteBuffer(string: "ab")))
-                    try await Task.sleep(for: .milliseconds(2))
-                }
                 for _ in 0..<5 {
                     try await Task.sleep(for: .milliseconds(2))
                     #expect(try await client.send("xy", to: peer, protocol: "/reverse/1.0.0") == "yx")
@@ -418,4 +407,20 @@ struct CapturingHandler: LogHandler {
         let meta = (event.metadata ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         sink.append("\(event.level) \(event.message) \(meta.joined(separator: " "))")
     }
+}
+
+/// The attack of defect 4: `count` streams to `/reverse/1.0.0`, each sending one request, reading
+/// its reply, then sitting idle (`pause` between streams). Returns the streams and the replies.
+func idleAfterOneRequest(
+    _ attacker: P2PHost, to peer: PeerID, count: Int, pause: Duration? = nil
+) async throws -> (streams: [P2PStream], replies: [PointSubMessage?]) {
+    var streams: [P2PStream] = []
+    var replies: [PointSubMessage?] = []
+    for _ in 0..<count {
+        let stream = try await attacker.newStream(to: peer, protocols: ["/reverse/1.0.0"])
+        streams.append(stream)
+        replies.append(try await rawExchange(stream, PointSubMessage(kind: .request, payload: ByteBuffer(string: "ab"))))
+        if let pause { try await Task.sleep(for: pause) }
+    }
+    return (streams, replies)
 }

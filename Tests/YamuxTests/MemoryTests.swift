@@ -159,26 +159,25 @@ struct MemoryTests {
         return values[values.count / 2]
     }
 
-    @Test("an idle inbound stream holds at most 2 KiB of heap", .enabled(if: isLinux))
-    func inbound() throws {
-        let perStream = try Self.median(3, Self.inboundBytesPerStream)
-        print("yamux idle inbound stream: \(perStream) heap bytes")
-        #expect(perStream > 0)
-        #expect(perStream <= 2048)
+    /// What is measured: one side of an idle inbound stream, one side of an idle outbound one,
+    /// and both ends of an idle stream that carried a request and a response.
+    enum Case: String, CaseIterable, Sendable {
+        case inbound, outbound, bothEnds
+
+        var measure: () throws -> Int {
+            switch self {
+            case .inbound: return MemoryTests.inboundBytesPerStream
+            case .outbound: return MemoryTests.outboundBytesPerStream
+            case .bothEnds: return MemoryTests.bothEndsBytesPerUsedStream
+            }
+        }
     }
 
-    @Test("an idle outbound stream holds at most 2 KiB of heap", .enabled(if: isLinux))
-    func outbound() throws {
-        let perStream = try Self.median(3, Self.outboundBytesPerStream)
-        print("yamux idle outbound stream: \(perStream) heap bytes")
-        #expect(perStream > 0)
-        #expect(perStream <= 2048)
-    }
-
-    @Test("both ends of an idle stream that carried a request and a response hold at most 2 KiB together", .enabled(if: isLinux))
-    func bothEnds() throws {
-        let perStream = try Self.median(3, Self.bothEndsBytesPerUsedStream)
-        print("yamux idle used stream, both ends: \(perStream) heap bytes")
+    @Test("an idle stream holds at most 2 KiB of heap (both ends together for a used one)",
+          .enabled(if: isLinux), arguments: Case.allCases)
+    func idleStream(_ measured: Case) throws {
+        let perStream = try Self.median(3, measured.measure)
+        print("yamux idle stream (\(measured.rawValue)): \(perStream) heap bytes")
         #expect(perStream > 0)
         #expect(perStream <= 2048)
     }
