@@ -37,6 +37,12 @@ public enum HostEvent: Sendable {
 public final class P2PHost: Sendable {
     public typealias StreamHandler = @Sendable (P2PStream) async throws -> Void
 
+    /// A registered handler: a task per stream (public API), or a call that takes the stream over.
+    enum InboundHandler {
+        case task(StreamHandler)
+        case eventLoop(@Sendable (P2PStream) -> Void)
+    }
+
     public struct Configuration: Sendable, DefaultsConfigurable {
         /// Addresses to listen on when the host starts (e.g. `/ip4/127.0.0.1/tcp/0`).
         public var listenAddresses: [Multiaddr] = []
@@ -76,7 +82,7 @@ public final class P2PHost: Sendable {
         var connections: [PeerID: [Connection]] = [:]
         var pendingInbound = 0
         var dials: [PeerID: Task<Connection, any Error>] = [:]
-        var handlers: [String: StreamHandler] = [:]
+        var handlers: [String: InboundHandler] = [:]
         var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
         var maintenance: Task<Void, Never>?
         var connectionObservers: [@Sendable (Connection) -> Void] = []
@@ -242,7 +248,24 @@ public final class P2PHost: Sendable {
             guard s.handlers[protocolID] == nil else {
                 throw HostError(.handlerExists, "a handler for \(protocolID) is already set")
             }
-            s.handlers[protocolID] = handler
+            s.handlers[protocolID] = .task(handler)
+        }
+        notifyProtocolsChanged()
+    }
+
+    /// Handles inbound streams for `protocolID` without a task per stream: `handler` is called
+    /// once the protocol is negotiated, on the stream's event loop when the negotiation finished
+    /// there (the usual case), and takes the stream over — it must close or reset it, and start
+    /// (with `spawn`) whatever async work it needs. For protocols whose streams mostly sit idle
+    /// (issue 10: a task costs ~7 KiB per idle stream). Throws `.handlerExists` if one is set.
+    package func setEventLoopStreamHandler(
+        _ protocolID: String, _ handler: @escaping @Sendable (P2PStream) -> Void
+    ) throws {
+        try state.withLockedValue { s in
+            guard s.handlers[protocolID] == nil else {
+                throw HostError(.handlerExists, "a handler for \(protocolID) is already set")
+            }
+            s.handlers[protocolID] = .eventLoop(handler)
         }
         notifyProtocolsChanged()
     }
@@ -588,6 +611,15 @@ public final class P2PHost: Sendable {
                     return
                 }
             }
+            if let proto = negotiator.negotiatedProtocol,
+                case .eventLoop(let handler) = self.state.withLockedValue({ $0.handlers[proto] })
+            {
+                // Negotiated in the first bytes, for a handler that needs no task: none is started.
+                if let p2pStream = self.openInbound(stream, protocolID: proto, leftover: negotiator.takeLeftover(), on: connection) {
+                    handler(p2pStream)
+                }
+                return
+            }
             let started = negotiator
             self.track { await self.handleInbound(stream, negotiator: started, on: connection) }
         }
@@ -635,29 +667,43 @@ public final class P2PHost: Sendable {
             stream.reset()  // removed while we negotiated
             return
         }
+        guard let p2pStream = openInbound(
+            stream, protocolID: negotiated.protocol, leftover: negotiated.leftover, on: connection)
+        else { return }
+        switch handler {
+        case .eventLoop(let handler):
+            handler(p2pStream)
+        case .task(let handler):
+            do {
+                try await handler(p2pStream)
+                await p2pStream.close()
+            } catch {
+                logger.debug(
+                    "stream handler failed",
+                    metadata: [
+                        "protocol": "\(negotiated.protocol)", "peer": "\(connection.remotePeer)",
+                        "remote_address": "\(connection.remoteAddress)", "error": "\(error)",
+                    ])
+                p2pStream.reset()
+            }
+        }
+    }
+
+    /// The negotiated stream, counted against its protocol's limits; nil (the stream reset) when
+    /// the protocol's stream limit is reached.
+    private func openInbound(
+        _ stream: YamuxStream, protocolID: String, leftover: ByteBuffer, on connection: Connection
+    ) -> P2PStream? {
         do {
-            try stream.resourceScope?.setProtocol(negotiated.protocol)
+            try stream.resourceScope?.setProtocol(protocolID)
         } catch {
             // The protocol's stream limit is reached (the manager logged it): refuse this stream.
             metrics.streamRefused(reason: "protocol")
             stream.reset()
-            return
+            return nil
         }
-        metrics.streamOpened(.inbound, protocolID: negotiated.protocol)
-        let p2pStream = P2PStream(
-            stream: stream, protocolID: negotiated.protocol, connection: connection, leftover: negotiated.leftover)
-        do {
-            try await handler(p2pStream)
-            await p2pStream.close()
-        } catch {
-            logger.debug(
-                "stream handler failed",
-                metadata: [
-                    "protocol": "\(negotiated.protocol)", "peer": "\(connection.remotePeer)",
-                    "remote_address": "\(connection.remoteAddress)", "error": "\(error)",
-                ])
-            p2pStream.reset()
-        }
+        metrics.streamOpened(.inbound, protocolID: protocolID)
+        return P2PStream(stream: stream, protocolID: protocolID, connection: connection, leftover: leftover)
     }
 
     // MARK: - Connection manager

@@ -324,10 +324,11 @@ struct OpenInternetTests {
         }
     }
 
-    /// Memory per idle PointSub stream (heap growth, `mallinfo2`), on top of what an idle stream
-    /// costs the host (Yamux, negotiation, handler task), measured with a handler that only
-    /// waits. Five rounds, the smallest difference counts: other tests running at the same time
-    /// move the heap either way, but cannot make every round look small if PointSub is not.
+    /// Memory per idle PointSub stream (heap growth, `mallinfo2`; issue 10's bound: 4 KiB), with
+    /// both ends in this process: the client's stream is counted too, so the server's share is
+    /// less. Next to it, for comparison, a plain handler that awaits `read()` (a task per stream).
+    /// Five rounds, alternating the order; the medians count (run serially, as CI does: other
+    /// tests allocating at the same time move single rounds either way).
     @Test func idleStreamsCostLittleMemory() async throws {
         let config = PointSubServer.Configuration.defaults { $0.maxIdleStreamsPerPeer = 1000 }
         try await withServerAndClient(server: config) { server, client, serverHost in
@@ -377,9 +378,12 @@ struct OpenInternetTests {
                 for stream in opened { stream.reset() }
                 #expect(await eventually { waiting.count - done.count == 20 && server.connectionsInfo().count == 20 })
             }
-            let added = results.map { $0.pointSub - $0.baseline }
-            print("idle stream heap growth per stream (baseline handler, PointSub): \(results); PointSub adds \(added)")
-            #expect(added.min()! <= 4096)
+            let pointSub = results.map(\.pointSub).sorted()[2]
+            let baseline = results.map(\.baseline).sorted()[2]
+            print("idle stream heap growth per stream, both ends (task handler, PointSub): \(results); medians \(baseline), \(pointSub)")
+            #expect(pointSub <= 4096)
+            // No task per idle stream: well under what a handler task costs.
+            #expect(pointSub < baseline)
             for stream in warm { stream.reset() }
         }
     }

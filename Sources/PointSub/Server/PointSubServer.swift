@@ -128,9 +128,9 @@ public final class PointSubServer: Sendable {
         }
         if let refusal { throw refusal }
         do {
-            try host.setStreamHandler(protocolID) { [weak self] stream in
+            try host.setEventLoopStreamHandler(protocolID) { [weak self] stream in
                 guard let self else { return stream.reset() }
-                await self.serve(stream, protocolID: protocolID, handler: handler)
+                self.accept(stream, protocolID: protocolID, handler: handler)
             }
         } catch {
             _ = state.withLockedValue { $0.protocols.remove(protocolID) }
@@ -160,7 +160,10 @@ public final class PointSubServer: Sendable {
         }
         cleanup?.cancel()
         for protocolID in protocols { host.removeStreamHandler(protocolID) }
-        for stream in waiting { await stream.close() }
+        for (id, stream) in waiting {
+            removeRecord(id)
+            await stream.close()
+        }
         let deadline = ContinuousClock.now + gracePeriod
         while ContinuousClock.now < deadline, state.withLockedValue({ !$0.records.isEmpty }) {
             try? await Task.sleep(for: .milliseconds(5))
@@ -230,20 +233,21 @@ public final class PointSubServer: Sendable {
     /// Resets the new streams that have not sent a byte within `readTimeout`.
     func resetSilentStreams(now: ContinuousClock.Instant = .now) {
         let readTimeout = configuration.readTimeout
-        let silent = state.withLockedValue { s -> [P2PStream] in
-            var streams: [P2PStream] = []
+        let silent = state.withLockedValue { s -> [(UInt64, P2PStream)] in
+            var streams: [(UInt64, P2PStream)] = []
             for (id, record) in s.records
             where record.phase == .waiting && !record.closing && record.requestCount == 0
                 && now - record.created >= readTimeout
             {
-                if let wait = record.idleWait, !wait.finish(.ended) { continue }  // bytes just arrived
+                if let wait = record.idleWait, !wait.cancel() { continue }  // bytes just arrived
                 s.records[id]!.closing = true
-                streams.append(record.stream)
+                streams.append((id, record.stream))
             }
             s.stats.readTimeouts += streams.count
             return streams
         }
-        for stream in silent {
+        for (id, stream) in silent {
+            removeRecord(id)
             refused(.readTimeout, result: nil, stream, "no request within the read timeout of \(readTimeout)")
             stream.reset()
         }
@@ -260,19 +264,23 @@ public final class PointSubServer: Sendable {
         }
         // close(): FIN after the last reply, and the pending read ends (spec "Streams": the
         // server may close its side between messages).
-        for stream in idle { await stream.close() }
+        for (id, stream) in idle {
+            removeRecord(id)
+            await stream.close()
+        }
         return idle.count
     }
 
-    /// Marks the waiting streams that match as closing and returns them.
-    private static func retireWaiting(_ s: inout State, where matches: (Record) -> Bool) -> [P2PStream] {
-        var streams: [P2PStream] = []
+    /// Marks the waiting streams that match as closing, ends their waits (the caller, outside the
+    /// lock, removes their records and closes them) and returns them.
+    private static func retireWaiting(_ s: inout State, where matches: (Record) -> Bool) -> [(UInt64, P2PStream)] {
+        var streams: [(UInt64, P2PStream)] = []
         for (id, record) in s.records where record.phase == .waiting && !record.closing && matches(record) {
             // close() drops the stream's read handler without a word: end the wait first. If
             // the wait ended already, a request's first bytes just arrived: not idle.
-            if let wait = record.idleWait, !wait.finish(.ended) { continue }
+            if let wait = record.idleWait, !wait.cancel() { continue }
             s.records[id]!.closing = true
-            streams.append(record.stream)
+            streams.append((id, record.stream))
         }
         return streams
     }
@@ -286,77 +294,112 @@ public final class PointSubServer: Sendable {
     }
 
     // Memory per idle stream (issue 10: 17.5 KiB per idle stream before, heap growth measured
-    // in OpenInternetTests). The host keeps a task per stream while its handler runs, so an idle
-    // stream costs at least that task; what PointSub adds is kept small: an idle stream waits in
-    // `waitForBytes` on a read handler on the event loop (no `read()` chain of async frames), holds
-    // no read buffer, no timer (the first-request timeout is enforced by the cleanup's sweep) and
-    // no watchdog, and the large frames (`serveRequest`, `receive`, `respond`: the request, its
-    // payload, the reply) exist only while a request is handled. Measured: one `serve` with
-    // everything inline and a `read()` per idle stream cost ~5 KiB more than a handler that
-    // only awaits `read()`; now about the same as it.
+    // in OpenInternetTests). An idle stream has no task: the host hands it over on the event loop
+    // (`setEventLoopStreamHandler`), and it waits for its next request on a read handler there.
+    // It holds no read buffer, no timer (the first-request timeout is enforced by the cleanup's
+    // sweep) and no watchdog. A task is started at a request's first bytes and ends when the
+    // stream is idle again; the large frames (`serveRequest`, `receive`, `respond`: the request,
+    // its payload, the reply) exist only while a request is handled. Measured: a task per idle
+    // stream (awaiting its next bytes) cost ~7 KiB of the 7.5 KiB an idle stream took.
 
-    private func serve(_ stream: P2PStream, protocolID: String, handler: @escaping Handler) async {
-        guard let id = await admit(stream, protocolID: protocolID) else { return }
-        defer { removeRecord(id) }
-        // No storage until a request's first bytes arrive (an idle stream holds no buffer).
-        var parser = PointSubMessageParser(maxBlockSize: configuration.maxBlockSize, accepting: [.request])
-        defer { returnBuffer(&parser) }
-        while true {
-            var first: ByteBuffer?
-            if parser.bufferedBytes == 0 {
-                switch await waitForBytes(stream, id: id) {
-                case .data(let bytes): first = bytes
-                case .end: return  // the client closed its side: we close ours
-                case .ended:
-                    if !isClosing(id) { stream.reset() }
-                    return
-                }
-            }
-            guard await serveRequest(stream, id: id, parser: &parser, first: first, handler: handler) else { return }
-            // Idle again: no slot, no buffer.
-            if parser.bufferedBytes == 0 { returnBuffer(&parser) }
-            switch finishRequest(id) {
-            case .wait: continue
-            case .end: return
-            case .tooManyIdle(let text):
-                refused(.idleStreams, result: nil, stream, text)
-                await stream.close()
-                return
-            }
+    /// A new stream, handed over by the host: admitted (then it waits for its first request) or
+    /// refused.
+    private func accept(_ stream: P2PStream, protocolID: String, handler: @escaping Handler) {
+        switch admit(stream, protocolID: protocolID) {
+        case .admitted(let id):
+            awaitRequest(stream, id: id, handler: handler)
+        case .stopping:
+            refused(.unavailable, result: .unavailable, stream, "the server is shutting down")
+            host.spawn { [self] in await refuseNewStream(stream, .unavailable, "the server is shutting down") }
+        case .tooManyIdle(let text):
+            refused(.idleStreams, result: .busy, stream, text)
+            host.spawn { [self] in await refuseNewStream(stream, .busy, text) }
         }
     }
 
-    /// Waits on the stream's event loop (a read handler, no `read()`) for the first bytes of the
-    /// next request.
-    private func waitForBytes(_ stream: P2PStream, id: UInt64) async -> IdleWait.Outcome {
-        let wait = IdleWait()
+    /// Answers a stream that was not admitted, and closes it.
+    private func refuseNewStream(_ stream: P2PStream, _ code: RemoteErrorCode, _ text: String) async {
+        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
+        await refuse(stream, code, text, watchdog: watchdog)
+        await stream.close()
+    }
+
+    /// Waits on the stream's event loop (a read handler, no task) for the first bytes of the next
+    /// request; they start a task that reads, handles and answers it (`serveRequests`).
+    private func awaitRequest(_ stream: P2PStream, id: UInt64, handler: @escaping Handler) {
+        let wait = IdleWait { [weak self] outcome in
+            guard let self else { return stream.reset() }
+            switch outcome {
+            case .data(let bytes):
+                self.host.spawn { await self.serveRequests(stream, id: id, first: bytes, handler: handler) }
+            case .end:
+                // The client closed its side: we close ours.
+                self.removeRecord(id)
+                self.host.spawn { await stream.close() }
+            case .ended:
+                // Failed or reset. (Retired by the cleanup or stop(): they close it, and their
+                // `cancel()` does not come here; nor does a wait whose record they removed.)
+                let retired = self.state.withLockedValue { $0.records[id]?.closing ?? true }
+                if !retired { stream.reset() }
+                self.removeRecord(id)
+            }
+        }
         let registered = state.withLockedValue { s -> Bool in
             guard let record = s.records[id], !record.closing else { return false }
             s.records[id]!.idleWait = wait
             return true
         }
-        guard registered else { return .ended }
-        defer { state.withLockedValue { $0.records[id]?.idleWait = nil } }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                guard wait.start(continuation) else { return }
-                stream.eventLoop.execute {
-                    guard !wait.isFinished else { return }
-                    stream.setReadHandler { event in
-                        switch event {
-                        case .data(let bytes):
-                            guard bytes.readableBytes > 0 else { return }
-                            // Given back to read(): the request is read in the serving task.
-                            stream.setReadHandler(nil)
-                            if !wait.finish(.data(bytes)) { stream.reset() }  // retired meanwhile
-                        case .end: wait.finish(.end)
-                        case .failure: wait.finish(.ended)
-                        }
-                    }
+        guard registered else {
+            wait.finish(.ended)
+            return
+        }
+        let install: @Sendable () -> Void = {
+            guard !wait.isFinished else { return }
+            stream.setReadHandler { event in
+                switch event {
+                case .data(let bytes):
+                    guard bytes.readableBytes > 0 else { return }
+                    // Given back to read(): the request is read in the serving task.
+                    stream.setReadHandler(nil)
+                    if !wait.finish(.data(bytes)) { stream.reset() }  // retired meanwhile
+                case .end: wait.finish(.end)
+                case .failure: wait.finish(.ended)
                 }
             }
-        } onCancel: {
-            if wait.finish(.ended) { stream.eventLoop.execute { stream.setReadHandler(nil) } }
+        }
+        if stream.eventLoop.inEventLoop { install() } else { stream.eventLoop.execute(install) }
+    }
+
+    /// Serves requests from `first` (the first bytes of one) until the stream is idle again (then
+    /// it waits without a task, `awaitRequest`) or ends.
+    private func serveRequests(_ stream: P2PStream, id: UInt64, first: ByteBuffer, handler: @escaping Handler) async {
+        state.withLockedValue { $0.records[id]?.idleWait = nil }
+        var parser = PointSubMessageParser(maxBlockSize: configuration.maxBlockSize, accepting: [.request])
+        defer { returnBuffer(&parser) }
+        var first: ByteBuffer? = first
+        while true {
+            guard await serveRequest(stream, id: id, parser: &parser, first: first, handler: handler) else {
+                removeRecord(id)
+                await stream.close()  // after a reset: nothing happens
+                return
+            }
+            first = nil
+            switch finishRequest(id) {
+            case .wait:
+                // A pipelined request is buffered already: serve it in this task.
+                if parser.bufferedBytes > 0 { continue }
+                awaitRequest(stream, id: id, handler: handler)
+                return
+            case .end:
+                removeRecord(id)
+                await stream.close()
+                return
+            case .tooManyIdle(let text):
+                refused(.idleStreams, result: nil, stream, text)
+                removeRecord(id)
+                await stream.close()
+                return
+            }
         }
     }
 
@@ -377,11 +420,11 @@ public final class PointSubServer: Sendable {
     }
 
     /// Registers a new stream (idle until its first request's bytes arrive: it holds no request
-    /// slot, and counts against the idle bounds), or refuses it. nil: refused.
-    private func admit(_ stream: P2PStream, protocolID: String) async -> UInt64? {
+    /// slot, and counts against the idle bounds), or refuses it.
+    private func admit(_ stream: P2PStream, protocolID: String) -> Admission {
         let peer = stream.remotePeer
         let now = ContinuousClock.now
-        let admission = state.withLockedValue { s -> Admission in
+        return state.withLockedValue { s -> Admission in
             if s.stopping {
                 s.stats.unavailableRefusals += 1
                 return .stopping
@@ -402,20 +445,6 @@ public final class PointSubServer: Sendable {
             s.addIdle(peer)
             s.stats.streamsAccepted += 1
             return .admitted(id)
-        }
-        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
-        defer { watchdog.disarm() }
-        switch admission {
-        case .stopping:
-            refused(.unavailable, result: .unavailable, stream, "the server is shutting down")
-            await refuse(stream, .unavailable, "the server is shutting down", watchdog: watchdog)
-            return nil
-        case .tooManyIdle(let text):
-            refused(.idleStreams, result: .busy, stream, text)
-            await refuse(stream, .busy, text, watchdog: watchdog)
-            return nil
-        case .admitted(let id):
-            return id
         }
     }
 
@@ -832,65 +861,41 @@ final class StreamWatchdog: Sendable {
     var fired: Bool { state.withLockedValue { $0.fired } }
 }
 
-/// A server stream's wait for the first bytes of its next request: resumed once, by the stream's
-/// read handler (data, end, failure), by the idle cleanup or `stop()` retiring the stream, or by
-/// cancellation. Small on purpose (issue 10: memory per idle stream).
+/// A server stream's wait for the first bytes of its next request: ended once, by the stream's
+/// read handler (data, end, failure), or by the idle cleanup or `stop()` retiring the stream;
+/// the outcome goes to `onOutcome`. Small on purpose (issue 10: memory per idle stream).
 final class IdleWait: Sendable {
     enum Outcome: Sendable {
         case data(ByteBuffer)
         /// The client closed its side.
         case end
-        /// Failed, reset, retired or cancelled.
+        /// Failed, reset or retired.
         case ended
     }
 
-    private enum State {
-        case new
-        case waiting(CheckedContinuation<Outcome, Never>)
-        case finished(Outcome?)
+    private let finished = NIOLockedValueBox(false)
+    private let onOutcome: @Sendable (Outcome) -> Void
+
+    init(_ onOutcome: @escaping @Sendable (Outcome) -> Void) {
+        self.onOutcome = onOutcome
     }
 
-    private let state = NIOLockedValueBox(State.new)
-
-    /// Installs the continuation; false when the wait was finished already (then resumed here).
-    func start(_ continuation: CheckedContinuation<Outcome, Never>) -> Bool {
-        let early = state.withLockedValue { s -> Outcome? in
-            switch s {
-            case .new:
-                s = .waiting(continuation)
-                return nil
-            case .finished(let outcome):
-                s = .finished(nil)
-                return outcome ?? .ended
-            case .waiting:
-                preconditionFailure("an idle wait is started once")
-            }
-        }
-        guard let early else { return true }
-        continuation.resume(returning: early)
-        return false
-    }
-
-    var isFinished: Bool {
-        state.withLockedValue { if case .finished = $0 { true } else { false } }
-    }
+    var isFinished: Bool { finished.withLockedValue { $0 } }
 
     /// Ends the wait with `outcome` unless it ended already; returns whether this call ended it.
     @discardableResult
     func finish(_ outcome: Outcome) -> Bool {
-        let (won, continuation) = state.withLockedValue { s -> (Bool, CheckedContinuation<Outcome, Never>?) in
-            switch s {
-            case .new:
-                s = .finished(outcome)
-                return (true, nil)
-            case .waiting(let continuation):
-                s = .finished(nil)
-                return (true, continuation)
-            case .finished:
-                return (false, nil)
-            }
-        }
-        continuation?.resume(returning: outcome)
+        let won = cancel()
+        if won { onOutcome(outcome) }
         return won
+    }
+
+    /// Ends the wait without an outcome (the caller takes care of the stream) unless it ended
+    /// already; returns whether this call ended it. May be called under the server's lock.
+    func cancel() -> Bool {
+        finished.withLockedValue { finished -> Bool in
+            defer { finished = true }
+            return !finished
+        }
     }
 }
