@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One module per layer, bottom to top:
-// Multiformats → Identity → Resources → Transport / Multistream / Noise / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
+// Multiformats → Identity → Resources → Transport / Multistream / Security (Noise, TLS) / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
@@ -53,10 +53,15 @@ let package = Package(
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
+        // The seam for security protocols (Noise, TLS): a raw channel in, an authenticated one out.
+        .target(name: "Security", dependencies: [
+            "Identity",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
         // ChaCha20-Poly1305 into caller-owned memory (BoringSSL's AEAD as swift-crypto links it, on Linux).
         .target(name: "CNoiseAEAD"),
         .target(name: "Noise", dependencies: [
-            "Identity", "CNoiseAEAD",
+            "Identity", "Security", "CNoiseAEAD",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -67,7 +72,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Multiformats", "Identity", "Transport", "Multistream", "Noise", "Yamux", "Resources",
+            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
