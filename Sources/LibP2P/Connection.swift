@@ -20,8 +20,9 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public let localAddress: Multiaddr?
     public let remoteAddress: Multiaddr
     public let openedAt: ContinuousClock.Instant
-    /// The security and muxer protocols negotiated.
-    public let security = "/noise"
+    /// The security protocol negotiated ("/noise", "/tls/1.0.0").
+    public let security: String
+    /// The muxer negotiated.
     public let muxer = "/yamux/1.0.0"
     package let session: YamuxSession
     let negotiationTimeout: Duration
@@ -34,9 +35,10 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     init(
         id: UInt64, remotePeer: PeerID, remotePublicKey: PublicKey, direction: Direction,
         localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration,
-        resourceScope: ConnectionScope? = nil, metrics: HostMetrics? = nil
+        security: String, resourceScope: ConnectionScope? = nil, metrics: HostMetrics? = nil
     ) {
         self.id = id
+        self.security = security
         self.remotePeer = remotePeer
         self.remotePublicKey = remotePublicKey
         self.direction = direction

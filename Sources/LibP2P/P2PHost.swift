@@ -5,7 +5,6 @@ import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import Noise
 import Resources
 import ServiceLifecycle
 import Transport
@@ -62,6 +61,9 @@ public final class P2PHost: Sendable {
         public var connectionManager: ConnectionManager.Configuration = .defaults
         /// How long `shutdown()` lets open streams finish.
         public var shutdownGracePeriod: Duration = .seconds(5)
+        /// The security protocols offered, in order of preference (a dialer proposes them in
+        /// this order; a listener accepts any of them). At least one.
+        public var security: [SecurityOption] = [.noise]
         public var yamux: YamuxConfiguration = .defaults
         /// Limits of the host's resource manager (connections, handshakes, streams and memory by
         /// scope: system, address, peer, connection, stream, protocol, service). See
@@ -131,10 +133,18 @@ public final class P2PHost: Sendable {
         self.connectionManager = ConnectionManager(configuration: configuration.connectionManager)
         self.remoteLog = RateLimitedLogger(configuration.logger)
         self.transport = TCPTransport(group: self.eventLoopGroup)
-        // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
-        let local = try! NoiseLocalIdentity(identity: identity)
+        // Building a security protocol signs with the identity key, which cannot fail for the key
+        // types a PrivateKey holds.
+        precondition(!configuration.security.isEmpty, "a host needs at least one security protocol")
+        let security = configuration.security.map { option in
+            do {
+                return try option.build(for: identity)
+            } catch {
+                preconditionFailure("cannot set up \(option.protocolID) for this identity: \(error)")
+            }
+        }
         self.upgrader = Upgrader(
-            local: local, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount,
+            security: security, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount,
             metrics: metrics)
     }
 
@@ -537,7 +547,8 @@ public final class P2PHost: Sendable {
                 id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
                 direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
                 remoteAddress: remoteAddress, session: result.session,
-                negotiationTimeout: configuration.streamNegotiationTimeout, resourceScope: scope, metrics: metrics)
+                negotiationTimeout: configuration.streamNegotiationTimeout, security: result.securityProtocol,
+                resourceScope: scope, metrics: metrics)
             s.connections[peer, default: []].append(connection)
             return (connection, s.connections[peer]!.count == 1, s.connectionObservers)
         }
