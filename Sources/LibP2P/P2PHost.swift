@@ -61,6 +61,9 @@ public final class P2PHost: Sendable {
         public var connectionManager: ConnectionManager.Configuration = .defaults
         /// How long `shutdown()` lets open streams finish.
         public var shutdownGracePeriod: Duration = .seconds(5)
+        /// The transports, in order of preference: an address is dialed or listened on by the
+        /// first that handles it.
+        public var transports: [TransportOption] = [.tcp]
         /// The security protocols offered, in order of preference (a dialer proposes them in
         /// this order; a listener accepts any of them). At least one.
         public var security: [SecurityOption] = [.noise]
@@ -80,7 +83,7 @@ public final class P2PHost: Sendable {
     private struct State {
         var started = false
         var shuttingDown = false
-        var listeners: [TCPListener] = []
+        var listeners: [any TransportListener] = []
         var connections: [PeerID: [Connection]] = [:]
         var pendingInbound = 0
         var dials: [PeerID: Task<Connection, any Error>] = [:]
@@ -112,7 +115,7 @@ public final class P2PHost: Sendable {
     /// Trims connections above the high watermark and closes idle ones; protocols protect and
     /// tag the peers they depend on here.
     public let connectionManager: ConnectionManager
-    private let transport: TCPTransport
+    private let transports: [any Transport]
     private let metrics = HostMetrics()
     /// Lines a remote can cause at will (refusals, failed handshakes), at a bounded rate.
     private let remoteLog: RateLimitedLogger
@@ -132,7 +135,8 @@ public final class P2PHost: Sendable {
         self.resourceManager = ResourceManager(configuration: configuration.resources, logger: configuration.logger)
         self.connectionManager = ConnectionManager(configuration: configuration.connectionManager)
         self.remoteLog = RateLimitedLogger(configuration.logger)
-        self.transport = TCPTransport(group: self.eventLoopGroup)
+        let group = self.eventLoopGroup
+        self.transports = configuration.transports.map { $0.build(on: group) }
         // Building a security protocol signs with the identity key, which cannot fail for the key
         // types a PrivateKey holds.
         precondition(!configuration.security.isEmpty, "a host needs at least one security protocol")
@@ -204,9 +208,12 @@ public final class P2PHost: Sendable {
     @discardableResult
     public func listen(on address: Multiaddr) async throws -> Multiaddr {
         try checkRunning()
-        let listener = try await transport.listen(on: address) { [weak self] channel in
+        guard let transport = transports.first(where: { $0.canListen(address) }) else {
+            throw HostError(.invalidAddress, "no transport can listen on \(address)")
+        }
+        let listener = try await transport.listen(on: address) { [weak self] channel, remote in
             guard let self else { return channel.close() }
-            return self.acceptInbound(channel)
+            return self.acceptInbound(channel, from: remote)
         }
         state.withLockedValue { $0.listeners.append(listener) }
         logger.info("listening", metadata: ["address": "\(listener.address)"])
@@ -396,7 +403,9 @@ public final class P2PHost: Sendable {
     }
 
     private func dialAddresses(of peer: PeerID) async throws -> Connection {
-        let candidates = peerstore.addresses(for: peer).filter(TCPTransport.canHandle)
+        let candidates = peerstore.addresses(for: peer).filter { address in
+            transports.contains { $0.canDial(address) }
+        }
         guard !candidates.isEmpty else {
             throw HostError(.noAddresses, "no dialable address known for \(peer)")
         }
@@ -416,7 +425,7 @@ public final class P2PHost: Sendable {
 
     private func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
         let plain = address.removingPeerID()
-        guard TCPTransport.canHandle(plain) else {
+        guard let transport = transports.first(where: { $0.canDial(plain) }) else {
             throw HostError(.invalidAddress, "no transport for \(address)")
         }
         // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
@@ -433,7 +442,8 @@ public final class P2PHost: Sendable {
         }
         let channel: Channel
         do {
-            channel = try await transport.dial(plain, timeout: timeout, bindTo: configuration.dialSourceAddress) { channel in
+            let options = DialOptions(timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress)
+            channel = try await transport.dial(plain, options: options) { channel in
                 upgrade.withLockedValue {
                     $0 = upgrader.upgrade(
                         channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout,
@@ -494,9 +504,9 @@ public final class P2PHost: Sendable {
     /// Runs on the accepted channel's event loop, before it is active. The connection is
     /// accounted before a byte is read: per source address (pending handshakes, connections,
     /// memory), then per peer once the security handshake names it.
-    private func acceptInbound(_ channel: Channel) -> EventLoopFuture<Void> {
-        let remote = channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
-        let remoteIP = channel.remoteAddress?.ipAddress
+    private func acceptInbound(_ channel: any Channel, from endpoint: RemoteEndpoint) -> EventLoopFuture<Void> {
+        let remote = endpoint.address
+        let remoteIP = endpoint.source
         guard !state.withLockedValue({ $0.shuttingDown }) else { return channel.close() }
         let scope: ConnectionScope
         do {
