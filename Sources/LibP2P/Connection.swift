@@ -116,7 +116,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
 
     /// Closes the connection. `graceful`: wait for open streams to finish (at most `timeout`) first.
     public func close(graceful: Bool = true, timeout: Duration = .seconds(5)) async {
-        let deadline = NIODeadline.now() + timeout.timeAmount
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
         await session.close(graceful: graceful, deadline: deadline)
     }
 
@@ -125,12 +125,5 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         "Connection(\(id), \(direction.rawValue), \(remotePeer) at \(remoteAddress))"
-    }
-}
-
-extension Duration {
-    var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

@@ -148,7 +148,7 @@ public final class P2PHost: Sendable {
             }
         }
         self.upgrader = Upgrader(
-            security: security, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount,
+            security: security, yamux: configuration.yamux, timeout: TimeAmount(configuration.handshakeTimeout),
             metrics: metrics)
     }
 
@@ -430,7 +430,7 @@ public final class P2PHost: Sendable {
         }
         // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
         // the upgrader's deadline, which starts in the initializer (no task group on this hot path).
-        let timeout = configuration.dialTimeout.timeAmount
+        let timeout = TimeAmount(configuration.dialTimeout)
         let upgrader = self.upgrader
         let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
         let scope: ConnectionScope
@@ -796,7 +796,7 @@ public final class P2PHost: Sendable {
         _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
         let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: timeout.timeAmount) {
+        let timer = stream.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             timedOut.withLockedValue { $0 = true }
             stream.reset()
         }
