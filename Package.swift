@@ -2,7 +2,8 @@
 import PackageDescription
 
 // One module per layer, bottom to top:
-// Multiformats → Identity → Resources → Transport / Multistream / Security (Noise, TLS) / Yamux → LibP2P (host) → Protocols → PointSub → PubSub
+// Multiformats → Identity → Resources → Transport / Multistream / Security (Noise, TLS) / Yamux → LibP2P (host)
+// → Protocols → PointSubCore → PubSub → PointSub (the umbrella: withHost and re-exports)
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
@@ -85,7 +86,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
-        .target(name: "PointSub", dependencies: [
+        .target(name: "PointSubCore", dependencies: [
             "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -97,13 +98,20 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "PubSub", dependencies: [
-            "LibP2P", "PointSub", "Multiformats", "Identity",
+            "LibP2P", "Protocols", "PointSubCore", "Multiformats", "Identity",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: strict),
+        // The umbrella: `import PointSub` gives the whole stack (and NIOCore's ByteBuffer, which is
+        // public API everywhere), plus `withHost`.
+        .target(name: "PointSub", dependencies: [
+            "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "Yamux",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub",
+            .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "PointSub", "PubSub",
@@ -123,7 +131,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
-            "Multiformats", "Identity", "Multistream", "Noise", "Yamux", "Protocols", "PointSub", "PubSub",
+            "Multiformats", "Identity", "Multistream", "Noise", "Yamux", "Protocols", "PointSubCore", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -158,7 +166,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "PointSubTests", dependencies: [
-            "PointSub", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
+            "PointSub", "PointSubCore", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), "CHeapInfo",
@@ -170,9 +178,9 @@ let package = Package(
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: strict),
         // README.md's Swift examples, compiled (see ReadmeExamples.swift).
+        // Only what a README reader would add: no swift-nio, no second PointSub module.
         .testTarget(name: "ReadmeTests", dependencies: [
-            "PointSub", "PubSub",
-            .product(name: "NIOCore", package: "swift-nio"),
+            "PointSub",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),

@@ -1,3 +1,4 @@
+import PubSub
 /// Fuzz entry points for every parser and state machine that reads bytes from the network
 /// (issue 10). The same code runs under libFuzzer (`FuzzTesting/`, `scripts/fuzz.sh`) and in the
 /// normal test suite (`FuzzRegressionTests` replays `FuzzTesting/Regressions/<target>/` and
@@ -153,21 +154,6 @@ struct FuzzReader {
     }
 
     mutating func rest() -> [UInt8] { take(bytes.count - offset) }
-}
-
-/// SplitMix64: a small deterministic generator for chunk sizes and test inputs.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// `bytes` cut into pieces as a network read would deliver them; `mode` picks how: whole, one

@@ -1,6 +1,6 @@
 import Multiformats
 import NIOCore
-import PointSub
+import PointSubCore
 
 extension FuzzTargets {
     static func fuzzPointSubParser(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {

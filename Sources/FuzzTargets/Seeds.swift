@@ -3,7 +3,7 @@ import Identity
 import Multiformats
 import Multistream
 import NIOCore
-import PointSub
+import PointSubCore
 import Protocols
 import PubSub
 import Yamux

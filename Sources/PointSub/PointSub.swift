@@ -1,12 +1,18 @@
-import NIOCore
+// The umbrella: `import PointSub` is the whole stack, bottom to top. NIOCore comes along because
+// its `ByteBuffer` (and `EventLoopGroup`) are public API everywhere above it.
 @_exported import Identity
 @_exported import LibP2P
 @_exported import Multiformats
 @_exported import Multistream
+@_exported import NIOCore
 @_exported import Noise
+@_exported import PointSubCore
+@_exported import Protocols
+@_exported import PubSub
+@_exported import Resources
+@_exported import Security
 @_exported import Transport
 @_exported import Yamux
-@_exported import Protocols
 
 /// Runs `body` with a started host that answers identify and ping, then shuts the host down
 /// gracefully (open streams get the configured grace period), whether `body` returns or throws.

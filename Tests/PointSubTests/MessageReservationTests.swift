@@ -1,7 +1,8 @@
 import NIOCore
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 /// A large request's payload is reserved in the stream's resource scope as soon as its header
 /// announces it, before it is buffered; what the resource manager refuses is answered `busy`.

@@ -6,7 +6,8 @@ import ServiceLifecycle
 import TestSupport
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 /// Issue 10 ("Survive the open internet"): what one remote peer can make a PointSub server hold.
 @Suite(.timeLimit(.minutes(2)))

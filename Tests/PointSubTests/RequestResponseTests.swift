@@ -2,7 +2,8 @@ import NIOCore
 import TestSupport
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 private struct HandlerFailure: Error, CustomStringConvertible {
     var description: String

@@ -3,7 +3,8 @@ import NIOCore
 import TestSupport
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 // Everything here is private: other test files of this target are written in parallel.
 

@@ -2,7 +2,8 @@ import NIOCore
 import TestSupport
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 /// Replies with the request's size as text.
 let sizeHandler: PointSubServer.Handler = { ByteBuffer(string: "\($0.payload.readableBytes)") }

@@ -2,7 +2,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 let loopback = Multiaddr("/ip4/127.0.0.1/tcp/0")
 

@@ -1,7 +1,8 @@
 import NIOCore
 import Testing
 
-@testable import PointSub
+import PointSub
+@testable import PointSubCore
 
 func bytes(_ hex: String) -> [UInt8] {
     let digits = Array(hex.filter { !$0.isWhitespace })

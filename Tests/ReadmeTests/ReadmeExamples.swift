@@ -1,10 +1,8 @@
 import Foundation
 import Logging
 import Metrics
-import NIOCore
 import PointSub
 import Prometheus
-import PubSub
 import ServiceLifecycle
 import Testing
 

@@ -1,5 +1,5 @@
 import LibP2P
-import PointSub
+import PointSubCore
 
 /// Every error a `RouteTable` reports: bad routes, unknown names, and the outcome of a dispatch
 /// that got no reply. `route` names the route concerned, when there is one.

@@ -3,7 +3,7 @@ import LibP2P
 import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
-import PointSub
+import PointSubCore
 
 /// Named routes to peers, and request/response over them: `dispatch` sends a message to one
 /// route and returns its reply, `dispatchAll` sends to every route at once and returns a result

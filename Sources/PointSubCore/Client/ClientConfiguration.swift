@@ -1,3 +1,8 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
+
 extension PointSubClient {
     public struct Configuration: Sendable, DefaultsConfigurable {
         /// Default time limit of one `send`, retries included.

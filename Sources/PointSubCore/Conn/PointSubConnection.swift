@@ -1,3 +1,8 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
+import Yamux
 import NIOConcurrencyHelpers
 import NIOCore
 

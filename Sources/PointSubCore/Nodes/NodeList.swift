@@ -1,3 +1,7 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
 import Crypto
 import NIOConcurrencyHelpers
 import NIOCore

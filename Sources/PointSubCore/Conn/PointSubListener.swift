@@ -1,3 +1,7 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
 import NIOConcurrencyHelpers
 
 /// Accepts inbound streams of one protocol as `PointSubConnection`s (Go's `net.Listener` over

@@ -1,3 +1,6 @@
+import Identity
+import Multiformats
+import Resources
 import LibP2P
 
 /// The error code of an error message (`kind` 0x03), docs/PROTOCOL.md "Errors".

@@ -1,3 +1,8 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
+
 extension PointSubServer {
     public struct Configuration: Sendable, DefaultsConfigurable {
         /// How long the bytes of a request may take to arrive once its first byte came, and how

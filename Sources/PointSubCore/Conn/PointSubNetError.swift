@@ -1,3 +1,8 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
+
 /// Errors of the stream-as-connection layer (`PointSubNet`, `PointSubConnection`, `PointSubListener`).
 ///
 /// `PointSubNet.dial` passes the host's own errors through unchanged (`HostError` with

@@ -1,3 +1,5 @@
+import Multiformats
+import Resources
 import Identity
 import LibP2P
 import NIOConcurrencyHelpers

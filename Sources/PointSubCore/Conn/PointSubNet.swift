@@ -1,3 +1,8 @@
+import Identity
+import LibP2P
+import Multiformats
+import Resources
+
 /// Libp2p streams as network connections: Go's `Dial` / `Listen` returning `net.Conn` /
 /// `net.Listener`, here `PointSubConnection` / `PointSubListener`. Addresses are peer IDs on the
 /// `pointsub` network (`PointSubAddress`).
