@@ -37,8 +37,8 @@ enum Secp256k1 {
         "secp256k1 keys need libsecp256k1 at run time (Debian/Ubuntu: apt-get install libsecp256k1-dev; "
         + "macOS: brew install secp256k1; or set \(libraryVariable) to the library file)"
 
-    /// The sonames tried in order: Debian 13 (0.6: .so.2), Debian 12 (0.2: .so.1), older
-    /// distributions (.so.0), then the unversioned development symlink.
+    /// The sonames tried in order: newer releases (.so.2), Debian 12's libsecp256k1-1 0.2.0
+    /// (.so.1), older distributions (.so.0), then the unversioned symlink of the -dev package.
     #if canImport(Darwin)
     static let defaultNames = ["libsecp256k1.dylib", "libsecp256k1.2.dylib", "libsecp256k1.1.dylib",
                                "/opt/homebrew/lib/libsecp256k1.dylib", "/usr/local/lib/libsecp256k1.dylib"]
