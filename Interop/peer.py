@@ -5,9 +5,13 @@ Built on py-libp2p 0.8.1 (PyPI package ``libp2p``), pinned in
 Interop/requirements.txt and installed by scripts/setup-interop.sh into
 Interop/.venv.  Run as::
 
-    Interop/.venv/bin/python Interop/peer.py id     --seed N
-    Interop/.venv/bin/python Interop/peer.py listen --seed N [--port P]
-    Interop/.venv/bin/python Interop/peer.py dial   <multiaddr/p2p/ID> --seed N --test T [...]
+    Interop/.venv/bin/python Interop/peer.py id     --seed N [--key-type K]
+    Interop/.venv/bin/python Interop/peer.py listen --seed N [--key-type K] [--port P]
+    Interop/.venv/bin/python Interop/peer.py dial   <multiaddr/p2p/ID> --seed N [--key-type K] --test T [...]
+
+--key-type (default ed25519) picks the identity's key type; the secret is the
+same 32 bytes for both (the little-endian encoding of N): the Ed25519 seed, or
+the secp256k1 scalar read big-endian (N = 0 is invalid for secp256k1).
 
 Only TCP on 127.0.0.1, Noise (/noise) as the only security protocol and
 Yamux (/yamux/1.0.0) as the only muxer are offered, so every test goes
@@ -280,18 +284,26 @@ def seed_to_secret(seed: int) -> bytes:
     return seed.to_bytes(32, "little")
 
 
-def fast_peer_id(seed: int) -> str:
+def fast_peer_id(seed: int, key_type: str = "ed25519") -> str:
     """Peer ID without importing libp2p (which takes ~2 s to import).
 
-    identity multihash (0x00, len 36) of the protobuf PublicKey
-    {Type: Ed25519 (1), Data: 32-byte key}; base58btc.  Cross-checked against
-    libp2p's ID.from_pubkey by the self-test in the listen/dial modes.
+    identity multihash (0x00, len) of the protobuf PublicKey {Type: Ed25519
+    (1), Data: 32-byte key} or {Type: Secp256k1 (2), Data: 33-byte compressed
+    point}; base58btc.  Cross-checked against libp2p's ID.from_pubkey by the
+    self-test in the listen/dial modes.
     """
     import base58
-    from nacl.signing import SigningKey
 
-    pub = bytes(SigningKey(seed_to_secret(seed)).verify_key)
-    pb = b"\x08\x01\x12\x20" + pub
+    if key_type == "secp256k1":
+        import coincurve  # py-libp2p's secp256k1 backend
+
+        pub = coincurve.PrivateKey(seed_to_secret(seed)).public_key.format(True)
+        pb = b"\x08\x02\x12\x21" + pub
+    else:
+        from nacl.signing import SigningKey
+
+        pub = bytes(SigningKey(seed_to_secret(seed)).verify_key)
+        pb = b"\x08\x01\x12\x20" + pub
     return base58.b58encode(b"\x00" + bytes([len(pb)]) + pb).decode()
 
 
@@ -322,6 +334,7 @@ def _import_libp2p() -> None:
 
     import libp2p
     from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.secp256k1 import Secp256k1PrivateKey
     from libp2p.crypto.keys import KeyPair
     from libp2p.crypto.serialization import deserialize_public_key
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
@@ -509,12 +522,15 @@ async def request_identify(stream: Any, timeout: float = 10.0) -> Any:
 # --------------------------------------------------------------------------
 
 
-def make_host(seed: int) -> Any:
+def make_host(seed: int, key_type: str = "ed25519") -> Any:
     L.identify_mod.AGENT_VERSION = AGENT_VERSION
-    sk = L.Ed25519PrivateKey.from_bytes(seed_to_secret(seed))
+    if key_type == "secp256k1":
+        sk = L.Secp256k1PrivateKey.from_bytes(seed_to_secret(seed))
+    else:
+        sk = L.Ed25519PrivateKey.from_bytes(seed_to_secret(seed))
     kp = L.KeyPair(sk, sk.get_public_key())
     pid = L.ID.from_pubkey(kp.public_key)
-    if str(pid) != fast_peer_id(seed):  # self-test of the fast `id` path
+    if str(pid) != fast_peer_id(seed, key_type):  # self-test of the fast `id` path
         raise RuntimeError("peer id mismatch between libp2p and fast_peer_id")
     sec_opt = {
         L.NOISE_PROTOCOL_ID: L.NoiseTransport(
@@ -1066,7 +1082,7 @@ async def wait_stdin_eof() -> None:
 
 
 async def run_listen(args: argparse.Namespace) -> int:
-    host = make_host(args.seed)
+    host = make_host(args.seed, args.key_type)
     for proto in PS_PROTOCOLS:
         host.set_stream_handler(proto, make_ps_handler(proto))
     listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
@@ -1521,7 +1537,7 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         result = {"ok": False, "error": f"bad multiaddr: {_describe(e)}"}
         emit_result(result)
         return EXIT_FAIL, result
-    host = make_host(args.seed)
+    host = make_host(args.seed, args.key_type)
     answered = trio.Event()
     host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
@@ -1624,7 +1640,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--seed", type=parse_seed, required=True,
-                        help="Ed25519 secret key = 32-byte little-endian N")
+                        help="secret key = 32-byte little-endian N")
+        sp.add_argument("--key-type", choices=["ed25519", "secp256k1"], default="ed25519",
+                        help="identity key type (secp256k1: the 32 bytes as a big-endian scalar)")
         sp.add_argument("-v", "--verbose", action="count", default=0,
                         help="stderr logging: -v info, -vv debug (incl. libp2p)")
 
@@ -1696,7 +1714,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "id":
-        emit(fast_peer_id(args.seed))
+        emit(fast_peer_id(args.seed, args.key_type))
         return EXIT_OK
 
     if args.cmd == "dial":

@@ -6,9 +6,11 @@
 #   scripts/setup-interop.sh        # idempotent; prints nothing and exits 0 on success
 #
 # Steps:
-#   1. libgmp-dev (needed to build fastecdsa) via apt-get if `dpkg -s` says it
-#      is missing (as root, or with `sudo -n` if available).  Skipped on hosts
-#      without dpkg (e.g. macOS: `brew install gmp` yourself).
+#   1. libgmp-dev (needed to build fastecdsa) and libsecp256k1-dev (the
+#      library our secp256k1 keys load at run time; the package itself builds
+#      without it) via apt-get if `dpkg -s` says they are missing (as root, or
+#      with `sudo -n` if available).  Skipped on hosts without dpkg (e.g.
+#      macOS: `brew install gmp secp256k1` yourself).
 #   2. Interop/.venv via `python3 -m venv` if missing or broken
 #      (override the interpreter with INTEROP_PYTHON=/path/to/python3.11+).
 #   3. `pip install -r Interop/requirements.txt` only when requirements.txt
@@ -66,18 +68,24 @@ if command -v flock >/dev/null 2>&1; then
     if ! flock -w 900 9; then fail "timed out waiting for another setup-interop run"; fi
 fi
 
-# 1. libgmp-dev --------------------------------------------------------------
-if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libgmp-dev >/dev/null 2>&1; then
+# 1. libgmp-dev, libsecp256k1-dev ---------------------------------------------
+missing=()
+if command -v dpkg >/dev/null 2>&1; then
+    for package in libgmp-dev libsecp256k1-dev; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
     SUDO=()
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
             SUDO=(sudo -n)
         else
-            fail "libgmp-dev is not installed and we are not root (and passwordless sudo is not available); run: apt-get install libgmp-dev"
+            fail "${missing[*]} not installed and we are not root (and passwordless sudo is not available); run: apt-get install ${missing[*]}"
         fi
     fi
     run 600 "" ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    run 900 "" ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev
+    run 900 "" ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
 # 2. venv ---------------------------------------------------------------------

@@ -28,6 +28,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case protobuf
     /// `PublicKey` / `PrivateKey` protobufs, peer IDs from bytes and from text, signatures.
     case keys
+    /// secp256k1 public and private key bytes and DER signatures (libsecp256k1, loaded at run time).
+    case secp256k1
     /// The identify message.
     case identify
     /// The multistream-select negotiator, listener and dialer, fed in random chunks.
@@ -96,6 +98,7 @@ public enum FuzzTargets {
         case .multiaddr: try fuzzMultiaddr(input, &check)
         case .protobuf: try fuzzProtobuf(input, &check)
         case .keys: try fuzzKeys(input, &check)
+        case .secp256k1: try fuzzSecp256k1(input, &check)
         case .identify: try fuzzIdentify(input, &check)
         case .multistream: try fuzzMultistream(input, &check)
         case .pubsubRPC: try fuzzPubSubRPC(input, &check)

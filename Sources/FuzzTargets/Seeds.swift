@@ -61,11 +61,30 @@ extension FuzzTargets {
                 seeds.append([4] + Array(key.peerID.b58String.utf8))
                 seeds.append([4] + Array(key.peerID.cidString.utf8))
             }
-            // Secp256k1 (parsed structurally only).
+            // Secp256k1: a real key when libsecp256k1 is installed, and an off-curve one.
+            if let key = SeedKeys.secp256k1 {
+                let publicKey = key.publicKey.marshal()
+                seeds.append([0] + publicKey)
+                if let signature = try? key.sign(signedMessage) {
+                    seeds.append([1, UInt8(publicKey.count)] + publicKey + signature)
+                }
+                seeds.append([2] + key.marshal())
+                seeds.append([3] + key.peerID.bytes)
+            }
             var secp = ProtobufWriter()
             secp.writeVarintField(1, UInt64(KeyType.secp256k1.rawValue))
             secp.writeBytesField(2, [0x02] + [UInt8](repeating: 0x5a, count: 32))
             seeds.append([0] + secp.bytes)
+            return seeds
+        case .secp256k1:
+            guard let key = SeedKeys.secp256k1 else { return [[0, 0x02] + [UInt8](repeating: 0x5a, count: 32)] }
+            var seeds: [[UInt8]] = [[0] + key.publicKey.raw, [1] + key.raw]
+            if let own = secp256k1Key, let signature = try? own.sign(signedMessage) {
+                seeds.append([2] + signature)
+            }
+            if let signature = try? key.sign(signedMessage) {
+                seeds.append([3, UInt8(key.publicKey.raw.count)] + key.publicKey.raw + [UInt8(signature.count)] + signature + signedMessage)
+            }
             return seeds
         case .identify:
             return [identifySeed(), IdentifyMessage().encoded()]
@@ -176,6 +195,8 @@ extension FuzzTargets {
 /// Fixed keys for the seeds (deterministic, so regenerated seeds are the same files).
 enum SeedKeys {
     static let ed25519 = PrivateKey.ed25519(seed: 7)
+    /// Nil without libsecp256k1 (then the seeds leave real secp256k1 keys out).
+    static let secp256k1: PrivateKey? = try? PrivateKey.secp256k1(seed: 7)
     static let ecdsa: PrivateKey = {
         guard let key = try? P256.Signing.PrivateKey(rawRepresentation: [UInt8](repeating: 0x42, count: 32)),
             let parsed = try? PrivateKey(type: .ecdsa, raw: Array(key.derRepresentation)) else {

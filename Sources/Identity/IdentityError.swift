@@ -7,8 +7,11 @@ public struct IdentityError: Error, Sendable, Hashable, CustomStringConvertible 
     public enum Code: String, Sendable, Hashable {
         /// Key bytes are malformed or inconsistent.
         case invalidKey
-        /// The key type is known but not supported for this operation (e.g. secp256k1 signing).
+        /// The key type is known but not supported for this operation (e.g. an ECDSA curve other than P-256 for private keys).
         case unsupportedKeyType
+        /// A crypto library loaded at run time is missing (libsecp256k1 for secp256k1 keys); the
+        /// message says what to install.
+        case libraryUnavailable
         /// A signature did not verify, or is malformed.
         case invalidSignature
         /// A peer ID (binary or text) is malformed or not a valid libp2p peer ID.
@@ -42,6 +45,8 @@ public struct IdentityError: Error, Sendable, Hashable, CustomStringConvertible 
     public static let invalidPeerID = IdentityError(.invalidPeerID, "invalid peer ID")
     public static let rsaKeyTooSmall = IdentityError(.rsaKeyTooSmall, "RSA key smaller than 2048 bits")
     public static let rsaKeyTooLarge = IdentityError(.rsaKeyTooLarge, "RSA key larger than 8192 bits")
+    /// Matches any `.libraryUnavailable` error (equality compares codes only).
+    public static let libraryUnavailable = IdentityError(.libraryUnavailable, "crypto library unavailable")
     public static let signingFailed = IdentityError(.signingFailed, "signing failed")
     public static let keyFile = IdentityError(.keyFile, "key file error")
 }

@@ -3,7 +3,7 @@ import _CryptoExtras
 import Foundation
 import Multiformats
 
-/// A libp2p private key (Ed25519, ECDSA P-256 or RSA).
+/// A libp2p private key (Ed25519, Secp256k1, ECDSA P-256 or RSA).
 ///
 /// Serialised as the libp2p `PrivateKey` protobuf (field 1: KeyType, field 2: Data)
 /// with the per-type Data encodings used by go-libp2p / rust-libp2p:
@@ -11,13 +11,17 @@ import Multiformats
 ///   96-byte `seed ‖ public ‖ public` are accepted when reading);
 /// - ECDSA: SEC1 `ECPrivateKey` DER (RFC 5915), as Go's `x509.MarshalECPrivateKey`
 ///   writes it (PKCS#8 is accepted when reading);
-/// - RSA: PKCS#1 `RSAPrivateKey` DER.
-/// Secp256k1 private keys are not supported (no secp256k1 implementation).
+/// - RSA: PKCS#1 `RSAPrivateKey` DER;
+/// - Secp256k1: the 32-byte big-endian secret scalar (go's and py's encoding).
+/// Secp256k1 keys need libsecp256k1 at run time (see `Secp256k1`); without it every Secp256k1
+/// operation throws `.libraryUnavailable`.
 public struct PrivateKey: Sendable {
     enum Backing: Sendable {
         case ed25519(SendableKey<Curve25519.Signing.PrivateKey>)
         case ecdsa(SendableKey<P256.Signing.PrivateKey>)
         case rsa(_RSA.Signing.PrivateKey)
+        /// The secret and its public key (computed once, by libsecp256k1).
+        case secp256k1(Secp256k1.Secret, PublicKey)
     }
 
     private let backing: Backing
@@ -39,6 +43,8 @@ public struct PrivateKey: Sendable {
         case .rsa(let k):
             let pub = k.publicKey
             self.publicKey = PublicKey(backing: .rsa(pub), type: .rsa, raw: Array(pub.derRepresentation))
+        case .secp256k1(_, let pub):
+            self.publicKey = pub
         }
     }
 
@@ -63,6 +69,35 @@ public struct PrivateKey: Sendable {
         } catch {
             throw IdentityError(.invalidKey, "RSA key generation failed: \(error)")
         }
+    }
+
+    /// Generates a Secp256k1 key (needs libsecp256k1 at run time, else `.libraryUnavailable`).
+    public static func generateSecp256k1() throws(IdentityError) -> PrivateKey {
+        let library = try Secp256k1.library()
+        // A random 32-byte string is >= n with probability ~2^-128; the bound only keeps the loop finite.
+        for _ in 0..<64 {
+            var bytes = Secp256k1.randomBytes(Secp256k1.privateKeyLength)
+            let secret = Secp256k1.Secret(bytes)
+            for i in bytes.indices { bytes[i] = 0 }
+            let valid = secret.withBytes { library.isValidSecret($0) }
+            if valid { return try PrivateKey(secp256k1Secret: secret, library: library) }
+        }
+        throw IdentityError(.invalidKey, "Secp256k1 key generation drew no valid secret")
+    }
+
+    /// Deterministic Secp256k1 key for tests and fixed identities: the secret is the same 32 bytes
+    /// as `ed25519(seed:)`'s (the little-endian encoding of `seed`), read as a big-endian scalar.
+    /// Seed 0 is not a valid secret.
+    public static func secp256k1(seed: UInt64) throws(IdentityError) -> PrivateKey {
+        var bytes = [UInt8](repeating: 0, count: 32)
+        for i in 0..<8 { bytes[i] = UInt8(truncatingIfNeeded: seed >> (8 * UInt64(i))) }
+        return try PrivateKey(type: .secp256k1, raw: bytes)
+    }
+
+    private init(secp256k1Secret secret: Secp256k1.Secret, library: Secp256k1.Library) throws(IdentityError) {
+        let raw = try secret.withBytes { bytes throws(IdentityError) in try library.publicKey(secret: bytes) }
+        let point = try library.parsePublicKey(raw)
+        self.init(.secp256k1(secret, PublicKey(backing: .secp256k1(point), type: .secp256k1, raw: raw)))
     }
 
     /// An Ed25519 key from its 32-byte secret seed.
@@ -96,7 +131,12 @@ public struct PrivateKey: Sendable {
                 return Array(try k.signature(for: SHA256.hash(data: message)).derRepresentation)
             case .rsa(let k):
                 return Array(try k.signature(for: SHA256.hash(data: message), padding: .insecurePKCS1v1_5).rawRepresentation)
+            case .secp256k1(let secret, _):
+                let library = try Secp256k1.library()
+                return try secret.withBytes { bytes throws(IdentityError) in try library.sign(message, secret: bytes) }
             }
+        } catch let error as IdentityError {
+            throw error
         } catch {
             throw IdentityError(.signingFailed, "\(type) signing failed: \(error)")
         }
@@ -117,6 +157,8 @@ public struct PrivateKey: Sendable {
                 publicX963: Array(k.publicKey.x963Representation))
         case .rsa(let k):
             return Array(k.derRepresentation)  // PKCS#1 RSAPrivateKey
+        case .secp256k1(let secret, _):
+            return secret.bytes
         }
     }
 
@@ -156,7 +198,16 @@ public struct PrivateKey: Sendable {
             }
             self.init(.rsa(key))
         case .secp256k1:
-            throw IdentityError(.unsupportedKeyType, "Secp256k1 private keys are not supported yet")
+            // go-libp2p and py-libp2p both write exactly 32 bytes (go pads the scalar).
+            guard data.count == Secp256k1.privateKeyLength else {
+                throw IdentityError(.invalidKey, "Secp256k1 private key must be 32 bytes, got \(data.count)")
+            }
+            let library = try Secp256k1.library()
+            let secret = Secp256k1.Secret(data)
+            guard secret.withBytes({ library.isValidSecret($0) }) else {
+                throw IdentityError(.invalidKey, "Secp256k1 private key is zero or not below the group order")
+            }
+            try self.init(secp256k1Secret: secret, library: library)
         }
     }
 

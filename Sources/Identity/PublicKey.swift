@@ -24,8 +24,9 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         case p384(SendableKey<P384.Signing.PublicKey>)
         case p521(SendableKey<P521.Signing.PublicKey>)
         case rsa(_RSA.Signing.PublicKey)
-        /// Parsed only structurally; no secp256k1 implementation is available.
-        case secp256k1
+        /// libsecp256k1's parsed 64-byte point; nil when the library is not installed (the key
+        /// was then checked only structurally, and verifying throws `.libraryUnavailable`).
+        case secp256k1([UInt8]?)
     }
 
     /// RSA size bounds. 2048 is the usual floor (swift-crypto refuses smaller keys
@@ -104,12 +105,15 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
             }
             return .rsa(key)
         case .secp256k1:
-            // Compressed SEC1 point: 0x02/0x03 prefix (parity of y) + 32-byte x.
-            // Whether x is on the curve is NOT checked (no secp256k1 arithmetic here).
-            guard raw.count == 33, raw[0] == 0x02 || raw[0] == 0x03 else {
-                throw IdentityError(.invalidKey, "Secp256k1 public key must be 33-byte compressed form")
+            // peer-ids spec: the Bitcoin encoding; go and py send the 33-byte compressed SEC1
+            // point (0x02/0x03 = parity of y, then x), and their peer IDs hash exactly that form.
+            guard raw.count == Secp256k1.publicKeyLength, raw[0] == 0x02 || raw[0] == 0x03 else {
+                throw IdentityError(.invalidKey, "Secp256k1 public key must be 33-byte compressed form, got \(raw.count) bytes")
             }
-            return .secp256k1
+            // Without libsecp256k1 the key stays usable as an identifier (peer IDs such as
+            // 16Uiu2… still parse); only verifying with it fails, with `.libraryUnavailable`.
+            guard let library = try? Secp256k1.library() else { return .secp256k1(nil) }
+            return .secp256k1(try library.parsePublicKey(raw))
         }
     }
 
@@ -169,14 +173,15 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
 
     /// Verifies `signature` over `message` with this key's libp2p signing scheme:
     /// Ed25519 (RFC 8032); ECDSA over SHA-256 with a DER signature; RSASSA-PKCS1-v1_5
-    /// with SHA-256. Returns `false` for an invalid signature and for Secp256k1 keys
-    /// (not supported yet; use `verifyThrowing` to tell the two apart).
+    /// with SHA-256; Secp256k1 ECDSA over SHA-256 with a strict-DER, low-S signature.
+    /// Returns `false` for an invalid signature, and for Secp256k1 keys when libsecp256k1
+    /// is not installed (`verifyThrowing` tells the two apart).
     public func verify(signature: [UInt8], for message: some DataProtocol) -> Bool {
         (try? verifyThrowing(signature: signature, for: message)) != nil
     }
 
     /// Like `verify`, but throws `.invalidSignature` for a bad signature and
-    /// `.unsupportedKeyType` for Secp256k1 keys.
+    /// `.libraryUnavailable` for Secp256k1 keys when libsecp256k1 is not installed.
     public func verifyThrowing(signature: [UInt8], for message: some DataProtocol) throws(IdentityError) {
         let ok: Bool
         switch backing {
@@ -204,8 +209,14 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         case .rsa(let key):
             let sig = _RSA.Signing.RSASignature(rawRepresentation: signature)
             ok = key.isValidSignature(sig, for: SHA256.hash(data: message), padding: .insecurePKCS1v1_5)
-        case .secp256k1:
-            throw IdentityError(.unsupportedKeyType, "Secp256k1 signature verification is not supported yet")
+        case .secp256k1(let point):
+            guard let point else {
+                _ = try Secp256k1.library()  // throws `.libraryUnavailable` with what to install
+                throw IdentityError(.libraryUnavailable, Secp256k1.installHint)
+            }
+            // Throws `.invalidSignature` with the reason (malformed DER, high S, mismatch).
+            try Secp256k1.library().verify(signature: signature, for: message, publicKey: point)
+            return
         }
         guard ok else { throw IdentityError(.invalidSignature, "\(type) signature does not verify") }
     }

@@ -96,28 +96,53 @@ struct IDCommand: CLICommand {
     var cid = false
 
     func execute() async throws {
-        let peer = PeerID(publicKey: try identity.privateKey().publicKey)
-        print(cid ? peer.cidString : peer.b58String)
+        let key = try identity.privateKey()
+        printIdentity(key, cid: cid)
+    }
+}
+
+/// The peer ID on the first line (alone, for scripts: `pointsub id … | head -1`), then the key type.
+func printIdentity(_ key: PrivateKey, cid: Bool = false) {
+    let peer = PeerID(publicKey: key.publicKey)
+    print(cid ? peer.cidString : peer.b58String)
+    print("key type: \(key.type)")
+}
+
+/// The key types `keygen --type` makes.
+enum KeyTypeOption: String, ExpressibleByArgument, CaseIterable {
+    case ed25519, secp256k1, ecdsa, rsa
+
+    /// A fresh key of this type (ECDSA: P-256; RSA: 2048 bits; secp256k1 needs libsecp256k1).
+    func generate() throws -> PrivateKey {
+        switch self {
+        case .ed25519: return .generateEd25519()
+        case .secp256k1: return try .generateSecp256k1()
+        case .ecdsa: return .generateECDSA()
+        case .rsa: return try .generateRSA(bits: 2048)
+        }
     }
 }
 
 struct KeygenCommand: CLICommand {
     static let configuration = CommandConfiguration(
-        commandName: "keygen", abstract: "Write a new Ed25519 identity to a key file and print its peer ID.")
+        commandName: "keygen", abstract: "Write a new identity to a key file and print its peer ID and key type.")
     @Argument(help: "Where to write the key (created with mode 0600).")
     var path: String
+
+    @Option(help: "The key type: ed25519, secp256k1 (needs libsecp256k1 installed), ecdsa (P-256) or rsa (2048 bits).")
+    var type: KeyTypeOption = .ed25519
 
     @Flag(help: "Replace the file if it exists (without it, an existing file is never touched).")
     var force = false
 
     func execute() async throws {
-        let key = PrivateKey.generateEd25519()
+        let key = try type.generate()
         if force {
             try KeyFile.write(key, to: path)
         } else {
             try Self.writeNew(key, to: path)
         }
-        print(PeerID(publicKey: key.publicKey))
+        printIdentity(key)
     }
 
     /// Writes the key to a temporary file beside `path`, then link(2)s it to `path`: link never

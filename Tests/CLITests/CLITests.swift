@@ -55,9 +55,9 @@ struct CLITests {
     @Test func idPrintsTheSeedsPeerID() async throws {
         let one = try await CLI.run(["id", "--seed", "1"])
         #expect(one.status == 0)
-        #expect(one.stdout == "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X\n")
+        #expect(one.stdout == "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X\nkey type: Ed25519\n")
         let zero = try await CLI.run(["id", "--seed", "0"])
-        #expect(zero.stdout == "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\n")
+        #expect(zero.stdout == "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\nkey type: Ed25519\n")
     }
 
     @Test func keygenThenIdFromTheKeyFile() async throws {

@@ -63,20 +63,25 @@ func hex(_ s: String) -> [UInt8] { try! Base16.decode(s) }
     }
 
     @Test func secp256k1SpecVector() throws {
-        // Public keys parse and re-marshal; private keys and signatures are not supported.
+        // The spec's pair: the private key's public key is the spec's public key.
         let pub = try PublicKey(marshaled: hex(SpecVectors.secp256k1Public))
         #expect(pub.type == .secp256k1)
         #expect(pub.marshal() == hex(SpecVectors.secp256k1Public))
         let id = PeerID(publicKey: pub)
         #expect(id.description == "16Uiu2HAmLhLvBoYaoZfaMUKuibM6ac163GwKY74c5kiSLg5KvLpY")
         #expect(id.publicKey == pub)
-        #expect(throws: IdentityError.unsupportedKeyType) { try PrivateKey(marshaled: hex(SpecVectors.secp256k1Private)) }
+        let priv = try PrivateKey(marshaled: hex(SpecVectors.secp256k1Private))
+        #expect(priv.type == .secp256k1)
+        #expect(priv.publicKey == pub)
+        #expect(priv.marshal() == hex(SpecVectors.secp256k1Private))
+        let sig = try priv.sign(Array("secp256k1".utf8))
+        #expect(pub.verify(signature: sig, for: Array("secp256k1".utf8)))
         #expect(!pub.verify(signature: [0x30, 0x00], for: [1]))
-        #expect(throws: IdentityError.unsupportedKeyType) { try pub.verifyThrowing(signature: [0x30, 0x00], for: [1]) }
+        #expect(throws: IdentityError.invalidSignature) { try pub.verifyThrowing(signature: [0x30, 0x00], for: [1]) }
     }
 
     static func keysOfEachType() throws -> [PrivateKey] {
-        [PrivateKey.generateEd25519(), PrivateKey.generateECDSA(), try PrivateKey.generateRSA(bits: 2048)]
+        [PrivateKey.generateEd25519(), try PrivateKey.generateSecp256k1(), PrivateKey.generateECDSA(), try PrivateKey.generateRSA(bits: 2048)]
     }
 
     @Test func signVerifyRoundTripsAndTampering() throws {
@@ -103,6 +108,7 @@ func hex(_ s: String) -> [UInt8] { try! Base16.decode(s) }
             switch key.type {
             case .ed25519: other = .generateEd25519()
             case .ecdsa: other = .generateECDSA()
+            case .secp256k1: other = try .generateSecp256k1()
             default: other = try PrivateKey(marshaled: hex(SpecVectors.rsaPrivate))
             }
             #expect(!other.publicKey.verify(signature: sig, for: message), "\(key.type)")

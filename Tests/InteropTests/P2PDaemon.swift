@@ -506,12 +506,16 @@ final class P2PDaemon: Sendable {
     /// as `pointsub keygen` does), listening on 127.0.0.1 only, plus `arguments` (e.g. `-pubsub`).
     /// With `metrics`, it serves go-libp2p's Prometheus metrics on a free 127.0.0.1 port.
     static func start(seed: UInt64, _ arguments: [String] = [], metrics: Bool = false) async throws -> P2PDaemon {
+        try await start(key: PrivateKey.ed25519(seed: seed), arguments, metrics: metrics)
+    }
+
+    /// Starts `p2pd` with `key` (any key type go-libp2p reads from a key file), as `start(seed:)`.
+    static func start(key: PrivateKey, _ arguments: [String] = [], metrics: Bool = false) async throws -> P2PDaemon {
         try P2PD.checkInstalled()
         let n = counter.withLockedValue { $0 += 1; return $0 }
         let directory = "/tmp/pointsub-p2pd-\(getpid())-\(n)"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        let key = PrivateKey.ed25519(seed: seed)
         try KeyFile.write(key, to: "\(directory)/key")
         let controlPath = "\(directory)/control.sock"
         var metricsPort: Int?

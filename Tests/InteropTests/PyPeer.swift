@@ -50,9 +50,11 @@ final class PyListener: Sendable {
         self.address = address
     }
 
-    static func start(seed: UInt64) async throws -> PyListener {
+    /// `extraArguments` go after `--seed N`, e.g. `["--key-type", "secp256k1"]`.
+    static func start(seed: UInt64, _ extraArguments: [String] = []) async throws -> PyListener {
         try PyPeer.checkInstalled()
-        let running = try ChildProcess.Running(PyPeer.python, [PyPeer.script.path, "listen", "--seed", "\(seed)"])
+        let running = try ChildProcess.Running(
+            PyPeer.python, [PyPeer.script.path, "listen", "--seed", "\(seed)"] + extraArguments)
         do {
             let line = try await running.firstLine(timeout: .seconds(60)) { $0.hasPrefix("LISTEN ") }
             return PyListener(running: running, address: String(line.dropFirst("LISTEN ".count)))
