@@ -188,6 +188,11 @@ public final class Peerstore: Sendable {
     public func consumeSignedRecord(
         _ bytes: [UInt8], expectedPeer: PeerID?, ttl: AddressTTL
     ) throws(RecordError) -> (record: SignedPeerRecord, update: RecordUpdate) {
+        // The record we already hold, sent again (identify push, a second identify): no need to
+        // verify the same bytes twice.
+        if let expectedPeer, let current = signedRecord(for: expectedPeer), current.bytes == bytes {
+            return (current, addSignedRecord(current, ttl: ttl))
+        }
         let signed: SignedPeerRecord
         do throws(RecordError) {
             signed = try SignedPeerRecord(opening: bytes)
@@ -211,7 +216,7 @@ public final class Peerstore: Sendable {
     /// (a new seq). Nil if `key` cannot sign or the record would be over the envelope limits.
     public func localSignedRecord(addresses: [Multiaddr], key: PrivateKey) -> SignedPeerRecord? {
         local.withLockedValue { cached in
-            if let cached, cached.addresses == addresses, cached.peerID.matches(key.publicKey) { return cached }
+            if let cached, cached.addresses == addresses, cached.envelope.publicKey == key.publicKey { return cached }
             let record = PeerRecord(peerID: key.peerID, addresses: addresses)
             guard let signed = try? SignedPeerRecord.seal(record, with: key) else { return nil }
             cached = signed

@@ -104,7 +104,9 @@ public struct IdentifyService: HostService {
         message.observedAddress = observed
         message.protocolVersion = host.configuration.protocolVersion
         message.agentVersion = host.configuration.agentVersion
-        message.signedPeerRecord = host.signedPeerRecord?.bytes
+        // Our record certifies the addresses of field 2 (signed once per set of addresses).
+        message.signedPeerRecord = host.peerstore.localSignedRecord(
+            addresses: message.listenAddresses, key: host.identity)?.bytes
         return message
     }
 
