@@ -306,3 +306,22 @@ struct SignedRecordHostTests {
         #expect(table.addresses().isEmpty)
     }
 }
+
+@Suite struct IdentifySignedRecordFieldTests {
+    @Test func field8RoundTripsAndEmptyIsAbsent() throws {
+        let key = PrivateKey.ed25519(seed: 71)
+        var message = IdentifyMessage()
+        message.publicKey = key.publicKey
+        message.signedPeerRecord = try SignedPeerRecord.seal(PeerRecord(peerID: key.peerID, addresses: []), with: key).bytes
+        let encoded = message.encoded()
+        #expect(try IdentifyMessage(decoding: encoded) == message)
+        // Field 8 is written as bytes field 8 (key 0x42).
+        var reader = ProtobufReader(encoded)
+        var fields: [Int] = []
+        while let (field, _) = try reader.next() { fields.append(field) }
+        #expect(fields.last == 8)
+        var w = ProtobufWriter()
+        w.writeBytesField(8, [UInt8]())
+        #expect(try IdentifyMessage(decoding: w.bytes).signedPeerRecord == nil)
+    }
+}
