@@ -32,6 +32,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case secp256k1
     /// The identify message.
     case identify
+    /// Signed envelopes (RFC 0002) and the signed peer records in them (RFC 0003).
+    case peerRecord = "peer-record"
     /// The multistream-select negotiator, listener and dialer, fed in random chunks.
     case multistream
     /// The Noise XX handshake messages and the libp2p handshake payload (key and signature check).
@@ -100,6 +102,7 @@ public enum FuzzTargets {
         case .keys: try fuzzKeys(input, &check)
         case .secp256k1: try fuzzSecp256k1(input, &check)
         case .identify: try fuzzIdentify(input, &check)
+        case .peerRecord: try fuzzPeerRecord(input, &check)
         case .multistream: try fuzzMultistream(input, &check)
         case .pubsubRPC: try fuzzPubSubRPC(input, &check)
         case .yamuxFrames: try fuzzYamuxFrames(input, &check)

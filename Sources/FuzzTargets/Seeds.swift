@@ -88,6 +88,8 @@ extension FuzzTargets {
             return seeds
         case .identify:
             return [identifySeed(), IdentifyMessage().encoded()]
+        case .peerRecord:
+            return peerRecordSeeds()
         case .multistream:
             var listener: [UInt8] = []
             MultistreamNegotiator.encode(MultistreamNegotiator.header, into: &listener)

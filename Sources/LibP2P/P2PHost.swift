@@ -107,6 +107,8 @@ public final class P2PHost: Sendable {
     public let identity: PrivateKey
     public let peerID: PeerID
     public let peerstore = Peerstore()
+    /// Where other peers say they see us (identify's observed address), with how many confirm it.
+    public let observedAddresses = ObservedAddressBook()
     public let configuration: Configuration
     public let eventLoopGroup: any EventLoopGroup
     /// Accounts for and limits what remote peers make this host hold. Services reserve memory in

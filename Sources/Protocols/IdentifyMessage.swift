@@ -10,6 +10,9 @@ import Multiformats
 ///       optional string protocolVersion = 5; optional string agentVersion = 6;
 ///       optional bytes signedPeerRecord = 8;
 ///     }
+///
+/// `signedPeerRecord` holds the envelope bytes as sent (RFC 0002/0003); they are verified where the
+/// sender is known (`IdentifyService`, through `P2PHost.consumeSignedPeerRecord`), not here.
 public struct IdentifyMessage: Sendable, Equatable {
     public var publicKey: PublicKey?
     public var listenAddresses: [Multiaddr] = []
@@ -17,6 +20,8 @@ public struct IdentifyMessage: Sendable, Equatable {
     public var observedAddress: Multiaddr?
     public var protocolVersion: String?
     public var agentVersion: String?
+    /// Field 8: the sender's signed peer record (a marshalled `SignedEnvelope`), unverified.
+    public var signedPeerRecord: [UInt8]?
 
     public init() {}
 
@@ -28,6 +33,7 @@ public struct IdentifyMessage: Sendable, Equatable {
         for address in listenAddresses { w.writeBytesField(2, address.bytes) }
         if let observedAddress { w.writeBytesField(4, observedAddress.bytes) }
         for proto in protocols { w.writeStringField(3, proto) }
+        if let signedPeerRecord { w.writeBytesField(8, signedPeerRecord) }
         return w.bytes
     }
 
@@ -44,6 +50,8 @@ public struct IdentifyMessage: Sendable, Equatable {
             case 4: observedAddress = try? Multiaddr(bytes: data)
             case 5: protocolVersion = String(decoding: data, as: UTF8.self)
             case 6: agentVersion = String(decoding: data, as: UTF8.self)
+            // go-libp2p treats an empty field as absent; so do we.
+            case 8: signedPeerRecord = data.isEmpty ? nil : data
             default: continue
             }
         }
