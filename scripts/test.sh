@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, loopback, and interop against py-libp2p 0.8.1 and go-libp2p 0.32.1
-# (p2pd), both directions. Installs what the tests need when it is missing: libgmp-dev, the
-# py-libp2p virtualenv and the p2pd binary (from the hivemind wheel, never installed).
+# (p2pd), both directions. Installs what the tests need when it is missing: libgmp-dev and
+# libsecp256k1-dev, the py-libp2p virtualenv and the p2pd binary (from the hivemind wheel, never
+# installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
