@@ -190,6 +190,8 @@ let package = Package(
             "PointSub", "PubSub", "TestSupport",
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
             .product(name: "NIOCore", package: "swift-nio"),
+            // Crypto: hand-made Noise handshakes with bad identities (Secp256k1BadInputTests).
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
