@@ -209,6 +209,18 @@ struct MemoryHostTests {
         }
     }
 
+    @Test func perfUploadAndDownload() async throws {
+        try await withHost(configuration: Self.config([PerfService()])) { server in
+            try await withHost(configuration: Self.config()) { client in
+                _ = try await client.connect(to: server.addresses[0])
+                let result = try await PerfService.run(
+                    host: client, peer: server.peerID, upload: 3 << 20, download: 5 << 20)
+                #expect(result.uploadBytes == 3 << 20)
+                #expect(result.downloadBytes == 5 << 20)
+            }
+        }
+    }
+
     @Test func closingOneHostEndsTheOthersConnection() async throws {
         try await withHost(configuration: Self.config()) { client in
             let server = P2PHost(identity: .generateEd25519(), configuration: Self.config())
