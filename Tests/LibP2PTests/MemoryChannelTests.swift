@@ -263,6 +263,29 @@ struct MemoryChannelTests {
         await #expect(throws: ChannelError.ioOnClosedChannel) { try await b.activate().get() }
     }
 
+    @Test func anEndOfStreamBeforeActivationIsReadOnActivation() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { group.shutdownGracefully { _ in } }
+        let (a, b) = MemoryChannel.makePair(group.next(), group.next())
+        try await a.activate().get()
+        try await a.writeAndFlush(Self.buffer("early".utf8)).get()
+        try await a.close(mode: .output)
+        try await drain(b)
+        // B comes up not reading, allowing half-closure: the data and the end of stream arrive.
+        let recB = Recorder()
+        try await b.eventLoop.submit {
+            try b.pipeline.syncOperations.addHandler(recB)
+            try b.syncOptions!.setOption(ChannelOptions.autoRead, value: false)
+            try b.syncOptions!.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+        }.get()
+        try await b.activate().get()
+        try await eventually("input closed") { recB.events.contains(.inputClosed) }
+        #expect(String(decoding: recB.bytes, as: UTF8.self) == "early")
+        #expect(b.isActive)
+        try await b.close()
+        try await allClosed([a, b])
+    }
+
     @Test func halfClosure() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { group.shutdownGracefully { _ in } }
@@ -292,10 +315,14 @@ struct MemoryChannelTests {
         try await allClosed([c, d])
     }
 
-    @Test func withoutHalfClosureAnEndOfStreamCloses() async throws {
+    /// Also when B does not read: an end of stream is read up to at once (as NIOPosix does).
+    @Test(arguments: [true, false])
+    func withoutHalfClosureAnEndOfStreamCloses(autoRead: Bool) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { group.shutdownGracefully { _ in } }
-        let (a, b, _, recB) = try await Self.pair(group, sameLoop: true)
+        let (a, b, _, recB) = try await Self.pair(group, sameLoop: true) { channel, index in
+            if index == 1 { try channel.syncOptions!.setOption(ChannelOptions.autoRead, value: autoRead) }
+        }
         try await a.writeAndFlush(Self.buffer("bye".utf8)).get()
         try await a.close(mode: .output)
         try await b.closeFuture.get()

@@ -27,6 +27,9 @@ import NIOCore
 ///   The peer reads the data first; then, with `allowRemoteHalfClosure`, it gets the
 ///   `ChannelEvent.inputClosed` user event and may keep writing, and without it, it closes.
 ///   `close(mode: .input)` is not supported (`ChannelError.operationUnsupported`).
+/// - At an end of stream or a close, what the peer sent before it is delivered at once, whether
+///   or not this end asked to read, as NIOPosix does when it sees EOF (`readEOF0` reads until
+///   the EOF): a reader that never reads again cannot keep a closed connection open.
 /// - Options: `autoRead`, `allowRemoteHalfClosure`, `writeBufferWaterMark` and
 ///   `maxMessagesPerRead`; any other fails with `ChannelError.operationUnsupported`.
 /// - Only `ByteBuffer`s can be written; anything else fails its write with
@@ -126,6 +129,10 @@ public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
         shared.withLockedValue { $0.active = true }
         pipeline.syncOperations.fireChannelActive()
         readIfNeeded()
+        if inbound.contains(where: { if case .endOfStream = $0 { true } else { false } }) {
+            // The peer ended its output before this end was active.
+            eventLoop.execute { self.drainThroughEndOfStream() }
+        }
     }
 
     // MARK: - Channel
@@ -447,27 +454,42 @@ public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
         if !deliveryScheduled { deliver() }
     }
 
+    /// The peer closed its output: once active, this end reads up to the end of stream at once.
     private func receiveEndOfStream() {
         guard open, !inputClosed else { return }
         inbound.append(.endOfStream)
-        if !deliveryScheduled { deliver() }
+        if active { drainThroughEndOfStream() }
     }
 
-    /// The peer closed completely: what it sent before is delivered now, whether or not this end
-    /// is reading (nobody would otherwise close this end if its reader never reads again), then
-    /// this end closes.
+    private func drainThroughEndOfStream() {
+        guard open, active, !inputClosed else { return }
+        deliverAll(throughEndOfStream: true)
+        if open { handleEndOfStream() }
+    }
+
+    /// Delivers the queued data up to the first end of stream (removed too) or, if there is none
+    /// or `throughEndOfStream` is false, all of it; one `channelReadComplete` after it.
+    private func deliverAll(throughEndOfStream: Bool) {
+        var bytes = 0
+        var delivered = false
+        while open, let item = inbound.popFirst() {
+            guard case .data(let buffer) = item else {
+                if throughEndOfStream { break } else { continue }
+            }
+            bytes += buffer.readableBytes
+            delivered = true
+            pipeline.syncOperations.fireChannelRead(NIOAny(buffer))
+        }
+        acknowledge(bytes)
+        if open && delivered { pipeline.syncOperations.fireChannelReadComplete() }
+    }
+
+    /// The peer closed completely: what it sent before is delivered now (see the type's
+    /// documentation), then this end closes.
     private func receiveClose() {
         guard open else { return }
         peer = nil
-        if active {
-            var delivered = false
-            while open, let item = inbound.popFirst() {
-                guard case .data(let buffer) = item else { continue }
-                delivered = true
-                pipeline.syncOperations.fireChannelRead(NIOAny(buffer))
-            }
-            if open && delivered { pipeline.syncOperations.fireChannelReadComplete() }
-        }
+        if active { deliverAll(throughEndOfStream: false) }
         guard open else { return }
         closeAll(error: ChannelError.eof, promise: nil)
     }
