@@ -221,6 +221,33 @@ struct MemoryHostTests {
         }
     }
 
+    /// The per-address limits count connections per dialing transport (one per host): a second
+    /// silent connection from one source is refused while other hosts still get in.
+    @Test func perAddressLimitsCountEachDialingHost() async throws {
+        var config = Self.config()
+        config.resources.perAddress.pendingInbound = 1
+        try await withHost(configuration: config) { server in
+            let address = server.addresses[0].removingPeerID()
+            let raw = MemoryTransport(group: server.eventLoopGroup)
+            let options = DialOptions(timeout: .seconds(5))
+            // Silent connections: they stay in the handshake, holding the source's one slot.
+            let first = try await raw.dial(address, options: options) { $0.eventLoop.makeSucceededVoidFuture() }
+            do {
+                let second = try await raw.dial(address, options: options) { $0.eventLoop.makeSucceededVoidFuture() }
+                try await eventually("refused: closed by the server") { !second.isActive }
+            } catch let error as TransportError {
+                #expect(error.code == .connectionFailed)  // closed before it was active
+            }
+            #expect(first.isActive)
+            // Another host is another source.
+            try await withHost(configuration: Self.config()) { client in
+                _ = try await client.connect(to: server.addresses[0])
+                #expect(try await echo(client, to: server.peerID, "in") == "in")
+            }
+            try await first.close()
+        }
+    }
+
     @Test func closingOneHostEndsTheOthersConnection() async throws {
         try await withHost(configuration: Self.config()) { client in
             let server = P2PHost(identity: .generateEd25519(), configuration: Self.config())
