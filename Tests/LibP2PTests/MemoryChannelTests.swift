@@ -75,11 +75,13 @@ final class Recorder: ChannelInboundHandler, Sendable {
 }
 
 /// Polls `condition` every 5 ms for up to 5 s.
-func eventually(_ what: String, _ condition: () -> Bool) async throws {
+func eventually(
+    _ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () -> Bool
+) async throws {
     let deadline = ContinuousClock.now + .seconds(5)
     while !condition() {
         guard ContinuousClock.now < deadline else {
-            Issue.record("timed out: \(what)")
+            Issue.record("timed out: \(what)", sourceLocation: sourceLocation)
             return
         }
         try await Task.sleep(for: .milliseconds(5))
