@@ -34,7 +34,7 @@ extension Multiaddr {
         static let wss = ProtocolInfo(code: 478, name: "wss", size: .zero)
         static let http = ProtocolInfo(code: 480, name: "http", size: .zero)
         // In-process transport: code 0x309, a 64-bit value, big-endian in the binary form and
-        // decimal in text (multicodec table; rust-libp2p's multiaddr encodes it the same way).
+        // decimal in text (multicodec table; rust-libp2p's multiaddr and py-multiaddr 0.2.0 agree).
         static let memory = ProtocolInfo(code: 0x309, name: "memory", size: .fixed(8))
 
         static let all: [ProtocolInfo] = [
