@@ -49,6 +49,8 @@ let package = Package(
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            // The in-memory transport's process-wide listener registry (Memory/MemoryTransport.swift).
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",

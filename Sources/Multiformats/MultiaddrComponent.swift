@@ -33,10 +33,13 @@ extension Multiaddr {
         static let ws = ProtocolInfo(code: 477, name: "ws", size: .zero)
         static let wss = ProtocolInfo(code: 478, name: "wss", size: .zero)
         static let http = ProtocolInfo(code: 480, name: "http", size: .zero)
+        // In-process transport: code 0x309, a 64-bit value, big-endian in the binary form and
+        // decimal in text (multicodec table; rust-libp2p's multiaddr and py-multiaddr 0.2.0 agree).
+        static let memory = ProtocolInfo(code: 0x309, name: "memory", size: .fixed(8))
 
         static let all: [ProtocolInfo] = [
             ip4, tcp, dns, dns4, dns6, dnsaddr, ip6, udp, p2pCircuit, p2p, https, tls, sni,
-            noise, quic, quicV1, webtransport, certhash, ws, wss, http,
+            noise, quic, quicV1, webtransport, certhash, ws, wss, http, memory,
         ]
         static let byCode: [UInt64: ProtocolInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.code, $0) })
         static let byName: [String: ProtocolInfo] = {
@@ -75,6 +78,8 @@ extension Multiaddr {
         case webtransport
         /// Certificate hash: multihash bytes (text form is multibase).
         case certhash([UInt8])
+        /// An in-process (memory transport) address: any 64-bit number.
+        case memory(UInt64)
 
         var proto: ProtocolInfo {
             switch self {
@@ -99,6 +104,7 @@ extension Multiaddr {
             case .https: return .https
             case .webtransport: return .webtransport
             case .certhash: return .certhash
+            case .memory: return .memory
             }
         }
 
@@ -115,6 +121,7 @@ extension Multiaddr {
             case .tcp(let p), .udp(let p): return [UInt8(p >> 8), UInt8(p & 0xff)]
             case .dns(let s), .dns4(let s), .dns6(let s), .dnsaddr(let s), .sni(let s): return Array(s.utf8)
             case .p2p(let b), .certhash(let b): return b
+            case .memory(let n): return (0..<8).map { UInt8(truncatingIfNeeded: n >> (56 - 8 * $0)) }
             case .p2pCircuit, .quic, .quicV1, .ws, .wss, .tls, .noise, .http, .https, .webtransport: return []
             }
         }
@@ -128,6 +135,7 @@ extension Multiaddr {
             case .dns(let s), .dns4(let s), .dns6(let s), .dnsaddr(let s), .sni(let s): return s
             case .p2p(let b): return Base58.encode(b)
             case .certhash(let b): return Multibase.encode(b, as: .base64url)
+            case .memory(let n): return String(n)
             case .p2pCircuit, .quic, .quicV1, .ws, .wss, .tls, .noise, .http, .https, .webtransport: return nil
             }
         }
@@ -178,6 +186,7 @@ extension Multiaddr {
             case ProtocolInfo.http.code: self = .http
             case ProtocolInfo.https.code: self = .https
             case ProtocolInfo.webtransport.code: self = .webtransport
+            case ProtocolInfo.memory.code: self = .memory(value.reduce(0) { $0 << 8 | UInt64($1) })
             default: throw .unknownProtocolCode(code)
             }
         }
@@ -198,6 +207,12 @@ extension Multiaddr {
                       let port = UInt16(text)
                 else { throw .malformedMultiaddr("invalid port \(text.debugDescription) for /\(proto.name)") }
                 self = code == ProtocolInfo.tcp.code ? .tcp(port) : .udp(port)
+            case ProtocolInfo.memory.code:
+                // Decimal 0-18446744073709551615, digits only.
+                guard text.utf8.count <= 20, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                      let value = UInt64(text)
+                else { throw .malformedMultiaddr("invalid /memory value \(text.debugDescription)") }
+                self = .memory(value)
             case ProtocolInfo.p2p.code:
                 self = .p2p(try Self.peerIDText(text))
             case ProtocolInfo.certhash.code:

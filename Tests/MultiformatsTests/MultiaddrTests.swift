@@ -21,6 +21,13 @@ import Testing
          "a503221220" + "9dff3b17d74cf4d38a50d8b6383e92d181a10395a5e73a726dcccbd21bf6f0b9"),
         ("/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
          "0401020304060fa1a50326" + "0024080112202ffa35a99d3a3cfbb17bb7c1dc5561b18a8dcca4df38dc613ea859c37eb1336b"),
+        // /memory: code 0x309 (varint 89 06), then the value as 8 big-endian bytes; py-multiaddr
+        // 0.2.0 (Interop/.venv) gives the same bytes for these four.
+        ("/memory/0", "89060000000000000000"),
+        ("/memory/1234", "890600000000000004d2"),
+        ("/memory/18446744073709551615", "8906ffffffffffffffff"),
+        ("/memory/72623859790382856/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+         "89060102030405060708" + "a503221220" + "9dff3b17d74cf4d38a50d8b6383e92d181a10395a5e73a726dcccbd21bf6f0b9"),
         ("/", ""),
     ]
 
@@ -107,6 +114,8 @@ import Testing
         "/dns4/" + Array(repeating: "abcdefghi", count: 30).joined(separator: "."),
         "/p2p/QmInvalid0", "/p2p/Qm", "/p2p/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
         "/p2p/notbase58", "/certhash/zz", "/certhash/xabc", "/tcp/1/1",
+        "/memory", "/memory/", "/memory/-1", "/memory/+1", "/memory/0x10", "/memory/1a", "/memory/ 1",
+        "/memory/18446744073709551616", "/memory/000000000000000000001",
     ]
 
     @Test(arguments: invalidText)
@@ -130,6 +139,8 @@ import Testing
         "a5030400010203",  // p2p whose multihash length is wrong
         "a50300",  // p2p with empty multihash
         "047f000001060fa1a2",  // trailing garbage (truncated varint)
+        "8906",  // memory without value
+        "890600000000000000",  // memory value of 7 bytes
     ]
 
     @Test(arguments: invalidBinary)
@@ -141,6 +152,18 @@ import Testing
         #expect(throws: MultiformatsError.unknownProtocolName("foo")) { try parse("/foo/1") }
         #expect(throws: MultiformatsError.unknownProtocolCode(5)) { try Multiaddr(bytes: [0x05, 0x01]) }
         #expect(throws: MultiformatsError.malformedMultiaddr("missing value for /tcp")) { try parse("/ip4/1.2.3.4/tcp") }
+    }
+
+    @Test func memoryComponent() throws {
+        let ma = try parse("/memory/42")
+        #expect(ma.components == [.memory(42)])
+        #expect(ma.components[0].code == 0x309)
+        #expect(ma.components[0].name == "memory")
+        #expect(ma.components[0].valueBytes == [0, 0, 0, 0, 0, 0, 0, 42])
+        #expect(Multiaddr([.memory(7)]).description == "/memory/7")
+        // Leading zeros are accepted in text (as for ports) and printed canonically.
+        #expect(try parse("/memory/007").description == "/memory/7")
+        #expect(ma.tcpPort == nil && ma.ipAddress == nil)
     }
 
     @Test func certhashUsesMultibase() throws {
@@ -160,7 +183,7 @@ import Testing
     @Test func randomRoundTrips() throws {
         var rng = SplitMix64(seed: 4)
         func randomComponent() -> Multiaddr.Component {
-            switch Int.random(in: 0..<14, using: &rng) {
+            switch Int.random(in: 0..<15, using: &rng) {
             case 0: return .ip4(IPv4Address(rawValue: .random(in: 0...UInt32.max, using: &rng)))
             case 1: return .ip6(IPv6Address(high: .random(in: 0...UInt64.max, using: &rng),
                                              low: Bool.random(using: &rng) ? 0 : .random(in: 0...UInt64.max, using: &rng)))
@@ -180,6 +203,7 @@ import Testing
             case 9: return [.ws, .wss, .tls].randomElement(using: &rng)!
             case 10: return [.noise, .http, .https].randomElement(using: &rng)!
             case 11: return .p2pCircuit
+            case 14: return .memory(Bool.random(using: &rng) ? .random(in: 0...0xffff, using: &rng) : .random(in: 0...UInt64.max, using: &rng))
             case 12: return .ip6(IPv6Address(high: 0, low: 0xffff_0000_0000 | UInt64(UInt32.random(in: 0...UInt32.max, using: &rng))))
             default: return .ip6(IPv6Address(groups: (0..<8).map { _ in Bool.random(using: &rng) ? 0 : .random(in: 0...3, using: &rng) }))
             }

@@ -3,12 +3,13 @@ import Testing
 
 @testable import PubSub
 
-/// Floodsub over real hosts on 127.0.0.1: every subscriber gets every message exactly once, and
+/// Floodsub over real hosts (in-memory transport; the first test over TCP on 127.0.0.1 too): every subscriber gets every message exactly once, and
 /// no node routes a message twice (the counters tell).
 @Suite(.timeLimit(.minutes(2)))
 struct FloodSubNetworkTests {
-    @Test func lineOfFiveDeliversEveryMessageOnceWithoutStorms() async throws {
-        try await PubSubTestNetwork.with(nodes: 5, edges: PubSubTestNetwork.line(5)) { net in
+    @Test(arguments: TestTransport.allCases)
+    func lineOfFiveDeliversEveryMessageOnceWithoutStorms(transport: TestTransport) async throws {
+        try await PubSubTestNetwork.with(nodes: 5, edges: PubSubTestNetwork.line(5), transport: transport) { net in
             let collectors = try net.services.map { Collector(try $0.subscribe("t")) }
             try await net.waitForSubscriptions("t", subscribers: 0..<5)
             for (index, service) in net.services.enumerated() {

@@ -3,7 +3,7 @@ import Testing
 
 @testable import PubSub
 
-/// Broadcast over real hosts on 127.0.0.1: networks of 10 and 50 nodes on a sparse random graph
+/// Broadcast over real hosts on the in-memory transport: networks of 10 and 50 nodes on a sparse random graph
 /// (average degree 3 or 4, a fixed seed), floodsub and gossipsub. Every subscriber gets every
 /// message exactly once, no node routes a message twice, nodes that join late or leave do not
 /// break delivery, and the transmissions per message are printed and bounded.

@@ -14,7 +14,10 @@ private struct RawPeer {
     static func with<T: Sendable>(
         connectingTo target: P2PHost, _ body: (RawPeer) async throws -> T
     ) async throws -> T {
-        try await withHost(configuration: .defaults { $0.shutdownGracePeriod = .milliseconds(100) }) { host in
+        try await withHost(configuration: .defaults {
+            $0.transports = [.memory]  // as the test network's hosts
+            $0.shutdownGracePeriod = .milliseconds(100)
+        }) { host in
             // The node under test opens its own stream to us and must find a listener.
             try host.setStreamHandler(FloodSubRouter.protocolID) { stream in
                 while try await stream.read() != nil {}

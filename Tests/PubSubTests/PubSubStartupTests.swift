@@ -11,7 +11,7 @@ import Testing
 struct PubSubStartupTests {
     static func makeHost() async throws -> P2PHost {
         let host = P2PHost(identity: .generateEd25519(), configuration: .defaults {
-            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+            TestTransport.memory.apply(to: &$0)
             $0.services = [IdentifyService()]
             $0.shutdownGracePeriod = .milliseconds(100)
         })

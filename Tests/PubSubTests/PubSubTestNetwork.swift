@@ -4,8 +4,27 @@ import Testing
 
 @testable import PubSub
 
-/// Hosts on 127.0.0.1, each with a started `PubSubService`, connected along `edges`; for loopback
-/// tests of any size and topology. `with` tears everything down however the body ends.
+/// The transport test hosts use: in-memory by default (no sockets, so networks of any size cost
+/// no file descriptors), TCP on 127.0.0.1 for the tests that also run over a real transport.
+enum TestTransport: String, Sendable, CaseIterable {
+    case memory, tcp
+
+    /// Makes `configuration` use this transport only and listen on a fresh address of it.
+    func apply(to configuration: inout P2PHost.Configuration) {
+        switch self {
+        case .memory:
+            configuration.transports = [.memory]
+            configuration.listenAddresses = [Multiaddr("/memory/0")]
+        case .tcp:
+            configuration.transports = [.tcp]
+            configuration.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+        }
+    }
+}
+
+/// Hosts, each with a started `PubSubService`, connected along `edges` over the in-memory
+/// transport (or TCP on 127.0.0.1); for tests of any size and topology. `with` tears everything
+/// down however the body ends.
 ///
 ///     try await PubSubTestNetwork.with(nodes: 5, edges: PubSubTestNetwork.line(5)) { net in … }
 final class PubSubTestNetwork: Sendable {
@@ -26,6 +45,7 @@ final class PubSubTestNetwork: Sendable {
         nodes count: Int, edges: [(Int, Int)],
         router: @escaping (Int) -> any PubSubRouter = { _ in FloodSubRouter() },
         configuration: (Int) -> PubSubConfiguration = { _ in .defaults },
+        transport: TestTransport = .memory,
         _ body: (PubSubTestNetwork) async throws -> T
     ) async throws -> T {
         var hosts: [P2PHost] = []
@@ -33,7 +53,7 @@ final class PubSubTestNetwork: Sendable {
         do {
             for index in 0..<count {
                 let host = P2PHost(identity: .generateEd25519(), configuration: .defaults {
-                    $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+                    transport.apply(to: &$0)
                     $0.services = [IdentifyService()]
                     $0.shutdownGracePeriod = .milliseconds(200)
                 })

@@ -65,7 +65,7 @@ struct RouteDispatchAllTests {
             try a.table.addRoute("n1", address: nodes[1].address)
             try a.table.addRoute("slow", address: nodes[2].address)
             try a.table.addRoute("n3", address: nodes[3].address)
-            // Node 4 goes down: its port refuses connections.
+            // Node 4 goes down: its address refuses connections.
             let downAddress = nodes[4].address
             await nodes[4].table.close()
             await nodes[4].host.shutdown(gracePeriod: .zero)

@@ -5,8 +5,9 @@ import Testing
 
 @testable import PubSub
 
-/// Hosts with route tables on 127.0.0.1 for the Route*Tests (names prefixed so they do not clash
-/// with other suites' helpers in this target).
+/// Hosts with route tables for the Route*Tests, listening on the in-memory transport (TCP too, to
+/// dial TCP peers such as the silent listener); names prefixed so they do not clash with other
+/// suites' helpers in this target.
 enum RouteFixtures {
     struct Node: Sendable {
         let index: Int
@@ -16,7 +17,6 @@ enum RouteFixtures {
         var address: Multiaddr { host.addresses[0] }
     }
 
-    static let loopback = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
     /// Replies `"<index>:<sender>:<message>"`, where sender is our route name for the sender or
     /// its peer ID.
@@ -35,7 +35,10 @@ enum RouteFixtures {
         var nodes: [Node] = []
         do {
             for index in 0..<count {
-                let host = P2PHost(identity: .generateEd25519(), configuration: .defaults { $0.listenAddresses = [loopback] })
+                let host = P2PHost(identity: .generateEd25519(), configuration: .defaults {
+                    $0.transports = [.memory, .tcp]
+                    $0.listenAddresses = [Multiaddr("/memory/0")]
+                })
                 try await host.start()
                 let table = try RouteTable(host: host, configuration: configuration)
                 nodes.append(Node(index: index, host: host, table: table))
