@@ -32,7 +32,8 @@ public enum HostEvent: Sendable {
     case inboundUpgradeFailed(remoteAddress: Multiaddr?, error: any Error)
 }
 
-/// A libp2p host: one identity, TCP listeners, connections to peers, and stream handlers by protocol.
+/// A libp2p host: one identity, listeners on its transports, connections to peers, and stream
+/// handlers by protocol.
 public final class P2PHost: Sendable {
     public typealias StreamHandler = @Sendable (P2PStream) async throws -> Void
 
@@ -206,7 +207,8 @@ public final class P2PHost: Sendable {
 
     // MARK: - Listening
 
-    /// Listens on `address` (TCP). Returns the bound address with the real port.
+    /// Listens on `address` with the first configured transport that handles it. Returns the bound
+    /// address (port 0 resolved to the real port, `/memory/0` to the number bound).
     @discardableResult
     public func listen(on address: Multiaddr) async throws -> Multiaddr {
         try checkRunning()
@@ -458,6 +460,16 @@ public final class P2PHost: Sendable {
             throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", underlying: [error])
         } catch {
             scope.done()
+            // The upgrader's deadline also bounds the connect: when it fires first it closes the
+            // channel, and the connect fails with "I/O on closed channel". Report the timeout.
+            // (A failed connect removes the upgrader's handlers, which fails it at once.)
+            if let pending = upgrade.withLockedValue({ $0 }) {
+                do {
+                    _ = try await pending.get()
+                } catch let timeout as HostError where timeout.code == .dialTimeout {
+                    throw timeout
+                } catch {}
+            }
             throw error
         }
         let result: Upgrader.Result

@@ -74,20 +74,6 @@ final class Recorder: ChannelInboundHandler, Sendable {
     }
 }
 
-/// Polls `condition` every 5 ms for up to 5 s.
-func eventually(
-    _ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + .seconds(5)
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("timed out: \(what)", sourceLocation: sourceLocation)
-            return
-        }
-        try await Task.sleep(for: .milliseconds(5))
-    }
-}
-
 /// Waits until each of `channels` is closed (before their event loops shut down: nothing of
 /// theirs is left to run then).
 func allClosed(_ channels: [any Channel]) async throws {

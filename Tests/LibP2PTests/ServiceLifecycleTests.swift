@@ -29,6 +29,9 @@ struct ServiceLifecycleTests {
             await group.triggerGracefulShutdown()
             try await running.value
             #expect(host.addresses.isEmpty)
+            // The client learns of the close from the socket: a stream opened before that is
+            // lazily negotiated and would not fail yet.
+            try await eventually("the client sees the connection closed") { client.connections(to: host.peerID).isEmpty }
             await #expect(throws: (any Error).self) {
                 try await client.newStream(to: host.peerID, protocols: [EchoService.protocolID])
             }

@@ -2,20 +2,6 @@ import NIOCore
 import PointSub
 import Testing
 
-/// Polls `condition` every 10 ms until it holds; fails the test after `timeout`.
-private func eventually(
-    _ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("timed out waiting for \(what)")
-            return
-        }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-}
-
 /// A started host without the identify service, answering identify with `message(connection)`
 /// instead (to send records a real host never would).
 private func withLiar<T: Sendable>(
