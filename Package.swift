@@ -27,6 +27,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // TLS 1.3 security (/tls/1.0.0): the handshake, and the libp2p certificate (X.509, DER).
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
         .target(name: "Multiformats", dependencies: [
@@ -63,6 +67,16 @@ let package = Package(
         .target(name: "Noise", dependencies: [
             "Identity", "Security", "CNoiseAEAD",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        // TLS 1.3 (libp2p TLS spec): a self-signed certificate carrying the libp2p identity key.
+        .target(name: "TLS", dependencies: [
+            "Identity", "Security",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
@@ -123,7 +137,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
-            "Multiformats", "Identity", "Multistream", "Noise", "Yamux", "Protocols", "PointSub", "PubSub",
+            "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSub", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -137,6 +151,17 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "NoiseTests", dependencies: [
             "Noise", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "TLSTests", dependencies: [
+            "TLS", "Identity", "Security",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
