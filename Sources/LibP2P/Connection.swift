@@ -20,8 +20,9 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public let localAddress: Multiaddr?
     public let remoteAddress: Multiaddr
     public let openedAt: ContinuousClock.Instant
-    /// The security and muxer protocols negotiated.
-    public let security = "/noise"
+    /// The security protocol negotiated ("/noise", "/tls/1.0.0").
+    public let security: String
+    /// The muxer negotiated.
     public let muxer = "/yamux/1.0.0"
     package let session: YamuxSession
     let negotiationTimeout: Duration
@@ -34,9 +35,10 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     init(
         id: UInt64, remotePeer: PeerID, remotePublicKey: PublicKey, direction: Direction,
         localAddress: Multiaddr?, remoteAddress: Multiaddr, session: YamuxSession, negotiationTimeout: Duration,
-        resourceScope: ConnectionScope? = nil, metrics: HostMetrics? = nil
+        security: String, resourceScope: ConnectionScope? = nil, metrics: HostMetrics? = nil
     ) {
         self.id = id
+        self.security = security
         self.remotePeer = remotePeer
         self.remotePublicKey = remotePublicKey
         self.direction = direction
@@ -114,7 +116,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
 
     /// Closes the connection. `graceful`: wait for open streams to finish (at most `timeout`) first.
     public func close(graceful: Bool = true, timeout: Duration = .seconds(5)) async {
-        let deadline = NIODeadline.now() + timeout.timeAmount
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
         await session.close(graceful: graceful, deadline: deadline)
     }
 
@@ -123,12 +125,5 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         "Connection(\(id), \(direction.rawValue), \(remotePeer) at \(remoteAddress))"
-    }
-}
-
-extension Duration {
-    var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

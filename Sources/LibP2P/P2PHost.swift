@@ -5,7 +5,6 @@ import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import Noise
 import Resources
 import ServiceLifecycle
 import Transport
@@ -62,6 +61,12 @@ public final class P2PHost: Sendable {
         public var connectionManager: ConnectionManager.Configuration = .defaults
         /// How long `shutdown()` lets open streams finish.
         public var shutdownGracePeriod: Duration = .seconds(5)
+        /// The transports, in order of preference: an address is dialed or listened on by the
+        /// first that handles it.
+        public var transports: [TransportOption] = [.tcp]
+        /// The security protocols offered, in order of preference (a dialer proposes them in
+        /// this order; a listener accepts any of them). At least one.
+        public var security: [SecurityOption] = [.noise]
         public var yamux: YamuxConfiguration = .defaults
         /// Limits of the host's resource manager (connections, handshakes, streams and memory by
         /// scope: system, address, peer, connection, stream, protocol, service). See
@@ -78,7 +83,7 @@ public final class P2PHost: Sendable {
     private struct State {
         var started = false
         var shuttingDown = false
-        var listeners: [TCPListener] = []
+        var listeners: [any TransportListener] = []
         var connections: [PeerID: [Connection]] = [:]
         var pendingInbound = 0
         var dials: [PeerID: Task<Connection, any Error>] = [:]
@@ -110,7 +115,7 @@ public final class P2PHost: Sendable {
     /// Trims connections above the high watermark and closes idle ones; protocols protect and
     /// tag the peers they depend on here.
     public let connectionManager: ConnectionManager
-    private let transport: TCPTransport
+    private let transports: [any Transport]
     private let metrics = HostMetrics()
     /// Lines a remote can cause at will (refusals, failed handshakes), at a bounded rate.
     private let remoteLog: RateLimitedLogger
@@ -130,11 +135,20 @@ public final class P2PHost: Sendable {
         self.resourceManager = ResourceManager(configuration: configuration.resources, logger: configuration.logger)
         self.connectionManager = ConnectionManager(configuration: configuration.connectionManager)
         self.remoteLog = RateLimitedLogger(configuration.logger)
-        self.transport = TCPTransport(group: self.eventLoopGroup)
-        // Signing can only fail for key types we cannot sign with, which a PrivateKey never holds.
-        let local = try! NoiseLocalIdentity(identity: identity)
+        let group = self.eventLoopGroup
+        self.transports = configuration.transports.map { $0.build(on: group) }
+        // Building a security protocol signs with the identity key, which cannot fail for the key
+        // types a PrivateKey holds.
+        precondition(!configuration.security.isEmpty, "a host needs at least one security protocol")
+        let security = configuration.security.map { option in
+            do {
+                return try option.build(for: identity)
+            } catch {
+                preconditionFailure("cannot set up \(option.protocolID) for this identity: \(error)")
+            }
+        }
         self.upgrader = Upgrader(
-            local: local, yamux: configuration.yamux, timeout: configuration.handshakeTimeout.timeAmount,
+            security: security, yamux: configuration.yamux, timeout: TimeAmount(configuration.handshakeTimeout),
             metrics: metrics)
     }
 
@@ -194,9 +208,12 @@ public final class P2PHost: Sendable {
     @discardableResult
     public func listen(on address: Multiaddr) async throws -> Multiaddr {
         try checkRunning()
-        let listener = try await transport.listen(on: address) { [weak self] channel in
+        guard let transport = transports.first(where: { $0.canListen(address) }) else {
+            throw HostError(.invalidAddress, "no transport can listen on \(address)")
+        }
+        let listener = try await transport.listen(on: address) { [weak self] channel, remote in
             guard let self else { return channel.close() }
-            return self.acceptInbound(channel)
+            return self.acceptInbound(channel, from: remote)
         }
         state.withLockedValue { $0.listeners.append(listener) }
         logger.info("listening", metadata: ["address": "\(listener.address)"])
@@ -386,7 +403,9 @@ public final class P2PHost: Sendable {
     }
 
     private func dialAddresses(of peer: PeerID) async throws -> Connection {
-        let candidates = peerstore.addresses(for: peer).filter(TCPTransport.canHandle)
+        let candidates = peerstore.addresses(for: peer).filter { address in
+            transports.contains { $0.canDial(address) }
+        }
         guard !candidates.isEmpty else {
             throw HostError(.noAddresses, "no dialable address known for \(peer)")
         }
@@ -406,12 +425,12 @@ public final class P2PHost: Sendable {
 
     private func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
         let plain = address.removingPeerID()
-        guard TCPTransport.canHandle(plain) else {
+        guard let transport = transports.first(where: { $0.canDial(plain) }) else {
             throw HostError(.invalidAddress, "no transport for \(address)")
         }
         // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
         // the upgrader's deadline, which starts in the initializer (no task group on this hot path).
-        let timeout = configuration.dialTimeout.timeAmount
+        let timeout = TimeAmount(configuration.dialTimeout)
         let upgrader = self.upgrader
         let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
         let scope: ConnectionScope
@@ -423,7 +442,8 @@ public final class P2PHost: Sendable {
         }
         let channel: Channel
         do {
-            channel = try await transport.dial(plain, timeout: timeout, bindTo: configuration.dialSourceAddress) { channel in
+            let options = DialOptions(timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress)
+            channel = try await transport.dial(plain, options: options) { channel in
                 upgrade.withLockedValue {
                     $0 = upgrader.upgrade(
                         channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout,
@@ -484,9 +504,9 @@ public final class P2PHost: Sendable {
     /// Runs on the accepted channel's event loop, before it is active. The connection is
     /// accounted before a byte is read: per source address (pending handshakes, connections,
     /// memory), then per peer once the security handshake names it.
-    private func acceptInbound(_ channel: Channel) -> EventLoopFuture<Void> {
-        let remote = channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
-        let remoteIP = channel.remoteAddress?.ipAddress
+    private func acceptInbound(_ channel: any Channel, from endpoint: RemoteEndpoint) -> EventLoopFuture<Void> {
+        let remote = endpoint.address
+        let remoteIP = endpoint.source
         guard !state.withLockedValue({ $0.shuttingDown }) else { return channel.close() }
         let scope: ConnectionScope
         do {
@@ -537,7 +557,8 @@ public final class P2PHost: Sendable {
                 id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
                 direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
                 remoteAddress: remoteAddress, session: result.session,
-                negotiationTimeout: configuration.streamNegotiationTimeout, resourceScope: scope, metrics: metrics)
+                negotiationTimeout: configuration.streamNegotiationTimeout, security: result.securityProtocol,
+                resourceScope: scope, metrics: metrics)
             s.connections[peer, default: []].append(connection)
             return (connection, s.connections[peer]!.count == 1, s.connectionObservers)
         }
@@ -775,7 +796,7 @@ public final class P2PHost: Sendable {
         _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
         let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: timeout.timeAmount) {
+        let timer = stream.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             timedOut.withLockedValue { $0 = true }
             stream.reset()
         }

@@ -1,18 +1,18 @@
 import Identity
 import Multistream
 import NIOCore
-import Noise
 import Resources
+import Security
 import Yamux
 
-/// Upgrades a raw TCP channel to a secured, multiplexed libp2p connection:
-/// multistream-select `/noise` → Noise XX → multistream-select `/yamux/1.0.0` → Yamux.
+/// Upgrades a raw channel to a secured, multiplexed libp2p connection: multistream-select one of
+/// the configured security protocols (Noise, TLS) → its handshake → multistream-select
+/// `/yamux/1.0.0` (unless the security handshake agreed on the muxer already) → Yamux.
 ///
 /// Each step's handler is added when the previous one finishes, in that promise's callback on the
 /// event loop, so no bytes can slip between steps; a finished multistream handler hands the bytes
 /// that followed negotiation to its successor when it is removed.
 struct Upgrader: Sendable {
-    static let securityProtocol = "/noise"
     static let muxerProtocol = "/yamux/1.0.0"
 
     enum Role {
@@ -20,13 +20,16 @@ struct Upgrader: Sendable {
         case responder
     }
 
-    let local: NoiseLocalIdentity
+    /// In order of preference (a dialer proposes them in this order; a listener accepts any).
+    let security: [any SecurityProtocol]
     let yamux: YamuxConfiguration
     let timeout: TimeAmount
     let metrics: HostMetrics
 
     struct Result: Sendable {
-        let remote: NoiseHandshakeResult
+        let remote: SecuredConnection
+        /// The security protocol negotiated ("/noise", "/tls/1.0.0").
+        let securityProtocol: String
         let session: YamuxSession
     }
 
@@ -63,50 +66,58 @@ struct Upgrader: Sendable {
 
     private func start(channel: Channel, role: Role, resourceScope: ConnectionScope?) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
-        let isInitiator: Bool
-        let expectedPeer: PeerID?
+        let securityRole: SecurityRole
         switch role {
-        case .initiator(let peer):
-            isInitiator = true
-            expectedPeer = peer
-        case .responder:
-            isInitiator = false
-            expectedPeer = nil
+        case .initiator(let peer): securityRole = .initiator(expectedRemotePeer: peer)
+        case .responder: securityRole = .responder
         }
-        @Sendable func negotiation(_ proto: String) -> (NIOLoopBound<MultistreamNegotiationHandler>, EventLoopFuture<String>) {
+        let isInitiator = securityRole.isInitiator
+        @Sendable func negotiation(_ protocols: [String]) -> (NIOLoopBound<MultistreamNegotiationHandler>, EventLoopFuture<String>) {
             let promise = loop.makePromise(of: String.self)
-            let role: MultistreamNegotiator.Role = isInitiator ? .dialer(proposals: [proto]) : .listener(protocols: [proto])
-            // The dialer does not wait for the listener's confirmation (one round trip saved per
-            // step); the handler checks it later and removes itself.
+            let role: MultistreamNegotiator.Role = isInitiator ? .dialer(proposals: protocols) : .listener(protocols: protocols)
+            // A dialer with one proposal does not wait for the listener's confirmation (one round
+            // trip saved per step); the handler checks it later and removes itself.
             let handler = MultistreamNegotiationHandler(role: role, promise: promise, optimistic: isInitiator)
             return (NIOLoopBound(handler, eventLoop: loop), promise.futureResult)
         }
-        let local = self.local
+        let securityProtocols = self.security
         let yamux = self.yamux
+        let muxers = [Self.muxerProtocol]
         do {
             try channel.pipeline.syncOperations.addHandler(ByteCountingHandler(metrics: metrics))
             // Handlers are not Sendable: NIOLoopBound carries them into callbacks, which all run on `loop`.
-            let (security, securityDone) = negotiation(Self.securityProtocol)
-            try channel.pipeline.syncOperations.addHandler(security.value)
-            return securityDone.flatMapThrowing { _ -> EventLoopFuture<NoiseHandshakeResult> in
-                let promise = loop.makePromise(of: NoiseHandshakeResult.self)
-                let handshake = NoiseLibp2pHandshake(
-                    role: isInitiator ? .initiator : .responder, local: local, expectedRemotePeer: expectedPeer)
-                try channel.pipeline.syncOperations.addHandler(
-                    NoiseHandler(handshake: handshake, promise: promise), position: .after(security.value))
-                if !isInitiator { _ = channel.pipeline.syncOperations.removeHandler(security.value) }
-                return promise.futureResult
+            let (negotiator, negotiated) = negotiation(securityProtocols.map(\.protocolID))
+            try channel.pipeline.syncOperations.addHandler(negotiator.value)
+            return negotiated.flatMapThrowing { chosen -> EventLoopFuture<(SecuredConnection, String)> in
+                guard let security = securityProtocols.first(where: { $0.protocolID == chosen }) else {
+                    throw MultistreamError(.noProtocolInCommon, "negotiated \(chosen), which is not offered")
+                }
+                let secured = try security.secure(
+                    channel: channel, position: .after(negotiator.value), role: securityRole, muxers: muxers)
+                if !negotiator.value.isOptimistic { _ = channel.pipeline.syncOperations.removeHandler(negotiator.value) }
+                return secured.map { ($0, chosen) }
             }
             .flatMap { $0 }
-            .flatMapThrowing { remote -> EventLoopFuture<Result> in
-                let (muxer, muxerDone) = negotiation(Self.muxerProtocol)
-                try channel.pipeline.syncOperations.addHandler(muxer.value)
-                return muxerDone.flatMapThrowing { _ in
+            .flatMapThrowing { remote, securityProtocol -> EventLoopFuture<Result> in
+                @Sendable func install() throws -> Result {
                     let session = try YamuxSession.install(
                         on: channel, role: isInitiator ? .initiator : .responder, configuration: yamux,
                         resourceScope: resourceScope)
-                    if !isInitiator { _ = channel.pipeline.syncOperations.removeHandler(muxer.value) }
-                    return Result(remote: remote, session: session)
+                    return Result(remote: remote, securityProtocol: securityProtocol, session: session)
+                }
+                // Spec (tls): a muxer agreed in the handshake's ALPN replaces the muxer negotiation.
+                if let muxer = remote.muxer {
+                    guard muxer == Self.muxerProtocol else {
+                        throw MultistreamError(.noProtocolInCommon, "the handshake agreed on \(muxer), which is not offered")
+                    }
+                    return loop.makeCompletedFuture { try install() }
+                }
+                let (muxer, muxerDone) = negotiation(muxers)
+                try channel.pipeline.syncOperations.addHandler(muxer.value)
+                return muxerDone.flatMapThrowing { _ in
+                    let result = try install()
+                    if !muxer.value.isOptimistic { _ = channel.pipeline.syncOperations.removeHandler(muxer.value) }
+                    return result
                 }
             }
             .flatMap { $0 }
@@ -122,7 +133,7 @@ extension Upgrader {
         switch error {
         case let error as HostError where error.code == .dialTimeout || error.code == .upgradeFailed:
             return "timeout"
-        case is NoiseError: return "security"
+        case is any SecurityError: return "security"
         case is MultistreamError: return "negotiation"
         case is YamuxError: return "muxer"
         case is ChannelError: return "closed"

@@ -38,6 +38,10 @@ public final class MultistreamNegotiationHandler: ChannelInboundHandler, Removab
         }
     }
 
+    /// Whether this handler negotiates optimistically (then it removes itself once the answer is
+    /// checked; otherwise whoever adds the next handler removes this one).
+    public var isOptimistic: Bool { optimistic != nil }
+
     public func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive { start(context: context) }
     }

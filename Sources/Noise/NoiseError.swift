@@ -1,5 +1,7 @@
+import Security
+
 /// Why a Noise handshake or transport message failed.
-public struct NoiseError: Error, Sendable, Hashable, CustomStringConvertible {
+public struct NoiseError: SecurityError, Sendable, Hashable, CustomStringConvertible {
     public enum Code: Sendable, Hashable {
         /// A handshake message has the wrong length or arrived out of order.
         case malformedHandshakeMessage

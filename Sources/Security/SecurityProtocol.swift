@@ -63,3 +63,7 @@ public protocol SecurityProtocol: Sendable {
         muxers: [String]
     ) throws -> EventLoopFuture<SecuredConnection>
 }
+
+/// The errors of a security protocol's handshake conform (``NoiseError``, `TLSError`), so the
+/// host can tell a failed authentication from a failed negotiation or a closed socket.
+public protocol SecurityError: Error {}

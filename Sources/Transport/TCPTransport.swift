@@ -80,7 +80,7 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
 }
 
 /// A bound TCP listener.
-public struct TCPListener: Sendable {
+public struct TCPListener: TransportListener {
     /// The listening server channel.
     public let channel: Channel
     /// The address actually bound (port 0 resolved to the real port).
@@ -93,7 +93,7 @@ public struct TCPListener: Sendable {
 }
 
 /// TCP on NIOPosix: listens on and dials `/ip4|ip6|dns|dns4|dns6/…/tcp/PORT` multiaddrs.
-public struct TCPTransport: Sendable {
+public struct TCPTransport: Transport {
     /// Where listeners and connections run.
     public let group: any EventLoopGroup
 
@@ -109,6 +109,34 @@ public struct TCPTransport: Sendable {
         switch parts[0] {
         case .ip4, .ip6, .dns, .dns4, .dns6: return true
         default: return false
+        }
+    }
+
+    /// Whether `address` is a TCP address (``canHandle(_:)``).
+    public func canDial(_ address: Multiaddr) -> Bool { Self.canHandle(address) }
+
+    /// Whether `address` is a TCP address (``canHandle(_:)``).
+    public func canListen(_ address: Multiaddr) -> Bool { Self.canHandle(address) }
+
+    /// ``dial(_:timeout:bindTo:initializer:)`` with the options' timeout and source address.
+    public func dial(
+        _ address: Multiaddr, options: DialOptions, initializer: @escaping ConnectionInitializer
+    ) async throws -> any Channel {
+        try await dial(
+            address, timeout: TimeAmount(options.timeout), bindTo: options.sourceAddress, initializer: initializer)
+    }
+
+    /// ``listen(on:backlog:initializer:)``; the acceptor learns each connection's remote address
+    /// and IP.
+    public func listen(
+        on address: Multiaddr,
+        acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
+    ) async throws -> any TransportListener {
+        try await listen(on: address) { channel in
+            let remote = RemoteEndpoint(
+                address: channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) },
+                source: channel.remoteAddress?.ipAddress)
+            return acceptor(channel, remote)
         }
     }
 

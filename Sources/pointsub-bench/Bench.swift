@@ -25,13 +25,13 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | stream | connect | rr | pubsub | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
+        usage: pointsub-bench [host | stream | connect | rr | pubsub | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp|nio] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
           host                host-level figures (crypto, stream throughput, connect latency)
           stream              only the seal rate, raw TCP and single-stream throughput of `host`
           connect             only the connect + first stream + echo latencies of `host`
           --iterations=N      connect: samples per figure (default 500)
           --two-processes     connect: the server runs in a child process
-          rr                  request/response: PointSub vs plain TCP with the same framing
+          rr                  request/response: PointSub vs plain TCP (tasks, and pure NIO) with the same framing
           pubsub              broadcast: 50 in-process nodes on a random 6-regular graph, gossipsub
                               and floodsub, messages at a fixed rate; latency, copies, transmissions
           attack              attacks from 127.0.0.2 on a server process, an honest client on
@@ -46,7 +46,7 @@ struct Bench {
           --no-compression    rr: PointSub client and server with compression off
           --size=BYTES        rr: only this payload size (repeatable)
           --in-flight=N       rr: only this number of requests in flight (repeatable)
-          --only=SIDE         rr: only pointsub or only tcp (for profiling)
+          --only=SIDE         rr: only pointsub, tcp (tasks) or nio (handlers only), for profiling
           --payload=KIND      rr: only random or only text payloads
           --raw-streams       rr diagnostic: bare libp2p streams with the same framing in place of
                               PointSubClient/PointSubServer

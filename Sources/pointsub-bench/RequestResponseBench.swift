@@ -6,7 +6,9 @@ import PointSub
 
 /// `pointsub-bench rr`: request/response rate and latency of PointSub (client and server hosts
 /// in this process, Noise + Yamux over loopback TCP, an echo handler) next to plain TCP
-/// request/response with the same framing (PointSub messages, no libp2p) in the same run.
+/// request/response with the same framing (PointSub messages, no libp2p) in the same run: once
+/// with Swift tasks over `NIOAsyncChannel` (TCP), once in channel handlers only (NIO, the
+/// physical limit; ÷NIO and p50×NIO are PointSub's rate and median latency relative to it).
 ///
 /// For each payload size and number of requests in flight, both sides run the same load: that
 /// many workers, each sending one request at a time and waiting for its reply (the protocol has
@@ -35,6 +37,8 @@ enum RequestResponseBench {
     enum Side: String, CaseIterable {
         case pointSub = "pointsub"
         case tcp
+        /// Channel handlers only (`PureNIOEcho`): the physical limit.
+        case nio
     }
 
     static func run(
@@ -72,8 +76,10 @@ enum RequestResponseBench {
             pad("PointSub req/s", 15, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
             pad("CPU µs", 8, right: true), " |",
             pad("TCP req/s", 11, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
-            pad("CPU µs", 8, right: true), " |", pad("ratio", 6, right: true), pad("CPU ratio", 10, right: true),
-            pad("enc.bound", 10, right: true),
+            pad("CPU µs", 8, right: true), " |",
+            pad("NIO req/s", 11, right: true), pad("p50 ms", 9, right: true), pad("p99 ms", 9, right: true),
+            pad("CPU µs", 8, right: true), " |", pad("÷TCP", 6, right: true), pad("CPU ratio", 10, right: true),
+            pad("enc.bound", 10, right: true), pad("÷NIO", 6, right: true), pad("p50×NIO", 8, right: true),
         ].joined()
         print(String(repeating: "-", count: header.count))
         print(header)
@@ -85,8 +91,10 @@ enum RequestResponseBench {
         // request by up to 2.4 times between runs.)
         let loops = Bench.twoLoops()
         let server = try await PlainTCPEchoServer.start(on: loops.server)
+        let nioServer = try await PureNIOEcho.startServer(on: loops.server)
         let serverConfig = P2PHost.Configuration.defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }
         var lowest: (Cell, Double)?
+        var lowestNIO: (Cell, Double)?
         do {
             try await withHost(configuration: serverConfig, eventLoopGroup: loops.server) { serverHost in
                 let pointSubServer = try PointSubServer(host: serverHost, configuration: .defaults {
@@ -140,6 +148,19 @@ enum RequestResponseBench {
                             tcp = try await PlainTCPEchoServer.measure(
                                 server.address, from: loops.client, payload: payload, inFlight: cell.inFlight, phases: phases)
                         }
+                        var nio: Result?
+                        if sides.contains(.nio) {
+                            nio = try await PureNIOEcho.measure(
+                                nioServer.localAddress!, from: loops.client, payload: payload, inFlight: cell.inFlight,
+                                phases: phases)
+                        }
+                        var nioRatio: Double?
+                        var p50Ratio: Double?
+                        if let pointSub, let nio {
+                            nioRatio = pointSub.requestsPerSecond / nio.requestsPerSecond
+                            p50Ratio = pointSub.p50 / nio.p50
+                            if lowestNIO == nil || nioRatio! < lowestNIO!.1 { lowestNIO = (cell, nioRatio!) }
+                        }
                         var ratio: Double?
                         var cpuRatio: Double?
                         var encryptionBound: Double?
@@ -166,9 +187,12 @@ enum RequestResponseBench {
                         print(
                             ([pad(sizeLabel(cell.size), 7), pad("\(cell.inFlight)", 9, right: true), pad(cell.payload.rawValue, 8, right: true), " |"]
                                 + columns(pointSub, rateWidth: 15) + [" |"] + columns(tcp, rateWidth: 11) + [" |"]
+                                + columns(nio, rateWidth: 11) + [" |"]
                                 + [pad(ratio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]
                                 + [pad(cpuRatio.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]
-                                + [pad(encryptionBound.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]).joined())
+                                + [pad(encryptionBound.map { String(format: "%.2f", $0) } ?? "-", 10, right: true)]
+                                + [pad(nioRatio.map { String(format: "%.2f", $0) } ?? "-", 6, right: true)]
+                                + [pad(p50Ratio.map { String(format: "%.2f", $0) } ?? "-", 8, right: true)]).joined())
                         let retries = (after.retries - before.retries) + (after.staleStreamRetries - before.staleStreamRetries)
                         if retries > 0 || after.failed != before.failed {
                             print("  (PointSub client: \(retries) retries, \(after.failed - before.failed) failures)")
@@ -187,13 +211,20 @@ enum RequestResponseBench {
             }
         } catch {
             await server.stop()
+            try? await nioServer.close()
             throw error
         }
         await server.stop()
+        try? await nioServer.close()
         print("load average at end: \(loadAverage())")
         if let (cell, ratio) = lowest {
             print(String(
-                format: "lowest PointSub/TCP ratio %.2f (%@, %d in flight, %@); target ≥ 0.50",
+                format: "lowest PointSub/TCP ratio %.2f (%@, %d in flight, %@)",
+                ratio, sizeLabel(cell.size), cell.inFlight, cell.payload.rawValue))
+        }
+        if let (cell, ratio) = lowestNIO {
+            print(String(
+                format: "lowest PointSub/pure-NIO ratio %.2f (%@, %d in flight, %@); target ≥ 0.50 at 64 B and 1 KiB with 64 in flight, p50×NIO ≤ 1.5 at 1 in flight",
                 ratio, sizeLabel(cell.size), cell.inFlight, cell.payload.rawValue))
         }
     }
@@ -255,7 +286,7 @@ enum RequestResponseBench {
             state.withLockedValue { s in s.opens.flatMap { opens in s.closes.map { (opens, $0) } } }
         }
 
-        private func workerReady() {
+        func workerReady() {
             state.withLockedValue { s in
                 s.waiting -= 1
                 if s.waiting == 0 { s.opens = max(ContinuousClock.now, began + phases.warmUp) }
@@ -263,7 +294,7 @@ enum RequestResponseBench {
         }
 
         /// A reply arrived at `end`; returns whether the window has closed.
-        private func completed(at end: ContinuousClock.Instant) -> Bool {
+        func completed(at end: ContinuousClock.Instant) -> Bool {
             state.withLockedValue { s in
                 guard s.closes == nil else { return true }
                 guard let opens = s.opens, end >= opens else { return false }

@@ -221,7 +221,7 @@ public final class PointSubClient: Sendable {
         let deadline = ContinuousClock.now + limit
         // The exchange runs in the caller's task; the time limit is a timer on an event loop
         // and cancellation a handler, both of which reset the stream in use.
-        let timer = host.eventLoopGroup.next().scheduleTask(in: limit.timeAmount) { progress.giveUp(.timeout) }
+        let timer = host.eventLoopGroup.next().scheduleTask(in: TimeAmount(limit)) { progress.giveUp(.timeout) }
         defer { timer.cancel() }
         do {
             let response = try await withTaskCancellationHandler {

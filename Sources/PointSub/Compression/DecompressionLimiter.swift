@@ -162,7 +162,7 @@ final class DecompressionLimiter: Sendable {
                 return nil
             }
             if let ready { return continuation.resume(returning: ready) }
-            eventLoop.scheduleTask(in: wait.timeAmount) { [self] in
+            eventLoop.scheduleTask(in: TimeAmount(wait)) { [self] in
                 let expired = state.withLockedValue { s -> Waiter? in
                     guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                     return s.waiters.remove(at: index)

@@ -830,7 +830,7 @@ final class StreamWatchdog: Sendable {
             return (s.timer, s.generation)
         }
         old?.cancel()
-        let timer = eventLoop.scheduleTask(in: duration.timeAmount) { [self] in
+        let timer = eventLoop.scheduleTask(in: TimeAmount(duration)) { [self] in
             let fire = state.withLockedValue { s -> Bool in
                 guard s.generation == generation else { return false }
                 s.fired = true

@@ -72,7 +72,7 @@ func runWithTimeLimit<T: Sendable>(
     }
     started(task)
     let timer = limit.map { limit in
-        eventLoop.scheduleTask(in: limit.timeAmount) {
+        eventLoop.scheduleTask(in: TimeAmount(limit)) {
             if race.decide(.failure(TimeLimitExceeded())) { task.cancel() }
         }
     }
@@ -85,11 +85,6 @@ func runWithTimeLimit<T: Sendable>(
 }
 
 extension Duration {
-    var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-
     var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18

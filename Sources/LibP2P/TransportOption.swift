@@ -1,0 +1,27 @@
+import NIOCore
+import Transport
+
+/// A transport a host uses (``tcp``; WebSocket and in-memory once registered), built on the host's
+/// event loop group when the host is created. `P2PHost.Configuration.transports` lists them; an
+/// address is dialed or listened on by the first that handles it.
+public struct TransportOption: Sendable, CustomStringConvertible {
+    /// A short name for logs ("tcp").
+    public let name: String
+    private let make: @Sendable (any EventLoopGroup) -> any Transport
+
+    /// A transport called `name`, built by `make` on the host's event loop group.
+    public init(name: String, make: @escaping @Sendable (any EventLoopGroup) -> any Transport) {
+        self.name = name
+        self.make = make
+    }
+
+    /// TCP (`/ip4|ip6|dns|dns4|dns6/…/tcp/PORT`).
+    public static let tcp = TransportOption(name: "tcp") { TCPTransport(group: $0) }
+
+    /// The name.
+    public var description: String { name }
+
+    func build(on group: any EventLoopGroup) -> any Transport {
+        make(group)
+    }
+}
