@@ -86,7 +86,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "Yamux", "Resources",
+            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -204,7 +204,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .testTarget(name: "InteropTests", dependencies: [
-            "PointSub", "PubSub", "TestSupport",
+            "PointSub", "PubSub", "TestSupport", "TLS",
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -76,7 +76,16 @@ public struct LibP2PCertificate: Sendable {
     public static func makeSignedKey(
         identity: PrivateKey, certificatePublicKey: Certificate.PublicKey
     ) throws(TLSError) -> [UInt8] {
-        let message = signaturePrefix + Array(certificatePublicKey.subjectPublicKeyInfoBytes)
+        // The whole DER SubjectPublicKeyInfo, as the certificate carries it. (X509's
+        // `subjectPublicKeyInfoBytes` is only the key's BIT STRING contents: signing that
+        // interoperates with nobody.)
+        var serializer = DER.Serializer()
+        do {
+            try serializer.serialize(certificatePublicKey)
+        } catch {
+            throw TLSError(.localSetupFailed, "could not encode the certificate key: \(error)")
+        }
+        let message = signaturePrefix + serializer.serializedBytes
         let signature: [UInt8]
         do {
             signature = try identity.sign(message)
@@ -160,6 +169,33 @@ extension LibP2PCertificate {
         return peer
     }
 
+    /// The DER SubjectPublicKeyInfo exactly as the certificate carries it (the signed bytes: a
+    /// re-encoding of the parsed key could differ from what the peer signed). TBSCertificate:
+    /// `[0] version` (optional), serialNumber, signature, issuer, validity, subject,
+    /// subjectPublicKeyInfo, ….
+    static func subjectPublicKeyInfo(of certificate: Certificate) throws(TLSError) -> ArraySlice<UInt8> {
+        do {
+            let tbs = try DER.parse(certificate.tbsCertificateBytes)
+            guard case .constructed(let fields) = tbs.content else {
+                throw TLSError(.malformedCertificate, "TBSCertificate is not a SEQUENCE")
+            }
+            var iterator = fields.makeIterator()
+            // The version, then the serial number; or the serial number alone.
+            if iterator.next()?.identifier == ASN1Identifier(tagWithNumber: 0, tagClass: .contextSpecific) {
+                _ = iterator.next()
+            }
+            for _ in 0..<4 { _ = iterator.next() }  // signature, issuer, validity, subject
+            guard let spki = iterator.next(), spki.identifier == .sequence else {
+                throw TLSError(.malformedCertificate, "TBSCertificate has no SubjectPublicKeyInfo")
+            }
+            return spki.encodedBytes
+        } catch let error as TLSError {
+            throw error
+        } catch {
+            throw TLSError(.malformedCertificate, "TBSCertificate does not parse: \(error)")
+        }
+    }
+
     /// Verifies one DER certificate (every rule but the chain length and the expected peer).
     public static func verify(certificate der: [UInt8], now: Date = Date()) throws(TLSError) -> VerifiedPeer {
         guard der.count <= maxCertificateBytes else {
@@ -198,7 +234,7 @@ extension LibP2PCertificate {
         } catch {
             throw TLSError(.invalidPublicKey, "SignedKey public key is invalid: \(error.message)")
         }
-        let message = signaturePrefix + Array(certificate.publicKey.subjectPublicKeyInfoBytes)
+        let message = signaturePrefix + Array(try subjectPublicKeyInfo(of: certificate))
         do {
             try publicKey.verifyThrowing(signature: signature, for: message)
         } catch {

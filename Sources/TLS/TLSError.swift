@@ -1,5 +1,7 @@
+import Security
+
 /// Why a libp2p TLS handshake failed, or why a peer's certificate was refused (libp2p TLS spec).
-public struct TLSError: Error, Sendable, Hashable, CustomStringConvertible {
+public struct TLSError: SecurityError, Sendable, Hashable, CustomStringConvertible {
     /// One code per rule of the spec's peer authentication, plus the transport failures.
     public enum Code: String, Sendable, Hashable, CaseIterable {
         /// The peer presented no certificate (a server must require one from the client).

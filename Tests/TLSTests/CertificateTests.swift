@@ -65,6 +65,14 @@ struct CertificateTests {
             #expect(parsed.publicKey == Certificate.PublicKey(certificate.certificateKey.publicKey))
             #expect(parsed.extensions.count == 1)
             #expect(parsed.extensions.first?.critical == false)
+            // The identity signed "libp2p-tls-handshake:" ‖ the certificate key's whole DER
+            // SubjectPublicKeyInfo (swift-crypto's encoding, independent of the code under test).
+            let signedKey = try #require(LibP2PCertificate.signedKey(in: certificate.der))
+            let (marshaled, signature) = try LibP2PCertificate.decodeSignedKey(signedKey[...])
+            #expect(marshaled == identity.publicKey.marshal())
+            let spki = Array(certificate.certificateKey.publicKey.derRepresentation)
+            #expect(identity.publicKey.verify(signature: signature, for: Array("libp2p-tls-handshake:".utf8) + spki))
+            #expect(try Array(LibP2PCertificate.subjectPublicKeyInfo(of: parsed)) == spki)
         }
     }
 
@@ -144,10 +152,20 @@ struct CertificateTests {
 
         // A signature over the right key, but without the "libp2p-tls-handshake:" prefix.
         let unprefixed = try CertificateFactory.make(.init(identity: identity, signedKey: { key in
-            LibP2PCertificate.encodeSignedKey(
-                publicKey: identity.publicKey.marshal(), signature: try identity.sign(Array(key.subjectPublicKeyInfoBytes)))
+            var serializer = DER.Serializer()
+            try serializer.serialize(key)
+            return LibP2PCertificate.encodeSignedKey(
+                publicKey: identity.publicKey.marshal(), signature: try identity.sign(serializer.serializedBytes))
         }))
         Self.expectRefusal(.invalidSignedKeySignature, chain: [unprefixed.der])
+
+        // A signature over the key's BIT STRING contents only, not the whole SubjectPublicKeyInfo.
+        let keyOnly = try CertificateFactory.make(.init(identity: identity, signedKey: { key in
+            LibP2PCertificate.encodeSignedKey(
+                publicKey: identity.publicKey.marshal(),
+                signature: try identity.sign(LibP2PCertificate.signaturePrefix + Array(key.subjectPublicKeyInfoBytes)))
+        }))
+        Self.expectRefusal(.invalidSignedKeySignature, chain: [keyOnly.der])
 
         // The SignedKey of another identity: its signature does not verify with the key it names.
         let otherIdentity = PrivateKey.generateEd25519()
