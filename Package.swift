@@ -153,7 +153,7 @@ let package = Package(
             "Noise", .product(name: "NIOEmbedded", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "TLSTests", dependencies: [
-            "TLS", "Identity", "Security",
+            "TLS", "Identity", "Security", "PointSub",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
