@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOPosix
 import PointSub
 import TLS
 import TestSupport
@@ -209,6 +210,71 @@ struct TLSInteropTests {
                     #expect(back == payload)
                 }
             }
+        }
+    }
+
+    /// Reads exactly `count` bytes, then hands them to `promise` and removes itself.
+    final class ReadExactly: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = ByteBuffer
+        private var bytes: [UInt8] = []
+        private let count: Int
+        private let promise: EventLoopPromise<[UInt8]>
+        init(count: Int, promise: EventLoopPromise<[UInt8]>) {
+            self.count = count
+            self.promise = promise
+        }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            bytes += buffer.readBytes(length: min(buffer.readableBytes, count - bytes.count)) ?? []
+            if bytes.count == count {
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                promise.succeed(bytes)
+            }
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            promise.fail(ChannelError.eof)
+        }
+    }
+
+    /// The spec's early muxer negotiation with go: on a bare connection, multistream-select
+    /// `/tls/1.0.0` by hand, then our TLS handshake offering `/yamux/1.0.0` in ALPN; go (which
+    /// offers its muxers there too) agrees on yamux in the handshake. (py 0.8.1 offers only
+    /// "libp2p", so hosts talking to it negotiate the muxer afterwards, as the tests above do.)
+    @Test func goAgreesOnYamuxInTheTLSHandshake() async throws {
+        try await withGo(seed: 163) { go in
+            let identity = PrivateKey.ed25519(seed: 173)
+            let security = try TLSSecurity(identity: identity)
+            let port = try #require(go.address.tcpPort)
+            let header = "/multistream/1.0.0\n", proposal = "/tls/1.0.0\n"
+            let expected = [UInt8(header.utf8.count)] + Array(header.utf8) + [UInt8(proposal.utf8.count)] + Array(proposal.utf8)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let answer = loop.makePromise(of: [UInt8].self)
+            let timeout = loop.scheduleTask(in: .seconds(10)) { answer.fail(ChannelError.connectTimeout(.seconds(10))) }
+            // The reader goes in before the connection is up: go may speak first.
+            let channel = try await ClientBootstrap(group: loop)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ReadExactly(count: expected.count, promise: answer))
+                    }
+                }
+                .connect(host: "127.0.0.1", port: Int(port)).get()
+            // Closing fails the handshake's future: no wait below is unbounded.
+            let watchdog = loop.scheduleTask(in: .seconds(20)) { channel.close(promise: nil) }
+            defer {
+                watchdog.cancel()
+                channel.close(promise: nil)
+            }
+            let secured = try await channel.eventLoop.flatSubmit { () -> EventLoopFuture<SecuredConnection> in
+                channel.writeAndFlush(ByteBuffer(bytes: expected), promise: nil)
+                return answer.futureResult.flatMapThrowing { bytes -> EventLoopFuture<SecuredConnection> in
+                    guard bytes == expected else { throw ChildProcess.Failure("go answered \(bytes)") }
+                    return try security.secure(
+                        channel: channel, position: .last, role: .initiator(expectedRemotePeer: go.peerID),
+                        muxers: ["/yamux/1.0.0"])
+                }.flatMap { $0 }.always { _ in timeout.cancel() }
+            }.get()
+            #expect(secured.remotePeer == go.peerID)
+            #expect(secured.muxer == "/yamux/1.0.0")
         }
     }
 }
