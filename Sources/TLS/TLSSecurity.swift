@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Identity
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import NIOTLS
@@ -31,6 +32,14 @@ public struct TLSSecurity: SecurityProtocol {
     public let certificate: LibP2PCertificate
     private let sslCertificate: NIOSSLCertificate
     private let sslKey: NIOSSLPrivateKey
+    /// BoringSSL contexts, made once per (side, muxer list): a host passes the same muxers to
+    /// every handshake, so this holds two.
+    private let contexts = NIOLockedValueBox<[ContextKey: NIOSSLContext]>([:])
+
+    private struct ContextKey: Hashable {
+        var isServer: Bool
+        var muxers: [String]
+    }
 
     /// Makes a fresh certificate for `identity`.
     public init(identity: PrivateKey) throws(TLSError) {
@@ -69,18 +78,31 @@ public struct TLSSecurity: SecurityProtocol {
         return configuration
     }
 
+    /// The BoringSSL context for one side and muxer list, made on first use. (Only our own
+    /// configuration picks the key, so the cache stays small; it is reset past 8 entries anyway.)
+    func context(isServer: Bool, muxers: [String]) throws(TLSError) -> NIOSSLContext {
+        let key = ContextKey(isServer: isServer, muxers: muxers)
+        if let context = contexts.withLockedValue({ $0[key] }) { return context }
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: configuration(isServer: isServer, muxers: muxers))
+        } catch {
+            throw TLSError(.localSetupFailed, "could not make the TLS context: \(error)")
+        }
+        contexts.withLockedValue {
+            if $0.count >= 8 { $0.removeAll() }
+            $0[key] = context
+        }
+        return context
+    }
+
     /// Adds the TLS handler (and a small one after it that reports the handshake's outcome) at
     /// `position` and starts the handshake. See `SecurityProtocol.secure`.
     public func secure(
         channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position, role: SecurityRole,
         muxers: [String]
     ) throws -> EventLoopFuture<SecuredConnection> {
-        let context: NIOSSLContext
-        do {
-            context = try NIOSSLContext(configuration: configuration(isServer: !role.isInitiator, muxers: muxers))
-        } catch {
-            throw TLSError(.localSetupFailed, "could not make the TLS context: \(error)")
-        }
+        let context = try self.context(isServer: !role.isInitiator, muxers: muxers)
         let state = TLSHandshakeState()
         let expected = role.expectedRemotePeer
         // Runs on the event loop during the handshake; a refusal makes BoringSSL send an alert and
