@@ -154,6 +154,18 @@ struct TLSInteropTests {
         try await GoInteropTests().withDaemon(seed: seed, ["-noise=false"], metrics: metrics, body)
     }
 
+    /// GoInteropTests.checkGoIdentifiedUs, after go's metrics count its identify of us as done
+    /// and our push support as seen: both are counted a moment after the protocols it received,
+    /// which that check waits for (read too early, they were missing in one run).
+    static func checkGoIdentifiedUs(_ go: P2PDaemon, _ host: P2PHost) async throws {
+        try await GoInteropTests.until("go's metrics counting its identify of us") {
+            let metrics = try await go.metrics()
+            return metrics["libp2p_identify_identify_total{dir=\"outbound\"}"] != nil
+                && metrics["libp2p_identify_conn_push_support_total{support=\"supported\"}"] != nil
+        }
+        try await GoInteropTests.checkGoIdentifiedUs(go, host)
+    }
+
     @Test func swiftDialsGoOverTLSEchoPingIdentify() async throws {
         try await withGo(seed: 161, metrics: true) { go in
             let handler = try await DaemonEchoHandler.start(path: "\(go.directory)/echo.sock")
@@ -167,7 +179,7 @@ struct TLSInteropTests {
                     let message = try await IdentifyService.identify(connection, host: host)
                     #expect(message.publicKey.map { go.peerID.matches($0) } == true)
                     GoInteropTests.checkGoIdentify(host.peerstore.info(for: go.peerID), listenAddress: go.address)
-                    try await GoInteropTests.checkGoIdentifiedUs(go, host)
+                    try await Self.checkGoIdentifiedUs(go, host)
                     let rtts = try await PingService.ping(host: host, peer: go.peerID, count: 3)
                     #expect(rtts.count == 3)
                     let stream = try await host.newStream(to: go.peerID, protocols: [EchoService.protocolID])
@@ -195,7 +207,7 @@ struct TLSInteropTests {
                 #expect(connection.security == "/tls/1.0.0")
                 try await GoInteropTests.until("our identify of go") { host.peerstore.info(for: go.peerID)?.agentVersion != nil }
                 GoInteropTests.checkGoIdentify(host.peerstore.info(for: go.peerID), listenAddress: go.address)
-                try await GoInteropTests.checkGoIdentifiedUs(go, host)
+                try await Self.checkGoIdentifiedUs(go, host)
                 // go pings us and echoes through us, on streams it opens.
                 try await go.withStream(to: host.peerID, [PingService.protocolID]) { _, socket in
                     for round in 0..<3 {
