@@ -28,6 +28,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // TLS 1.3 security (/tls/1.0.0): the handshake, and the libp2p certificate (X.509, DER).
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
         .target(name: "Multiformats", dependencies: [
@@ -68,6 +72,17 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        // TLS 1.3 (libp2p TLS spec): a self-signed certificate carrying the libp2p identity key.
+        .target(name: "TLS", dependencies: [
+            "Identity", "Security",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
             "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -75,7 +90,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "Yamux", "Resources",
+            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -111,7 +126,7 @@ let package = Package(
         // The umbrella: `import PointSub` gives the whole stack (and NIOCore's ByteBuffer, which is
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
-            "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "Yamux",
+            "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
             "LibP2P", "Protocols", "PointSubCore", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
@@ -133,7 +148,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
-            "Multiformats", "Identity", "Multistream", "Noise", "Yamux", "Protocols", "PointSubCore", "PubSub",
+            "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -147,6 +162,17 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "NoiseTests", dependencies: [
             "Noise", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "TLSTests", dependencies: [
+            "TLS", "Identity", "Security", "PointSub",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
@@ -189,7 +215,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .testTarget(name: "InteropTests", dependencies: [
-            "PointSub", "PubSub", "TestSupport",
+            "PointSub", "PubSub", "TestSupport", "TLS",
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
             .product(name: "NIOCore", package: "swift-nio"),
             // Crypto: hand-made Noise handshakes with bad identities (Secp256k1BadInputTests).

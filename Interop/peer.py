@@ -13,9 +13,10 @@ Interop/.venv.  Run as::
 same 32 bytes for both (the little-endian encoding of N): the Ed25519 seed, or
 the secp256k1 scalar read big-endian (N = 0 is invalid for secp256k1).
 
-Only TCP on 127.0.0.1, Noise (/noise) as the only security protocol and
+Only TCP on 127.0.0.1, Noise (/noise) as the security protocol (or TLS,
+/tls/1.0.0, with ``--security tls``; both with ``--security noise,tls``) and
 Yamux (/yamux/1.0.0) as the only muxer are offered, so every test goes
-through the real stack (no plaintext, no mplex, no secio, no TLS).
+through the real stack (no plaintext, no mplex, no secio).
 
 stdout carries only the machine-readable lines described below; everything
 else (logs, diagnostics) goes to stderr.  Python-level ``print`` calls inside
@@ -522,7 +523,7 @@ async def request_identify(stream: Any, timeout: float = 10.0) -> Any:
 # --------------------------------------------------------------------------
 
 
-def make_host(seed: int, key_type: str = "ed25519") -> Any:
+def make_host(seed: int, key_type: str = "ed25519", security: str = "noise") -> Any:
     L.identify_mod.AGENT_VERSION = AGENT_VERSION
     if key_type == "secp256k1":
         sk = L.Secp256k1PrivateKey.from_bytes(seed_to_secret(seed))
@@ -532,11 +533,25 @@ def make_host(seed: int, key_type: str = "ed25519") -> Any:
     pid = L.ID.from_pubkey(kp.public_key)
     if str(pid) != fast_peer_id(seed, key_type):  # self-test of the fast `id` path
         raise RuntimeError("peer id mismatch between libp2p and fast_peer_id")
-    sec_opt = {
-        L.NOISE_PROTOCOL_ID: L.NoiseTransport(
-            kp, noise_privkey=L.new_x25519().private_key
-        )
-    }
+    # --security: which security protocols the host offers, in this order (a dialer proposes
+    # them in dict order).  TLS is py-libp2p's /tls/1.0.0 transport; it is given no muxers, so
+    # its ALPN offers only "libp2p" and the muxer is negotiated with multistream-select
+    # afterwards (py 0.8.1 does not use an ALPN-agreed muxer yet).
+    sec_opt = {}
+    for name in security.split(","):
+        if name == "noise":
+            sec_opt[L.NOISE_PROTOCOL_ID] = L.NoiseTransport(
+                kp, noise_privkey=L.new_x25519().private_key
+            )
+        elif name == "tls":
+            from libp2p.security.tls.transport import (
+                PROTOCOL_ID as TLS_PROTOCOL_ID,
+                TLSTransport,
+            )
+
+            sec_opt[TLS_PROTOCOL_ID] = TLSTransport(kp)
+        else:
+            raise ValueError(f"unknown security protocol {name!r}")
     muxer_opt = {L.YAMUX_PROTOCOL_ID: L.Yamux}
     host = L.libp2p.new_host(
         key_pair=kp,
@@ -1082,7 +1097,7 @@ async def wait_stdin_eof() -> None:
 
 
 async def run_listen(args: argparse.Namespace) -> int:
-    host = make_host(args.seed, args.key_type)
+    host = make_host(args.seed, args.key_type, args.security)
     for proto in PS_PROTOCOLS:
         host.set_stream_handler(proto, make_ps_handler(proto))
     listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
@@ -1537,7 +1552,7 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         result = {"ok": False, "error": f"bad multiaddr: {_describe(e)}"}
         emit_result(result)
         return EXIT_FAIL, result
-    host = make_host(args.seed, args.key_type)
+    host = make_host(args.seed, args.key_type, args.security)
     answered = trio.Event()
     host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
@@ -1645,6 +1660,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="identity key type (secp256k1: the 32 bytes as a big-endian scalar)")
         sp.add_argument("-v", "--verbose", action="count", default=0,
                         help="stderr logging: -v info, -vv debug (incl. libp2p)")
+        sp.add_argument("--security", default="noise",
+                        choices=["noise", "tls", "noise,tls", "tls,noise"],
+                        help="security protocols offered, in order (default: noise)")
 
     sp = sub.add_parser("id", help="print the peer ID for --seed")
     common(sp)

@@ -50,6 +50,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pointsubParser = "pointsub-parser"
     /// PointSub zlib decompression with its declared size and output limit.
     case pointsubDecompress = "pointsub-decompress"
+    /// The libp2p TLS certificate: X.509 parsing, the verification rules, the `SignedKey` extension.
+    case tlsCertificate = "tls-certificate"
 
     /// False for the targets that need `@testable import` in a build without testability (release).
     public var isAvailable: Bool {
@@ -108,6 +110,7 @@ public enum FuzzTargets {
         case .yamuxFrames: try fuzzYamuxFrames(input, &check)
         case .pointsubParser: try fuzzPointSubParser(input, &check)
         case .pointsubDecompress: try fuzzPointSubDecompress(input, &check)
+        case .tlsCertificate: try fuzzTLSCertificate(input, &check)
         case .noise, .yamuxSession, .pubsubFrames:
             #if DEBUG || FUZZING
                 switch target {

@@ -6,6 +6,7 @@ import NIOCore
 import PointSubCore
 import Protocols
 import PubSub
+import TLS
 import Yamux
 
 extension FuzzTargets {
@@ -167,6 +168,18 @@ extension FuzzTargets {
             let declared: [UInt8] = [UInt8(size >> 24), UInt8(size >> 16 & 0xff), UInt8(size >> 8 & 0xff), UInt8(size & 0xff)]
             let zlib = PointSubCompression.compress(ByteBuffer(bytes: text)).map { Array($0.readableBytesView) } ?? []
             return [[1] + declared + zlib, [2] + declared + zlib, [0x81] + declared + text, [0xc1] + declared + text]
+        case .tlsCertificate:
+            // Real certificates (their P-256 key and ECDSA signatures are random, so regenerated
+            // seed files differ; each is valid for 100 years).
+            var seeds: [[UInt8]] = []
+            for key in [SeedKeys.ed25519, SeedKeys.ecdsa] {
+                guard let certificate = try? LibP2PCertificate.generate(identity: key) else { continue }
+                let der = certificate.der
+                let length = UInt16(der.count)
+                let signedKey = LibP2PCertificate.signedKey(in: der) ?? []
+                seeds += [[0] + der, [1, UInt8(length >> 8), UInt8(length & 0xff)] + der + der, [2] + signedKey]
+            }
+            return seeds
         }
     }
 

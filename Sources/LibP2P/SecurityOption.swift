@@ -1,6 +1,7 @@
 import Identity
 import Noise
 import Security
+import TLS
 
 /// A security protocol a host offers (``noise``, and TLS once registered), built for the host's
 /// identity when the host is created. `P2PHost.Configuration.security` lists them in order of
@@ -18,6 +19,9 @@ public struct SecurityOption: Sendable, CustomStringConvertible {
 
     /// libp2p Noise (`/noise`).
     public static let noise = SecurityOption(protocolID: NoiseSecurity.protocolID) { try NoiseSecurity(identity: $0) }
+
+    /// libp2p TLS 1.3 (`/tls/1.0.0`), with a fresh certificate for the host's identity.
+    public static let tls = SecurityOption(protocolID: TLSSecurity.protocolID) { try TLSSecurity(identity: $0) }
 
     /// The protocol ID.
     public var description: String { protocolID }

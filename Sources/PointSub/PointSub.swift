@@ -11,6 +11,7 @@
 @_exported import PubSub
 @_exported import Resources
 @_exported import Security
+@_exported import TLS
 @_exported import Transport
 @_exported import Yamux
 
