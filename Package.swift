@@ -48,6 +48,9 @@ let package = Package(
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            // The WebSocket transport (/ws): an HTTP/1.1 upgrade, then binary frames.
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",

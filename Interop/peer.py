@@ -6,10 +6,11 @@ Interop/requirements.txt and installed by scripts/setup-interop.sh into
 Interop/.venv.  Run as::
 
     Interop/.venv/bin/python Interop/peer.py id     --seed N
-    Interop/.venv/bin/python Interop/peer.py listen --seed N [--port P]
+    Interop/.venv/bin/python Interop/peer.py listen --seed N [--port P] [--transport ws]
     Interop/.venv/bin/python Interop/peer.py dial   <multiaddr/p2p/ID> --seed N --test T [...]
 
-Only TCP on 127.0.0.1, Noise (/noise) as the only security protocol and
+Only TCP on 127.0.0.1 (or, with ``--transport ws``, WebSocket over TCP on
+127.0.0.1: ``/ip4/127.0.0.1/tcp/P/ws``), Noise (/noise) as the only security protocol and
 Yamux (/yamux/1.0.0) as the only muxer are offered, so every test goes
 through the real stack (no plaintext, no mplex, no secio, no TLS).
 
@@ -509,7 +510,13 @@ async def request_identify(stream: Any, timeout: float = 10.0) -> Any:
 # --------------------------------------------------------------------------
 
 
-def make_host(seed: int) -> Any:
+def local_addr(transport: str, port: int = 0) -> Any:
+    """Our own address on 127.0.0.1 for --transport (tcp or ws)."""
+    suffix = "/ws" if transport == "ws" else ""
+    return L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}{suffix}")
+
+
+def make_host(seed: int, transport: str = "tcp") -> Any:
     L.identify_mod.AGENT_VERSION = AGENT_VERSION
     sk = L.Ed25519PrivateKey.from_bytes(seed_to_secret(seed))
     kp = L.KeyPair(sk, sk.get_public_key())
@@ -526,7 +533,9 @@ def make_host(seed: int) -> Any:
         key_pair=kp,
         sec_opt=sec_opt,
         muxer_opt=muxer_opt,
-        listen_addrs=[L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")],
+        # py builds its transports from these addresses: a /ws one gives the
+        # WebsocketTransport alone (which also dials /ws addresses), not TCP.
+        listen_addrs=[local_addr(transport)],
         connection_config=L.ConnectionConfig(max_connections_per_peer=1),
         disable_identify_address_discovery=True,
     )
@@ -1066,10 +1075,10 @@ async def wait_stdin_eof() -> None:
 
 
 async def run_listen(args: argparse.Namespace) -> int:
-    host = make_host(args.seed)
+    host = make_host(args.seed, args.transport)
     for proto in PS_PROTOCOLS:
         host.set_stream_handler(proto, make_ps_handler(proto))
-    listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
+    listen = local_addr(args.transport, args.port)
     reporter = IdentifyReporter(host)
     reporter.install()
     reason = "?"
@@ -1521,12 +1530,12 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         result = {"ok": False, "error": f"bad multiaddr: {_describe(e)}"}
         emit_result(result)
         return EXIT_FAIL, result
-    host = make_host(args.seed)
+    host = make_host(args.seed, args.transport)
     answered = trio.Event()
     host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
     code = EXIT_FAIL
-    async with host.run(listen_addrs=[L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+    async with host.run(listen_addrs=[local_addr(args.transport)]):
         await stop_auto_connector(host)
         with trio.move_on_after(args.timeout) as cs:
             try:
@@ -1628,11 +1637,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="count", default=0,
                         help="stderr logging: -v info, -vv debug (incl. libp2p)")
 
+    def transport(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                        help="tcp (default) or ws: WebSocket, /ip4/127.0.0.1/tcp/P/ws")
+
     sp = sub.add_parser("id", help="print the peer ID for --seed")
     common(sp)
 
     sp = sub.add_parser("listen", help="listen on 127.0.0.1 and serve")
     common(sp)
+    transport(sp)
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--lifetime", type=float, default=900.0,
                     help="exit after this many seconds (0 = no limit)")
@@ -1648,6 +1662,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("dial", help="dial a peer and run one test")
     sp.add_argument("multiaddr", help="…/p2p/<peer id>")
     common(sp)
+    transport(sp)
     sp.add_argument("--test", choices=sorted(TESTS), required=True)
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.add_argument("--size", type=int, default=1024 * 1024,
