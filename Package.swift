@@ -48,6 +48,7 @@ let package = Package(
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             // The WebSocket transport (/ws): an HTTP/1.1 upgrade, then binary frames.
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
@@ -149,6 +150,7 @@ let package = Package(
         .testTarget(name: "LibP2PTests", dependencies: [
             "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Metrics", package: "swift-metrics"),

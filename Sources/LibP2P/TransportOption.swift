@@ -1,7 +1,7 @@
 import NIOCore
 import Transport
 
-/// A transport a host uses (``tcp``; WebSocket and in-memory once registered), built on the host's
+/// A transport a host uses (``tcp``, ``webSocket``; in-memory once registered), built on the host's
 /// event loop group when the host is created. `P2PHost.Configuration.transports` lists them; an
 /// address is dialed or listened on by the first that handles it.
 public struct TransportOption: Sendable, CustomStringConvertible {
@@ -17,6 +17,10 @@ public struct TransportOption: Sendable, CustomStringConvertible {
 
     /// TCP (`/ip4|ip6|dns|dns4|dns6/…/tcp/PORT`).
     public static let tcp = TransportOption(name: "tcp") { TCPTransport(group: $0) }
+
+    /// WebSocket over TCP (`/ip4|ip6|dns|dns4|dns6/…/tcp/PORT/ws`), with the default limits of
+    /// ``WebSocketTransport``.
+    public static let webSocket = TransportOption(name: "ws") { WebSocketTransport(group: $0) }
 
     /// The name.
     public var description: String { name }
