@@ -151,6 +151,24 @@ struct WebSocketTransportTests {
         }
     }
 
+    @Test func aWildcardListenAddressExpandsToWebSocketAddresses() async throws {
+        let config = P2PHost.Configuration.defaults {
+            $0.transports = [.webSocket]
+            $0.listenAddresses = [Multiaddr("/ip4/0.0.0.0/tcp/0/ws")]
+            $0.services = [EchoService()]
+        }
+        try await withHost(configuration: config) { server in
+            let addresses = server.listenAddresses
+            #expect(!addresses.isEmpty)
+            #expect(addresses.allSatisfy { WebSocketTransport.canHandle($0) }, "\(addresses)")
+            let local = try #require(addresses.first { $0.ipAddress?.description == "127.0.0.1" })
+            try await withHost(configuration: wsConfig(listening: false)) { client in
+                _ = try await client.connect(to: local.appending(peerID: server.peerID))
+                #expect(try await echo(client, to: server.peerID, "wildcard") == "wildcard")
+            }
+        }
+    }
+
     // MARK: - Dialing
 
     @Test func dialingAServerThatRefusesTheUpgradeFailsTyped() async throws {
