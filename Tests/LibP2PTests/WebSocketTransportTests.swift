@@ -169,6 +169,18 @@ struct WebSocketTransportTests {
         }
     }
 
+    @Test func aDNSAddressIsResolved() async throws {
+        try await withHost(configuration: wsConfig()) { server in
+            let port = try #require(server.addresses[0].tcpPort)
+            let byName = try Multiaddr("/dns4/localhost/tcp/\(port)/ws").appending(peerID: server.peerID)
+            try await withHost(configuration: wsConfig(listening: false)) { client in
+                let connection = try await client.connect(to: byName)
+                #expect(connection.remotePeer == server.peerID)
+                #expect(try await echo(client, to: server.peerID, "by name") == "by name")
+            }
+        }
+    }
+
     // MARK: - Dialing
 
     @Test func dialingAServerThatRefusesTheUpgradeFailsTyped() async throws {
@@ -285,6 +297,28 @@ struct WebSocketTransportTests {
             let reply = try await raw(server, Array("GET / HT".utf8))
             #expect(reply.isEmpty)
             #expect(ContinuousClock.now - start < .seconds(10))
+            try await stillServes(server)
+        }
+    }
+
+    @Test func upgradesUnderWayAreCappedPerListener() async throws {
+        let capped = TransportOption(name: "ws") { WebSocketTransport(group: $0, maxPendingUpgrades: 2) }
+        // One event loop: connections are accepted and set up in the order they arrived.
+        let serverGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { serverGroup.shutdownGracefully { _ in } }
+        try await withHost(configuration: wsConfig(webSocket: capped), eventLoopGroup: serverGroup) { server in
+            // Two connections that never finish their upgrade take both slots…
+            let silent = [
+                try await RawConnection.open(server.addresses[0], group: group),
+                try await RawConnection.open(server.addresses[0], group: group),
+            ]
+            // …so a third is closed at once, without an answer (well before the 10 s upgrade timeout).
+            let start = ContinuousClock.now
+            let reply = try await raw(server, upgradeRequest)
+            #expect(reply.isEmpty)
+            #expect(ContinuousClock.now - start < .seconds(5))
+            // Once they are gone, the slots are free again.
+            for connection in silent { try await connection.channel.channel.close() }
             try await stillServes(server)
         }
     }
