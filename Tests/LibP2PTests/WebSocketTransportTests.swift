@@ -325,9 +325,13 @@ struct WebSocketTransportTests {
 
     @Test func aTextFrameAfterTheUpgradeClosesWithProtocolError() async throws {
         try await withWebSocketServer { server in
+            let events = server.events()
             let reply = try await raw(server, upgradeRequest + clientFrame(opcode: 0x1, payload: Array("hi".utf8)))
             #expect(String(decoding: reply.prefix(12), as: UTF8.self) == "HTTP/1.1 101")
             #expect(contains(reply, closeFrame(1002)), "expected a close frame with 1002")
+            // The host's upgrade of that connection failed with the transport's typed error.
+            let error = await firstUpgradeFailure(events)
+            #expect((error as? TransportError)?.code == .protocolViolation, "\(String(describing: error))")
             try await stillServes(server)
         }
     }
@@ -338,9 +342,12 @@ struct WebSocketTransportTests {
             var header: [UInt8] = [0x82, 0x80 | 127]
             header += (0..<8).reversed().map { UInt8(((2 << 20) >> (8 * $0)) & 0xFF) }
             header += [1, 2, 3, 4]
+            let events = server.events()
             let reply = try await raw(server, upgradeRequest + header + [UInt8](repeating: 0xAB, count: 4096))
             #expect(String(decoding: reply.prefix(12), as: UTF8.self) == "HTTP/1.1 101")
             #expect(contains(reply, closeFrame(1009)), "expected a close frame with 1009")
+            let error = await firstUpgradeFailure(events)
+            #expect((error as? TransportError)?.code == .frameTooLarge, "\(String(describing: error))")
             try await stillServes(server)
         }
     }
