@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         .target(name: "Multiformats", dependencies: [
@@ -52,6 +53,8 @@ let package = Package(
             // The WebSocket transport (/ws): an HTTP/1.1 upgrade, then binary frames.
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
+            // Secure WebSocket (/tls/ws, /wss).
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",
@@ -151,6 +154,7 @@ let package = Package(
             "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -185,6 +189,8 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "InteropTests", dependencies: [
             "PointSub", "PubSub", "TestSupport",
+            // NIOSSL: certificates for the secure WebSocket interop tests.
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -10,7 +10,9 @@ Interop/.venv.  Run as::
     Interop/.venv/bin/python Interop/peer.py dial   <multiaddr/p2p/ID> --seed N --test T [...]
 
 Only TCP on 127.0.0.1 (or, with ``--transport ws``, WebSocket over TCP on
-127.0.0.1: ``/ip4/127.0.0.1/tcp/P/ws``), Noise (/noise) as the only security protocol and
+127.0.0.1: ``/ip4/127.0.0.1/tcp/P/ws``; with ``--transport wss`` WebSocket over
+TLS, ``/ip4/127.0.0.1/tcp/P/tls/ws``, with ``--tls-cert``/``--tls-key`` for a
+listener and ``--tls-ca`` for a dialer), Noise (/noise) as the only security protocol and
 Yamux (/yamux/1.0.0) as the only muxer are offered, so every test goes
 through the real stack (no plaintext, no mplex, no secio, no TLS).
 
@@ -511,12 +513,28 @@ async def request_identify(stream: Any, timeout: float = 10.0) -> Any:
 
 
 def local_addr(transport: str, port: int = 0) -> Any:
-    """Our own address on 127.0.0.1 for --transport (tcp or ws)."""
-    suffix = "/ws" if transport == "ws" else ""
+    """Our own address on 127.0.0.1 for --transport (tcp, ws or wss)."""
+    suffix = {"ws": "/ws", "wss": "/tls/ws"}.get(transport, "")
     return L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}{suffix}")
 
 
-def make_host(seed: int, transport: str = "tcp") -> Any:
+def tls_contexts(args: argparse.Namespace) -> dict[str, Any]:
+    """new_host() arguments for --transport wss: the listener's certificate
+    (--tls-cert/--tls-key) and the dialer's trust root (--tls-ca; hostname or
+    IP checked against the certificate)."""
+    import ssl
+
+    out: dict[str, Any] = {}
+    if getattr(args, "tls_cert", None):
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(args.tls_cert, args.tls_key)
+        out["tls_server_config"] = server
+    if getattr(args, "tls_ca", None):
+        out["tls_client_config"] = ssl.create_default_context(cafile=args.tls_ca)
+    return out
+
+
+def make_host(seed: int, transport: str = "tcp", tls: dict[str, Any] | None = None) -> Any:
     L.identify_mod.AGENT_VERSION = AGENT_VERSION
     sk = L.Ed25519PrivateKey.from_bytes(seed_to_secret(seed))
     kp = L.KeyPair(sk, sk.get_public_key())
@@ -538,6 +556,7 @@ def make_host(seed: int, transport: str = "tcp") -> Any:
         listen_addrs=[local_addr(transport)],
         connection_config=L.ConnectionConfig(max_connections_per_peer=1),
         disable_identify_address_discovery=True,
+        **(tls or {}),
     )
     host.set_stream_handler(ECHO_PROTOCOL, handle_echo)
     host.set_stream_handler(PERF_PROTOCOL, handle_perf)
@@ -1075,7 +1094,7 @@ async def wait_stdin_eof() -> None:
 
 
 async def run_listen(args: argparse.Namespace) -> int:
-    host = make_host(args.seed, args.transport)
+    host = make_host(args.seed, args.transport, tls_contexts(args))
     for proto in PS_PROTOCOLS:
         host.set_stream_handler(proto, make_ps_handler(proto))
     listen = local_addr(args.transport, args.port)
@@ -1530,7 +1549,7 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         result = {"ok": False, "error": f"bad multiaddr: {_describe(e)}"}
         emit_result(result)
         return EXIT_FAIL, result
-    host = make_host(args.seed, args.transport)
+    host = make_host(args.seed, args.transport, tls_contexts(args))
     answered = trio.Event()
     host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
@@ -1638,8 +1657,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stderr logging: -v info, -vv debug (incl. libp2p)")
 
     def transport(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
-                        help="tcp (default) or ws: WebSocket, /ip4/127.0.0.1/tcp/P/ws")
+        sp.add_argument("--transport", choices=("tcp", "ws", "wss"), default="tcp",
+                        help="tcp (default), ws: WebSocket (/ip4/127.0.0.1/tcp/P/ws) or "
+                             "wss: WebSocket over TLS (/ip4/127.0.0.1/tcp/P/tls/ws)")
+        sp.add_argument("--tls-cert", help="wss listener: certificate chain (PEM)")
+        sp.add_argument("--tls-key", help="wss listener: private key (PEM)")
+        sp.add_argument("--tls-ca", help="wss dialer: the certificate to trust (PEM)")
 
     sp = sub.add_parser("id", help="print the peer ID for --seed")
     common(sp)

@@ -22,6 +22,12 @@ public struct TransportOption: Sendable, CustomStringConvertible {
     /// ``WebSocketTransport``.
     public static let webSocket = TransportOption(name: "ws") { WebSocketTransport(group: $0) }
 
+    /// WebSocket, plain (`…/ws`) and secure (`…/tls/ws`, `…/wss`) with `tls`: a listener needs
+    /// its server certificate there; a dialer verifies servers by its client configuration.
+    public static func webSocket(tls: WebSocketTLS) -> TransportOption {
+        TransportOption(name: "ws") { WebSocketTransport(group: $0, tls: tls) }
+    }
+
     /// The name.
     public var description: String { name }
 

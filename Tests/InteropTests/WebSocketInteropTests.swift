@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOSSL
 import PointSub
 import TestSupport
 import Testing
@@ -7,7 +8,8 @@ import Testing
 /// Interop over WebSocket (`/ip4/127.0.0.1/tcp/P/ws`, Noise, Yamux) in both directions: with
 /// py-libp2p 0.8.1 (`peer.py --transport ws`: its WebsocketTransport, built on the `websockets`
 /// package) and with go-libp2p 0.32.1 (p2pd listening on a `/ws` host address; gorilla/websocket).
-/// Echo, ping and identify on each.
+/// Echo, ping and identify on each; with py-libp2p over secure WebSocket (`/tls/ws`, a
+/// self-signed test certificate) too.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct WebSocketInteropTests {
     static let agent = "pointsub-ws-interop/0.1.0"
@@ -108,6 +110,114 @@ struct WebSocketInteropTests {
             // We identified py on its inbound WebSocket connection too.
             let pyPeer = PeerID(publicKey: PrivateKey.ed25519(seed: 72).publicKey)
             #expect(host.peerstore.info(for: pyPeer)?.agentVersion == "py-libp2p-interop/0.8.1")
+        }
+    }
+
+    // MARK: - py-libp2p over secure WebSocket
+
+    /// A self-signed certificate for "localhost" and 127.0.0.1 (P-256, valid 2000-2100), test
+    /// only (the same as in WebSocketTransportTests), and its key.
+    static let certificate = """
+        -----BEGIN CERTIFICATE-----
+        MIIBZDCCAQqgAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlsb2NhbGhv
+        c3QwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
+        CWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABMb4qHjilXhdwkum
+        c4Dns6UDrtfyijFJsSWY5P5izok+LGRxYYuLp724+zoxYGDFnARXynIxQONKsU+q
+        QwiYUlOjSzBJMBoGA1UdEQQTMBGCCWxvY2FsaG9zdIcEfwAAATAMBgNVHRMBAf8E
+        AjAAMB0GA1UdDgQWBBQfrwzLPepgpzfJJk/XGhd97lwlxDAKBggqhkjOPQQDAgNI
+        ADBFAiAekWT9oJ/1p4ri+Tlu1jYFk4WRNz4ncQrRvlGMCTItSwIhAMxpIsIvqJRx
+        esPD3wXgOBMIHQL+q3/ePpa5b/Hjtb28
+        -----END CERTIFICATE-----
+
+        """
+    static let key = """
+        -----BEGIN PRIVATE KEY-----
+        MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgUELwHE7vuJ4bs/LG
+        rALudPOLCjQsim9DxOfYy4FwLzyhRANCAATG+Kh44pV4XcJLpnOA57OlA67X8oox
+        SbElmOT+Ys6JPixkcWGLi6e9uPs6MWBgxZwEV8pyMUDjSrFPqkMImFJT
+        -----END PRIVATE KEY-----
+
+        """
+
+    /// Our TLS (presents the certificate, trusts only it) and the PEM files for py, in a
+    /// temporary directory removed afterwards.
+    func withTLS<T: Sendable>(_ body: (TransportOption, _ certPath: String, _ keyPath: String) async throws -> T) async throws -> T {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pointsub-wss-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let certPath = directory.appendingPathComponent("cert.pem").path
+        let keyPath = directory.appendingPathComponent("key.pem").path
+        try Self.certificate.write(toFile: certPath, atomically: true, encoding: .utf8)
+        try Self.key.write(toFile: keyPath, atomically: true, encoding: .utf8)
+        let certificate = try NIOSSLCertificate(bytes: Array(Self.certificate.utf8), format: .pem)
+        let key = try NIOSSLPrivateKey(bytes: Array(Self.key.utf8), format: .pem)
+        var client = TLSConfiguration.makeClientConfiguration()
+        client.trustRoots = .certificates([certificate])
+        let tls = try WebSocketTLS(
+            server: .makeServerConfiguration(certificateChain: [.certificate(certificate)], privateKey: .privateKey(key)),
+            client: client)
+        return try await body(.webSocket(tls: tls), certPath, keyPath)
+    }
+
+    @Test func swiftDialsPyOverSecureWebSocket() async throws {
+        try await withTLS { tls, certPath, keyPath in
+            try PyPeer.checkInstalled()
+            let running = try ChildProcess.Running(
+                PyPeer.python,
+                [PyPeer.script.path, "listen", "--seed", "65", "--transport", "wss", "--tls-cert", certPath, "--tls-key", keyPath])
+            do {
+                let line = try await running.firstLine(timeout: .seconds(60)) { $0.hasPrefix("LISTEN ") }
+                let address = try Multiaddr(String(line.dropFirst("LISTEN ".count)))
+                // py-libp2p 0.8.1 advertises the older spelling, …/wss.
+                #expect(WebSocketTransport.canHandle(address) && address.removingPeerID().components.last != .ws)
+                let config = P2PHost.Configuration.defaults {
+                    $0.agentVersion = Self.agent
+                    $0.transports = [tls]
+                    $0.services = [EchoService()]
+                }
+                try await withHost(identity: .ed25519(seed: 75), configuration: config) { host in
+                    let connection = try await host.connect(to: address)
+                    #expect(connection.remotePeer == address.peerID)
+                    try await Self.echo(host, peer: connection.remotePeer)
+                    let rtts = try await PingService.ping(host: host, peer: connection.remotePeer, count: 3)
+                    #expect(rtts.count == 3)
+                    let info = try await IdentifyService.identify(connection, host: host)
+                    #expect(info.agentVersion == "py-libp2p-interop/0.8.1")
+                    #expect(info.publicKey.map { connection.remotePeer.matches($0) } == true)
+                }
+                _ = try? await running.stop()
+            } catch {
+                _ = try? await running.stop()
+                throw error
+            }
+        }
+    }
+
+    @Test func pyDialsSwiftOverSecureWebSocket() async throws {
+        try await withTLS { tls, certPath, _ in
+            let config = P2PHost.Configuration.defaults {
+                $0.agentVersion = Self.agent
+                $0.transports = [tls]
+                $0.services = [EchoService()]
+                $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0/tls/ws")]
+            }
+            try await withHost(identity: .ed25519(seed: 66), configuration: config) { host in
+                let ours = host.addresses[0]
+                #expect(ours.description.contains("/tls/ws/p2p/"))
+                // py-libp2p 0.8.1 parses `/tls/ws` only without a trailing /p2p/ (its
+                // parse_websocket_multiaddr rejects `…/tls/ws/p2p/ID`, so its swarm cannot dial
+                // it), while `…/wss/p2p/ID` works: give it that spelling, the same on the wire.
+                let port = try #require(ours.tcpPort)
+                let target = "/ip4/127.0.0.1/tcp/\(port)/wss/p2p/\(host.peerID)"
+                let common = ["--transport", "wss", "--tls-ca", certPath, "--seed", "76"]
+                let echo = try await PyPeer.run(["dial", target] + common + ["--test", "echo", "--size", "\(1 << 20)"])
+                #expect(echo["bytes"] as? Int == 1 << 20)
+                let ping = try await PyPeer.run(["dial", target] + common + ["--test", "ping", "--count", "3"])
+                #expect((ping["rtts_ms"] as? [Double])?.count == 3)
+                let identify = try await PyPeer.run(["dial", target] + common + ["--test", "identify"])
+                #expect(identify["agent"] as? String == Self.agent)
+                #expect(identify["public_key_matches"] as? Bool == true)
+            }
         }
     }
 

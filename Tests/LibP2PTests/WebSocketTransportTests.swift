@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import PointSub
 import Testing
@@ -17,6 +18,42 @@ private func wsConfig(
         $0.listenAddresses = listening ? [wsLoopback] : []
         $0.services = services
     }
+}
+
+/// A self-signed certificate for "localhost" and 127.0.0.1 (P-256, valid 2000-2100), test only.
+let webSocketTestCertificate = """
+    -----BEGIN CERTIFICATE-----
+    MIIBZDCCAQqgAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlsb2NhbGhv
+    c3QwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
+    CWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABMb4qHjilXhdwkum
+    c4Dns6UDrtfyijFJsSWY5P5izok+LGRxYYuLp724+zoxYGDFnARXynIxQONKsU+q
+    QwiYUlOjSzBJMBoGA1UdEQQTMBGCCWxvY2FsaG9zdIcEfwAAATAMBgNVHRMBAf8E
+    AjAAMB0GA1UdDgQWBBQfrwzLPepgpzfJJk/XGhd97lwlxDAKBggqhkjOPQQDAgNI
+    ADBFAiAekWT9oJ/1p4ri+Tlu1jYFk4WRNz4ncQrRvlGMCTItSwIhAMxpIsIvqJRx
+    esPD3wXgOBMIHQL+q3/ePpa5b/Hjtb28
+    -----END CERTIFICATE-----
+
+    """
+
+/// The key of ``webSocketTestCertificate``.
+let webSocketTestKey = """
+    -----BEGIN PRIVATE KEY-----
+    MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgUELwHE7vuJ4bs/LG
+    rALudPOLCjQsim9DxOfYy4FwLzyhRANCAATG+Kh44pV4XcJLpnOA57OlA67X8oox
+    SbElmOT+Ys6JPixkcWGLi6e9uPs6MWBgxZwEV8pyMUDjSrFPqkMImFJT
+    -----END PRIVATE KEY-----
+
+    """
+
+/// TLS that presents ``webSocketTestCertificate`` and trusts only it.
+func webSocketTestTLS() throws -> WebSocketTLS {
+    let certificate = try NIOSSLCertificate(bytes: Array(webSocketTestCertificate.utf8), format: .pem)
+    let key = try NIOSSLPrivateKey(bytes: Array(webSocketTestKey.utf8), format: .pem)
+    var client = TLSConfiguration.makeClientConfiguration()
+    client.trustRoots = .certificates([certificate])
+    return try WebSocketTLS(
+        server: .makeServerConfiguration(certificateChain: [.certificate(certificate)], privateKey: .privateKey(key)),
+        client: client)
 }
 
 /// The upgrade request a browser-like client sends (RFC 6455 §1.3's sample key).
@@ -81,8 +118,12 @@ struct WebSocketTransportTests {
         ("/dns4/example.com/tcp/80/ws/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X", true),
         ("/dns6/example.com/tcp/80/ws", true),
         ("/ip4/127.0.0.1/tcp/4001", false),
-        ("/ip4/127.0.0.1/tcp/4001/wss", false),
-        ("/ip4/127.0.0.1/tcp/4001/tls/ws", false),
+        ("/ip4/127.0.0.1/tcp/4001/wss", true),
+        ("/ip4/127.0.0.1/tcp/4001/tls/ws", true),
+        ("/ip4/127.0.0.1/tcp/4001/tls/sni/example.com/ws", true),
+        ("/ip4/127.0.0.1/tcp/4001/tls", false),
+        ("/ip4/127.0.0.1/tcp/4001/tls/ws/ws", false),
+        ("/ip4/127.0.0.1/tcp/4001/sni/example.com/ws", false),
         ("/ip4/127.0.0.1/udp/4001/ws", false),
         ("/ip4/127.0.0.1/tcp/4001/ws/ws", false),
     ])
@@ -177,6 +218,83 @@ struct WebSocketTransportTests {
                 let connection = try await client.connect(to: byName)
                 #expect(connection.remotePeer == server.peerID)
                 #expect(try await echo(client, to: server.peerID, "by name") == "by name")
+            }
+        }
+    }
+
+    // MARK: - Secure WebSocket
+
+    @Test func plainTransportLeavesSecureAddressesAlone() throws {
+        let plain = WebSocketTransport(group: group)
+        let secure = Multiaddr("/ip4/127.0.0.1/tcp/4001/tls/ws")
+        #expect(!plain.canDial(secure) && !plain.canListen(secure))
+        #expect(plain.canDial(Multiaddr("/ip4/127.0.0.1/tcp/4001/ws")))
+        // A dialer with TLS but no certificate of its own dials secure addresses, never listens.
+        let dialer = WebSocketTransport(group: group, tls: try WebSocketTLS())
+        #expect(dialer.canDial(secure) && !dialer.canListen(secure))
+    }
+
+    @Test func twoHostsOverSecureWebSocket() async throws {
+        let tls = TransportOption.webSocket(tls: try webSocketTestTLS())
+        let config = P2PHost.Configuration.defaults {
+            $0.transports = [tls]
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0/tls/ws")]
+            $0.services = [EchoService()]
+        }
+        try await withHost(configuration: config) { server in
+            let address = server.addresses[0]
+            #expect(Array(address.removingPeerID().components.suffix(2)) == [.tls, .ws])
+            let port = try #require(address.tcpPort)
+            // By IP (checked against the certificate's IP), by name (SNI "localhost") and in
+            // the older /wss spelling.
+            for text in [
+                "/ip4/127.0.0.1/tcp/\(port)/tls/ws", "/dns4/localhost/tcp/\(port)/tls/ws", "/ip4/127.0.0.1/tcp/\(port)/wss",
+            ] {
+                try await withHost(configuration: wsConfig(listening: false, webSocket: tls)) { client in
+                    let connection = try await client.connect(to: try Multiaddr(text).appending(peerID: server.peerID))
+                    #expect(connection.remotePeer == server.peerID, "\(text)")
+                    #expect(try await echo(client, to: server.peerID, "secure") == "secure", "\(text)")
+                    let rtts = try await PingService.ping(host: client, peer: server.peerID, count: 2)
+                    #expect(rtts.count == 2)
+                    let info = try await IdentifyService.identify(connection, host: client)
+                    #expect(info.listenAddresses.contains { $0.components.suffix(2) == [.tls, .ws] })
+                }
+            }
+        }
+    }
+
+    @Test func aDialerThatDoesNotTrustTheCertificateFailsTyped() async throws {
+        let tls = TransportOption.webSocket(tls: try webSocketTestTLS())
+        let config = P2PHost.Configuration.defaults {
+            $0.transports = [tls]
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0/tls/ws")]
+        }
+        try await withHost(configuration: config) { server in
+            // The system's trust roots: our self-signed certificate is not among them.
+            let transport = WebSocketTransport(group: group, tls: try WebSocketTLS())
+            await #expect {
+                _ = try await transport.dial(server.addresses[0], options: DialOptions(timeout: .seconds(5))) {
+                    $0.eventLoop.makeSucceededVoidFuture()
+                }
+            } throws: { error in
+                (error as? TransportError)?.code == .handshakeFailed
+            }
+        }
+    }
+
+    @Test func plainWebSocketToASecureListenerIsClosed() async throws {
+        let tls = TransportOption.webSocket(tls: try webSocketTestTLS())
+        let config = P2PHost.Configuration.defaults {
+            $0.transports = [tls]
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0/tls/ws")]
+            $0.services = [EchoService()]
+        }
+        try await withHost(configuration: config) { server in
+            let reply = try await raw(server, upgradeRequest)
+            #expect(!String(decoding: reply, as: UTF8.self).contains("101"))
+            try await withHost(configuration: wsConfig(listening: false, webSocket: tls)) { client in
+                _ = try await client.connect(to: server.addresses[0])
+                #expect(try await echo(client, to: server.peerID, "still") == "still")
             }
         }
     }

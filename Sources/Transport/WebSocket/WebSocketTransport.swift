@@ -3,7 +3,66 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
+
+/// TLS for secure WebSocket (`/tls/ws`, `/wss`): what a listener presents and how a dialer
+/// verifies the server. (libp2p's own security handshake still runs inside and authenticates
+/// the peer; this outer TLS is what browsers and proxies need.)
+public struct WebSocketTLS: Sendable {
+    /// The listener's context (certificate chain and key), or nil: no secure listening.
+    public let serverContext: NIOSSLContext?
+    /// The dialer's context (trust roots, verification).
+    public let clientContext: NIOSSLContext
+
+    /// Builds the contexts. `server`: e.g. `.makeServerConfiguration(certificateChain:privateKey:)`;
+    /// `client`: by default the system's trust roots with full verification (the host name, or
+    /// for an IP address the IP, checked against the certificate).
+    public init(server: TLSConfiguration? = nil, client: TLSConfiguration = .makeClientConfiguration()) throws {
+        self.serverContext = try server.map { try NIOSSLContext(configuration: $0) }
+        self.clientContext = try NIOSSLContext(configuration: client)
+    }
+}
+
+/// Where a WebSocket multiaddr points: the TCP address, whether TLS runs under the WebSocket,
+/// and the TLS server name if the address names one (`/tls/sni/NAME/ws`).
+struct WebSocketEndpoint: Sendable {
+    var tcp: Multiaddr
+    var secure: Bool
+    var serverName: String?
+
+    /// `/…/tcp/PORT` + `/ws`, `/wss`, `/tls/ws` or `/tls/sni/NAME/ws` (a trailing `/p2p/…` ignored).
+    init?(_ address: Multiaddr) {
+        let parts = address.removingPeerID().components
+        guard parts.count >= 3 else { return nil }
+        let tcp = Multiaddr(Array(parts[0..<2]))
+        guard TCPTransport.canHandle(tcp) else { return nil }
+        self.tcp = tcp
+        let rest = Array(parts[2...])
+        var name: String?
+        if rest == [.ws] {
+            secure = false
+        } else if rest == [.wss] || rest == [.tls, .ws] {
+            // `/wss` is the older spelling of `/tls/ws` (go-libp2p reads both, writes `/tls/ws`).
+            secure = true
+        } else if rest.count == 3, rest[0] == .tls, rest[2] == .ws, case .sni(let sni) = rest[1] {
+            secure = true
+            name = sni
+        } else {
+            return nil
+        }
+        if name == nil, secure {
+            switch parts[0] {
+            case .dns(let host), .dns4(let host), .dns6(let host): name = host
+            default: break
+            }
+        }
+        serverName = name
+    }
+
+    /// The WebSocket components after `/tcp/PORT`, in the canonical spelling.
+    var suffix: [Multiaddr.Component] { secure ? [.tls, .ws] : [.ws] }
+}
 
 /// A bound WebSocket listener.
 public struct WebSocketListener: TransportListener {
@@ -18,7 +77,9 @@ public struct WebSocketListener: TransportListener {
     }
 }
 
-/// WebSocket over TCP (RFC 6455): dials and listens on `/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT/ws`.
+/// WebSocket over TCP (RFC 6455): dials and listens on `/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT/ws`,
+/// and with ``WebSocketTLS`` on secure WebSocket, `…/tcp/PORT/tls/ws` (also read: `…/wss`,
+/// `…/tls/sni/NAME/ws`).
 ///
 /// A connection starts with an HTTP/1.1 upgrade (the client asks for `/`, as go-libp2p and
 /// py-libp2p do; the server upgrades a request on any path), then carries the libp2p bytes in
@@ -26,8 +87,6 @@ public struct WebSocketListener: TransportListener {
 /// upgrade is bounded in bytes and time, and the number of upgrades under way per listener is
 /// capped; frames are bounded by ``maxFrameSize``. A broken frame, a text frame or one over the
 /// limit fails that connection with a ``TransportError`` and closes it.
-///
-/// Secure WebSocket (`/wss`, `/tls/ws`) is not handled (yet).
 public struct WebSocketTransport: Transport {
     /// Where listeners and connections run.
     public let group: any EventLoopGroup
@@ -45,6 +104,8 @@ public struct WebSocketTransport: Transport {
     /// The most accepted connections per listener whose upgrade is still under way; more are
     /// closed at once.
     public let maxPendingUpgrades: Int
+    /// TLS for secure WebSocket; nil: plain `/ws` only.
+    public let tls: WebSocketTLS?
 
     /// A transport on `group` (never shut down by the transport).
     public init(
@@ -53,9 +114,11 @@ public struct WebSocketTransport: Transport {
         maxOutboundFrameSize: Int = 128 * 1024,
         upgradeTimeout: Duration = .seconds(10),
         maxUpgradeBytes: Int = 16 * 1024,
-        maxPendingUpgrades: Int = 128
+        maxPendingUpgrades: Int = 128,
+        tls: WebSocketTLS? = nil
     ) {
         self.group = group
+        self.tls = tls
         self.maxFrameSize = min(max(maxFrameSize, 126), Int(UInt32.max))
         self.maxOutboundFrameSize = max(1, maxOutboundFrameSize)
         self.upgradeTimeout = upgradeTimeout
@@ -63,24 +126,30 @@ public struct WebSocketTransport: Transport {
         self.maxPendingUpgrades = max(1, maxPendingUpgrades)
     }
 
-    /// The TCP part of a `/…/tcp/PORT/ws` address (a trailing `/p2p/…` is ignored), or nil.
+    /// The TCP part of a WebSocket address (`/…/tcp/PORT` + `/ws`, `/tls/ws`, `/wss` or
+    /// `/tls/sni/NAME/ws`; a trailing `/p2p/…` is ignored), or nil.
     public static func tcpAddress(of address: Multiaddr) -> Multiaddr? {
-        let parts = address.removingPeerID().components
-        guard parts.count == 3, case .ws = parts[2] else { return nil }
-        let tcp = Multiaddr(Array(parts[0..<2]))
-        return TCPTransport.canHandle(tcp) ? tcp : nil
+        WebSocketEndpoint(address)?.tcp
     }
 
-    /// Whether this transport can dial or listen on `address` (`/…/tcp/PORT/ws`).
+    /// Whether `address` is a WebSocket address, plain or secure (``tcpAddress(of:)``).
     public static func canHandle(_ address: Multiaddr) -> Bool {
-        tcpAddress(of: address) != nil
+        WebSocketEndpoint(address) != nil
     }
 
-    /// Whether `address` is a WebSocket address (``canHandle(_:)``).
-    public func canDial(_ address: Multiaddr) -> Bool { Self.canHandle(address) }
+    /// Whether `address` is a plain WebSocket address, or a secure one and this transport has
+    /// ``tls``.
+    public func canDial(_ address: Multiaddr) -> Bool {
+        guard let endpoint = WebSocketEndpoint(address) else { return false }
+        return !endpoint.secure || tls != nil
+    }
 
-    /// Whether `address` is a WebSocket address (``canHandle(_:)``).
-    public func canListen(_ address: Multiaddr) -> Bool { Self.canHandle(address) }
+    /// Whether `address` is a plain WebSocket address, or a secure one and this transport has a
+    /// server certificate (``WebSocketTLS/serverContext``).
+    public func canListen(_ address: Multiaddr) -> Bool {
+        guard let endpoint = WebSocketEndpoint(address) else { return false }
+        return !endpoint.secure || tls?.serverContext != nil
+    }
 
     /// The Host header for a dial (RFC 7230 §5.4: the name or address, brackets around IPv6).
     static func hostHeader(_ tcp: Multiaddr) -> String {
@@ -104,25 +173,35 @@ public struct WebSocketTransport: Transport {
 
     // MARK: - Listening
 
-    /// Listens on `address` (`/…/tcp/PORT/ws`); `acceptor` runs for each connection once its
-    /// upgrade is done, with the remote as `/ip4|ip6/…/tcp/…/ws` and its IP as the source.
+    /// Listens on `address` (`/…/tcp/PORT/ws`, or `/…/tcp/PORT/tls/ws` with a server
+    /// certificate in ``tls``); `acceptor` runs for each connection once its upgrade is done,
+    /// with the remote as `/ip4|ip6/…/tcp/…/ws` (`…/tls/ws`) and its IP as the source.
     public func listen(
         on address: Multiaddr,
         acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
     ) async throws -> any TransportListener {
-        guard let tcpAddress = Self.tcpAddress(of: address) else {
+        guard let endpoint = WebSocketEndpoint(address) else {
             throw TransportError(.unsupportedAddress, "not a WebSocket address: \(address)")
+        }
+        var tlsContext: NIOSSLContext?
+        if endpoint.secure {
+            guard let context = tls?.serverContext else {
+                throw TransportError(.unsupportedAddress, "cannot listen on \(address): no TLS certificate configured")
+            }
+            tlsContext = context
         }
         let pending = PendingUpgrades(limit: maxPendingUpgrades)
         let transport = self
-        let listener = try await TCPTransport(group: group).listen(on: tcpAddress) { channel in
-            transport.acceptConnection(channel, pending: pending, acceptor: acceptor)
+        let suffix = endpoint.suffix
+        let serverTLS = tlsContext
+        let listener = try await TCPTransport(group: group).listen(on: endpoint.tcp) { channel in
+            transport.acceptConnection(channel, tls: serverTLS, suffix: suffix, pending: pending, acceptor: acceptor)
         }
-        return WebSocketListener(tcp: listener, address: listener.address.appending(.ws))
+        return WebSocketListener(tcp: listener, address: Multiaddr(listener.address.components + suffix))
     }
 
     private func acceptConnection(
-        _ channel: any Channel, pending: PendingUpgrades,
+        _ channel: any Channel, tls: NIOSSLContext?, suffix: [Multiaddr.Component], pending: PendingUpgrades,
         acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<Void> {
         guard let slot = pending.enter() else { return channel.close() }
@@ -143,7 +222,8 @@ public struct WebSocketTransport: Transport {
                     slot.release()
                 }.flatMap {
                     let remote = RemoteEndpoint(
-                        address: channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }?.appending(.ws),
+                        address: channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+                            .map { Multiaddr($0.components + suffix) },
                         source: channel.remoteAddress?.ipAddress)
                     return acceptor(channel, remote)
                 }
@@ -155,6 +235,8 @@ public struct WebSocketTransport: Transport {
         let limits = decoderLimits
         return channel.eventLoop.makeCompletedFuture {
             let sync = channel.pipeline.syncOperations
+            // TLS first, for the connection's lifetime; the guard counts the HTTP bytes inside.
+            if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
             try sync.addHandler(guardHandler, name: WebSocketUpgradeGuard.name)
             try sync.configureHTTPServerPipeline(
                 withPipeliningAssistance: false,
@@ -173,15 +255,25 @@ public struct WebSocketTransport: Transport {
 
     // MARK: - Dialing
 
-    /// Connects to `address` (`/…/tcp/PORT/ws`) and upgrades to WebSocket; `initializer` runs
-    /// once the upgrade is done (the channel is active then). `options.timeout` bounds the TCP
-    /// connect and the upgrade together.
+    /// Connects to `address` (`/…/tcp/PORT/ws`, or a secure form with ``tls``) and upgrades to
+    /// WebSocket; `initializer` runs once the upgrade is done (the channel is active then).
+    /// `options.timeout` bounds the TCP connect, the TLS handshake and the upgrade together.
     public func dial(
         _ address: Multiaddr, options: DialOptions, initializer: @escaping ConnectionInitializer
     ) async throws -> any Channel {
-        guard let tcpAddress = Self.tcpAddress(of: address) else {
+        guard let endpoint = WebSocketEndpoint(address) else {
             throw TransportError(.unsupportedAddress, "not a WebSocket address: \(address)")
         }
+        let tcpAddress = endpoint.tcp
+        var clientTLS: NIOSSLContext?
+        if endpoint.secure {
+            guard let context = tls?.clientContext else {
+                throw TransportError(.unsupportedAddress, "cannot dial \(address): no TLS configured for secure WebSocket")
+            }
+            clientTLS = context
+        }
+        let tlsContext = clientTLS
+        let serverName = endpoint.serverName
         let deadline = NIODeadline.now() + TimeAmount(options.timeout)
         let host = Self.hostHeader(tcpAddress)
         let maxFrameSize = maxFrameSize
@@ -217,6 +309,11 @@ public struct WebSocketTransport: Transport {
                 .dialTimeout, "connecting to \(address) timed out (WebSocket upgrade)", reason: "timed out")
             return channel.eventLoop.makeCompletedFuture {
                 let sync = channel.pipeline.syncOperations
+                if let tlsContext {
+                    // SNI and the name checked against the certificate: the address's DNS name or
+                    // /sni/ name; for an IP address NIOSSL checks the IP.
+                    try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                }
                 try sync.addHandler(
                     WebSocketUpgradeGuard(maxBytes: maxUpgradeBytes, deadline: deadline, timeoutError: timeout),
                     name: WebSocketUpgradeGuard.name)
