@@ -55,6 +55,11 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             // The in-memory transport's process-wide listener registry (Memory/MemoryTransport.swift).
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            // The WebSocket transport (/ws): an HTTP/1.1 upgrade, then binary frames.
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
+            // Secure WebSocket (/tls/ws, /wss).
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",
@@ -182,6 +187,8 @@ let package = Package(
         .testTarget(name: "LibP2PTests", dependencies: [
             "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -216,6 +223,8 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "InteropTests", dependencies: [
             "PointSub", "PubSub", "TestSupport", "TLS",
+            // NIOSSL: certificates for the secure WebSocket interop tests.
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             // NIOPosix: unix domain sockets to drive the go-libp2p daemon (P2PDaemon.swift).
             .product(name: "NIOCore", package: "swift-nio"),
             // Crypto: hand-made Noise handshakes with bad identities (Secp256k1BadInputTests).

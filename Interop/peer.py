@@ -6,14 +6,17 @@ Interop/requirements.txt and installed by scripts/setup-interop.sh into
 Interop/.venv.  Run as::
 
     Interop/.venv/bin/python Interop/peer.py id     --seed N [--key-type K]
-    Interop/.venv/bin/python Interop/peer.py listen --seed N [--key-type K] [--port P]
+    Interop/.venv/bin/python Interop/peer.py listen --seed N [--key-type K] [--port P] [--transport ws]
     Interop/.venv/bin/python Interop/peer.py dial   <multiaddr/p2p/ID> --seed N [--key-type K] --test T [...]
 
 --key-type (default ed25519) picks the identity's key type; the secret is the
 same 32 bytes for both (the little-endian encoding of N): the Ed25519 seed, or
 the secp256k1 scalar read big-endian (N = 0 is invalid for secp256k1).
 
-Only TCP on 127.0.0.1, Noise (/noise) as the security protocol (or TLS,
+Only TCP on 127.0.0.1 (or, with ``--transport ws``, WebSocket over TCP on
+127.0.0.1: ``/ip4/127.0.0.1/tcp/P/ws``; with ``--transport wss`` WebSocket over
+TLS, ``/ip4/127.0.0.1/tcp/P/tls/ws``, with ``--tls-cert``/``--tls-key`` for a
+listener and ``--tls-ca`` for a dialer), Noise (/noise) as the security protocol (or TLS,
 /tls/1.0.0, with ``--security tls``; both with ``--security noise,tls``) and
 Yamux (/yamux/1.0.0) as the only muxer are offered, so every test goes
 through the real stack (no plaintext, no mplex, no secio).
@@ -523,7 +526,32 @@ async def request_identify(stream: Any, timeout: float = 10.0) -> Any:
 # --------------------------------------------------------------------------
 
 
-def make_host(seed: int, key_type: str = "ed25519", security: str = "noise") -> Any:
+def local_addr(transport: str, port: int = 0) -> Any:
+    """Our own address on 127.0.0.1 for --transport (tcp, ws or wss)."""
+    suffix = {"ws": "/ws", "wss": "/tls/ws"}.get(transport, "")
+    return L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}{suffix}")
+
+
+def tls_contexts(args: argparse.Namespace) -> dict[str, Any]:
+    """new_host() arguments for --transport wss: the listener's certificate
+    (--tls-cert/--tls-key) and the dialer's trust root (--tls-ca; hostname or
+    IP checked against the certificate)."""
+    import ssl
+
+    out: dict[str, Any] = {}
+    if getattr(args, "tls_cert", None):
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(args.tls_cert, args.tls_key)
+        out["tls_server_config"] = server
+    if getattr(args, "tls_ca", None):
+        out["tls_client_config"] = ssl.create_default_context(cafile=args.tls_ca)
+    return out
+
+
+def make_host(
+    seed: int, key_type: str = "ed25519", security: str = "noise", transport: str = "tcp",
+    tls: dict[str, Any] | None = None,
+) -> Any:
     L.identify_mod.AGENT_VERSION = AGENT_VERSION
     if key_type == "secp256k1":
         sk = L.Secp256k1PrivateKey.from_bytes(seed_to_secret(seed))
@@ -557,9 +585,12 @@ def make_host(seed: int, key_type: str = "ed25519", security: str = "noise") -> 
         key_pair=kp,
         sec_opt=sec_opt,
         muxer_opt=muxer_opt,
-        listen_addrs=[L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")],
+        # py builds its transports from these addresses: a /ws one gives the
+        # WebsocketTransport alone (which also dials /ws addresses), not TCP.
+        listen_addrs=[local_addr(transport)],
         connection_config=L.ConnectionConfig(max_connections_per_peer=1),
         disable_identify_address_discovery=True,
+        **(tls or {}),
     )
     host.set_stream_handler(ECHO_PROTOCOL, handle_echo)
     host.set_stream_handler(PERF_PROTOCOL, handle_perf)
@@ -1097,10 +1128,10 @@ async def wait_stdin_eof() -> None:
 
 
 async def run_listen(args: argparse.Namespace) -> int:
-    host = make_host(args.seed, args.key_type, args.security)
+    host = make_host(args.seed, args.key_type, args.security, args.transport, tls_contexts(args))
     for proto in PS_PROTOCOLS:
         host.set_stream_handler(proto, make_ps_handler(proto))
-    listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
+    listen = local_addr(args.transport, args.port)
     reporter = IdentifyReporter(host)
     reporter.install()
     reason = "?"
@@ -1552,12 +1583,12 @@ async def run_dial(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         result = {"ok": False, "error": f"bad multiaddr: {_describe(e)}"}
         emit_result(result)
         return EXIT_FAIL, result
-    host = make_host(args.seed, args.key_type, args.security)
+    host = make_host(args.seed, args.key_type, args.security, args.transport, tls_contexts(args))
     answered = trio.Event()
     host._identify_answered = answered
     result: dict[str, Any] = {"ok": False, "error": "did not run"}
     code = EXIT_FAIL
-    async with host.run(listen_addrs=[L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+    async with host.run(listen_addrs=[local_addr(args.transport)]):
         await stop_auto_connector(host)
         with trio.move_on_after(args.timeout) as cs:
             try:
@@ -1664,11 +1695,20 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["noise", "tls", "noise,tls", "tls,noise"],
                         help="security protocols offered, in order (default: noise)")
 
+    def transport(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--transport", choices=("tcp", "ws", "wss"), default="tcp",
+                        help="tcp (default), ws: WebSocket (/ip4/127.0.0.1/tcp/P/ws) or "
+                             "wss: WebSocket over TLS (/ip4/127.0.0.1/tcp/P/tls/ws)")
+        sp.add_argument("--tls-cert", help="wss listener: certificate chain (PEM)")
+        sp.add_argument("--tls-key", help="wss listener: private key (PEM)")
+        sp.add_argument("--tls-ca", help="wss dialer: the certificate to trust (PEM)")
+
     sp = sub.add_parser("id", help="print the peer ID for --seed")
     common(sp)
 
     sp = sub.add_parser("listen", help="listen on 127.0.0.1 and serve")
     common(sp)
+    transport(sp)
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--lifetime", type=float, default=900.0,
                     help="exit after this many seconds (0 = no limit)")
@@ -1684,6 +1724,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("dial", help="dial a peer and run one test")
     sp.add_argument("multiaddr", help="…/p2p/<peer id>")
     common(sp)
+    transport(sp)
     sp.add_argument("--test", choices=sorted(TESTS), required=True)
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.add_argument("--size", type=int, default=1024 * 1024,

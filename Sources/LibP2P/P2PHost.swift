@@ -241,6 +241,8 @@ public final class P2PHost: Sendable {
             socket.ipAddress == "0.0.0.0" || socket.ipAddress == "::"
         else { return [address] }
         let wantV4 = socket.ipAddress == "0.0.0.0"
+        // What follows /ip4|ip6/…/tcp/PORT (e.g. /ws) stays on every expanded address.
+        let rest = Array(address.components.dropFirst(2))
         let devices = (try? System.enumerateDevices()) ?? []
         var out: [Multiaddr] = []
         for device in devices {
@@ -248,7 +250,10 @@ public final class P2PHost: Sendable {
             switch deviceAddress {
             case .v4 where wantV4, .v6 where !wantV4:
                 deviceAddress.port = port
-                if let m = try? Multiaddr(socketAddress: deviceAddress), !out.contains(m) { out.append(m) }
+                if let ip = try? Multiaddr(socketAddress: deviceAddress) {
+                    let m = Multiaddr(ip.components + rest)
+                    if !out.contains(m) { out.append(m) }
+                }
             default: continue
             }
         }

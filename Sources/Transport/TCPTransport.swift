@@ -23,6 +23,14 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
         case connectionFailed
         /// Binding the listener failed.
         case listenFailed
+        /// A transport's own handshake failed (e.g. the WebSocket HTTP upgrade was refused,
+        /// malformed, too large or too slow).
+        case handshakeFailed
+        /// The remote broke the transport's framing rules (e.g. a WebSocket text frame, an
+        /// unmasked client frame, a continuation frame outside a fragmented message).
+        case protocolViolation
+        /// The remote sent a frame over the transport's hard size limit.
+        case frameTooLarge
     }
 
     /// What kind of failure.

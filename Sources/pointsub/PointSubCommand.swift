@@ -82,6 +82,8 @@ struct IdentityOptions: ParsableArguments {
     func configuration(listen: [Multiaddr] = [], services: [any HostService] = []) -> P2PHost.Configuration {
         var c = P2PHost.Configuration.defaults
         c.listenAddresses = listen
+        // The CLI listens on and dials TCP and WebSocket addresses (`…/tcp/PORT/ws`).
+        c.transports = [.tcp, .webSocket]
         c.services = services
         c.shutdownGracePeriod = Self.shutdownGracePeriod
         c.logger = CLILogging.logger(verbose: verbose)
@@ -164,12 +166,15 @@ struct KeygenCommand: CLICommand {
     }
 }
 
-/// Listen options shared by serving commands: `-l PORT` or `--listen MULTIADDR`.
+/// Listen options shared by serving commands: `-l PORT` and/or `--listen MULTIADDR` (repeatable, any
+/// transport the CLI's hosts have: TCP, WebSocket).
 struct ListenOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Listen on this TCP port on 127.0.0.1 (0 picks a free one).")
     var l: Int?
 
-    @Option(name: .long, help: "Listen on this multiaddr, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable).")
+    @Option(
+        name: .long,
+        help: "Listen on this multiaddr: TCP (/ip4/0.0.0.0/tcp/4001) or WebSocket (/ip4/127.0.0.1/tcp/0/ws); repeatable.")
     var listen: [String] = []
 
     func addresses(defaultPort: Int? = nil) throws -> [Multiaddr] {
