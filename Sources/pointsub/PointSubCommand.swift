@@ -66,8 +66,33 @@ struct IdentityOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Log connection events to stderr.")
     var verbose = false
 
+    @Option(help: "Security protocols offered, in order of preference: noise, tls, or both (noise,tls).")
+    var security = "noise"
+
     func validate() throws {
         if seed != nil && key != nil { throw ValidationError("use --seed or --key, not both") }
+        _ = try securityOptions()
+    }
+
+    /// `--security` as the host's list.
+    func securityOptions() throws -> [SecurityOption] {
+        let names = security.split(separator: ",", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        var options: [SecurityOption] = []
+        for name in names {
+            let option: SecurityOption
+            switch name {
+            case "noise": option = .noise
+            case "tls": option = .tls
+            default: throw ValidationError("unknown security protocol '\(name)' (use noise, tls or noise,tls)")
+            }
+            guard !options.contains(where: { $0.protocolID == option.protocolID }) else {
+                throw ValidationError("--security names \(name) twice")
+            }
+            options.append(option)
+        }
+        return options
     }
 
     func privateKey() throws -> PrivateKey {
@@ -84,6 +109,8 @@ struct IdentityOptions: ParsableArguments {
         c.listenAddresses = listen
         // The CLI listens on and dials TCP and WebSocket addresses (`…/tcp/PORT/ws`).
         c.transports = [.tcp, .webSocket]
+        // Checked by validate().
+        c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
         c.shutdownGracePeriod = Self.shutdownGracePeriod
         c.logger = CLILogging.logger(verbose: verbose)
