@@ -225,6 +225,11 @@ struct Bench {
         // per byte, is what Noise, Yamux and the host add.
         let cipher = 2 * 1e9 / (seal * 1_048_576)
         print(String(format: "  CPU per byte beyond TCP and the cipher (2 × %.2f ns/B)  %.2f ns/B", cipher / 2, p2pCPU - tcpCPU - cipher))
+        // TLS (issue 11): AES-GCM, which this CPU runs in hardware.
+        cpu = RequestResponseBench.processCPUTime()
+        let tls = try await streamThroughput(bytes: streamBytes, security: [.tls])
+        let tlsCPU = (RequestResponseBench.processCPUTime() - cpu) * 1e9 / Double(streamBytes)
+        print(String(format: "TLS 1.3 (AES-GCM)+Yamux single stream            %8.1f MiB/s  CPU %.2f ns/B", tls, tlsCPU))
     }
 
     /// connect + first stream + echo, to a new and to a known peer.
@@ -355,10 +360,12 @@ struct Bench {
         return (first, second)
     }
 
-    static func streamThroughput(bytes: Int) async throws -> Double {
+    static func streamThroughput(bytes: Int, security: [SecurityOption] = [.noise]) async throws -> Double {
         let loops = twoLoops()
-        let server = P2PHost(identity: .generateEd25519(), configuration: serverConfig(), eventLoopGroup: loops.server)
-        let client = P2PHost(identity: .generateEd25519(), configuration: .defaults, eventLoopGroup: loops.client)
+        var serverConfiguration = serverConfig()
+        serverConfiguration.security = security
+        let server = P2PHost(identity: .generateEd25519(), configuration: serverConfiguration, eventLoopGroup: loops.server)
+        let client = P2PHost(identity: .generateEd25519(), configuration: .defaults { $0.security = security }, eventLoopGroup: loops.client)
         try await server.start()
         try await client.start()
         do {
