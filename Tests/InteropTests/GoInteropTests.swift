@@ -32,21 +32,6 @@ struct GoInteropTests {
         }
     }
 
-    /// Runs `body` with a started daemon; stops it afterwards. A failure carries its stderr.
-    func withDaemon<T: Sendable>(
-        seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, _ body: (P2PDaemon) async throws -> T
-    ) async throws -> T {
-        let daemon = try await P2PDaemon.start(seed: seed, arguments, metrics: metrics)
-        do {
-            let result = try await body(daemon)
-            await daemon.stop()
-            return result
-        } catch {
-            let log = daemon.log
-            await daemon.stop()
-            throw ChildProcess.Failure("\(error)\np2pd (seed \(seed)) stderr:\n\(log)")
-        }
-    }
 
     /// Polls `condition` every 20 ms until it holds; throws after `timeout`.
     static func until(_ what: String, timeout: Duration = Self.timeout, _ condition: () async throws -> Bool) async throws {
@@ -237,14 +222,7 @@ struct GoInteropTests {
                             group.addTask {
                                 let stream = try await host.newStream(to: go.peerID, protocols: [EchoService.protocolID])
                                 let payload = Self.payload(1 << 20, seed: UInt64(100 + index))
-                                async let sent: Void = {
-                                    var rest = payload
-                                    while rest.readableBytes > 0 {
-                                        try await stream.write(rest.readSlice(length: min(60_000, rest.readableBytes))!)
-                                    }
-                                }()
-                                let back = try await stream.readExactly(1 << 20)
-                                try await sent
+                                let back = try await echoFullDuplex(stream, payload)
                                 #expect(back == payload, "stream \(index)")
                                 // Everything is back; a FIN now would make the proxy reset the stream.
                                 stream.reset()

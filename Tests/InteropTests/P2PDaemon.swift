@@ -702,3 +702,33 @@ final class DaemonSubscription: Sendable {
         await task.value
     }
 }
+
+/// Runs `body` with a started daemon; stops it afterwards. A failure carries its stderr.
+func withDaemon<T: Sendable>(
+    seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, _ body: (P2PDaemon) async throws -> T
+) async throws -> T {
+    let daemon = try await P2PDaemon.start(seed: seed, arguments, metrics: metrics)
+    do {
+        let result = try await body(daemon)
+        await daemon.stop()
+        return result
+    } catch {
+        let log = daemon.log
+        await daemon.stop()
+        throw ChildProcess.Failure("\(error)\np2pd (seed \(seed)) stderr:\n\(log)")
+    }
+}
+
+/// Sends `payload` on `stream` while reading it back, and returns what came back: p2pd's stream
+/// proxy cannot pass a half-close, so echoes through go run full duplex.
+func echoFullDuplex(_ stream: P2PStream, _ payload: ByteBuffer) async throws -> ByteBuffer {
+    async let sent: Void = {
+        var rest = payload
+        while rest.readableBytes > 0 {
+            try await stream.write(rest.readSlice(length: min(60_000, rest.readableBytes))!)
+        }
+    }()
+    let back = try await stream.readExactly(payload.readableBytes)
+    try await sent
+    return back
+}

@@ -139,18 +139,6 @@ struct PeerRecordInteropTests {
 
     // MARK: - Live identify with go-libp2p
 
-    func withDaemon<T: Sendable>(seed: UInt64, _ arguments: [String], _ body: (P2PDaemon) async throws -> T) async throws -> T {
-        let daemon = try await P2PDaemon.start(seed: seed, arguments)
-        do {
-            let result = try await body(daemon)
-            await daemon.stop()
-            return result
-        } catch {
-            let log = daemon.log
-            await daemon.stop()
-            throw ChildProcess.Failure("\(error)\np2pd (seed \(seed)) stderr:\n\(log)")
-        }
-    }
 
     /// Go's peerstore addresses of `peer` (FIND_PEER answers a connected peer from its
     /// peerstore), once `condition` holds for them; the last answer after `timeout`.

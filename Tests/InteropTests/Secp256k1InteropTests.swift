@@ -138,14 +138,7 @@ struct Secp256k1InteropTests {
                     // Echo through the handler the test registered on go.
                     let stream = try await host.newStream(to: go.peerID, protocols: [EchoService.protocolID])
                     let payload = GoInteropTests.payload(256 << 10, seed: 11)
-                    async let sent: Void = {
-                        var rest = payload
-                        while rest.readableBytes > 0 {
-                            try await stream.write(rest.readSlice(length: min(60_000, rest.readableBytes))!)
-                        }
-                    }()
-                    let back = try await stream.readExactly(256 << 10)
-                    try await sent
+                    let back = try await echoFullDuplex(stream, payload)
                     #expect(back == payload)
                     stream.reset()  // everything is back; a FIN would make the proxy reset anyway
                     #expect(handler.streams.first?.peer == host.peerID)

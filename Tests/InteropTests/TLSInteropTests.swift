@@ -151,7 +151,7 @@ struct TLSInteropTests {
 
     func withGo<T: Sendable>(seed: UInt64, metrics: Bool = false, _ body: (P2PDaemon) async throws -> T) async throws -> T {
         // -noise=false: go offers TLS only.
-        try await GoInteropTests().withDaemon(seed: seed, ["-noise=false"], metrics: metrics, body)
+        try await withDaemon(seed: seed, ["-noise=false"], metrics: metrics, body)
     }
 
     /// GoInteropTests.checkGoIdentifiedUs, after go's metrics count its identify of us as done
