@@ -141,8 +141,11 @@ struct GoInteropTests {
         try await until("go identifying us and answering our identify, in its metrics") {
             metrics = try await go.metrics()
             // (inbound: each identify of go we asked for; swiftDialsGo asks once more.)
+            // go records these one after another, not at once: wait for all of them.
             return metrics["libp2p_identify_protocols_received_count"] == 1
                 && metrics["libp2p_identify_identify_total{dir=\"inbound\"}", default: 0] >= 1
+                && metrics["libp2p_identify_identify_total{dir=\"outbound\"}"] != nil
+                && metrics["libp2p_identify_conn_push_support_total{support=\"supported\"}"] != nil
         }
         #expect(metrics["libp2p_identify_identify_total{dir=\"outbound\"}"] == 1)
         #expect(metrics["libp2p_identify_protocols_received_sum"] == Double(host.supportedProtocols.count))

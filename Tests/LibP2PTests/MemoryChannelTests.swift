@@ -201,6 +201,8 @@ struct MemoryChannelTests {
         b.read()
         try await eventually("all read") { recB.bytes.count == 20 * 1024 }
         try await eventually("writable again") { a.isWritable }
+        // The event follows on A's loop (the flag is read here, off the loop).
+        try await drain(a)
         #expect(recA.events.filter { $0 == .writability(true) }.count == 1)
 
         // Turning autoRead on reads whatever comes next without asking.
