@@ -27,7 +27,9 @@ enum Main {
             } else {
                 try command.run()
             }
-        } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+        } catch let error where isArgumentParserError(error) {
+            // `--help` parses as ArgumentParser's own help command, whose run() throws its
+            // (internal) help request: ArgumentParser prints the help for it.
             PointSubCommand.exit(withError: error)
         } catch {
             // One line: what failed, with the root cause once.
@@ -36,6 +38,13 @@ enum Main {
         }
         exit(0)
     }
+}
+
+/// Errors ArgumentParser handles itself: usage and validation errors, `--help` requests, exit
+/// codes. Some of them are internal to it (the help request), so they are told by their module.
+func isArgumentParserError(_ error: any Error) -> Bool {
+    error is ExitCode || error is CleanExit || error is ValidationError
+        || String(reflecting: type(of: error)).hasPrefix("ArgumentParser.")
 }
 
 struct PointSubCommand: AsyncParsableCommand {
