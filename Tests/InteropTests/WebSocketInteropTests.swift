@@ -14,10 +14,12 @@ import Testing
 struct WebSocketInteropTests {
     static let agent = "pointsub-ws-interop/0.1.0"
 
-    static func configuration(listen: Bool) -> P2PHost.Configuration {
+    /// `security`: "noise" or "tls" (the libp2p security protocol, over the WebSocket).
+    static func configuration(listen: Bool, security: String = "noise") -> P2PHost.Configuration {
         .defaults {
             $0.agentVersion = Self.agent
             $0.transports = [.webSocket]
+            $0.security = security == "tls" ? [.tls] : [.noise]
             $0.services = [EchoService()]
             if listen { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0/ws")] }
         }
@@ -42,11 +44,14 @@ struct WebSocketInteropTests {
 
     // MARK: - py-libp2p
 
-    /// `peer.py listen --transport ws`, stopped afterwards.
-    func withPyListener<T: Sendable>(seed: UInt64, _ body: (ChildProcess.Running, Multiaddr) async throws -> T) async throws -> T {
+    /// `peer.py listen --transport ws --security SECURITY`, stopped afterwards.
+    func withPyListener<T: Sendable>(
+        seed: UInt64, security: String = "noise", _ body: (ChildProcess.Running, Multiaddr) async throws -> T
+    ) async throws -> T {
         try PyPeer.checkInstalled()
         let running = try ChildProcess.Running(
-            PyPeer.python, [PyPeer.script.path, "listen", "--seed", "\(seed)", "--transport", "ws"])
+            PyPeer.python,
+            [PyPeer.script.path, "listen", "--seed", "\(seed)", "--transport", "ws", "--security", security])
         do {
             let line = try await running.firstLine(timeout: .seconds(60)) { $0.hasPrefix("LISTEN ") }
             let address = try Multiaddr(String(line.dropFirst("LISTEN ".count)))
@@ -59,12 +64,17 @@ struct WebSocketInteropTests {
         }
     }
 
-    @Test func swiftDialsPyOverWebSocket() async throws {
-        try await withPyListener(seed: 61) { py, address in
+    /// Over the WebSocket, libp2p Noise or TLS 1.3 (issue 11: WebSocket with both).
+    @Test(arguments: ["noise", "tls"])
+    func swiftDialsPyOverWebSocket(security: String) async throws {
+        try await withPyListener(seed: 61, security: security) { py, address in
             #expect(address.removingPeerID().components.last == .ws, "py listens on \(address)")
-            try await withHost(identity: .ed25519(seed: 71), configuration: Self.configuration(listen: false)) { host in
+            try await withHost(
+                identity: .ed25519(seed: 71), configuration: Self.configuration(listen: false, security: security)
+            ) { host in
                 let connection = try await host.connect(to: address)
                 #expect(connection.remotePeer == address.peerID)
+                #expect(connection.security == (security == "tls" ? "/tls/1.0.0" : "/noise"))
                 try await Self.echo(host, peer: connection.remotePeer)
 
                 let rtts = try await PingService.ping(host: host, peer: connection.remotePeer, count: 3)
@@ -88,19 +98,21 @@ struct WebSocketInteropTests {
         }
     }
 
-    @Test func pyDialsSwiftOverWebSocket() async throws {
-        try await withHost(identity: .ed25519(seed: 62), configuration: Self.configuration(listen: true)) { host in
+    @Test(arguments: ["noise", "tls"])
+    func pyDialsSwiftOverWebSocket(security: String) async throws {
+        try await withHost(
+            identity: .ed25519(seed: 62), configuration: Self.configuration(listen: true, security: security)
+        ) { host in
             let target = host.addresses[0].description
             #expect(target.contains("/ws/p2p/"))
-            let echo = try await PyPeer.run([
-                "dial", target, "--transport", "ws", "--seed", "72", "--test", "echo", "--size", "\(1 << 20)",
-            ])
+            let common = ["--transport", "ws", "--security", security, "--seed", "72"]
+            let echo = try await PyPeer.run(["dial", target] + common + ["--test", "echo", "--size", "\(1 << 20)"])
             #expect(echo["bytes"] as? Int == 1 << 20)
 
-            let ping = try await PyPeer.run(["dial", target, "--transport", "ws", "--seed", "72", "--test", "ping", "--count", "3"])
+            let ping = try await PyPeer.run(["dial", target] + common + ["--test", "ping", "--count", "3"])
             #expect((ping["rtts_ms"] as? [Double])?.count == 3)
 
-            let identify = try await PyPeer.run(["dial", target, "--transport", "ws", "--seed", "72", "--test", "identify"])
+            let identify = try await PyPeer.run(["dial", target] + common + ["--test", "identify"])
             #expect(identify["agent"] as? String == Self.agent)
             #expect(identify["peer"] as? String == host.peerID.b58String)
             #expect(identify["public_key_matches"] as? Bool == true)
