@@ -429,3 +429,20 @@ struct GoInteropTests {
         }
     }
 }
+
+/// go opens streams to us: three pings (the daemon has no ping request: the test writes the
+/// 32-byte payloads through the proxied stream), then 1 MiB echoed through our handler.
+func goPingsAndEchoesThrough(_ go: P2PDaemon, _ host: P2PHost, echoSeed: UInt64) async throws {
+    try await go.withStream(to: host.peerID, [PingService.protocolID]) { _, socket in
+        for round in 0..<3 {
+            let payload = GoInteropTests.payload(PingService.payloadSize, seed: UInt64(round + 1))
+            let back = try await GoInteropTests.roundTrip(socket, payload)
+            #expect(back == payload, "ping round \(round)")
+        }
+    }
+    try await go.withStream(to: host.peerID, [EchoService.protocolID]) { _, socket in
+        let payload = GoInteropTests.payload(1 << 20, seed: echoSeed)
+        let back = try await GoInteropTests.roundTrip(socket, payload)
+        #expect(back == payload)
+    }
+}

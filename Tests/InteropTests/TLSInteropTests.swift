@@ -208,19 +208,7 @@ struct TLSInteropTests {
                 try await GoInteropTests.until("our identify of go") { host.peerstore.info(for: go.peerID)?.agentVersion != nil }
                 GoInteropTests.checkGoIdentify(host.peerstore.info(for: go.peerID), listenAddress: go.address)
                 try await Self.checkGoIdentifiedUs(go, host)
-                // go pings us and echoes through us, on streams it opens.
-                try await go.withStream(to: host.peerID, [PingService.protocolID]) { _, socket in
-                    for round in 0..<3 {
-                        let payload = GoInteropTests.payload(PingService.payloadSize, seed: UInt64(round + 1))
-                        let back = try await GoInteropTests.roundTrip(socket, payload)
-                        #expect(back == payload, "ping round \(round)")
-                    }
-                }
-                try await go.withStream(to: host.peerID, [EchoService.protocolID]) { _, socket in
-                    let payload = GoInteropTests.payload(1 << 20, seed: 9)
-                    let back = try await GoInteropTests.roundTrip(socket, payload)
-                    #expect(back == payload)
-                }
+                try await goPingsAndEchoesThrough(go, host, echoSeed: 9)
             }
         }
     }

@@ -293,20 +293,7 @@ struct WebSocketInteropTests {
                 try await GoInteropTests.until("our identify of go") { host.peerstore.info(for: go.peerID)?.agentVersion != nil }
                 #expect(host.peerstore.info(for: go.peerID)?.agentVersion == "p2pd/0.1")
 
-                // go pings us (the daemon has no ping request: the test writes the 32-byte
-                // payloads through the proxied stream) and echoes 1 MiB through our handler.
-                try await go.withStream(to: host.peerID, [PingService.protocolID]) { _, socket in
-                    for round in 0..<3 {
-                        let payload = GoInteropTests.payload(PingService.payloadSize, seed: UInt64(round + 1))
-                        let back = try await GoInteropTests.roundTrip(socket, payload)
-                        #expect(back == payload, "ping round \(round)")
-                    }
-                }
-                try await go.withStream(to: host.peerID, [EchoService.protocolID]) { _, socket in
-                    let payload = GoInteropTests.payload(1 << 20, seed: 5)
-                    let back = try await GoInteropTests.roundTrip(socket, payload)
-                    #expect(back == payload)
-                }
+                try await goPingsAndEchoesThrough(go, host, echoSeed: 5)
             }
         }
     }
