@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One module per layer, bottom to top:
-// Multiformats → Identity → Resources → Transport / Multistream / Security (Noise, TLS) / Yamux → LibP2P (host)
+// Basics → Multiformats → Identity → Resources → Transport / Multistream / Security (Noise, TLS) / Yamux → LibP2P (host)
 // → Protocols → PointSubCore → PubSub → PointSub (the umbrella: withHost and re-exports)
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
@@ -34,7 +34,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
+        // What every layer shares: the error shape (code, message, cause) and deadlines.
+        .target(name: "Basics", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .target(name: "Multiformats", dependencies: [
+            "Basics",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -95,7 +101,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
+            "Basics", "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -131,7 +137,7 @@ let package = Package(
         // The umbrella: `import PointSub` gives the whole stack (and NIOCore's ByteBuffer, which is
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
-            "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
+            "Basics", "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
             "LibP2P", "Protocols", "PointSubCore", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),

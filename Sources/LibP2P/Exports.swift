@@ -1,3 +1,5 @@
+// The error shape and deadlines every layer uses.
+@_exported import Basics
 // The resource manager's types (limits, scopes, errors, `DefaultsConfigurable`) are part of the
 // host's API: a host user configures them without importing a second module.
 @_exported import Resources

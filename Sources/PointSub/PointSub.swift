@@ -1,5 +1,6 @@
 // The umbrella: `import PointSub` is the whole stack, bottom to top. NIOCore comes along because
 // its `ByteBuffer` (and `EventLoopGroup`) are public API everywhere above it.
+@_exported import Basics
 @_exported import Identity
 @_exported import LibP2P
 @_exported import Multiformats

@@ -1,0 +1,51 @@
+/// The one shape of every error this package throws: a machine-checkable `code`, a `message` for
+/// people, and the lower-level error that caused it, if any (as grpc-swift-2's `RPCError`).
+///
+/// Each layer has its own error type of this shape (`IdentityError`, `YamuxError`, `HostError`,
+/// `PointSubError`…), so a `catch` can match one layer's codes. The message says what went wrong
+/// at this layer only and never repeats the cause's text: `description` appends the cause once.
+public protocol CodedError: Error, Sendable, CustomStringConvertible {
+    /// The kind of failure; what code should switch on.
+    associatedtype Code: Hashable, Sendable, CustomStringConvertible
+
+    /// The kind of failure.
+    var code: Code { get }
+    /// What went wrong, for people; does not include the cause's text.
+    var message: String { get }
+    /// The lower-level error behind this one, if any.
+    var cause: (any Error)? { get }
+}
+
+extension CodedError {
+    /// `code: message`, then the cause, e.g. `dialFailed: no address answered (cause: …)`.
+    public var description: String {
+        var text = "\(code)"
+        if !message.isEmpty { text += ": \(message)" }
+        if let cause { text += " (cause: \(cause))" }
+        return text
+    }
+
+    /// The chain of causes from this error down, this error first.
+    public var causeChain: [any Error] {
+        var chain: [any Error] = [self]
+        var next = cause
+        // Bounded: a cause chain is a handful of layers deep.
+        while let error = next, chain.count < 32 {
+            chain.append(error)
+            next = (error as? any CodedError)?.cause
+        }
+        return chain
+    }
+}
+
+/// Several errors behind one failure (e.g. each address a dial tried), as one cause.
+public struct ErrorList: Error, Sendable, CustomStringConvertible {
+    /// The errors, in the order they happened.
+    public var errors: [any Error]
+
+    /// A list of `errors`, in order.
+    public init(_ errors: [any Error]) { self.errors = errors }
+
+    /// The errors' descriptions joined by "; ".
+    public var description: String { errors.map { "\($0)" }.joined(separator: "; ") }
+}
