@@ -117,8 +117,10 @@ let package = Package(
         // Kademlia DHT (libp2p kad-dht spec): the wire messages, XOR keys, the routing table and the
         // iterative lookup as value types.
         .target(name: "Kademlia", dependencies: [
-            "Basics", "Multiformats", "Identity",
+            "Basics", "Multiformats", "Identity", "LibP2P",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "PointSubCore", dependencies: [
             "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
@@ -193,7 +195,9 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
-        .testTarget(name: "KademliaTests", dependencies: ["Kademlia", "Identity", "Multiformats"], swiftSettings: strict),
+        .testTarget(name: "KademliaTests", dependencies: [
+            "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
             "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -121,9 +121,11 @@ private func peer(_ seed: Int) -> PeerID { PeerID(publicKey: PrivateKey.ed25519(
 
     @Test func randomKeysLandInTheAskedBucket() {
         let table = RoutingTable(local: peer(0))
-        for index in [0, 1, 7, 8, 9, 100, 255] {
-            #expect(table.localKey.commonPrefixLength(with: table.randomKey(inBucket: index)) == index)
+        for index in [0, 1, 5, 9] {
+            let bytes = table.randomQueryKey(inBucket: index)
+            #expect(bytes.map { table.localKey.commonPrefixLength(with: KadKey(hashing: $0)) } == index)
         }
+        #expect(table.randomQueryKey(inBucket: 200, maxTries: 10) == nil)
     }
 }
 

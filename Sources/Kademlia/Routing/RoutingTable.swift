@@ -121,18 +121,15 @@ public struct RoutingTable: Sendable {
         return Array(0...min(last + 1, 255))
     }
 
-    /// A random key whose common-prefix length with ours is exactly `index` (for bucket refresh).
-    public func randomKey(inBucket index: Int) -> KadKey {
+    /// Random query bytes whose key (their SHA-256, as the remote computes it) falls in bucket
+    /// `index`, for a bucket refresh; nil when none was found in `maxTries` (a bucket `i` needs
+    /// about 2^(i+1) tries, so far-from-empty deep buckets are left to the self lookup).
+    public func randomQueryKey(inBucket index: Int, maxTries: Int = 1 << 14) -> [UInt8]? {
         precondition((0..<256).contains(index))
-        var bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        for bit in 0...index {
-            let byte = bit / 8
-            let mask = UInt8(0x80) >> UInt8(bit % 8)
-            let ours = localKey.bytes[byte] & mask
-            // Equal to ours on the first `index` bits, different on bit `index`.
-            let wanted = bit < index ? ours : (ours ^ mask)
-            bytes[byte] = (bytes[byte] & ~mask) | wanted
+        for _ in 0..<maxTries {
+            let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+            if localKey.commonPrefixLength(with: KadKey(hashing: bytes)) == index { return bytes }
         }
-        return KadKey(rawBytes: bytes)
+        return nil
     }
 }
