@@ -3,6 +3,12 @@ import NIOCore
 import PointSub
 import Testing
 
+extension Array where Element: Sendable {
+    fileprivate func asyncForEach(_ body: (Element) async -> Void) async {
+        for element in self { await body(element) }
+    }
+}
+
 /// DHT nodes on real hosts (in-memory transport): bootstrap, peer routing, providers, values,
 /// and the server's limits.
 @Suite(.serialized, .timeLimit(.minutes(2)))
@@ -69,6 +75,20 @@ struct DHTNetworkTests {
                 let connection = try await hosts[asker].connect(to: hosts[target].peerID, addresses: addresses)
                 #expect(connection.remotePeer == hosts[target].peerID)
             }
+        }
+    }
+
+    /// Peer routing in the host: a stream to a peer known by ID only goes through the DHT.
+    @Test func newStreamToAPeerIDAloneAsksTheDHT() async throws {
+        try await Self.withNetwork(size: 8, seed: 7300) { hosts, _ in
+            let asker = hosts[6]
+            let target = hosts[3]
+            await asker.connections(to: target.peerID).asyncForEach { await $0.close(graceful: false) }
+            asker.peerstore.removeAddresses(for: target.peerID)
+            #expect(asker.peerstore.addresses(for: target.peerID).isEmpty)
+            let stream = try await asker.newStream(to: target.peerID, protocols: [IdentifyService.protocolID])
+            #expect(stream.remotePeer == target.peerID)
+            await stream.close()
         }
     }
 

@@ -17,7 +17,7 @@ import NIOCore
 /// What a peer can make us hold is bounded: the message size and lists (`KadMessage.Limits`),
 /// requests per peer per second, records, provider keys and providers per key, and the stream's
 /// idle time.
-public final class KademliaDHT: HostService, Sendable {
+public final class KademliaDHT: HostService, PeerRouting, Sendable {
     /// Whether this node answers the protocol.
     public enum Mode: Sendable, Hashable {
         /// Ask only; do not advertise the protocol.
@@ -106,6 +106,7 @@ public final class KademliaDHT: HostService, Sendable {
             s.host = host
             s.table = RoutingTable(local: host.peerID, bucketSize: configuration.k)
         }
+        host.addPeerRouting(self)
         if configuration.mode == .server {
             try host.setStreamHandler(configuration.protocolID) { [weak self] stream in
                 try await self?.serve(stream)
