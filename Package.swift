@@ -129,6 +129,14 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
+        // Peer discovery on the local network: mDNS (libp2p mDNS spec).
+        .target(name: "Discovery", dependencies: [
+            "LibP2P", "DNS", "Identity", "Multiformats",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "PointSubCore", dependencies: [
             "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -153,7 +161,7 @@ let package = Package(
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [

@@ -186,6 +186,12 @@ public struct DNSMessage: Sendable, Hashable {
         return out
     }
 
+    /// Appends `name` in wire form (labels, then a zero byte): for record data that holds a name
+    /// (PTR). Throws `.invalidName` for a name that does not fit.
+    public static func encodeNameBytes(_ name: String, into out: inout [UInt8]) throws(DNSError) {
+        try encodeName(name, into: &out)
+    }
+
     static func encodeName(_ name: String, into out: inout [UInt8]) throws(DNSError) {
         var total = 0
         for label in name.split(separator: ".", omittingEmptySubsequences: false) where !(label.isEmpty && name.hasSuffix(".")) {

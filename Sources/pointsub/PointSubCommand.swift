@@ -78,6 +78,9 @@ struct IdentityOptions: ParsableArguments {
     @Option(help: "Security protocols offered, in order of preference: noise, tls, or both (noise,tls).")
     var security = "noise"
 
+    @Flag(help: "Serving commands: do not announce and discover peers with mDNS on the local network.")
+    var noMdns = false
+
     func validate() throws {
         if seed != nil && key != nil { throw ValidationError("use --seed or --key, not both") }
         _ = try securityOptions()
@@ -110,6 +113,21 @@ struct IdentityOptions: ParsableArguments {
         return .generateEd25519()
     }
 
+    /// mDNS on the interface of the first IPv4 listen address (127.0.0.1 keeps it on loopback; a
+    /// wildcard uses the default interface). Each peer found is printed on stderr.
+    static func mdns(for listen: [Multiaddr]) -> MDNSService {
+        var configuration = MDNSService.Configuration()
+        for address in listen {
+            guard case .ip4(let ip)? = address.components.first else { continue }
+            configuration.interfaceAddress = ip.bytes[0] == 127 ? "127.0.0.1" : ip.description
+            break
+        }
+        configuration.onDiscovered = { peer, addresses in
+            printError("mdns: found \(peer) at \(addresses.map(\.description).joined(separator: " "))")
+        }
+        return MDNSService(configuration: configuration)
+    }
+
     /// Hosts made by the CLI let open streams finish for at most this long when a signal stops them.
     static let shutdownGracePeriod: Duration = .seconds(1)
 
@@ -121,6 +139,7 @@ struct IdentityOptions: ParsableArguments {
         // Checked by validate().
         c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
+        if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
         c.shutdownGracePeriod = Self.shutdownGracePeriod
         c.logger = CLILogging.logger(verbose: verbose)
         return c

@@ -179,3 +179,26 @@ struct DNSAddrTests {
         }
     }
 }
+
+@Suite struct MDNSRecordsTests {
+    @Test func aResponseCarriesThePeersAddressesAndReadsBack() throws {
+        let peer = PeerID(publicKey: PrivateKey.ed25519(seed: 3).publicKey)
+        let addresses = [Multiaddr("/ip4/192.168.1.2/tcp/4001"), Multiaddr("/ip4/192.168.1.2/tcp/4002/ws")]
+            .map { $0.appending(peerID: peer) }
+        let name = MDNSRecords.randomPeerName()
+        #expect((32...63).contains(name.count))
+        let response = try MDNSRecords.response(peerName: name, addresses: addresses)
+        let decoded = try DNSMessage(decoding: response.encoded())
+        let found = MDNSRecords.peers(in: decoded)
+        #expect(found.count == 1)
+        #expect(found.first?.peer == peer)
+        #expect(found.first?.addresses == addresses)
+        #expect(decoded.answers.first?.type == DNSMessage.RecordType.ptr.rawValue)
+        #expect(!MDNSRecords.isQuery(decoded))
+        #expect(MDNSRecords.isQuery(try DNSMessage(decoding: MDNSRecords.query().encoded())))
+        // Addresses without a peer ID, and a query, give no peers.
+        let anonymous = try MDNSRecords.response(peerName: name, addresses: [Multiaddr("/ip4/10.0.0.1/tcp/1")])
+        #expect(MDNSRecords.peers(in: anonymous).isEmpty)
+        #expect(MDNSRecords.peers(in: MDNSRecords.query()).isEmpty)
+    }
+}
