@@ -168,20 +168,7 @@ struct DaemonResponse: Sendable {
                     if f == 2, let raw = v.bytesValue, let address = try? Multiaddr(bytes: raw) { addresses.append(address) }
                 }
                 if let id { identify = (id, addresses) }
-            case 5:
-                var inner = ProtobufReader(value.bytesValue ?? [])
-                var type: UInt64 = 0
-                var peer: DaemonPeerInfo?
-                var dhtValue: [UInt8]?
-                while let (f, v) = try inner.next() {
-                    switch f {
-                    case 1: type = v.varintValue ?? 0
-                    case 2: peer = try DaemonPeerInfo(decoding: v.bytesValue ?? [])
-                    case 3: dhtValue = v.bytesValue
-                    default: break
-                    }
-                }
-                dht = (type, peer, dhtValue)
+            case 5: dht = try Self.decodeDHT(value.bytesValue ?? [])
             case 6: peers.append(try DaemonPeerInfo(decoding: value.bytesValue ?? []))
             case 7:
                 var inner = ProtobufReader(value.bytesValue ?? [])
@@ -192,6 +179,26 @@ struct DaemonResponse: Sendable {
             default: break
             }
         }
+    }
+}
+
+extension DaemonResponse {
+    /// `DHTResponse`: type (BEGIN 0, VALUE 1, END 2), a PeerInfo or a value. Inside a Response,
+    /// or on its own for each item of a streaming DHT answer.
+    static func decodeDHT(_ bytes: [UInt8]) throws -> (type: UInt64, peer: DaemonPeerInfo?, value: [UInt8]?) {
+        var inner = ProtobufReader(bytes)
+        var type: UInt64 = 0
+        var peer: DaemonPeerInfo?
+        var dhtValue: [UInt8]?
+        while let (f, v) = try inner.next() {
+            switch f {
+            case 1: type = v.varintValue ?? 0
+            case 2: peer = try DaemonPeerInfo(decoding: v.bytesValue ?? [])
+            case 3: dhtValue = v.bytesValue
+            default: break
+            }
+        }
+        return (type, peer, dhtValue)
     }
 }
 
@@ -245,6 +252,28 @@ enum DaemonRequest {
         make(.dht, field: 5) {
             $0.writeVarintField(1, 0)
             $0.writeBytesField(2, peer.bytes)
+            $0.writeVarintField(7, UInt64(seconds))
+        }
+    }
+
+    /// DHTRequest types (p2pd.proto).
+    enum DHTType: UInt64 {
+        case findPeer = 0, findPeersConnectedToPeer = 1, findProviders = 2, getClosestPeers = 3
+        case getPublicKey = 4, getValue = 5, searchValue = 6, putValue = 7, provide = 8
+    }
+
+    /// A DHTRequest: peer 2, cid 3, key 4, value 5, count 6, timeout 7 (seconds).
+    static func dht(
+        _ type: DHTType, peer: PeerID? = nil, cid: [UInt8]? = nil, key: [UInt8]? = nil, value: [UInt8]? = nil,
+        count: Int? = nil, timeout seconds: Int64
+    ) -> [UInt8] {
+        make(.dht, field: 5) {
+            $0.writeVarintField(1, type.rawValue)
+            if let peer { $0.writeBytesField(2, peer.bytes) }
+            if let cid { $0.writeBytesField(3, cid) }
+            if let key { $0.writeBytesField(4, key) }
+            if let value { $0.writeBytesField(5, value) }
+            if let count { $0.writeVarintField(6, UInt64(count)) }
             $0.writeVarintField(7, UInt64(seconds))
         }
     }
@@ -634,6 +663,67 @@ final class P2PDaemon: Sendable {
         let response = try await request(DaemonRequest.findPeer(peer, timeout: seconds))
         guard let info = response.dht?.peer else { throw ChildProcess.Failure("FIND_PEER response without a PeerInfo") }
         return info
+    }
+
+    /// A streaming DHT request (FIND_PROVIDERS, GET_CLOSEST_PEERS, SEARCH_VALUE): a Response
+    /// carrying DHTResponse BEGIN, then one bare length-prefixed DHTResponse VALUE per item, then
+    /// END (go-libp2p-daemon's conn.go). Returns the items; at most `limit` are read.
+    func dhtStream(_ request: [UInt8], limit: Int = 256) async throws -> [(peer: DaemonPeerInfo?, value: [UInt8]?)] {
+        let path = controlPath
+        return try await withDeadline(.seconds(60), "p2pd streaming DHT request") {
+            try await DaemonSocket.with(path: path) { socket in
+                let begin = try await socket.request(request)
+                guard begin.dht?.type == 0 else { throw ChildProcess.Failure("streaming DHT answer without BEGIN") }
+                var items: [(peer: DaemonPeerInfo?, value: [UInt8]?)] = []
+                while items.count < limit {
+                    guard let bytes = try await socket.readMessage() else {
+                        throw ChildProcess.Failure("the daemon closed a streaming DHT answer before END")
+                    }
+                    let item = try DaemonResponse.decodeDHT(bytes)
+                    if item.type == 2 { return items }
+                    guard item.type == 1 else { throw ChildProcess.Failure("DHTResponse of type \(item.type) in a stream") }
+                    items.append((item.peer, item.value))
+                }
+                throw ChildProcess.Failure("more than \(limit) items in a streaming DHT answer")
+            }
+        }
+    }
+
+    /// DHT FIND_PROVIDERS of a CID (binary): the providers go found, at most `count`.
+    func findProviders(cid: [UInt8], count: Int, timeout seconds: Int64) async throws -> [DaemonPeerInfo] {
+        try await dhtStream(DaemonRequest.dht(.findProviders, cid: cid, count: count, timeout: seconds)).compactMap { $0.peer }
+    }
+
+    /// DHT GET_CLOSEST_PEERS of a key: the peers go's lookup ended with.
+    func closestPeers(key: [UInt8], timeout seconds: Int64) async throws -> [PeerID] {
+        try await dhtStream(DaemonRequest.dht(.getClosestPeers, key: key, timeout: seconds)).map { item in
+            guard let value = item.value else { throw ChildProcess.Failure("GET_CLOSEST_PEERS item without a peer ID") }
+            return try PeerID(bytes: value)
+        }
+    }
+
+    /// DHT PROVIDE of a CID (binary): go stores it and announces it to the closest peers.
+    func provide(cid: [UInt8], timeout seconds: Int64) async throws {
+        _ = try await request(DaemonRequest.dht(.provide, cid: cid, timeout: seconds))
+    }
+
+    /// DHT GET_VALUE.
+    func getValue(key: [UInt8], timeout seconds: Int64) async throws -> [UInt8] {
+        let response = try await request(DaemonRequest.dht(.getValue, key: key, timeout: seconds))
+        guard let value = response.dht?.value else { throw ChildProcess.Failure("GET_VALUE response without a value") }
+        return value
+    }
+
+    /// DHT PUT_VALUE: go validates the record, stores it and sends it to the closest peers.
+    func putValue(key: [UInt8], value: [UInt8], timeout seconds: Int64) async throws {
+        _ = try await request(DaemonRequest.dht(.putValue, key: key, value: value, timeout: seconds))
+    }
+
+    /// DHT GET_PUBLIC_KEY: the peer's public key, marshalled by go.
+    func publicKey(of peer: PeerID, timeout seconds: Int64) async throws -> [UInt8] {
+        let response = try await request(DaemonRequest.dht(.getPublicKey, peer: peer, timeout: seconds))
+        guard let value = response.dht?.value else { throw ChildProcess.Failure("GET_PUBLIC_KEY response without a value") }
+        return value
     }
 
     /// PUBSUB PUBLISH.

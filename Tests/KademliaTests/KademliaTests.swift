@@ -40,6 +40,18 @@ private func peer(_ seed: Int) -> PeerID { PeerID(publicKey: PrivateKey.ed25519(
         #expect(decoded.closerPeers.count == 1 && decoded.closerPeers[0].addresses.isEmpty)
     }
 
+    /// py-libp2p lists addresses with a trailing `/p2p/<the peer's ID>`: decoded without it; an
+    /// address naming another peer is left out.
+    @Test func aPeersOwnP2PSuffixIsDroppedAndAnothersAddressLeftOut() throws {
+        let plain = Multiaddr("/ip4/127.0.0.1/tcp/4001")
+        let other = Multiaddr("/ip4/127.0.0.1/tcp/4002")
+        let message = KadMessage(
+            type: .findNode,
+            closerPeers: [.init(id: peer(4).bytes, addresses: [plain.appending(peerID: peer(4)), other.appending(peerID: peer(5)), other])])
+        let decoded = try KadMessage(decoding: message.encoded())
+        #expect(decoded.closerPeers[0].addresses == [plain, other])
+    }
+
     @Test func badInputIsATypedError() {
         func code(_ bytes: [UInt8], _ limits: KadMessage.Limits = .init()) -> KademliaError.Code? {
             do {

@@ -6,7 +6,7 @@ import NIOCore
 
 extension KademliaDHT {
     /// Sends one request to `peer` on a new stream and reads its response, within
-    /// `requestTimeout`. Throws `KademliaError` for a bad answer, the host's errors otherwise.
+    /// `requestTimeout` (ADD_PROVIDER has none: `message` itself is returned once sent). Throws `KademliaError` for a bad answer, the host's errors otherwise.
     public func request(_ message: KadMessage, to peer: PeerID) async throws -> KadMessage {
         let host = try requireHost()
         let protocolID = configuration.protocolID
@@ -18,6 +18,13 @@ extension KademliaDHT {
             let stream = try await host.newStream(to: peer, protocols: [protocolID])
             do {
                 try await stream.writeLengthPrefixed(message.encoded())
+                // ADD_PROVIDER has no response (go-libp2p-kad-dht sends it with SendMessage and
+                // its handler answers nothing): waiting for one would only time out. The
+                // message itself is returned once it is written.
+                if message.type == .addProvider {
+                    await stream.close()
+                    return message
+                }
                 guard let bytes = try await stream.readLengthPrefixed(maxLength: limits.maxMessageSize) else {
                     throw KademliaError(.malformedMessage, "\(peer) closed the stream without answering")
                 }

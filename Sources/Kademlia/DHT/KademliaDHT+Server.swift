@@ -23,7 +23,9 @@ extension KademliaDHT {
                 throw KademliaError(.limitExceeded, "\(peer) sends more than \(configuration.requestsPerPeerPerSecond) requests a second")
             }
             let request = try KadMessage(decoding: Array(bytes.readableBytesView), limits: limits)
-            let response = try handle(request, from: peer)
+            // ADD_PROVIDER gets no response: go-libp2p-kad-dht neither sends nor reads one, and
+            // it reuses the stream, so an answer would be read as the response to its next request.
+            guard let response = try handle(request, from: peer) else { continue }
             try await stream.writeLengthPrefixed(response.encoded())
         }
     }
@@ -48,8 +50,9 @@ extension KademliaDHT {
         }
     }
 
-    /// The answer to one request (the spec: a response has the request's type).
-    func handle(_ request: KadMessage, from peer: PeerID) throws(KademliaError) -> KadMessage {
+    /// The answer to one request (the spec: a response has the request's type); nil for
+    /// ADD_PROVIDER, which has none.
+    func handle(_ request: KadMessage, from peer: PeerID) throws(KademliaError) -> KadMessage? {
         let now = ContinuousClock.now
         switch request.type {
         case .ping:
@@ -86,12 +89,16 @@ extension KademliaDHT {
                     host.peerstore.addAddresses(Array(provider.addresses.prefix(configuration.limits.maxAddressesPerPeer)), for: peer, ttl: .temporary)
                 }
             }
-            return KadMessage(type: .addProvider, key: request.key)
+            return nil
         case .getProviders:
             guard !request.key.isEmpty else { throw KademliaError(.malformedMessage, "GET_PROVIDERS without a key") }
             let ids = state.withLockedValue { $0.providers.providers(of: request.key, now: now) }
             let providers = ids.compactMap { id -> KadMessage.Peer? in
                 guard let provider = try? PeerID(bytes: id) else { return nil }
+                // Our own record: our listen addresses (the peerstore has none of ours).
+                if let host, provider == host.peerID {
+                    return KadMessage.Peer(id: id, addresses: host.listenAddresses, connection: .connected)
+                }
                 return KadMessage.Peer(id: id, addresses: addresses(of: provider), connection: connectionType(of: provider))
             }
             return KadMessage(

@@ -243,6 +243,12 @@ public struct KadMessage: Sendable, Hashable {
             }
         }
         guard let id, !id.isEmpty else { throw KademliaError(.malformedMessage, "a peer entry without an ID") }
+        // py-libp2p lists a peer's addresses with a trailing `/p2p/<its ID>`: dropped, as
+        // go-libp2p's peerstore does; an address ending in another peer's ID is left out.
+        addresses = addresses.compactMap { address in
+            guard let suffix = address.peerIDBytes else { return address }
+            return suffix == id ? address.removingPeerID() : nil
+        }
         return Peer(id: id, addresses: addresses, connection: connection)
     }
 }
