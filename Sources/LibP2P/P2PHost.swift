@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Logging
 import Multiformats
@@ -151,7 +152,7 @@ public final class P2PHost: Sendable {
             }
         }
         self.upgrader = Upgrader(
-            security: security, yamux: configuration.yamux, timeout: TimeAmount(configuration.handshakeTimeout),
+            security: security, yamux: configuration.yamux, timeout: configuration.handshakeTimeout,
             metrics: metrics)
     }
 
@@ -183,10 +184,10 @@ public final class P2PHost: Sendable {
         state.withLockedValue { $0.maintenance }?.cancel()
         for listener in listeners { await listener.close() }
         for dial in dials { dial.cancel() }
-        let grace = gracePeriod ?? configuration.shutdownGracePeriod
+        let deadline = Deadline.after(gracePeriod ?? configuration.shutdownGracePeriod)
         await withTaskGroup(of: Void.self) { group in
             for connection in connections {
-                group.addTask { await connection.close(graceful: true, timeout: grace) }
+                group.addTask { await connection.close(graceful: true, deadline: deadline) }
             }
         }
         let (tasks, subscribers) = state.withLockedValue { s in
@@ -199,7 +200,10 @@ public final class P2PHost: Sendable {
         for task in tasks { task.cancel() }
         // Cancelled tasks end quickly now that their connections are closed; wait for them (bounded)
         // so none touches an event loop after the group is gone.
-        _ = try? await withTimeout(.seconds(2), "waiting for handler tasks") {
+        _ = try? await withDeadline(
+            .after(.seconds(2)), on: eventLoopGroup.next(),
+            onTimeout: { HostError(.timeout, "waiting for handler tasks timed out") }
+        ) {
             for task in tasks { await task.value }
         }
         for subscriber in subscribers { subscriber.finish() }
@@ -437,9 +441,10 @@ public final class P2PHost: Sendable {
         guard let transport = transports.first(where: { $0.canDial(plain) }) else {
             throw HostError(.invalidAddress, "no transport for \(address)")
         }
-        // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
-        // the upgrader's deadline, which starts in the initializer (no task group on this hot path).
-        let timeout = TimeAmount(configuration.dialTimeout)
+        // The dial's whole budget is one deadline, enforced on the event loop: by the transport
+        // (the TCP connect timeout) and by the upgrader, which starts in the initializer (no task
+        // group on this hot path).
+        let deadline = Deadline.after(configuration.dialTimeout)
         let upgrader = self.upgrader
         let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
         let scope: ConnectionScope
@@ -451,11 +456,11 @@ public final class P2PHost: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress)
+            let options = DialOptions(deadline: deadline, sourceAddress: configuration.dialSourceAddress)
             channel = try await transport.dial(plain, options: options) { channel in
                 upgrade.withLockedValue {
                     $0 = upgrader.upgrade(
-                        channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout,
+                        channel: channel, role: .initiator(expectedPeer: expectedPeer), deadline: deadline,
                         resourceScope: scope)
                 }
                 return channel.eventLoop.makeSucceededVoidFuture()
@@ -815,7 +820,7 @@ public final class P2PHost: Sendable {
         _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
         let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+        let timer = Deadline.after(timeout).schedule(on: stream.eventLoop) {
             timedOut.withLockedValue { $0 = true }
             stream.reset()
         }
