@@ -3,7 +3,6 @@ import Identity
 import LibP2P
 import Multiformats
 import Resources
-import Yamux
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -283,9 +282,9 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         if isClosed {
             return PointSubNetError(.closed, "\(operation) on a closed connection", underlying: [error])
         }
-        if let error = error as? YamuxError {
+        if let error = error as? HostError {
             switch error.code {
-            case .streamReset, .sessionClosed, .keepAliveTimeout:
+            case .streamReset, .connectionClosed:
                 return PointSubNetError(.reset, "\(operation): the stream was reset", underlying: [error])
             case .streamClosed:
                 return PointSubNetError(.closed, "\(operation) on a closed stream", underlying: [error])
