@@ -198,6 +198,33 @@ struct ConnTests {
         }
     }
 
+    @Test func clearingADeadlineKeepsAWaitingReadAndAPassedOneWakesIt() async throws {
+        try await withHosts { server, client in
+            let listener = try PointSubNet.listen(host: server, protocol: testProtocol)
+            let dialed = try await PointSubNet.dial(host: client, peer: server.peerID, protocol: testProtocol)
+            let accepted = try await listener.accept()
+
+            // Cleared while the read waits: the read waits on past the old deadline.
+            dialed.setReadDeadline(.after(.milliseconds(100)))
+            let pending = Task { try await dialed.read() }
+            try await Task.sleep(for: .milliseconds(20))
+            dialed.setReadDeadline(nil)
+            try await Task.sleep(for: .milliseconds(300))
+            try await accepted.write(Array("still".utf8))
+            #expect(try await pending.value.map { String(buffer: $0) } == "still")
+
+            // Moved into the past while the read waits: it times out.
+            dialed.setReadDeadline(.after(.seconds(30)))
+            let second = Task { try await dialed.read() }
+            try await Task.sleep(for: .milliseconds(20))
+            dialed.setReadDeadline(Deadline(.now - .seconds(1)))
+            await #expect { try await second.value } throws: { netError($0, .timeout) }
+            await dialed.close()
+            await accepted.close()
+            listener.close()
+        }
+    }
+
     @Test func writeDeadlineAgainstAPeerThatDoesNotRead() async throws {
         try await withHosts { server, client in
             let listener = try PointSubNet.listen(host: server, protocol: testProtocol)
