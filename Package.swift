@@ -115,6 +115,14 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
+        // Kademlia DHT (libp2p kad-dht spec): the wire messages, XOR keys, the routing table and the
+        // iterative lookup as value types.
+        .target(name: "Kademlia", dependencies: [
+            "Basics", "Multiformats", "Identity", "LibP2P",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .target(name: "PointSubCore", dependencies: [
             "Basics", "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -139,7 +147,7 @@ let package = Package(
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
@@ -161,6 +169,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
+            "Kademlia",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -193,6 +202,9 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
+        .testTarget(name: "KademliaTests", dependencies: [
+            "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
             "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -52,6 +52,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pointsubDecompress = "pointsub-decompress"
     /// The libp2p TLS certificate: X.509 parsing, the verification rules, the `SignedKey` extension.
     case tlsCertificate = "tls-certificate"
+    /// A kad-dht message (protobuf with records and peer lists) under its decoding limits.
+    case kadMessage = "kad-message"
 
     /// False for the targets that need `@testable import` in a build without testability (release).
     public var isAvailable: Bool {
@@ -111,6 +113,7 @@ public enum FuzzTargets {
         case .pointsubParser: try fuzzPointSubParser(input, &check)
         case .pointsubDecompress: try fuzzPointSubDecompress(input, &check)
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
+        case .kadMessage: try fuzzKadMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames:
             #if DEBUG || FUZZING
                 switch target {

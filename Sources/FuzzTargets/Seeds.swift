@@ -1,5 +1,6 @@
 import Crypto
 import Identity
+import Kademlia
 import Multiformats
 import Multistream
 import NIOCore
@@ -168,6 +169,19 @@ extension FuzzTargets {
             let declared: [UInt8] = [UInt8(size >> 24), UInt8(size >> 16 & 0xff), UInt8(size >> 8 & 0xff), UInt8(size & 0xff)]
             let zlib = PointSubCompression.compress(ByteBuffer(bytes: text)).map { Array($0.readableBytesView) } ?? []
             return [[1] + declared + zlib, [2] + declared + zlib, [0x81] + declared + text, [0xc1] + declared + text]
+        case .kadMessage:
+            let peer = PeerID(publicKey: SeedKeys.ed25519.publicKey).bytes
+            let address = Multiaddr("/ip4/127.0.0.1/tcp/4001")
+            return [
+                KadMessage(type: .findNode, key: peer).encoded(),
+                KadMessage(
+                    type: .getValue, key: Array("/pk/key".utf8),
+                    record: .init(key: Array("/pk/key".utf8), value: [1, 2, 3], timeReceived: "2026-12-07T00:00:00Z"),
+                    closerPeers: [.init(id: peer, addresses: [address], connection: .connected)]
+                ).encoded(),
+                KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
+                    providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
+            ]
         case .tlsCertificate:
             // Real certificates (their P-256 key and ECDSA signatures are random, so regenerated
             // seed files differ; each is valid for 100 years).

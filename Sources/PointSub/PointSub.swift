@@ -2,6 +2,7 @@
 // its `ByteBuffer` (and `EventLoopGroup`) are public API everywhere above it.
 @_exported import Basics
 @_exported import Identity
+@_exported import Kademlia
 @_exported import LibP2P
 @_exported import Multiformats
 @_exported import Multistream

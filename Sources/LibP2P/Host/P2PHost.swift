@@ -72,6 +72,7 @@ public final class P2PHost: Sendable {
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
         var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+        var routers: [any PeerRouting] = []
         var nextID: UInt64 = 1
 
         mutating func takeID() -> UInt64 {
@@ -294,7 +295,32 @@ public final class P2PHost: Sendable {
         try checkRunning()
         if let existing = connections(to: peer).first { return existing }
         if !addresses.isEmpty { peerstore.addAddresses(addresses, for: peer, ttl: .temporary) }
+        if peerstore.addresses(for: peer).isEmpty { try await route(peer) }
         return try await swarm.connect(to: peer)
+    }
+
+    /// Registers a way to find peers by ID; `connect(to:)` asks the routers in order when it knows
+    /// no address of a peer. (A DHT service registers itself when it attaches.)
+    public func addPeerRouting(_ router: any PeerRouting) {
+        state.withLockedValue { $0.routers.append(router) }
+    }
+
+    /// Asks the routers for `peer`'s addresses until one answers; they go to the peerstore.
+    private func route(_ peer: PeerID) async throws {
+        let routers = state.withLockedValue { $0.routers }
+        guard !routers.isEmpty else { return }
+        var errors: [any Error] = []
+        for router in routers {
+            do {
+                let found = try await router.findPeer(peer)
+                guard !found.isEmpty else { continue }
+                peerstore.addAddresses(found, for: peer, ttl: .temporary)
+                return
+            } catch {
+                errors.append(error)
+            }
+        }
+        throw HostError(.noAddresses, "no router found an address for \(peer)", underlying: errors)
     }
 
     /// Connects to the peer at `address`. With `/p2p/<id>`, the remote must prove it is that peer
