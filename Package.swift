@@ -68,6 +68,13 @@ let package = Package(
             // Secure WebSocket (/tls/ws, /wss).
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
+        // A small DNS stub resolver (UDP) for /dnsaddr TXT records, and the DNS message codec (mDNS too).
+        .target(name: "DNS", dependencies: [
+            "Basics", "Multiformats", "Identity",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -102,7 +109,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Basics", "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
+            "Basics", "Multiformats", "Identity", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -146,7 +153,7 @@ let package = Package(
         // The umbrella: `import PointSub` gives the whole stack (and NIOCore's ByteBuffer, which is
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
-            "Basics", "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
+            "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
             "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
@@ -169,7 +176,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
-            "Kademlia",
+            "Kademlia", "DNS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -202,6 +209,10 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
+        .testTarget(name: "DNSTests", dependencies: [
+            "DNS", "PointSub", "Multiformats", .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .testTarget(name: "KademliaTests", dependencies: [
             "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),

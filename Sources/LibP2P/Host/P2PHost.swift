@@ -38,6 +38,9 @@ public final class P2PHost: Sendable {
         public var handshakeTimeout: Duration = .seconds(10)
         /// How long a new stream has to agree on a protocol.
         public var streamNegotiationTimeout: Duration = .seconds(10)
+        /// Resolves `/dnsaddr` addresses before dialing (TXT records of `_dnsaddr.<host>`); by
+        /// default the first nameserver of /etc/resolv.conf; nil: such addresses are not dialed.
+        public var dnsaddrResolver: DNSAddrResolver? = DNSClient.system().map(DNSAddrResolver.init)
         /// Local IP address outbound TCP connections are bound to (nil: the kernel picks).
         public var dialSourceAddress: String?
         /// Watermarks and idle timeout of the connection manager.
