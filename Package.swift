@@ -51,12 +51,13 @@ let package = Package(
         ], swiftSettings: strict),
         // Resource accounting shared by every layer: scopes, limits, memory reservations, refusals.
         .target(name: "Resources", dependencies: [
+            "Basics",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
         ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             // The in-memory transport's process-wide listener registry (Memory/MemoryTransport.swift).
@@ -117,7 +118,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "Protocols", dependencies: [
-            "LibP2P",
+            "Basics", "LibP2P",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
@@ -138,7 +139,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "PointSubCore", dependencies: [
-            "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
+            "Basics", "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "CompressNIO", package: "compress-nio"),
@@ -149,7 +150,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "PubSub", dependencies: [
-            "LibP2P", "Protocols", "PointSubCore", "Multiformats", "Identity",
+            "Basics", "LibP2P", "Protocols", "PointSubCore", "Multiformats", "Identity",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
@@ -189,6 +190,12 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "FuzzRegressionTests", dependencies: [
             "FuzzTargets", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "BasicsTests", dependencies: [
+            "Basics",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"], swiftSettings: strict),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"], swiftSettings: strict),

@@ -14,6 +14,9 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
     /// The deadline `duration` from now.
     public static func after(_ duration: Duration) -> Deadline { Deadline(.now + duration) }
 
+    /// A deadline that has passed already (no time at all, e.g. a stop without grace).
+    public static var now: Deadline { Deadline(.now) }
+
     /// The time left (zero once passed).
     public var remaining: Duration { max(.zero, instant - .now) }
 
@@ -43,6 +46,15 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
     public var description: String { "in \(remaining)" }
 }
 
+extension Duration {
+    /// The duration in seconds, e.g. 1.5 (for rates, reports and JSON). The package's one
+    /// conversion of a `Duration` to a number; NIO's `TimeAmount(_:)` converts to NIO's type.
+    public var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
 /// Runs `operation` in its own task and returns its result, unless `deadline` passes first (throws
 /// what `onTimeout` returns) or the calling task is cancelled (throws `CancellationError`).
 ///
@@ -51,6 +63,12 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
 /// operation's task (to cancel it from elsewhere); `discard` receives a result that came too late
 /// to be delivered (to close a stream nobody will use). A nil deadline never passes. The timer
 /// runs on `eventLoop` (cheaper than a sleeping task).
+///
+/// A deadline that has passed already, or a caller cancelled already, ends the call at once
+/// without starting the operation (`started` is not called then).
+///
+/// To wait for a task without cancelling it (e.g. a dial others may share), await its `value` in
+/// the operation: awaiting a task's value ignores the waiter's cancellation.
 public func withDeadline<T: Sendable>(
     _ deadline: Deadline?,
     on eventLoop: any EventLoop,
@@ -59,32 +77,32 @@ public func withDeadline<T: Sendable>(
     discard: @escaping @Sendable (T) -> Void = { _ in },
     _ operation: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    let race = DeadlineRace<T>()
+    if Task.isCancelled { throw CancellationError() }
+    if let deadline, deadline.hasPassed { throw onTimeout() }
+    let outcome = FirstOutcome<T>()
     let task = Task {
         do {
             let value = try await operation()
-            if !race.decide(.success(value)) { discard(value) }
+            if !outcome.decide(.success(value)) { discard(value) }
         } catch {
-            race.decide(.failure(error))
+            outcome.decide(.failure(error))
         }
     }
     started(task)
     let timer = deadline.map { deadline in
         deadline.schedule(on: eventLoop) {
-            if race.decide(.failure(onTimeout())) { task.cancel() }
+            if outcome.decide(.failure(onTimeout())) { task.cancel() }
         }
     }
     defer { timer?.cancel() }
-    return try await withTaskCancellationHandler {
-        try await withCheckedThrowingContinuation { race.wait($0) }
-    } onCancel: {
-        if race.decide(.failure(CancellationError())) { task.cancel() }
-    }
+    return try await outcome.wait(onCancelled: { task.cancel() })
 }
 
-/// The rendezvous between an operation's task, a timer and the waiting caller: whoever comes
-/// first decides the outcome; the others find it decided. All state is under the lock.
-private final class DeadlineRace<T: Sendable>: Sendable {
+/// A result decided once and awaited by one task: the first `decide` wins, later ones are
+/// dropped. The rendezvous of `withDeadline` (operation, timer, caller's cancellation), and of
+/// any wait with more contenders (e.g. a write, its connection's deadline and `close()`).
+/// All state is under the lock.
+package final class FirstOutcome<T: Sendable>: Sendable {
     private enum State {
         case pending(CheckedContinuation<T, any Error>?)
         case decided(Result<T, any Error>)
@@ -93,9 +111,12 @@ private final class DeadlineRace<T: Sendable>: Sendable {
 
     private let state = NIOLockedValueBox<State>(.pending(nil))
 
+    /// An undecided outcome.
+    package init() {}
+
     /// Decides the outcome if nobody did yet. Returns whether this call decided it.
     @discardableResult
-    func decide(_ result: Result<T, any Error>) -> Bool {
+    package func decide(_ result: Result<T, any Error>) -> Bool {
         let (won, continuation) = state.withLockedValue { s -> (Bool, CheckedContinuation<T, any Error>?) in
             guard case .pending(let continuation) = s else { return (false, nil) }
             if let continuation {
@@ -109,17 +130,27 @@ private final class DeadlineRace<T: Sendable>: Sendable {
         return won
     }
 
-    func wait(_ continuation: CheckedContinuation<T, any Error>) {
+    /// Waits for the outcome (once). Cancelling the waiting task decides it as `CancellationError`;
+    /// `onCancelled` then runs if that decision won.
+    package func wait(onCancelled: @escaping @Sendable () -> Void = {}) async throws -> T {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { register($0) }
+        } onCancel: {
+            if self.decide(.failure(CancellationError())) { onCancelled() }
+        }
+    }
+
+    private func register(_ continuation: CheckedContinuation<T, any Error>) {
         let result = state.withLockedValue { s -> Result<T, any Error>? in
             switch s {
-            case .pending:
+            case .pending(nil):
                 s = .pending(continuation)
                 return nil
             case .decided(let result):
                 s = .delivered
                 return result
-            case .delivered:
-                preconditionFailure("a deadline race is waited for once")
+            case .pending(.some), .delivered:
+                preconditionFailure("an outcome is waited for once")
             }
         }
         if let result { continuation.resume(with: result) }

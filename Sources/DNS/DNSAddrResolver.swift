@@ -21,14 +21,17 @@ public struct DNSAddrResolver: Sendable {
     }
 
     /// The addresses `address` stands for: itself when it is not `/dnsaddr`, else its TXT
-    /// records' addresses, resolved down to non-dnsaddr ones.
-    public func resolve(_ address: Multiaddr) async throws -> [Multiaddr] {
+    /// records' addresses, resolved down to non-dnsaddr ones. Every query, however nested, is
+    /// answered before `deadline` (nil: the client's `timeout` from now) or the resolution fails.
+    public func resolve(_ address: Multiaddr, deadline: Deadline? = nil) async throws -> [Multiaddr] {
         var out: [Multiaddr] = []
-        try await resolve(address, depth: 0, into: &out)
+        try await resolve(address, depth: 0, deadline: deadline ?? .after(client.timeout), into: &out)
         return out
     }
 
-    private func resolve(_ address: Multiaddr, depth: Int, into out: inout [Multiaddr]) async throws {
+    private func resolve(
+        _ address: Multiaddr, depth: Int, deadline: Deadline, into out: inout [Multiaddr]
+    ) async throws {
         guard case .dnsaddr(let host)? = address.components.first else {
             if out.count < maxAddresses, !out.contains(address) { out.append(address) }
             return
@@ -37,14 +40,14 @@ public struct DNSAddrResolver: Sendable {
             throw DNSError(.limitExceeded, "/dnsaddr nested deeper than \(maxDepth) levels at \(host)")
         }
         let wanted = address.peerID
-        let answer = try await client.query("_dnsaddr.\(host)", type: .txt)
+        let answer = try await client.query("_dnsaddr.\(host)", type: .txt, deadline: deadline)
         for record in answer.answers {
             for text in record.txtStrings ?? [] where text.hasPrefix("dnsaddr=") {
                 // Entries we cannot parse (a protocol we do not know) are skipped, as go does.
                 guard let entry = Multiaddr(String(text.dropFirst("dnsaddr=".count))) else { continue }
                 if let wanted, entry.peerID != wanted { continue }
                 guard out.count < maxAddresses else { return }
-                try await resolve(entry, depth: depth + 1, into: &out)
+                try await resolve(entry, depth: depth + 1, deadline: deadline, into: &out)
             }
         }
     }

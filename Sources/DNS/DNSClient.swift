@@ -39,9 +39,10 @@ public struct DNSClient: Sendable {
         return nil
     }
 
-    /// Asks for `type` records of `name`; returns the answer message. Throws `.queryFailed` on a
-    /// timeout or an error rcode (other than "no such name", which is an empty answer).
-    public func query(_ name: String, type: DNSMessage.RecordType) async throws -> DNSMessage {
+    /// Asks for `type` records of `name` before `deadline` (nil: `timeout` from now); returns the
+    /// answer message. Throws `.queryFailed` when the deadline passes or on an error rcode (other
+    /// than "no such name", which is an empty answer).
+    public func query(_ name: String, type: DNSMessage.RecordType, deadline: Deadline? = nil) async throws -> DNSMessage {
         let id = UInt16.random(in: 0...UInt16.max)
         let question = try DNSMessage.query(id: id, name: name, type: type).encoded()
         let server = self.server
@@ -58,7 +59,7 @@ public struct DNSClient: Sendable {
                 }
             }
             .bind(host: bind, port: 0).get()
-        let timer = Deadline.after(timeout).schedule(on: loop) {
+        let timer = (deadline ?? .after(timeout)).schedule(on: loop) {
             answer.fail(DNSError(.queryFailed, "no answer from \(server) for \(name) in time"))
         }
         defer {

@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -67,10 +68,7 @@ public struct IdentifyService: HostService {
             // A timer on the connection's event loop, dropped if the connection closes first
             // (short connections then cost no task at all).
             let session = connection.session
-            let (seconds, attoseconds) = inboundDelay.components
-            let timer = session.eventLoop.scheduleTask(
-                in: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-            ) { ask() }
+            let timer = Deadline.after(inboundDelay).schedule(on: session.eventLoop) { ask() }
             session.closeFuture.whenComplete { _ in timer.cancel() }
         }
         host.addProtocolsObserver {

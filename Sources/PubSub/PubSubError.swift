@@ -15,7 +15,7 @@ public enum PubSubError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Signing a message to publish failed.
     case signingFailed(String)
     /// Fewer peers than required are known to subscribe to the topic: from `publish(_:_:minPeers:)`
-    /// (nothing was sent) and `waitForPeers(topic:count:timeout:)` (not enough joined in time).
+    /// (nothing was sent) and `waitForPeers(topic:count:deadline:)` (not enough joined in time).
     case notEnoughPeers(topic: String, known: Int, required: Int)
 
     public var description: String {

@@ -1,3 +1,4 @@
+import Basics
 import Logging
 import NIOConcurrencyHelpers
 
@@ -39,8 +40,7 @@ public final class RateLimitedLogger: Sendable {
         let suppressed = buckets.withLockedValue { buckets -> Int? in
             var bucket = buckets[key] ?? Bucket(tokens: burst, last: now)
             let elapsed = now - bucket.last
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            bucket.tokens = min(burst, bucket.tokens + seconds * perSecond)
+            bucket.tokens = min(burst, bucket.tokens + elapsed.seconds * perSecond)
             bucket.last = now
             defer {
                 if buckets[key] == nil, buckets.count >= Self.maxKeys { buckets.removeAll(keepingCapacity: true) }

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Basics
 import Multiformats
 import NIOCore
 import NIOPosix
@@ -126,12 +127,12 @@ public struct TCPTransport: Transport {
     /// Whether `address` is a TCP address (``canHandle(_:)``).
     public func canListen(_ address: Multiaddr) -> Bool { Self.canHandle(address) }
 
-    /// ``dial(_:timeout:bindTo:initializer:)`` with the options' timeout and source address.
+    /// ``dial(_:deadline:bindTo:initializer:)`` with the options' deadline and source address.
     public func dial(
         _ address: Multiaddr, options: DialOptions, initializer: @escaping ConnectionInitializer
     ) async throws -> any Channel {
         try await dial(
-            address, timeout: TimeAmount(options.timeout), bindTo: options.sourceAddress, initializer: initializer)
+            address, deadline: options.deadline, bindTo: options.sourceAddress, initializer: initializer)
     }
 
     /// ``listen(on:backlog:initializer:)``; the acceptor learns each connection's remote address
@@ -192,16 +193,16 @@ public struct TCPTransport: Transport {
         return TCPListener(channel: channel, address: try Multiaddr(socketAddress: local))
     }
 
-    /// Connects; `initializer` runs on the new channel before it becomes active. `bindTo`: the
-    /// local IP address to connect from (nil: the kernel picks).
+    /// Connects before `deadline`; `initializer` runs on the new channel before it becomes active.
+    /// `bindTo`: the local IP address to connect from (nil: the kernel picks).
     public func dial(
         _ address: Multiaddr,
-        timeout: TimeAmount,
+        deadline: Deadline,
         bindTo sourceAddress: String? = nil,
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws -> Channel {
         var bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(timeout)
+            .connectTimeout(deadline.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer(initializer)
         if let sourceAddress {

@@ -1,3 +1,4 @@
+import Basics
 import Multiformats
 import NIOCore
 
@@ -24,14 +25,16 @@ public struct RemoteEndpoint: Sendable, Hashable {
 
 /// How to dial.
 public struct DialOptions: Sendable {
-    /// How long the transport may take to connect (and finish its own handshake, if it has one).
-    public var timeout: Duration
+    /// When the transport must have connected (and finished its own handshake, if it has one).
+    /// The caller's whole dial shares it: the host's upgrade after the transport runs until the
+    /// same deadline.
+    public var deadline: Deadline
     /// The local IP address to connect from (nil: the system picks); network transports only.
     public var sourceAddress: String?
 
     /// Dial options.
-    public init(timeout: Duration, sourceAddress: String? = nil) {
-        self.timeout = timeout
+    public init(deadline: Deadline, sourceAddress: String? = nil) {
+        self.deadline = deadline
         self.sourceAddress = sourceAddress
     }
 }

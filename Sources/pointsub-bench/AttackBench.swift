@@ -173,17 +173,20 @@ enum AttackBench {
                 let start = clock.now
                 let ok: Bool
                 do {
-                    _ = try await withTimeout(.seconds(2), "honest exchange") {
+                    let deadline = Deadline.after(.seconds(2))
+                    _ = try await withDeadline(
+                        deadline, on: host.eventLoopGroup.next(), onTimeout: { BenchError("honest exchange timed out") }
+                    ) {
                         _ = try await host.connect(to: address)
                         _ = try await PingService.ping(host: host, peer: server, count: 1)
-                        return try await client.send(payload, to: server, protocol: kvProtocol, timeout: .seconds(2))
+                        return try await client.send(payload, to: server, protocol: kvProtocol, deadline: deadline)
                     }
                     ok = true
                 } catch {
                     ok = false
                 }
                 let elapsed = clock.now - start
-                samples.append(ok ? Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1e3 : nil)
+                samples.append(ok ? elapsed.seconds * 1e3 : nil)
                 try await Task.sleep(for: .milliseconds(20))
             }
             return samples
@@ -298,7 +301,10 @@ enum AttackBench {
                     else { return }
                     opened.withLockedValue { $0 += 1 }
                     // Never read the echo: the server's replies fill our window, its reads stop.
-                    _ = try? await withTimeout(.seconds(max(0.1, Double((stop - .now).components.seconds)))) {
+                    _ = try? await withDeadline(
+                        max(Deadline(stop), .after(.milliseconds(100))), on: host.eventLoopGroup.next(),
+                        onTimeout: { BenchError("the write outlasted the attack") }
+                    ) {
                         try await stream.write(chunk)
                     }
                     try? await Task.sleep(until: stop)
@@ -330,7 +336,9 @@ enum AttackBench {
                         _ = try? await stream.write(wire)
                         sent.withLockedValue { $0 += 1 }
                         // Read whatever comes back (an error or the 32 MiB echo), up to a point.
-                        _ = try? await withTimeout(.seconds(2)) { try await stream.readToEnd(maxBytes: 64 << 20) }
+                        _ = try? await withDeadline(
+                            .after(.seconds(2)), on: host.eventLoopGroup.next(), onTimeout: { BenchError("no reply in time") }
+                        ) { try await stream.readToEnd(maxBytes: 64 << 20) }
                         stream.reset()
                     }
                 }
@@ -466,8 +474,8 @@ enum RawConnection {
             payload.writeBytesField(2, [UInt8](repeating: 7, count: 64))
             try await outbound.write(noiseFrame(try state.writeMessage(payload: payload.bytes)))
             // The server answers by closing the connection: wait for that (bounded).
-            let deadline = ContinuousClock.now + .seconds(2)
-            while ContinuousClock.now < deadline, (try? await iterator.next()) ?? nil != nil {}
+            let deadline = Deadline.after(.seconds(2))
+            while !deadline.hasPassed, (try? await iterator.next()) ?? nil != nil {}
         }
     }
 
@@ -475,6 +483,7 @@ enum RawConnection {
     /// until `stop` or until the server closes the connection. Returns the bytes sent.
     static func flood(_ kind: Flood, port: Int, until stop: ContinuousClock.Instant) async throws -> Int {
         let channel = try await connect(port: port)
+        let loop = channel.channel.eventLoop
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
             var buffer = ByteBuffer()
@@ -515,7 +524,10 @@ enum RawConnection {
                 }
                 let wire = try sealed(frames)
                 // Bounded: a write that the server's back-pressure holds past the stop ends the flood.
-                guard (try? await withTimeout(.seconds(max(0.05, Double((stop - .now).components.seconds) + 0.05))) {
+                guard (try? await withDeadline(
+                    max(Deadline(stop), .after(.milliseconds(50))), on: loop,
+                    onTimeout: { BenchError("the write outlasted the flood") }
+                ) {
                     try await outbound.write(wire)
                 }) != nil else { break }
                 sent += wire.readableBytes

@@ -276,7 +276,7 @@ struct Bench {
                 bytes += message.count
             }
         }
-        return Double(bytes) / 1_048_576 / (clock.now - start).secondsValue
+        return Double(bytes) / 1_048_576 / (clock.now - start).seconds
     }
 
     /// `ChaChaPoly.seal` of swift-crypto, which returns a fresh `Data` per message: what Noise
@@ -336,7 +336,7 @@ struct Bench {
             }
             try await done.futureResult.get()
         }
-        let rate = Double(bytes) / 1_048_576 / (clock.now - start).secondsValue
+        let rate = Double(bytes) / 1_048_576 / (clock.now - start).seconds
         try await server.close()
         return rate
     }
@@ -386,7 +386,7 @@ struct Bench {
             }
             try await stream.closeWrite()
             let reply = try await stream.readToEnd(maxBytes: 64)
-            let elapsed = (clock.now - start).secondsValue
+            let elapsed = (clock.now - start).seconds
             precondition(String(buffer: reply) == "\(bytes)", "sink received \(String(buffer: reply)) of \(bytes)")
             await client.shutdown()
             await server.shutdown()
@@ -446,10 +446,10 @@ struct Bench {
                     let t3 = clock.now
                     precondition(reply.getInteger(at: reply.readerIndex, as: UInt8.self) == 42)
                     if i >= 10 {  // the first few warm up
-                        total.append((t3 - t0).secondsValue * 1000)
-                        connect.append((t1 - t0).secondsValue * 1000)
-                        open.append((t2 - t1).secondsValue * 1000)
-                        echo.append((t3 - t2).secondsValue * 1000)
+                        total.append((t3 - t0).seconds * 1000)
+                        connect.append((t1 - t0).seconds * 1000)
+                        open.append((t2 - t1).seconds * 1000)
+                        echo.append((t3 - t2).seconds * 1000)
                     }
                     stream.reset()
                     await connection.close(graceful: false)
@@ -526,7 +526,7 @@ struct Bench {
                     let stream = try await client.newStream(to: server.peerID, protocols: [EchoService.protocolID])
                     try await stream.write(ByteBuffer(bytes: [7]))
                     _ = try await stream.readExactly(1)
-                    if i >= 20 { samples.append((clock.now - start).secondsValue * 1000) }
+                    if i >= 20 { samples.append((clock.now - start).seconds * 1000) }
                     await stream.close()
                 }
                 samples.sort()
@@ -556,11 +556,8 @@ struct Bench {
                 }
                 return try await group.reduce(0, +)
             }
-            return Double(total) / (clock.now - start).secondsValue
+            return Double(total) / (clock.now - start).seconds
         }
     }
 }
 
-extension Duration {
-    var secondsValue: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

@@ -236,7 +236,7 @@ enum PubSubBench {
             try? await waitUntil("the measured messages arrived", timeout: .seconds(10)) { receivedAll() }
             let cpuSeconds = RequestResponseBench.processCPUTime() - cpuBefore
             let waited = runQueueWait() - waitBefore
-            let measuredWall = (ContinuousClock.now - measureStart).secondsValue
+            let measuredWall = (ContinuousClock.now - measureStart).seconds
             try? await waitUntil("transmissions ended", timeout: .seconds(5)) { quiet(services) }
             let after = services.map(\.counters)
 
@@ -272,7 +272,7 @@ enum PubSubBench {
                 duplicatesPerNodePerMessage: Double(total(\.duplicates)) / Double(messages * n),
                 transmissionsPerMessage: Double(total(\.forwarded)) / Double(messages),
                 suppressedPerMessage: Double(total(\.suppressed)) / Double(messages),
-                cpuPercent: cpuSeconds / (lastPublish - measureStart).secondsValue * 100,
+                cpuPercent: cpuSeconds / (lastPublish - measureStart).seconds * 100,
                 cpuPerMessage: cpuSeconds * 1000 / Double(messages),
                 cpuWaitPercent: waited / measuredWall * 100,
                 publisherLag: Double(nanoseconds(lag)) / 1e6, meshDegree: meshDegree)
@@ -306,9 +306,9 @@ enum PubSubBench {
     }
 
     static func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
+        let deadline = Deadline.after(timeout)
         while !condition() {
-            guard ContinuousClock.now < deadline else { throw BenchError("pubsub: timed out waiting until \(what)") }
+            guard !deadline.hasPassed else { throw BenchError("pubsub: timed out waiting until \(what)") }
             try await Task.sleep(for: .milliseconds(5))
         }
     }

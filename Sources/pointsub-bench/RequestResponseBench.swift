@@ -336,7 +336,7 @@ enum RequestResponseBench {
         let cpu = processCPUTime() - cpuBefore
         guard let (opens, closes) = window.bounds else { throw BenchError("the measured window never opened") }
         let completed = samples.count(where: { $0.end >= opens && $0.end <= closes })
-        var latencies = samples.filter { $0.start >= opens && $0.start < closes }.map { ($0.end - $0.start).secondsValue * 1000 }
+        var latencies = samples.filter { $0.start >= opens && $0.start < closes }.map { ($0.end - $0.start).seconds * 1000 }
         latencies.sort()
         func percentile(_ q: Double) -> Double {
             guard !latencies.isEmpty else { return .nan }
@@ -344,7 +344,7 @@ enum RequestResponseBench {
             return latencies[min(max(rank, 0), latencies.count - 1)]
         }
         return Result(
-            requestsPerSecond: Double(completed) / (closes - opens).secondsValue,
+            requestsPerSecond: Double(completed) / (closes - opens).seconds,
             p50: percentile(0.50), p99: percentile(0.99), samples: latencies.count,
             cpuPerRequest: cpu * 1e6 / Double(samples.count))
     }

@@ -100,8 +100,8 @@ struct ChatCommand: CLICommand {
             // The first lines should reach the peers we dialed: wait (bounded) until they have
             // announced the topic.
             let dialed = Set(try targets.map(peerOf))
-            let deadline = ContinuousClock.now + .seconds(10)
-            while !dialed.isSubset(of: pubsub.peers(topic: topic)), ContinuousClock.now < deadline {
+            let deadline = Deadline.after(.seconds(10))
+            while !dialed.isSubset(of: pubsub.peers(topic: topic)), !deadline.hasPassed {
                 try await Task.sleep(for: .milliseconds(20))
             }
             let input = StandardInputLines()

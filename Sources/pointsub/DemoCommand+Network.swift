@@ -87,8 +87,8 @@ extension DemoCommand {
             services.append(pubsub)
         }
         // Wait (bounded) until every node knows its neighbours' subscriptions.
-        let ready = clock.now + .seconds(10)
-        while clock.now < ready, !services.enumerated().allSatisfy({ index, pubsub in
+        let ready = Deadline.after(.seconds(10))
+        while !ready.hasPassed, !services.enumerated().allSatisfy({ index, pubsub in
             pubsub.peers(topic: Self.newsTopic).count == (index == 0 || index == 3 ? 1 : 2)
         }) {
             try await Task.sleep(for: .milliseconds(20))

@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import PointSub
 import Prometheus
 import ServiceLifecycle
 
@@ -67,7 +68,7 @@ enum MetricsEndpoint {
 /// Runs as a service: closes its listener on graceful shutdown.
 final class MetricsServer: Service, Sendable, CustomStringConvertible {
     static let maxConnections = 16
-    static let connectionLifetime: TimeAmount = .seconds(10)
+    static let connectionLifetime: Duration = .seconds(10)
 
     let channel: any Channel
     /// "127.0.0.1:9100" as bound (port 0 resolved).
@@ -93,7 +94,7 @@ final class MetricsServer: Service, Sendable, CustomStringConvertible {
                         return true
                     }
                     guard admitted else { return channel.close() }
-                    let deadline = channel.eventLoop.scheduleTask(in: connectionLifetime) { channel.close(promise: nil) }
+                    let deadline = Deadline.after(connectionLifetime).schedule(on: channel.eventLoop) { channel.close(promise: nil) }
                     channel.closeFuture.whenComplete { _ in
                         deadline.cancel()
                         open.withLockedValue { $0 -= 1 }

@@ -87,7 +87,7 @@ struct SendCommand: CLICommand {
         let clock = ContinuousClock()
         if count == 1 {
             let start = clock.now
-            let reply = try await client.send(payload, to: peer, protocol: protocolID, timeout: timeout)
+            let reply = try await client.send(payload, to: peer, protocol: protocolID, deadline: .after(timeout))
             let elapsed = clock.now - start
             if json {
                 var object: [String: Any] = [
@@ -118,7 +118,7 @@ struct SendCommand: CLICommand {
                     samples.reserveCapacity(share)
                     for _ in 0..<share {
                         let t0 = clock.now
-                        _ = try await client.send(payload, to: peer, protocol: protocolID, timeout: timeout)
+                        _ = try await client.send(payload, to: peer, protocol: protocolID, deadline: .after(timeout))
                         samples.append((clock.now - t0).milliseconds)
                         done.withLockedValue { $0 += 1 }
                     }

@@ -46,8 +46,8 @@ final class TerminationSignal: Sendable {
     /// The first signal, waiting up to `timeout` for it: a signal that ServiceLifecycle's handler
     /// saw may still be on its way to ours (each runs on its own dispatch queue).
     func awaitReceived(timeout: Duration) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
+        let deadline = Deadline.after(timeout)
+        while !deadline.hasPassed {
             if let received { return received }
             try? await Task.sleep(for: .milliseconds(5))
         }
@@ -230,9 +230,6 @@ func startProgress(_ report: @escaping @Sendable (Duration) -> Void) -> Task<Voi
 }
 
 extension Duration {
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-
+    /// The duration in milliseconds (`seconds` is Basics' conversion).
     var milliseconds: Double { seconds * 1000 }
 }

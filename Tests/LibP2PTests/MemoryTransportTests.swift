@@ -29,7 +29,7 @@ struct MemoryTransportTests {
     }
 
     static let noInitializer: ConnectionInitializer = { $0.eventLoop.makeSucceededVoidFuture() }
-    static let options = DialOptions(timeout: .seconds(5))
+    static var options: DialOptions { DialOptions(deadline: .after(.seconds(5))) }
 
     @Test func addressesItHandles() {
         let transport = MemoryTransport(group: MultiThreadedEventLoopGroup.singleton)
@@ -229,7 +229,7 @@ struct MemoryHostTests {
         try await withHost(configuration: config) { server in
             let address = server.addresses[0].removingPeerID()
             let raw = MemoryTransport(group: server.eventLoopGroup)
-            let options = DialOptions(timeout: .seconds(5))
+            let options = DialOptions(deadline: .after(.seconds(5)))
             // Silent connections: they stay in the handshake, holding the source's one slot.
             let first = try await raw.dial(address, options: options) { $0.eventLoop.makeSucceededVoidFuture() }
             do {

@@ -273,7 +273,7 @@ struct WebSocketTransportTests {
             // The system's trust roots: our self-signed certificate is not among them.
             let transport = WebSocketTransport(group: group, tls: try WebSocketTLS())
             await #expect {
-                _ = try await transport.dial(server.addresses[0], options: DialOptions(timeout: .seconds(5))) {
+                _ = try await transport.dial(server.addresses[0], options: DialOptions(deadline: .after(.seconds(5)))) {
                     $0.eventLoop.makeSucceededVoidFuture()
                 }
             } throws: { error in
@@ -316,7 +316,7 @@ struct WebSocketTransportTests {
         let transport = WebSocketTransport(group: group)
         await #expect {
             _ = try await transport.dial(
-                try Multiaddr("/ip4/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(timeout: .seconds(5))
+                try Multiaddr("/ip4/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(deadline: .after(.seconds(5)))
             ) { $0.eventLoop.makeSucceededVoidFuture() }
         } throws: { error in
             (error as? TransportError)?.code == .handshakeFailed
@@ -332,7 +332,7 @@ struct WebSocketTransportTests {
         let start = ContinuousClock.now
         await #expect {
             _ = try await transport.dial(
-                try Multiaddr("/ip4/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(timeout: .milliseconds(300))
+                try Multiaddr("/ip4/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(deadline: .after(.milliseconds(300)))
             ) { $0.eventLoop.makeSucceededVoidFuture() }
         } throws: { error in
             (error as? TransportError)?.code == .dialTimeout

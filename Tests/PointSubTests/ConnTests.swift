@@ -137,17 +137,17 @@ struct ConnTests {
             let accepted = try await listener.accept()
 
             let start = ContinuousClock.now
-            dialed.setReadDeadline(start + .milliseconds(200))
+            dialed.setReadDeadline(Deadline(start + .milliseconds(200)))
             await #expect { try await dialed.read() } throws: { netError($0, .timeout) }
             let waited = ContinuousClock.now - start
             #expect(waited >= .milliseconds(190) && waited < .seconds(5), "waited \(waited)")
             // Still past: fails at once, and so does a read with a deadline in the past.
             await #expect { try await dialed.read() } throws: { ($0 as? PointSubNetError)?.isTimeout == true }
-            dialed.setReadDeadline(.now - .seconds(1))
+            dialed.setReadDeadline(Deadline(.now - .seconds(1)))
             await #expect { try await dialed.read() } throws: { netError($0, .timeout) }
 
             // A new deadline: the connection works again.
-            dialed.setReadDeadline(.now + .seconds(10))
+            dialed.setReadDeadline(.after(.seconds(10)))
             try await accepted.write(Array("late".utf8))
             #expect(try await dialed.read().map { String(buffer: $0) } == "late")
             dialed.setReadDeadline(nil)
@@ -155,7 +155,7 @@ struct ConnTests {
             #expect(try await dialed.read().map { String(buffer: $0) } == "later")
 
             // The accepted end has deadlines too (setDeadline sets both).
-            accepted.setDeadline(.now + .milliseconds(50))
+            accepted.setDeadline(.after(.milliseconds(50)))
             await #expect { try await accepted.read() } throws: { netError($0, .timeout) }
             await dialed.close()
             await accepted.close()
@@ -172,26 +172,53 @@ struct ConnTests {
             let start = ContinuousClock.now
             let pending = Task { try await dialed.read() }
             try await Task.sleep(for: .milliseconds(100))
-            dialed.setReadDeadline(.now + .milliseconds(100))
+            dialed.setReadDeadline(.after(.milliseconds(100)))
             await #expect { try await pending.value } throws: { netError($0, .timeout) }
             #expect(ContinuousClock.now - start >= .milliseconds(190))
 
             // Moving a deadline later while a read waits keeps it waiting.
-            dialed.setReadDeadline(.now + .milliseconds(400))
+            dialed.setReadDeadline(.after(.milliseconds(400)))
             let second = Task { try await dialed.read() }
             try await Task.sleep(for: .milliseconds(30))
-            dialed.setReadDeadline(.now + .seconds(30))
+            dialed.setReadDeadline(.after(.seconds(30)))
             try await Task.sleep(for: .milliseconds(500))  // past the first deadline
             try await accepted.write(Array("data".utf8))
             #expect(try await second.value.map { String(buffer: $0) } == "data")
 
             // Data sent after a timeout is read by the next read.
-            dialed.setReadDeadline(.now + .milliseconds(20))
+            dialed.setReadDeadline(.after(.milliseconds(20)))
             await #expect { try await dialed.read() } throws: { netError($0, .timeout) }
             try await accepted.write(Array("kept".utf8))
             try await accepted.closeWrite()
             dialed.setReadDeadline(nil)
             #expect(String(decoding: try await readAll(dialed), as: UTF8.self) == "kept")
+            await dialed.close()
+            await accepted.close()
+            listener.close()
+        }
+    }
+
+    @Test func clearingADeadlineKeepsAWaitingReadAndAPassedOneWakesIt() async throws {
+        try await withHosts { server, client in
+            let listener = try PointSubNet.listen(host: server, protocol: testProtocol)
+            let dialed = try await PointSubNet.dial(host: client, peer: server.peerID, protocol: testProtocol)
+            let accepted = try await listener.accept()
+
+            // Cleared while the read waits: the read waits on past the old deadline.
+            dialed.setReadDeadline(.after(.milliseconds(100)))
+            let pending = Task { try await dialed.read() }
+            try await Task.sleep(for: .milliseconds(20))
+            dialed.setReadDeadline(nil)
+            try await Task.sleep(for: .milliseconds(300))
+            try await accepted.write(Array("still".utf8))
+            #expect(try await pending.value.map { String(buffer: $0) } == "still")
+
+            // Moved into the past while the read waits: it times out.
+            dialed.setReadDeadline(.after(.seconds(30)))
+            let second = Task { try await dialed.read() }
+            try await Task.sleep(for: .milliseconds(20))
+            dialed.setReadDeadline(Deadline(.now - .seconds(1)))
+            await #expect { try await second.value } throws: { netError($0, .timeout) }
             await dialed.close()
             await accepted.close()
             listener.close()
@@ -207,13 +234,13 @@ struct ConnTests {
             // More than the 256 KiB initial Yamux window: the write blocks while nobody reads.
             let big = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
             let start = ContinuousClock.now
-            dialed.setWriteDeadline(start + .milliseconds(200))
+            dialed.setWriteDeadline(Deadline(start + .milliseconds(200)))
             await #expect { try await dialed.write(big) } throws: { netError($0, .timeout) }
             #expect(ContinuousClock.now - start >= .milliseconds(190))
             await #expect { try await dialed.write([0]) } throws: { netError($0, .timeout) }
 
             // A new deadline: usable again. The timed-out write still goes out, before later ones.
-            dialed.setWriteDeadline(.now + .seconds(30))
+            dialed.setWriteDeadline(.after(.seconds(30)))
             let reader = Task { try await readAll(accepted) }
             try await dialed.write(Array("end".utf8))
             try await dialed.closeWrite()

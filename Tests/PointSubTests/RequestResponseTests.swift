@@ -126,7 +126,7 @@ struct RequestResponseTests {
             #expect(try await client.send("fast", to: serverHost.peerID, protocol: "/slow/1.0.0") == "fast")
             let start = ContinuousClock.now
             await #expect {
-                try await client.send("slow", to: serverHost.peerID, protocol: "/slow/1.0.0", timeout: .seconds(1))
+                try await client.send("slow", to: serverHost.peerID, protocol: "/slow/1.0.0", deadline: .after(.seconds(1)))
             } throws: { error in
                 guard let e = pointSubError(error) else { return false }
                 return e.code == .timeout(requestSent: true) && !e.isRetryable
@@ -251,8 +251,9 @@ struct RequestResponseTests {
             }
             _ = try PointSubServer(host: host)
             let client = try PointSubClient(host: host)
-            await #expect { try await client.send("x", to: host.peerID, protocol: "/a", timeout: .zero) } throws: {
-                pointSubError($0)?.code == .invalidConfiguration
+            // A deadline that has passed: a timeout at once, nothing sent.
+            await #expect { try await client.send("x", to: host.peerID, protocol: "/a", deadline: .now) } throws: {
+                pointSubError($0)?.code == .timeout(requestSent: false)
             }
             await client.close()
         }

@@ -53,10 +53,10 @@ private struct Cluster: Sendable {
 
     /// Sends `text` to the closest node; returns the answering server's index (checked against the reply).
     func sendClosest(
-        _ text: String, ordering: PointSubClient.NodeOrdering = .xorDistance, fanout: Int = 1, timeout: Duration? = nil
+        _ text: String, ordering: PointSubClient.NodeOrdering = .xorDistance, fanout: Int = 1, deadline: Deadline? = nil
     ) async throws -> Int {
         let (response, node) = try await client.sendClosest(
-            ByteBuffer(string: text), protocol: proto, ordering: ordering, fanout: fanout, timeout: timeout)
+            ByteBuffer(string: text), protocol: proto, ordering: ordering, fanout: fanout, deadline: deadline)
         let answered = try #require(index(of: node))
         #expect(String(buffer: response) == "\(answered):\(text)")
         return answered
@@ -184,8 +184,9 @@ struct SendClosestTests {
             await #expect { try await client.sendClosest([1], protocol: proto, fanout: 0) } throws: {
                 code($0) == .invalidConfiguration
             }
-            await #expect { try await client.sendClosest([1], protocol: proto, timeout: .zero) } throws: {
-                code($0) == .invalidConfiguration
+            // A deadline that has passed: a timeout at once, no node tried.
+            await #expect { try await client.sendClosest([1], protocol: proto, deadline: .now) } throws: {
+                code($0) == .timeout(requestSent: false)
             }
             await client.close()
         }
@@ -283,7 +284,7 @@ struct SendClosestTests {
             // (2 answers `timeout`.)
             let start = ContinuousClock.now
             do throws(PointSubError) {
-                _ = try await cluster.client.sendClosest(ByteBuffer(string: "doomed"), protocol: proto, timeout: .seconds(10))
+                _ = try await cluster.client.sendClosest(ByteBuffer(string: "doomed"), protocol: proto, deadline: .after(.seconds(10)))
                 Issue.record("expected allNodesFailed")
             } catch {
                 #expect(error.code == .allNodesFailed)
@@ -434,7 +435,7 @@ struct SendClosestTests {
             // Without fanout the hanging node gets its share of the time (half of 4 s with two
             // nodes), fails, and the other answers within the call's timeout.
             let start = ContinuousClock.now
-            #expect(try await cluster.sendClosest(text, timeout: .seconds(4)) == 1)
+            #expect(try await cluster.sendClosest(text, deadline: .after(.seconds(4))) == 1)
             let elapsed = ContinuousClock.now - start
             #expect(elapsed >= .milliseconds(1950) && elapsed < .seconds(4), "\(elapsed)")
             let failed = try #require(cluster.status(0))

@@ -52,8 +52,8 @@ func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async
 }
 
 extension PointSubClient {
-    func send(_ text: String, to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil) async throws -> String {
-        String(buffer: try await send(ByteBuffer(string: text), to: peer, protocol: protocolID, timeout: timeout))
+    func send(_ text: String, to peer: PeerID, protocol protocolID: String, deadline: Deadline? = nil) async throws -> String {
+        String(buffer: try await send(ByteBuffer(string: text), to: peer, protocol: protocolID, deadline: deadline))
     }
 }
 

@@ -17,7 +17,7 @@ struct ConnectionProtectionTests {
         try pb.start()
         let subscriptions = [try pa.subscribe("t"), try pb.subscribe("t")]
         _ = try await a.connect(to: b.addresses[0])
-        _ = try await pa.waitForPeers(topic: "t", count: 1, timeout: .seconds(10))
+        _ = try await pa.waitForPeers(topic: "t", count: 1, deadline: .after(.seconds(10)))
         #expect(await PubSubStartupTests.eventually(.seconds(5)) {
             a.connectionManager.isProtected(b.peerID) && b.connectionManager.isProtected(a.peerID)
         })

@@ -40,13 +40,13 @@ struct PubSubEventsTests {
         try await PubSubTestNetwork.with(nodes: 2, edges: [(0, 1)]) { net in
             let events = net.services[0].events()
             await #expect(throws: PubSubError.notEnoughPeers(topic: "t", known: 0, required: 1)) {
-                try await net.services[0].waitForPeers(topic: "t", count: 1, timeout: .milliseconds(50))
+                try await net.services[0].waitForPeers(topic: "t", count: 1, deadline: .after(.milliseconds(50)))
             }
             await #expect(throws: PubSubError.notEnoughPeers(topic: "t", known: 0, required: 1)) {
                 try await net.services[0].publish("t", [1], minPeers: 1)
             }
             #expect(net.counters[0].published == 0)  // nothing was sent
-            async let waited = net.services[0].waitForPeers(topic: "t", count: 1, timeout: .seconds(10))
+            async let waited = net.services[0].waitForPeers(topic: "t", count: 1, deadline: .after(.seconds(10)))
             let subscription = try net.services[1].subscribe("t")
             #expect(try await waited == [net.peerID(1)])
             try await net.services[0].publish("t", [1], minPeers: 1)
@@ -57,7 +57,7 @@ struct PubSubEventsTests {
             #expect(await iterator.next() == .peerLeft(topic: "t", peer: net.peerID(1)))
             // A peer that goes away leaves every topic it was in.
             let again = try net.services[1].subscribe("u")
-            try await net.services[0].waitForPeers(topic: "u", timeout: .seconds(10))
+            try await net.services[0].waitForPeers(topic: "u", deadline: .after(.seconds(10)))
             #expect(await iterator.next() == .peerJoined(topic: "u", peer: net.peerID(1)))
             await net.services[1].stop()
             #expect(await iterator.next() == .peerLeft(topic: "u", peer: net.peerID(1)))
@@ -69,12 +69,12 @@ struct PubSubEventsTests {
         try await withHost(configuration: .defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }) { host in
             let service = try PubSubService(host: host, router: FloodSubRouter())
             await #expect(throws: PubSubError.notRunning) {
-                try await service.waitForPeers(topic: "t", timeout: .seconds(1))
+                try await service.waitForPeers(topic: "t", deadline: .after(.seconds(1)))
             }
             try service.start()
             async let waited: Void = {
                 await #expect(throws: PubSubError.notRunning) {
-                    try await service.waitForPeers(topic: "t", timeout: .seconds(30))
+                    try await service.waitForPeers(topic: "t", deadline: .after(.seconds(30)))
                 }
             }()
             try await Task.sleep(for: .milliseconds(20))
@@ -98,7 +98,7 @@ struct PubSubEventsTests {
             // Room again after an unsubscription.
             subscriptions[known[0]].cancel()
             let more = try net.services[1].subscribe("t9")
-            try await net.services[0].waitForPeers(topic: "t9", timeout: .seconds(10))
+            try await net.services[0].waitForPeers(topic: "t9", deadline: .after(.seconds(10)))
             withExtendedLifetime((subscriptions, more)) {}
         }
     }

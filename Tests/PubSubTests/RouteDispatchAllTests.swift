@@ -98,7 +98,7 @@ struct RouteDispatchAllTests {
 
             // A shorter timeout for one call.
             let start = ContinuousClock.now
-            let quick = try await a.table.dispatchAll(ByteBuffer(string: "quick"), timeout: .milliseconds(500))
+            let quick = try await a.table.dispatchAll(ByteBuffer(string: "quick"), deadline: .after(.milliseconds(500)))
             #expect(ContinuousClock.now - start < .seconds(2))
             #expect(RouteFixtures.text(quick["n1"]) != nil)
             if case .failure(let error)? = quick["slow"] { #expect(error.code == .timeout) } else { Issue.record("slow answered") }

@@ -5,14 +5,16 @@ import Multiformats
 import NIOCore
 
 extension KademliaDHT {
-    /// Sends one request to `peer` on a new stream and reads its response, within
-    /// `requestTimeout` (ADD_PROVIDER has none: `message` itself is returned once sent). Throws `KademliaError` for a bad answer, the host's errors otherwise.
-    public func request(_ message: KadMessage, to peer: PeerID) async throws -> KadMessage {
+    /// Sends one request to `peer` on a new stream and reads its response, before `deadline`
+    /// (nil: `requestTimeout` from now); ADD_PROVIDER has none (`message` itself is returned once
+    /// sent). Throws `KademliaError` for a bad answer, the host's errors otherwise (`HostError`
+    /// `.timeout` when the deadline passes).
+    public func request(_ message: KadMessage, to peer: PeerID, deadline: Deadline? = nil) async throws -> KadMessage {
         let host = try requireHost()
         let protocolID = configuration.protocolID
         let limits = configuration.limits
         return try await withDeadline(
-            .after(configuration.requestTimeout), on: host.eventLoopGroup.next(),
+            deadline ?? .after(configuration.requestTimeout), on: host.eventLoopGroup.next(),
             onTimeout: { HostError(.timeout, "\(peer) did not answer a \(message.type) request in time") }
         ) {
             let stream = try await host.newStream(to: peer, protocols: [protocolID])
@@ -61,7 +63,9 @@ extension KademliaDHT {
             while !deadline.hasPassed {
                 for peer in lookup.next() {
                     inFlight += 1
-                    group.addTask { (peer, try? await self.request(sent, to: peer)) }
+                    // Each request has its own time limit, and none outlives the lookup's.
+                    let requestDeadline = Deadline.after(configuration.requestTimeout).earlier(deadline)
+                    group.addTask { (peer, try? await self.request(sent, to: peer, deadline: requestDeadline)) }
                 }
                 guard inFlight > 0, let (peer, response) = try await group.next() else { break }
                 inFlight -= 1

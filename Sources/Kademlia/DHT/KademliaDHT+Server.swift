@@ -36,9 +36,7 @@ extension KademliaDHT {
         let now = ContinuousClock.now
         return state.withLockedValue { s in
             var bucket = s.rates[peer] ?? (tokens: 2 * rate, updated: now)
-            let elapsed = Double((now - bucket.updated).components.seconds)
-                + Double((now - bucket.updated).components.attoseconds) / 1e18
-            bucket.tokens = min(2 * rate, bucket.tokens + elapsed * rate)
+            bucket.tokens = min(2 * rate, bucket.tokens + (now - bucket.updated).seconds * rate)
             bucket.updated = now
             guard bucket.tokens >= 1 else {
                 s.rates[peer] = bucket

@@ -54,22 +54,3 @@ public struct HostError: Error, Sendable, CustomStringConvertible {
         underlying.isEmpty ? message : "\(message) (\(underlying.map { "\($0)" }.joined(separator: "; ")))"
     }
 }
-
-/// Runs `operation`, throwing `HostError(.timeout)` if it has not finished after `duration`.
-/// The operation is cancelled on timeout.
-public func withTimeout<T: Sendable>(
-    _ duration: Duration,
-    _ what: @autoclosure () -> String = "operation",
-    operation: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    let label = what()
-    return try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try await Task.sleep(for: duration)
-            throw HostError(.timeout, "\(label) timed out after \(duration)")
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
-}

@@ -1,3 +1,4 @@
+import Basics
 import Multistream
 import NIOConcurrencyHelpers
 import NIOCore
@@ -131,7 +132,7 @@ extension P2PHost {
         _ stream: YamuxStream, continuing negotiator: MultistreamNegotiator, timeout: Duration
     ) async throws -> (protocol: String, leftover: ByteBuffer) {
         let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+        let timer = Deadline.after(timeout).schedule(on: stream.eventLoop) {
             timedOut.withLockedValue { $0 = true }
             stream.reset()
         }

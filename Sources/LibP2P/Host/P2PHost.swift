@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Logging
 import Multiformats
@@ -163,7 +164,10 @@ public final class P2PHost: Sendable {
         for task in tasks { task.cancel() }
         // Cancelled tasks end quickly now that their connections are closed; wait for them (bounded)
         // so none touches an event loop after the group is gone.
-        _ = try? await withTimeout(.seconds(2), "waiting for handler tasks") {
+        _ = try? await withDeadline(
+            .after(.seconds(2)), on: eventLoopGroup.next(),
+            onTimeout: { HostError(.timeout, "waiting for handler tasks timed out") }
+        ) {
             for task in tasks { await task.value }
         }
         for subscriber in subscribers { subscriber.finish() }

@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Multiformats
 import Multistream
@@ -114,10 +115,11 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         try await session.ping()
     }
 
-    /// Closes the connection. `graceful`: wait for open streams to finish (at most `timeout`) first.
-    public func close(graceful: Bool = true, timeout: Duration = .seconds(5)) async {
-        let deadline = NIODeadline.now() + TimeAmount(timeout)
-        await session.close(graceful: graceful, deadline: deadline)
+    /// Closes the connection. `graceful`: wait for open streams to finish first, until `deadline`
+    /// at most (nil: 5 seconds from now).
+    public func close(graceful: Bool = true, deadline: Deadline? = nil) async {
+        let deadline = deadline ?? .after(.seconds(5))
+        await session.close(graceful: graceful, deadline: .now() + deadline.timeAmount)
     }
 
     public static func == (lhs: Connection, rhs: Connection) -> Bool { lhs === rhs }

@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Logging
 import Multiformats
@@ -74,7 +75,7 @@ final class Swarm: Sendable {
             }
         }
         self.upgrader = Upgrader(
-            security: security, yamux: configuration.yamux, timeout: TimeAmount(configuration.handshakeTimeout),
+            security: security, yamux: configuration.yamux, timeout: configuration.handshakeTimeout,
             metrics: metrics)
     }
 
@@ -276,9 +277,10 @@ final class Swarm: Sendable {
         guard let transport = transports.first(where: { $0.canDial(plain) }) else {
             throw HostError(.invalidAddress, "no transport for \(address)")
         }
-        // The dial's whole budget is enforced on the event loop: by the TCP connect timeout, and by
-        // the upgrader's deadline, which starts in the initializer (no task group on this hot path).
-        let timeout = TimeAmount(configuration.dialTimeout)
+        // The dial's whole budget is one deadline, enforced on the event loop: by the transport
+        // (the TCP connect timeout) and by the upgrader, which starts in the initializer (no task
+        // group on this hot path).
+        let deadline = Deadline.after(configuration.dialTimeout)
         let upgrader = self.upgrader
         let upgrade = NIOLockedValueBox<EventLoopFuture<Upgrader.Result>?>(nil)
         let cancellation = DialCancellation()
@@ -291,13 +293,13 @@ final class Swarm: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress)
+            let options = DialOptions(deadline: deadline, sourceAddress: configuration.dialSourceAddress)
             channel = try await withTaskCancellationHandler {
                 try await transport.dial(plain, options: options) { channel in
                     cancellation.attach(channel)
                     upgrade.withLockedValue {
                         $0 = upgrader.upgrade(
-                            channel: channel, role: .initiator(expectedPeer: expectedPeer), timeout: timeout,
+                            channel: channel, role: .initiator(expectedPeer: expectedPeer), deadline: deadline,
                             resourceScope: scope)
                     }
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -539,9 +541,10 @@ final class Swarm: Sendable {
         }
         for listener in listeners { await listener.close() }
         for dial in dials { dial.cancel() }
+        let deadline = Deadline.after(grace)
         await withTaskGroup(of: Void.self) { group in
             for connection in connections {
-                group.addTask { await connection.close(graceful: true, timeout: grace) }
+                group.addTask { await connection.close(graceful: true, deadline: deadline) }
             }
         }
     }

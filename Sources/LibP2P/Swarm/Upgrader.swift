@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Multistream
 import NIOCore
@@ -23,7 +24,8 @@ struct Upgrader: Sendable {
     /// In order of preference (a dialer proposes them in this order; a listener accepts any).
     let security: [any SecurityProtocol]
     let yamux: YamuxConfiguration
-    let timeout: TimeAmount
+    /// How long a handshake (an inbound upgrade) may take.
+    let timeout: Duration
     let metrics: HostMetrics
 
     struct Result: Sendable {
@@ -34,25 +36,25 @@ struct Upgrader: Sendable {
     }
 
     /// Call it from the channel's initializer, before the channel is active.
-    /// `timeout` overrides the configured handshake timeout (a dial passes its whole budget, which
-    /// then also covers the TCP connect, since the timer starts in the initializer).
+    /// `deadline` replaces the configured handshake timeout (a dial passes its own deadline, which
+    /// the transport's connect shares).
     /// `resourceScope`: the connection's scope; the Yamux session opens a stream scope in it for
     /// every stream and reserves its receive window there (nil: no accounting).
     func upgrade(
-        channel: Channel, role: Role, timeout: TimeAmount? = nil, resourceScope: ConnectionScope? = nil
+        channel: Channel, role: Role, deadline: Deadline? = nil, resourceScope: ConnectionScope? = nil
     ) -> EventLoopFuture<Result> {
         let loop = channel.eventLoop
         let done = loop.makePromise(of: Result.self)
-        let limit = timeout ?? self.timeout
-        let deadline = loop.scheduleTask(in: limit) {
+        let limit = deadline == nil ? "within \(timeout)" : "by the deadline"
+        let timer = (deadline ?? .after(timeout)).schedule(on: loop) {
             if case .initiator = role {
-                done.fail(HostError(.dialTimeout, "dial timed out after \(limit)"))
+                done.fail(HostError(.dialTimeout, "dial timed out: the connection was not upgraded \(limit)"))
             } else {
-                done.fail(HostError(.upgradeFailed, "connection upgrade timed out after \(limit)"))
+                done.fail(HostError(.upgradeFailed, "connection upgrade timed out: not done \(limit)"))
             }
             channel.close(promise: nil)
         }
-        done.futureResult.whenComplete { _ in deadline.cancel() }
+        done.futureResult.whenComplete { _ in timer.cancel() }
         done.futureResult.whenFailure { _ in channel.close(promise: nil) }
         // Called from a channel initializer, the first handler goes in before the channel can read:
         // the remote's first bytes (its multistream header) must not reach an empty pipeline.

@@ -28,8 +28,8 @@ extension PointSubClient {
         /// Decompressed bytes of replies being inflated at once, over all calls (64 MiB: two
         /// replies at the 32 MiB maximum block size). A compressed reply reserves its declared
         /// size (and as much in the host resource manager's `pointsub` service scope) before it
-        /// is inflated; a reply that finds no room within the request timeout fails with
-        /// `.resourceLimit`.
+        /// is inflated; a reply that finds no room before the send's deadline fails with
+        /// `.timeout(requestSent: true)`.
         public var maxDecompressedBytesInFlight = 64 * 1024 * 1024
         /// Read buffers kept for reuse, and the largest one kept.
         public var bufferPoolSize = 64

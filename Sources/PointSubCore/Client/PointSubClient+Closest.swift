@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -42,7 +43,7 @@ import NIOCore
 /// handler, so repeating the request elsewhere would most likely repeat the error, multiply the
 /// side effects and punish healthy nodes with cool-downs.)
 ///
-/// **Time.** `timeout` (default `configuration.requestTimeout`) bounds the whole call. Each round
+/// **Time.** `deadline` (default: `configuration.requestTimeout` from now) bounds the whole call. Each round
 /// (one node, or `fanout` nodes at once) gets an equal share of the time left: time left ÷ rounds
 /// left. A lone node gets the whole time; a node that fails fast passes its unused share on; a
 /// node that hangs cannot eat the time of the nodes after it.
@@ -52,13 +53,13 @@ import NIOCore
 /// streams reset; they are not marked failed). If all k fail, the next k are tried the same way.
 /// Use it only for requests that are safe to process more than once.
 ///
-/// **Errors.** `.invalidConfiguration` for `fanout` < 1 or a timeout that is not positive;
+/// **Errors.** `.invalidConfiguration` for `fanout` < 1;
 /// `.messageTooLarge` for a request over `maxBlockSize` (nothing sent, no node marked);
 /// `.noServerNodes` when the protocol has no nodes; `.remote(.handler)` as above; `.cancelled`
 /// when the calling task is cancelled (at once; no node is marked failed); `.clientClosed`;
 /// `.allNodesFailed` when every node failed, with each node's error in `nodeFailures`, in the
 /// order tried; `.timeout(requestSent:)` (also with `nodeFailures`) if the time ran out before
-/// every node was tried.
+/// every node was tried (at once, trying none, for a deadline that has passed).
 extension PointSubClient {
     /// How `sendClosest` orders the nodes of a protocol.
     public enum NodeOrdering: Sendable, Hashable {
@@ -126,13 +127,13 @@ extension PointSubClient {
 
     /// Sends `request` to the closest available node of `protocolID` (see the notes on this
     /// extension), failing over down the list, and returns the response with the node that
-    /// answered.
+    /// answered. `deadline` (default: `requestTimeout` from now) bounds the whole call and is
+    /// shared out among the rounds still to go.
     public func sendClosest(
         _ request: ByteBuffer, protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
-        fanout: Int = 1, timeout: Duration? = nil
+        fanout: Int = 1, deadline: Deadline? = nil
     ) async throws(PointSubError) -> (response: ByteBuffer, node: PeerID) {
-        let limit = timeout ?? configuration.requestTimeout
-        guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
+        let deadline = deadline ?? .after(configuration.requestTimeout)
         guard fanout >= 1 else { throw PointSubError(.invalidConfiguration, "fanout must be at least 1 (is \(fanout))") }
         guard request.readableBytes <= configuration.maxBlockSize else {
             throw PointSubError(
@@ -143,23 +144,22 @@ extension PointSubClient {
         let nodes = serverNodeOrder(for: request, protocol: protocolID, ordering: ordering)
         guard !nodes.isEmpty else { throw PointSubError(.noServerNodes, "no server nodes for \(protocolID)") }
 
-        let deadline = ContinuousClock.now + limit
         var failures: [PointSubError.NodeFailure] = []
         var next = 0
         while next < nodes.count {
             guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
             let roundsLeft = (nodes.count - next + fanout - 1) / fanout
-            let share = (deadline - .now) / roundsLeft
+            let share = deadline.remaining / roundsLeft
             guard share > .zero else {
                 var error = PointSubError(
                     .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
-                    "no answer from the nodes of \(protocolID) within \(limit); \(nodes.count - next) not tried")
+                    "no answer from the nodes of \(protocolID) by the deadline; \(nodes.count - next) not tried")
                 error.nodeFailures = failures
                 throw error
             }
             let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
             next += batch.count
-            switch await round(request, nodes: batch, protocolID: protocolID, limit: share) {
+            switch await round(request, nodes: batch, protocolID: protocolID, deadline: .after(share)) {
             case .answered(let response, let node):
                 return (response, node)
             case .final(let error):
@@ -176,10 +176,10 @@ extension PointSubClient {
     /// `sendClosest` with plain bytes.
     public func sendClosest(
         _ request: [UInt8], protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
-        fanout: Int = 1, timeout: Duration? = nil
+        fanout: Int = 1, deadline: Deadline? = nil
     ) async throws(PointSubError) -> (response: [UInt8], node: PeerID) {
         let (response, node) = try await sendClosest(
-            ByteBuffer(bytes: request), protocol: protocolID, ordering: ordering, fanout: fanout, timeout: timeout)
+            ByteBuffer(bytes: request), protocol: protocolID, ordering: ordering, fanout: fanout, deadline: deadline)
         return (Array(response.readableBytesView), node)
     }
 
@@ -203,11 +203,11 @@ extension PointSubClient {
 
     /// Sends to every node of `nodes` at once; the first answer wins.
     private func round(
-        _ request: ByteBuffer, nodes: [PeerID], protocolID: String, limit: Duration
+        _ request: ByteBuffer, nodes: [PeerID], protocolID: String, deadline: Deadline
     ) async -> RoundOutcome {
         if nodes.count == 1 {
             let node = nodes[0]
-            let result = await attempt(request, node: node, protocolID: protocolID, limit: limit)
+            let result = await attempt(request, node: node, protocolID: protocolID, deadline: deadline)
             switch judge(result, node: node, protocolID: protocolID) {
             case .answer(let response): return .answered(response, node)
             case .final(let error): return .final(error)
@@ -216,7 +216,7 @@ extension PointSubClient {
         }
         return await withTaskGroup(of: (PeerID, Result<ByteBuffer, PointSubError>).self) { group in
             for node in nodes {
-                group.addTask { (node, await self.attempt(request, node: node, protocolID: protocolID, limit: limit)) }
+                group.addTask { (node, await self.attempt(request, node: node, protocolID: protocolID, deadline: deadline)) }
             }
             var failures: [PointSubError.NodeFailure] = []
             for await (node, result) in group {
@@ -238,11 +238,11 @@ extension PointSubClient {
 
     /// One node, one send without retries; records the time to a response.
     private func attempt(
-        _ request: ByteBuffer, node: PeerID, protocolID: String, limit: Duration
+        _ request: ByteBuffer, node: PeerID, protocolID: String, deadline: Deadline
     ) async -> Result<ByteBuffer, PointSubError> {
         do {
             let (response, roundTrip) = try await send(
-                request, to: node, protocol: protocolID, limit: limit, maxRetries: 0)
+                request, to: node, protocol: protocolID, deadline: deadline, maxRetries: 0)
             nodeList.recordRTT(peer: node, roundTrip)
             return .success(response)
         } catch {

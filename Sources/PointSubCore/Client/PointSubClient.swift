@@ -1,3 +1,4 @@
+import Basics
 import Multiformats
 import Resources
 import Identity
@@ -162,25 +163,26 @@ public final class PointSubClient: Sendable {
 
     /// Sends `request` to `peer` on `protocolID` and returns the response.
     ///
-    /// `timeout` (default `requestTimeout`) bounds the whole call, retries included. Retryable
+    /// `deadline` (default: `requestTimeout` from now) bounds the whole call, retries included; a
+    /// deadline that has passed throws `.timeout(requestSent: false)` at once. Retryable
     /// failures (`PointSubError.isRetryable`) are retried up to `maxRetries` times after
     /// `retryInterval` ± jitter. An error message from the server is thrown as `.remote(code)`
     /// with the server's text, never returned as a response. Cancelling the calling task
     /// resets the stream and throws `.cancelled`.
     public func send(
-        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
+        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, deadline: Deadline? = nil
     ) async throws(PointSubError) -> ByteBuffer {
         try await send(
-            request, to: peer, protocol: protocolID, limit: timeout ?? configuration.requestTimeout,
+            request, to: peer, protocol: protocolID, deadline: deadline ?? .after(configuration.requestTimeout),
             maxRetries: configuration.maxRetries
         ).response
     }
 
-    /// `send` with an explicit time limit and retry budget (`sendClosest` fails over to the next
+    /// `send` with an explicit deadline and retry budget (`sendClosest` fails over to the next
     /// node instead of retrying the same one); also returns the time from writing the request to
     /// having the reply (not counting connecting and opening the stream).
     func send(
-        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, limit: Duration, maxRetries: Int
+        _ request: ByteBuffer, to peer: PeerID, protocol protocolID: String, deadline: Deadline, maxRetries: Int
     ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
         let closed = state.withLockedValue { s in
             if !s.closed { s.stats.requests += 1 }
@@ -189,7 +191,7 @@ public final class PointSubClient: Sendable {
         guard !closed else { throw PointSubError(.clientClosed, "the client is closed") }
         do {
             let reply = try await send(
-                request, key: PoolKey(peer: peer, protocolID: protocolID), limit: limit, maxRetries: maxRetries)
+                request, key: PoolKey(peer: peer, protocolID: protocolID), deadline: deadline, maxRetries: maxRetries)
             state.withLockedValue { $0.stats.succeeded += 1 }
             return reply
         } catch {
@@ -200,16 +202,18 @@ public final class PointSubClient: Sendable {
 
     /// `send` with plain bytes.
     public func send(
-        _ request: [UInt8], to peer: PeerID, protocol protocolID: String, timeout: Duration? = nil
+        _ request: [UInt8], to peer: PeerID, protocol protocolID: String, deadline: Deadline? = nil
     ) async throws(PointSubError) -> [UInt8] {
-        let reply = try await send(ByteBuffer(bytes: request), to: peer, protocol: protocolID, timeout: timeout)
+        let reply = try await send(ByteBuffer(bytes: request), to: peer, protocol: protocolID, deadline: deadline)
         return Array(reply.readableBytesView)
     }
 
     private func send(
-        _ request: ByteBuffer, key: PoolKey, limit: Duration, maxRetries: Int
+        _ request: ByteBuffer, key: PoolKey, deadline: Deadline, maxRetries: Int
     ) async throws(PointSubError) -> (response: ByteBuffer, roundTrip: Duration) {
-        guard limit > .zero else { throw PointSubError(.invalidConfiguration, "timeout must be positive (is \(limit))") }
+        guard !deadline.hasPassed else {
+            throw PointSubError(.timeout(requestSent: false), "the deadline for a request to \(key.peer) had passed")
+        }
         guard request.readableBytes <= configuration.maxBlockSize else {
             throw PointSubError(
                 .messageTooLarge,
@@ -220,10 +224,9 @@ public final class PointSubClient: Sendable {
         if message.isCompressed { state.withLockedValue { $0.stats.compressedRequests += 1 } }
         let encoded = message.wireParts()
         let progress = Progress()
-        let deadline = ContinuousClock.now + limit
-        // The exchange runs in the caller's task; the time limit is a timer on an event loop
-        // and cancellation a handler, both of which reset the stream in use.
-        let timer = host.eventLoopGroup.next().scheduleTask(in: TimeAmount(limit)) { progress.giveUp(.timeout) }
+        // The exchange runs in the caller's task; the deadline is a timer on an event loop and
+        // cancellation a handler, both of which reset the stream in use.
+        let timer = deadline.schedule(on: host.eventLoopGroup.next()) { progress.giveUp(.timeout) }
         defer { timer.cancel() }
         do {
             let response = try await withTaskCancellationHandler {
@@ -244,7 +247,7 @@ public final class PointSubClient: Sendable {
             }
             switch progress.gaveUp {
             case (.timeout, let sent)?:
-                throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) within \(limit)")
+                throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) by the deadline")
             case (.cancelled, _)?:
                 throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
             case nil:
@@ -257,7 +260,7 @@ public final class PointSubClient: Sendable {
 
     /// The first attempt and the retries.
     private func attempts(
-        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, maxRetries: Int, deadline: ContinuousClock.Instant
+        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, maxRetries: Int, deadline: Deadline
     ) async throws -> ByteBuffer {
         var retries = 0
         var freshStream = false
@@ -280,7 +283,7 @@ public final class PointSubClient: Sendable {
                 freshStream = false
                 progress.resetSent()
                 state.withLockedValue { $0.stats.retries += 1 }
-                let remaining = deadline - .now
+                let remaining = deadline.remaining
                 guard remaining > .zero else { throw DeadlinePassed() }
                 try await Task.sleep(for: min(jittered(configuration.retryInterval), remaining))
             }
@@ -295,7 +298,7 @@ public final class PointSubClient: Sendable {
 
     /// One request/reply exchange on a pooled or new stream.
     private func exchange(
-        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, freshStream: Bool, deadline: ContinuousClock.Instant
+        _ encoded: [ByteBuffer], key: PoolKey, progress: Progress, freshStream: Bool, deadline: Deadline
     ) async throws -> ByteBuffer {
         let pooled = freshStream ? nil : checkOut(key)
         let stream: ClientStream
@@ -354,7 +357,7 @@ public final class PointSubClient: Sendable {
             // inflating, large replies inflated off the event loops. The reservation covers the
             // inflating; the caller owns the reply afterwards.
             let decoded = try await decompression.decode(
-                reply, maxBlockSize: configuration.maxBlockSize, eventLoop: stream.stream.eventLoop)
+                reply, maxBlockSize: configuration.maxBlockSize, eventLoop: stream.stream.eventLoop, deadline: deadline)
             decoded.reservation.release()
             payload = decoded.payload
         } catch let refused as DecompressionLimiter.Refused {
@@ -400,22 +403,28 @@ public final class PointSubClient: Sendable {
 
     /// Connects if needed and opens a stream negotiated for the key's protocol, within
     /// `connectTimeout` and before `deadline` (throws `DeadlinePassed` if that comes first).
-    private func open(_ key: PoolKey, deadline: ContinuousClock.Instant) async throws -> ClientStream {
+    private func open(_ key: PoolKey, deadline: Deadline) async throws -> ClientStream {
         let host = self.host
         let stream: P2PStream
-        let remaining = deadline - .now
-        guard remaining > .zero else { throw DeadlinePassed() }
+        let connectTimeout = configuration.connectTimeout
+        let connectDeadline = Deadline.after(connectTimeout)
+        let callsDeadlineFirst = deadline < connectDeadline
         do {
-            stream = try await runWithTimeLimit(
-                min(configuration.connectTimeout, remaining), on: host.eventLoopGroup.next(), discard: { $0.reset() }
+            stream = try await withDeadline(
+                connectDeadline.earlier(deadline), on: host.eventLoopGroup.next(),
+                onTimeout: {
+                    if callsDeadlineFirst { return DeadlinePassed() }
+                    return PointSubError(
+                        .timeout(requestSent: false), "opening a stream to \(key.peer) took longer than \(connectTimeout)")
+                },
+                discard: { $0.reset() }
             ) {
                 try await host.newStream(to: key.peer, protocols: [key.protocolID])
             }
-        } catch is TimeLimitExceeded where remaining < configuration.connectTimeout {
-            throw DeadlinePassed()
-        } catch is TimeLimitExceeded {
-            throw PointSubError(
-                .timeout(requestSent: false), "opening a stream to \(key.peer) took longer than \(configuration.connectTimeout)")
+        } catch let error as DeadlinePassed {
+            throw error
+        } catch let error as PointSubError {
+            throw error
         } catch let error as HostError where error.code == .protocolNotSupported {
             throw PointSubError(.protocolNotSupported, "\(key.peer) does not serve \(key.protocolID)", underlying: error)
         } catch let error as CancellationError {

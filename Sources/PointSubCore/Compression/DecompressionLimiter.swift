@@ -1,3 +1,4 @@
+import Basics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -70,7 +71,7 @@ final class DecompressionLimiter: Sendable {
         self.threadPool = threadPool
     }
 
-    /// No room to decompress a payload: none came within `wait`, or the resource manager refused.
+    /// No room to decompress a payload: none came in time, or the resource manager refused.
     struct Refused: Error, CustomStringConvertible {
         /// Waited for room in vain (rather than refused by the resource manager).
         var timedOut: Bool
@@ -82,10 +83,11 @@ final class DecompressionLimiter: Sendable {
     var inFlight: Int { state.withLockedValue { $0.inUse } }
 
     /// The message's payload, decompressed within the bounds. Throws `Refused` when no room came
-    /// within `wait` (or the resource manager refused), and `PointSubError`: `.messageTooLarge`
-    /// when `original` exceeds `maxBlockSize`, protocol violations for bad zlib data.
+    /// before `deadline` (nil: `wait` from now), or the resource manager refused, and
+    /// `PointSubError`: `.messageTooLarge` when `original` exceeds `maxBlockSize`, protocol
+    /// violations for bad zlib data.
     func decode(
-        _ message: PointSubMessage, maxBlockSize: Int, eventLoop: any EventLoop
+        _ message: PointSubMessage, maxBlockSize: Int, eventLoop: any EventLoop, deadline: Deadline? = nil
     ) async throws -> (payload: ByteBuffer, reservation: Reservation) {
         guard let original = message.originalLength else { return (message.payload, .none) }
         guard original <= maxBlockSize else {
@@ -98,11 +100,12 @@ final class DecompressionLimiter: Sendable {
         // each at most), and must not wait behind another peer's bombs (measured: a flood of
         // 32 MiB bombs kept 1 KiB compressed requests waiting for room until they timed out).
         let small = original <= Self.inlineLimit
-        let admitted = small ? true : await acquire(bytes, eventLoop: eventLoop)
+        let deadline = deadline ?? .after(wait)
+        let admitted = small ? true : await acquire(bytes, until: deadline, eventLoop: eventLoop)
         guard admitted else {
             throw Refused(
                 timedOut: true,
-                description: "no room to decompress \(original) bytes within \(wait) (\(capacity) bytes in flight at most)")
+                description: "no room to decompress \(original) bytes in time (\(capacity) bytes in flight at most)")
         }
         do {
             try memory.reserveMemory(bytes)
@@ -140,7 +143,7 @@ final class DecompressionLimiter: Sendable {
         return try result.get()
     }
 
-    private func acquire(_ bytes: Int, eventLoop: any EventLoop) async -> Bool {
+    private func acquire(_ bytes: Int, until deadline: Deadline, eventLoop: any EventLoop) async -> Bool {
         let id = state.withLockedValue { s -> UInt64? in
             if s.waiters.isEmpty, s.inUse + bytes <= capacity {
                 s.inUse += bytes
@@ -150,7 +153,6 @@ final class DecompressionLimiter: Sendable {
             return s.nextWaiter
         }
         guard let id else { return true }
-        let wait = self.wait
         return await withCheckedContinuation { continuation in
             let ready = state.withLockedValue { s -> Bool? in
                 // Room may have come between the two locks.
@@ -162,7 +164,7 @@ final class DecompressionLimiter: Sendable {
                 return nil
             }
             if let ready { return continuation.resume(returning: ready) }
-            eventLoop.scheduleTask(in: TimeAmount(wait)) { [self] in
+            deadline.schedule(on: eventLoop) { [self] in
                 let expired = state.withLockedValue { s -> Waiter? in
                     guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                     return s.waiters.remove(at: index)

@@ -1,138 +1,93 @@
+import Basics
 import NIOConcurrencyHelpers
+import NIOCore
 
-/// One direction's deadline (read or write) of a `PointSubConnection`.
+/// One direction's deadline (read or write) of a `PointSubConnection`: a `Deadline` that can be
+/// moved or cleared at any time, as Go's `net.Conn` deadlines.
 ///
-/// Operations race their work against `waitUntilPassed()`, which re-arms itself whenever `set`
-/// changes the deadline: a deadline set (or moved) while an operation is pending takes effect
-/// for that operation too.
+/// An operation that waits `watch`es it: its handler runs once the deadline (as it is then)
+/// passes, from the timer on the connection's event loop (`Deadline.schedule`), which `set`
+/// re-arms whenever the deadline moves. So a deadline set, moved or cleared while an operation is
+/// pending takes effect for that operation too.
 final class ConnDeadline: Sendable {
     private struct State {
-        var instant: ContinuousClock.Instant?
-        /// Bumped by every `set`, so a waiter knows whether it saw the newest deadline.
-        var generation: UInt64 = 0
-        /// Waiters for the next change, by ID (so a cancelled one can remove itself).
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        var nextWaiterID: UInt64 = 0
+        var deadline: Deadline?
+        var timer: Scheduled<Void>?
+        /// The handlers of the pending operations, by ID (so one can remove itself).
+        var watchers: [UInt64: @Sendable () -> Void] = [:]
+        var nextID: UInt64 = 0
     }
 
+    private let eventLoop: any EventLoop
     private let state = NIOLockedValueBox(State())
 
-    var instant: ContinuousClock.Instant? { state.withLockedValue { $0.instant } }
+    /// A deadline with none set; its timer runs on `eventLoop`.
+    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    /// The deadline now; nil: none.
+    var deadline: Deadline? { state.withLockedValue { $0.deadline } }
 
     /// Whether a deadline is set and has passed.
-    var hasPassed: Bool {
-        guard let instant else { return false }
-        return instant <= .now
+    var hasPassed: Bool { deadline?.hasPassed ?? false }
+
+    /// Sets (nil: clears) the deadline; the pending operations' handlers run when it passes (at
+    /// once if it has).
+    func set(_ deadline: Deadline?) {
+        let (old, expired) = state.withLockedValue { s in
+            let old = s.timer
+            s.timer = nil
+            s.deadline = deadline
+            return (old, arm(&s))
+        }
+        old?.cancel()
+        for handler in expired { handler() }
     }
 
-    /// Sets (nil: clears) the deadline and wakes the waiters so they re-arm.
-    func set(_ instant: ContinuousClock.Instant?) {
-        let waiters = state.withLockedValue { s in
-            s.instant = instant
-            s.generation &+= 1
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
+    /// Runs `expired` once the deadline passes (at once, before returning, if it has), unless
+    /// `unwatch` comes first. Returns the ID for `unwatch`.
+    func watch(_ expired: @escaping @Sendable () -> Void) -> UInt64 {
+        let (id, now) = state.withLockedValue { s -> (UInt64, [@Sendable () -> Void]) in
+            defer { s.nextID &+= 1 }
+            s.watchers[s.nextID] = expired
+            return (s.nextID, arm(&s))
         }
-        for waiter in waiters { waiter.resume() }
+        for handler in now { handler() }
+        return id
     }
 
-    /// Returns once the deadline (as it is at that time) has passed. Throws `CancellationError`
-    /// when the task is cancelled.
-    func waitUntilPassed() async throws {
-        while true {
-            try Task.checkCancellation()
-            let (instant, generation) = state.withLockedValue { ($0.instant, $0.generation) }
-            guard let instant else {
-                await changed(since: generation)
-                continue
-            }
-            if instant <= .now { return }
-            // Until the deadline, or until someone moves it, whichever is first.
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { try? await Task.sleep(until: instant, clock: .continuous) }
-                group.addTask { await self.changed(since: generation) }
-                await group.next()
-                group.cancelAll()
-            }
+    /// Forgets an operation's handler (the operation ended).
+    func unwatch(_ id: UInt64) {
+        let idle = state.withLockedValue { s -> Scheduled<Void>? in
+            s.watchers[id] = nil
+            guard s.watchers.isEmpty else { return nil }
+            defer { s.timer = nil }
+            return s.timer
         }
+        idle?.cancel()
     }
 
-    /// Returns when the deadline changes after `generation`, or when the task is cancelled.
-    private func changed(since generation: UInt64) async {
-        let id = state.withLockedValue { s in
-            defer { s.nextWaiterID &+= 1 }
-            return s.nextWaiterID
+    /// Under the lock: returns the handlers to run now (and forgets them) if the deadline has
+    /// passed; otherwise arms the timer for it if someone watches it and none is armed.
+    private func arm(_ s: inout State) -> [@Sendable () -> Void] {
+        guard let deadline = s.deadline, !s.watchers.isEmpty else { return [] }
+        if deadline.hasPassed {
+            defer { s.watchers = [:] }
+            return Array(s.watchers.values)
         }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLockedValue { s -> Bool in
-                    // Checked under the lock: either the cancellation is seen here, or the
-                    // handler runs after the waiter is stored and resumes it.
-                    if s.generation != generation || Task.isCancelled { return true }
-                    s.waiters[id] = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLockedValue { $0.waiters.removeValue(forKey: id) }
-            waiter?.resume()
+        if s.timer == nil {
+            s.timer = deadline.schedule(on: eventLoop) { [weak self] in self?.timerFired(for: deadline) }
         }
-    }
-}
-
-/// A result delivered at most once, awaited by one task: the first `complete` wins, later ones
-/// are ignored. Used to race a write that cannot be cancelled against its deadline and `close()`.
-final class ConnOutcome: Sendable {
-    private enum State {
-        case pending
-        case waiting(CheckedContinuation<Void, any Error>)
-        case done(Result<Void, any Error>)
-        case delivered
+        return []
     }
 
-    private let state = NIOLockedValueBox(State.pending)
-
-    /// Returns whether this call decided the outcome.
-    @discardableResult
-    func complete(_ result: Result<Void, any Error>) -> Bool {
-        let (decided, waiter) = state.withLockedValue { s -> (Bool, CheckedContinuation<Void, any Error>?) in
-            switch s {
-            case .pending:
-                s = .done(result)
-                return (true, nil)
-            case .waiting(let continuation):
-                s = .delivered
-                return (true, continuation)
-            case .done, .delivered:
-                return (false, nil)
-            }
+    private func timerFired(for deadline: Deadline) {
+        let expired = state.withLockedValue { s -> [@Sendable () -> Void] in
+            // A timer of a deadline moved since does nothing; one that fired a hair early re-arms.
+            guard s.deadline == deadline else { return [] }
+            s.timer = nil
+            return arm(&s)
         }
-        waiter?.resume(with: result)
-        return decided
-    }
-
-    /// Waits for the outcome; cancelling the task completes it with `CancellationError`.
-    func wait() async throws {
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let ready = state.withLockedValue { s -> Result<Void, any Error>? in
-                    switch s {
-                    case .pending:
-                        s = .waiting(continuation)
-                        return nil
-                    case .done(let result):
-                        s = .delivered
-                        return result
-                    case .waiting, .delivered:
-                        return .failure(PointSubNetError(.closed, "outcome awaited twice"))
-                    }
-                }
-                if let ready { continuation.resume(with: ready) }
-            }
-        } onCancel: {
-            complete(.failure(CancellationError()))
-        }
+        for handler in expired { handler() }
     }
 }
 

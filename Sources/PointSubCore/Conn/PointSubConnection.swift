@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -10,8 +11,8 @@ import NIOCore
 ///
 /// - One `read` at a time (a second concurrent one throws `.concurrentRead`); writes may come from
 ///   several tasks and go out in call order. Reads and writes may run concurrently.
-/// - Deadlines (`setReadDeadline`, `setWriteDeadline`, `setDeadline`) are absolute instants on the
-///   continuous clock, nil for none. A read or write that is pending when its deadline passes, or
+/// - Deadlines (`setReadDeadline`, `setWriteDeadline`, `setDeadline`) are `Deadline`s (absolute,
+///   e.g. `.after(.seconds(5))`), nil for none. A read or write that is pending when its deadline passes, or
 ///   that starts after it passed, throws `PointSubNetError(.timeout)`. Setting a deadline affects
 ///   pending operations too (it wakes them at the new deadline). After a timeout the connection
 ///   stays usable: set a later deadline (or nil) and go on, as in Go.
@@ -31,8 +32,8 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
     public let remoteAddress: PointSubAddress
 
     private let stream: P2PStream
-    private let readDeadline = ConnDeadline()
-    private let writeDeadline = ConnDeadline()
+    private let readDeadline: ConnDeadline
+    private let writeDeadline: ConnDeadline
     private let state = NIOLockedValueBox(State())
     /// Fired when the connection is done with the stream, for an accepted connection whose stream
     /// handler must keep running until then; nil for a dialed one.
@@ -47,7 +48,7 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         /// Writes handed to the stream and not finished yet, including timed-out ones.
         var writesInFlight = 0
         /// Write calls still waiting for their outcome, which `close()` fails.
-        var waitingWrites: [UInt64: ConnOutcome] = [:]
+        var waitingWrites: [UInt64: FirstOutcome<Void>] = [:]
         var nextWriteID: UInt64 = 0
     }
 
@@ -56,6 +57,8 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         self.localAddress = PointSubAddress(peer: localPeer)
         self.remoteAddress = PointSubAddress(peer: stream.remotePeer)
         self.release = release
+        self.readDeadline = ConnDeadline(eventLoop: stream.eventLoop)
+        self.writeDeadline = ConnDeadline(eventLoop: stream.eventLoop)
     }
 
     deinit {
@@ -81,20 +84,20 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
 
     // MARK: - Deadlines
 
-    /// Reads pending now or started later throw `.timeout` once `instant` has passed; nil: no deadline.
-    public func setReadDeadline(_ instant: ContinuousClock.Instant?) {
-        readDeadline.set(instant)
+    /// Reads pending now or started later throw `.timeout` once `deadline` has passed; nil: no deadline.
+    public func setReadDeadline(_ deadline: Deadline?) {
+        readDeadline.set(deadline)
     }
 
-    /// Writes pending now or started later throw `.timeout` once `instant` has passed; nil: no deadline.
-    public func setWriteDeadline(_ instant: ContinuousClock.Instant?) {
-        writeDeadline.set(instant)
+    /// Writes pending now or started later throw `.timeout` once `deadline` has passed; nil: no deadline.
+    public func setWriteDeadline(_ deadline: Deadline?) {
+        writeDeadline.set(deadline)
     }
 
     /// Sets both the read and the write deadline.
-    public func setDeadline(_ instant: ContinuousClock.Instant?) {
-        readDeadline.set(instant)
-        writeDeadline.set(instant)
+    public func setDeadline(_ deadline: Deadline?) {
+        readDeadline.set(deadline)
+        writeDeadline.set(deadline)
     }
 
     // MARK: - Reading
@@ -140,47 +143,29 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         return buffer.readSlice(length: limit)!
     }
 
-    private enum ReadOutcome: Sendable {
-        case read(Result<ByteBuffer?, any Error>)
-        case deadlinePassed
-        case cancelled
-    }
-
     /// Reads from the stream, cancelling the read when the read deadline passes first.
     private func readRacingDeadline() async throws -> ByteBuffer? {
         let stream = self.stream
-        let deadline = readDeadline
-        let (result, deadlinePassed) = await withTaskGroup(of: ReadOutcome.self) { group in
-            group.addTask {
-                do { return .read(.success(try await stream.read())) } catch { return .read(.failure(error)) }
-            }
-            group.addTask {
-                do {
-                    try await deadline.waitUntilPassed()
-                    return .deadlinePassed
-                } catch {
-                    return .cancelled
-                }
-            }
-            var result: Result<ByteBuffer?, any Error>?
-            var deadlinePassed = false
-            // The first to finish cancels the other; both are awaited, so no read outlives this call.
-            while let outcome = await group.next() {
-                switch outcome {
-                case .read(let r): result = r
-                case .deadlinePassed: deadlinePassed = true
-                case .cancelled: break
-                }
-                group.cancelAll()
-            }
-            return (result!, deadlinePassed)
+        // The read runs in a task of its own so that the deadline's timer can cancel it, and is
+        // awaited either way: no read outlives this call (the next one must not race it for data).
+        let read = Task { try await stream.read() }
+        let timedOut = NIOLockedValueBox(false)
+        let watch = readDeadline.watch {
+            timedOut.withLockedValue { $0 = true }
+            read.cancel()
         }
+        let result = await withTaskCancellationHandler {
+            await read.result
+        } onCancel: {
+            read.cancel()
+        }
+        readDeadline.unwatch(watch)
         switch result {
         case .success(let chunk):
             // Data (or EOF) that arrived together with the deadline is still returned.
             return chunk
         case .failure(let error):
-            if error is CancellationError, deadlinePassed { throw Self.timeout("read") }
+            if error is CancellationError, timedOut.withLockedValue({ $0 }) { throw Self.timeout("read") }
             throw mapError(error, "read")
         }
     }
@@ -206,7 +191,7 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
     private func runWrite(
         _ operation: String, closing: Bool, _ body: @escaping @Sendable (P2PStream) async throws -> Void
     ) async throws {
-        let outcome = ConnOutcome()
+        let outcome = FirstOutcome<Void>()
         let id = try state.withLockedValue { s -> UInt64? in
             if s.closed { throw PointSubNetError(.closed, "\(operation) on a closed connection") }
             if s.writeClosed {
@@ -223,7 +208,6 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         guard let id else { return }
         let stream = self.stream
         let state = self.state
-        let deadline = writeDeadline
         // The muxer cannot take a write back, so it runs on its own and the caller waits for the
         // first of: its end, the deadline, close(), or cancellation.
         Task {
@@ -235,14 +219,11 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
                 result = .failure(error)
             }
             state.withLockedValue { $0.writesInFlight -= 1 }
-            outcome.complete(result)
+            outcome.decide(result)
         }
-        let watcher = Task {
-            guard (try? await deadline.waitUntilPassed()) != nil else { return }
-            outcome.complete(.failure(Self.timeout(operation)))
-        }
+        let watch = writeDeadline.watch { outcome.decide(.failure(Self.timeout(operation))) }
         defer {
-            watcher.cancel()
+            writeDeadline.unwatch(watch)
             _ = state.withLockedValue { $0.waitingWrites.removeValue(forKey: id) }
         }
         do {
@@ -275,7 +256,7 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
     /// Marks the connection closed and fails the waiting writes. Returns the number of writes
     /// still in flight, or nil if it was closed already.
     private func markClosed() -> Int? {
-        let result = state.withLockedValue { s -> (Int, [ConnOutcome])? in
+        let result = state.withLockedValue { s -> (Int, [FirstOutcome<Void>])? in
             guard !s.closed else { return nil }
             s.closed = true
             s.pending = ByteBuffer()
@@ -284,7 +265,7 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         }
         guard let (inFlight, waiting) = result else { return nil }
         let error = PointSubNetError(.closed, "connection closed")
-        for outcome in waiting { outcome.complete(.failure(error)) }
+        for outcome in waiting { outcome.decide(.failure(error)) }
         return inFlight
     }
 

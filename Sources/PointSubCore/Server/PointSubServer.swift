@@ -1,3 +1,4 @@
+import Basics
 import Multiformats
 import Resources
 import Identity
@@ -166,8 +167,8 @@ public final class PointSubServer: Sendable {
             removeRecord(id)
             await stream.close()
         }
-        let deadline = ContinuousClock.now + gracePeriod
-        while ContinuousClock.now < deadline, state.withLockedValue({ !$0.records.isEmpty }) {
+        let deadline = Deadline.after(gracePeriod)
+        while !deadline.hasPassed, state.withLockedValue({ !$0.records.isEmpty }) {
             try? await Task.sleep(for: .milliseconds(5))
         }
         let left = state.withLockedValue { Array($0.records.values) }
@@ -724,9 +725,10 @@ public final class PointSubServer: Sendable {
     private func handle(
         _ request: PointSubRequest, handler: @escaping Handler, recordID: UInt64, eventLoop: any EventLoop
     ) async throws -> (PointSubMessage, PointSubServerMetrics.Result) {
+        let handlerTimeout = configuration.handlerTimeout
         do {
-            let body = try await runWithTimeLimit(
-                configuration.handlerTimeout, on: eventLoop,
+            let body = try await withDeadline(
+                .after(handlerTimeout), on: eventLoop, onTimeout: { HandlerTimedOut() },
                 started: { task in
                     let cancelled = state.withLockedValue { s in
                         s.records[recordID]?.handlerTask = task
@@ -742,9 +744,9 @@ public final class PointSubServer: Sendable {
                 return (.error(.handler, text), .handlerError)
             }
             return (.make(kind: .response, payload: body, compress: configuration.compression), .ok)
-        } catch is TimeLimitExceeded {
+        } catch is HandlerTimedOut {
             state.withLockedValue { $0.stats.handlerTimeouts += 1 }
-            return (.error(.timeout, "the handler did not finish within \(configuration.handlerTimeout)"), .timeout)
+            return (.error(.timeout, "the handler did not finish within \(handlerTimeout)"), .timeout)
         } catch let error as CancellationError where Task.isCancelled {
             throw error
         } catch {
@@ -754,6 +756,9 @@ public final class PointSubServer: Sendable {
             return (.error(.handler, "\(error)"), .handlerError)
         }
     }
+
+    /// The handler's deadline passed (answered as a `timeout` error message, never thrown out).
+    private struct HandlerTimedOut: Error {}
 
     /// Answers a request that broke the protocol or the size limit, then drains what the client
     /// still sends for a short while and resets the stream.
@@ -832,7 +837,7 @@ final class StreamWatchdog: Sendable {
             return (s.timer, s.generation)
         }
         old?.cancel()
-        let timer = eventLoop.scheduleTask(in: TimeAmount(duration)) { [self] in
+        let timer = Deadline.after(duration).schedule(on: eventLoop) { [self] in
             let fire = state.withLockedValue { s -> Bool in
                 guard s.generation == generation else { return false }
                 s.fired = true

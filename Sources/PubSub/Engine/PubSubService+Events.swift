@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Logging
@@ -28,31 +29,30 @@ extension PubSubService {
 
     /// Waits until at least `count` peers are known to subscribe to `topic` (e.g. before
     /// publishing the first message) and returns them. Throws `.notEnoughPeers` if that does not
-    /// happen within `timeout`, `.notRunning` if the service is not running or stops meanwhile.
+    /// happen before `deadline` (or the calling task is cancelled), `.notRunning` if the service
+    /// is not running or stops meanwhile.
     @discardableResult
-    public func waitForPeers(topic: String, count: Int = 1, timeout: Duration) async throws(PubSubError) -> [PeerID] {
+    public func waitForPeers(topic: String, count: Int = 1, deadline: Deadline) async throws(PubSubError) -> [PeerID] {
         // Subscribed before looking, so no join in between is missed.
         let events = events()
         let known = peers(topic: topic)
         if known.count >= count { return known }
         guard state.withLockedValue({ $0.phase == .running }) else { throw .notRunning }
         enum Outcome: Sendable { case reached, stopped, timedOut }
-        let outcome = await withTaskGroup(of: Outcome.self) { group in
-            group.addTask { [weak self] in
+        struct TimedOut: Error {}
+        let outcome: Outcome
+        do {
+            outcome = try await withDeadline(deadline, on: host.eventLoopGroup.any(), onTimeout: { TimedOut() }) {
+                [weak self] () -> Outcome in
                 for await event in events {
                     guard let self else { return .stopped }
                     if case .peerJoined(topic, _) = event, self.peers(topic: topic).count >= count { return .reached }
                 }
-                // Ended: the service stopped, or this task was cancelled (the timer won).
-                return Task.isCancelled ? .timedOut : .stopped
+                // Ended: the service stopped (or the deadline cancelled this task: that result is dropped).
+                return .stopped
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return .timedOut
-            }
-            let first = await group.next() ?? .timedOut
-            group.cancelAll()
-            return first
+        } catch {
+            outcome = .timedOut
         }
         let now = peers(topic: topic)
         if now.count >= count { return now }

@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Logging
@@ -583,19 +584,18 @@ extension PubSubService {
     }
 
     /// Runs `validator` with a hard time limit: the verdict is `.ignore` at the deadline even if
-    /// the validator ignores cancellation (it is cancelled and left to finish on its own).
+    /// the validator ignores cancellation (it is cancelled and left to finish on its own), and
+    /// when the calling task is cancelled.
     private static func run(
         _ validator: @escaping Validator, on message: PubSubMessage, timeout: Duration, eventLoop: any EventLoop
     ) async -> PubSubValidationResult {
-        let verdict = VerdictSlot()
-        let work = Task { verdict.settle(await validator(message)) }
-        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout / .nanoseconds(1)))) {
-            verdict.settle(.ignore)
-            work.cancel()
+        do {
+            return try await withDeadline(.after(timeout), on: eventLoop, onTimeout: { ValidatorTimedOut() }) {
+                await validator(message)
+            }
+        } catch {
+            return .ignore
         }
-        let result = await verdict.wait()
-        timer.cancel()
-        return result
     }
 
     // MARK: - Actions and delivery
@@ -695,35 +695,8 @@ extension PubSubService {
     }
 }
 
-/// A verdict settled once, by the validator or by the timer, whichever comes first.
-private final class VerdictSlot: Sendable {
-    private struct State {
-        var result: PubSubValidationResult?
-        var waiter: CheckedContinuation<PubSubValidationResult, Never>?
-    }
-
-    private let state = NIOLockedValueBox(State())
-
-    func settle(_ result: PubSubValidationResult) {
-        let waiter = state.withLockedValue { s -> CheckedContinuation<PubSubValidationResult, Never>? in
-            guard s.result == nil else { return nil }
-            s.result = result
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(returning: result)
-    }
-
-    func wait() async -> PubSubValidationResult {
-        await withCheckedContinuation { continuation in
-            let ready = state.withLockedValue { s -> PubSubValidationResult? in
-                if s.result == nil { s.waiter = continuation }
-                return s.result
-            }
-            if let ready { continuation.resume(returning: ready) }
-        }
-    }
-}
+/// A validator's time limit passed (the message is ignored).
+private struct ValidatorTimedOut: Error {}
 
 /// Reads a peer's stream to us on the stream's event loop: frames are decoded and handled as the
 /// data arrives (from inside the connection's channel handlers: what the engine does there only

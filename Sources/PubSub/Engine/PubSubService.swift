@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Logging
@@ -19,7 +20,7 @@ import ServiceLifecycle
 /// a few times if the first open fails: see `docs/PUBSUB.md`, "Finding each other"). A peer that
 /// breaks the wire protocol (malformed or oversized RPC) has its pubsub streams reset and is
 /// removed from the router; everything else keeps working. Peers joining and leaving topics are
-/// `events()`; `waitForPeers(topic:count:timeout:)` and `publish(_:_:minPeers:)` make sure a
+/// `events()`; `waitForPeers(topic:count:deadline:)` and `publish(_:_:minPeers:)` make sure a
 /// message has somebody to go to. The bytes queued for peers are bounded per peer and reserved in
 /// `configuration.memory`. Counters are `counters` and swift-metrics (`pointsub_pubsub_…`).
 ///
@@ -255,8 +256,8 @@ public final class PubSubService: Sendable {
             session.queue.finish()
             session.inbound?.reset()
         }
-        let deadline = ContinuousClock.now + gracePeriod
-        while state.withLockedValue({ !$0.openOutbound.isEmpty }), ContinuousClock.now < deadline {
+        let deadline = Deadline.after(gracePeriod)
+        while state.withLockedValue({ !$0.openOutbound.isEmpty }), !deadline.hasPassed {
             try? await Task.sleep(for: .milliseconds(5))
         }
         for stream in state.withLockedValue({ $0.openOutbound.values }) { stream.reset() }

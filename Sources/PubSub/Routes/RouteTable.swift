@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -159,30 +160,31 @@ public final class RouteTable: Sendable {
 
     // MARK: - Dispatching
 
-    /// Sends `message` to the route `name` and returns the reply. `timeout` (default
-    /// `configuration.timeout`) bounds connecting and the exchange. Throws `.unknownRoute`,
+    /// Sends `message` to the route `name` and returns the reply. `deadline` (default:
+    /// `configuration.timeout` from now) bounds connecting and the exchange. Throws `.unknownRoute`,
     /// `.closed`, or how the dispatch failed (`.timeout`, `.connectionFailed`,
     /// `.remote(code)`, …, with the `PointSubError` as `underlying`).
-    public func dispatch(_ name: String, _ message: ByteBuffer, timeout: Duration? = nil) async throws(RouteError) -> ByteBuffer {
+    public func dispatch(_ name: String, _ message: ByteBuffer, deadline: Deadline? = nil) async throws(RouteError) -> ByteBuffer {
         let route = try begin(name)
-        switch await run(route, message, timeout: timeout) {
+        switch await run(route, message, deadline: deadline ?? .after(configuration.timeout)) {
         case .success(let reply): return reply
         case .failure(let error): throw error
         }
     }
 
     /// Sends `message` to every route at once and returns each route's reply or error, by name.
-    /// Each route has `timeout` (default `configuration.timeout`) on its own, so a dead or slow
-    /// peer fails only its own entry and the call takes at most about `timeout` (plus, in
+    /// Every route's exchange runs until `deadline` (default: `configuration.timeout` from now),
+    /// so a dead or slow peer fails only its own entry and the call ends about then (plus, in
     /// `.short` mode, closing connections). Routes added meanwhile are not included. Throws only
     /// `.closed`.
     public func dispatchAll(
-        _ message: ByteBuffer, timeout: Duration? = nil
+        _ message: ByteBuffer, deadline: Deadline? = nil
     ) async throws(RouteError) -> [String: Result<ByteBuffer, RouteError>] {
         let routes = try beginAll()
+        let deadline = deadline ?? .after(configuration.timeout)
         return await withTaskGroup(of: (String, Result<ByteBuffer, RouteError>).self) { group in
             for route in routes {
-                group.addTask { (route.name, await self.run(route, message, timeout: timeout)) }
+                group.addTask { (route.name, await self.run(route, message, deadline: deadline)) }
             }
             var results: [String: Result<ByteBuffer, RouteError>] = [:]
             for await (name, result) in group { results[name] = result }
@@ -217,33 +219,31 @@ public final class RouteTable: Sendable {
     }
 
     /// One exchange with a route counted as running by `begin`; always ends it with `end`.
-    private func run(_ route: Route, _ message: ByteBuffer, timeout: Duration?) async -> Result<ByteBuffer, RouteError> {
-        let deadline = ContinuousClock.now + (timeout ?? configuration.timeout)
+    private func run(_ route: Route, _ message: ByteBuffer, deadline: Deadline) async -> Result<ByteBuffer, RouteError> {
         let result = await exchange(route, message, deadline: deadline)
         await end(route, succeeded: (try? result.get()) != nil)
         return result
     }
 
     /// Waits out a close of our connections to the peer, connects if needed, and sends.
-    private func exchange(_ route: Route, _ message: ByteBuffer, deadline: ContinuousClock.Instant) async -> Result<ByteBuffer, RouteError> {
+    private func exchange(_ route: Route, _ message: ByteBuffer, deadline: Deadline) async -> Result<ByteBuffer, RouteError> {
         await waitWhileClosing(route.peer)
         if let failure = await connect(route, deadline: deadline) { return .failure(failure) }
-        let remaining = deadline - .now
-        guard remaining > .zero else {
+        guard !deadline.hasPassed else {
             return .failure(RouteError(.timeout, "dispatch to \(route.name): no time left to send", route: route.name))
         }
         // Any open connection to the peer serves (the client takes the host's oldest). If it
         // closed meanwhile, the client dials again: that connection is ours as well.
         let before = Set(host.connections(to: route.peer).map(\.id))
-        let result = await send(message, to: route, timeout: remaining)
+        let result = await send(message, to: route, deadline: deadline)
         let dialed = host.connections(to: route.peer).filter { !before.contains($0.id) }
         if !dialed.isEmpty { record(dialed) }
         return result
     }
 
-    private func send(_ message: ByteBuffer, to route: Route, timeout: Duration) async -> Result<ByteBuffer, RouteError> {
+    private func send(_ message: ByteBuffer, to route: Route, deadline: Deadline) async -> Result<ByteBuffer, RouteError> {
         do throws(PointSubError) {
-            return .success(try await client.send(message, to: route.peer, protocol: configuration.protocolID, timeout: timeout))
+            return .success(try await client.send(message, to: route.peer, protocol: configuration.protocolID, deadline: deadline))
         } catch {
             return .failure(RouteError(dispatchFailure: error, route: route.name))
         }
@@ -254,7 +254,7 @@ public final class RouteTable: Sendable {
     /// failure, if any. The dial runs in a task of its own that outlives a deadline: a
     /// connection it opens late is still recorded as the table's (and closed if no longer
     /// wanted), so none leaks.
-    private func connect(_ route: Route, deadline: ContinuousClock.Instant) async -> RouteError? {
+    private func connect(_ route: Route, deadline: Deadline) async -> RouteError? {
         var attempt = 0
         while true {
             guard host.connections(to: route.peer).isEmpty else { return nil }
@@ -265,15 +265,21 @@ public final class RouteTable: Sendable {
             }
             let failure: any Error
             do {
-                if try await waitForValue(of: dial, until: deadline, on: host.eventLoopGroup.next()) != nil { return nil }
-                return RouteError(.timeout, "dispatch to \(route.name): connecting took too long", route: route.name)
+                // Awaiting the dial's value does not cancel the dial when the deadline passes.
+                _ = try await withDeadline(
+                    deadline, on: host.eventLoopGroup.next(),
+                    onTimeout: { RouteError(.timeout, "dispatch to \(route.name): connecting took too long", route: route.name) }
+                ) { try await dial.value }
+                return nil
+            } catch let error as RouteError {
+                return error
             } catch is CancellationError {
                 return RouteError(.cancelled, "dispatch to \(route.name) was cancelled", route: route.name)
             } catch {
                 failure = error
             }
             attempt += 1
-            guard attempt <= configuration.maxRetries, ContinuousClock.now + configuration.retryInterval < deadline,
+            guard attempt <= configuration.maxRetries, Deadline.after(configuration.retryInterval) < deadline,
                 !Task.isCancelled
             else {
                 return RouteError(
@@ -349,9 +355,10 @@ public final class RouteTable: Sendable {
     private func close(_ connections: [Connection], to peer: PeerID) async {
         guard !connections.isEmpty else { return }
         await client.closeIdleStreams(to: peer)
+        let deadline = Deadline.after(configuration.closeGracePeriod)
         await withTaskGroup(of: Void.self) { group in
             for connection in connections {
-                group.addTask { await connection.close(graceful: true, timeout: self.configuration.closeGracePeriod) }
+                group.addTask { await connection.close(graceful: true, deadline: deadline) }
             }
         }
         let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
@@ -459,8 +466,8 @@ public final class RouteTable: Sendable {
         await withTaskGroup(of: Void.self) { group in
             for (peer, connections) in idle { group.addTask { await self.close(connections, to: peer) } }
         }
-        let deadline = ContinuousClock.now + configuration.timeout + configuration.closeGracePeriod
-        while ContinuousClock.now < deadline, state.withLockedValue({ !$0.inFlight.isEmpty }) {
+        let deadline = Deadline.after(configuration.timeout + configuration.closeGracePeriod)
+        while !deadline.hasPassed, state.withLockedValue({ !$0.inFlight.isEmpty }) {
             try? await Task.sleep(for: .milliseconds(5))
         }
         await client.close()

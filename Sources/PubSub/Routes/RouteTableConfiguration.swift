@@ -14,8 +14,8 @@ extension RouteTable {
         /// The PointSub protocol dispatches travel on; both sides must use the same.
         public var protocolID = "/pointsub/route/1.0.0"
         public var mode = Mode.persistent
-        /// Time limit of one dispatch to one peer, connecting included (`dispatchAll` applies it
-        /// to each route on its own, so it also bounds the whole call).
+        /// Time limit of one dispatch to one peer, connecting included: the default deadline of
+        /// `dispatch` and `dispatchAll` (whose routes all run until that one deadline).
         public var timeout: Duration = .seconds(10)
         /// Largest message sent or accepted, and largest reply accepted, in bytes.
         public var maxMessageSize = 4 * 1024 * 1024

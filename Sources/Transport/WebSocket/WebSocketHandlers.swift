@@ -1,3 +1,4 @@
+import Basics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -113,13 +114,13 @@ final class WebSocketUpgradeGuard: ChannelInboundHandler, RemovableChannelHandle
     static let name = "websocket-upgrade-guard"
 
     private let maxBytes: Int
-    private let deadline: NIODeadline
+    private let deadline: Deadline
     private let timeoutError: TransportError
     private var received = 0
     private var timer: Scheduled<Void>?
     private var tripped = false
 
-    init(maxBytes: Int, deadline: NIODeadline, timeoutError: TransportError) {
+    init(maxBytes: Int, deadline: Deadline, timeoutError: TransportError) {
         self.maxBytes = maxBytes
         self.deadline = deadline
         self.timeoutError = timeoutError
@@ -127,7 +128,7 @@ final class WebSocketUpgradeGuard: ChannelInboundHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         let error = timeoutError
-        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: deadline.timeAmount) { [self] in
             self.trip(error, context: context)
         }
     }

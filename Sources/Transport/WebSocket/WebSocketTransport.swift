@@ -1,3 +1,4 @@
+import Basics
 import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
@@ -228,7 +229,7 @@ public struct WebSocketTransport: Transport {
                     return acceptor(channel, remote)
                 }
             })
-        let deadline = NIODeadline.now() + TimeAmount(upgradeTimeout)
+        let deadline = Deadline.after(upgradeTimeout)
         let guardHandler = WebSocketUpgradeGuard(
             maxBytes: maxUpgradeBytes, deadline: deadline,
             timeoutError: TransportError(.handshakeFailed, "WebSocket: HTTP upgrade timed out", reason: "timed out"))
@@ -257,7 +258,7 @@ public struct WebSocketTransport: Transport {
 
     /// Connects to `address` (`/…/tcp/PORT/ws`, or a secure form with ``tls``) and upgrades to
     /// WebSocket; `initializer` runs once the upgrade is done (the channel is active then).
-    /// `options.timeout` bounds the TCP connect, the TLS handshake and the upgrade together.
+    /// `options.deadline` bounds the TCP connect, the TLS handshake and the upgrade together.
     public func dial(
         _ address: Multiaddr, options: DialOptions, initializer: @escaping ConnectionInitializer
     ) async throws -> any Channel {
@@ -274,7 +275,7 @@ public struct WebSocketTransport: Transport {
         }
         let tlsContext = clientTLS
         let serverName = endpoint.serverName
-        let deadline = NIODeadline.now() + TimeAmount(options.timeout)
+        let deadline = options.deadline
         let host = Self.hostHeader(tcpAddress)
         let maxFrameSize = maxFrameSize
         let maxOutboundFrameSize = maxOutboundFrameSize
@@ -282,7 +283,7 @@ public struct WebSocketTransport: Transport {
         let limits = decoderLimits
         let upgradedBox = UpgradeFutureBox()
         let channel = try await TCPTransport(group: group).dial(
-            tcpAddress, timeout: TimeAmount(options.timeout), bindTo: options.sourceAddress
+            tcpAddress, deadline: deadline, bindTo: options.sourceAddress
         ) { channel in
             let upgraded = channel.eventLoop.makePromise(of: Void.self)
             upgradedBox.set(upgraded.futureResult)
