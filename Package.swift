@@ -45,18 +45,18 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Identity", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], swiftSettings: strict),
         // Resource accounting shared by every layer: scopes, limits, memory reservations, refusals.
         .target(name: "Resources", dependencies: [
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            "Basics", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
         ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             // The in-memory transport's process-wide listener registry (Memory/MemoryTransport.swift).
@@ -68,24 +68,24 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         // The seam for security protocols (Noise, TLS): a raw channel in, an authenticated one out.
         .target(name: "Security", dependencies: [
-            "Identity",
+            "Basics", "Identity",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         // ChaCha20-Poly1305 into caller-owned memory (BoringSSL's AEAD as swift-crypto links it, on Linux).
         .target(name: "CNoiseAEAD"),
         .target(name: "Noise", dependencies: [
-            "Identity", "Security", "CNoiseAEAD",
+            "Basics", "Identity", "Security", "CNoiseAEAD",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // TLS 1.3 (libp2p TLS spec): a self-signed certificate carrying the libp2p identity key.
         .target(name: "TLS", dependencies: [
-            "Identity", "Security",
+            "Basics", "Identity", "Security",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -95,7 +95,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
-            "Resources",
+            "Basics", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Atomics", package: "swift-atomics"),
@@ -110,12 +110,12 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "Protocols", dependencies: [
-            "LibP2P",
+            "Basics", "LibP2P",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "PointSubCore", dependencies: [
-            "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
+            "Basics", "LibP2P", "Protocols", "Multiformats", "Identity", "Multistream", "Noise", "Transport", "Yamux",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "CompressNIO", package: "compress-nio"),
@@ -126,7 +126,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .target(name: "PubSub", dependencies: [
-            "LibP2P", "Protocols", "PointSubCore", "Multiformats", "Identity",
+            "Basics", "LibP2P", "Protocols", "PointSubCore", "Multiformats", "Identity",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
@@ -142,7 +142,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
-            "PointSub", "PubSub",
+            "Basics", "PointSub", "PubSub",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -152,14 +152,14 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [
-            "PointSub", "PubSub", "Noise",
+            "Basics", "PointSub", "PubSub", "Noise",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
-            "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
+            "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),

@@ -18,7 +18,11 @@ public protocol CodedError: Error, Sendable, CustomStringConvertible {
 
 extension CodedError {
     /// `code: message`, then the cause, e.g. `dialFailed: no address answered (cause: …)`.
-    public var description: String {
+    public var description: String { codedDescription }
+
+    /// The standard description (`code: message (cause: …)`), for a type that adds to it in its
+    /// own `description`.
+    public var codedDescription: String {
         var text = "\(code)"
         if !message.isEmpty { text += ": \(message)" }
         if let cause { text += " (cause: \(cause))" }
@@ -48,4 +52,12 @@ public struct ErrorList: Error, Sendable, CustomStringConvertible {
 
     /// The errors' descriptions joined by "; ".
     public var description: String { errors.map { "\($0)" }.joined(separator: "; ") }
+}
+
+/// A `Code` that is a string-backed enum, named by its case: `enum Code: String, ErrorCode`.
+public protocol ErrorCode: Hashable, Sendable, CustomStringConvertible, RawRepresentable where RawValue == String {}
+
+extension ErrorCode {
+    /// The case's name, e.g. `dialFailed`.
+    public var description: String { rawValue }
 }
