@@ -429,7 +429,7 @@ public final class P2PHost: Sendable {
             }
         }
         if errors.count == 1, let only = errors.first as? HostError, only.code == .dialTimeout { throw only }
-        throw HostError(.dialFailed, "could not connect to \(peer)", underlying: errors)
+        throw HostError(.dialFailed, "could not connect to \(peer)", causes: errors)
     }
 
     private func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
@@ -447,7 +447,7 @@ public final class P2PHost: Sendable {
             scope = try resourceManager.openConnection(direction: .outbound)
             try Self.reserveSecurityBuffers(in: scope)
         } catch {
-            throw HostError(.limitReached, "cannot dial \(address): \(error)", underlying: [error])
+            throw HostError(.limitReached, "cannot dial \(address)", cause: error)
         }
         let channel: Channel
         do {
@@ -462,7 +462,7 @@ public final class P2PHost: Sendable {
             }
         } catch let error as TransportError where error.code == .dialTimeout {
             scope.done()
-            throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", underlying: [error])
+            throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", cause: error)
         } catch {
             scope.done()
             // The upgrader's deadline also bounds the connect: when it fires first it closes the
@@ -488,7 +488,7 @@ public final class P2PHost: Sendable {
             scope.done()
             channel.close(promise: nil)
             metrics.handshakeFailed(.outbound, reason: Upgrader.failureReason(error))
-            throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
+            throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", cause: error)
         }
         if result.remote.remotePeer == peerID {
             scope.done()
@@ -500,7 +500,7 @@ public final class P2PHost: Sendable {
         } catch {
             scope.done()
             channel.close(promise: nil)
-            throw HostError(.limitReached, "connection to \(address) refused: \(error)", underlying: [error])
+            throw HostError(.limitReached, "connection to \(address) refused", cause: error)
         }
         scope.markEstablished()
         return try register(result, channel: channel, direction: .outbound, remoteAddress: plain, scope: scope)
@@ -825,7 +825,7 @@ public final class P2PHost: Sendable {
                 continuing: negotiator, write: { try await stream.write($0) }, read: { try await stream.read() })
         } catch {
             if timedOut.withLockedValue({ $0 }) {
-                throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", underlying: [error])
+                throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", cause: error)
             }
             throw error
         }

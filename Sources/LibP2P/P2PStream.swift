@@ -65,7 +65,7 @@ public final class P2PStream: Sendable {
             unverified.withLockedValue { $0 = nil }
             stream.reset()
             if error.code == .noProtocolInCommon {
-                throw HostError(.protocolNotSupported, "\(remotePeer) does not support \(protocolID)", underlying: [error])
+                throw HostError(.protocolNotSupported, "\(remotePeer) does not support \(protocolID)", cause: error)
             }
             throw error
         }
@@ -124,7 +124,7 @@ public final class P2PStream: Sendable {
             do {
                 parsed = try header.getVarint(at: header.readerIndex)
             } catch {
-                throw HostError(.protocolViolation, "invalid length prefix", underlying: [error])
+                throw HostError(.protocolViolation, "invalid length prefix", cause: error)
             }
             guard let (length, prefixLength) = parsed else { continue }
             guard length <= UInt64(maxLength) else {
