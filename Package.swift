@@ -152,7 +152,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub-bench", dependencies: [
-            "Basics", "PointSub", "PubSub", "Noise",
+            "PointSub", "PubSub", "Noise",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
