@@ -23,14 +23,14 @@ import Resources
 ///   as it arrives, never buffered.
 /// - Resources: with a `ConnectionScope`, every stream's scope and initial window are reserved
 ///   before the stream exists, and window growth before it is granted.
-public final class YamuxSession: Sendable {
-    public static let protocolID = "/yamux/1.0.0"
+package final class YamuxSession: Sendable {
+    package static let protocolID = "/yamux/1.0.0"
 
-    public let eventLoop: EventLoop
+    package let eventLoop: EventLoop
     /// Completes when the session ended: succeeds on a normal end (close, GoAway, the
     /// channel closed), fails with the `YamuxError` that ended it otherwise.
-    public let closeFuture: EventLoopFuture<Void>
-    public let role: YamuxRole
+    package let closeFuture: EventLoopFuture<Void>
+    package let role: YamuxRole
 
     let handler: NIOLoopBound<YamuxHandler>
     let shared: YamuxSharedState
@@ -52,7 +52,7 @@ public final class YamuxSession: Sendable {
     /// initial receive window there before it exists; window growth is reserved before it is
     /// granted (and simply not granted when refused). A refused inbound stream is answered with
     /// RST, a refused `openStream()` throws `.resourceLimit`. nil: no accounting.
-    public static func install(
+    package static func install(
         on channel: Channel, role: YamuxRole, configuration: YamuxConfiguration = .defaults,
         resourceScope: ConnectionScope? = nil
     ) throws -> YamuxSession {
@@ -77,7 +77,7 @@ public final class YamuxSession: Sendable {
     /// `initialData`: the stream's first bytes, sent with the SYN — in the same data frame when
     /// they fit (one frame and one write for, say, a multistream proposal), else right after
     /// it. Returns once they were handed to the connection, as `write` does.
-    public func openStream(sending initialData: ByteBuffer? = nil) async throws -> YamuxStream {
+    package func openStream(sending initialData: ByteBuffer? = nil) async throws -> YamuxStream {
         let handler = self.handler
         return try await YamuxStream.mapErrors {
             try await self.eventLoop.runInline { handler.value.openStream(sending: initialData) }
@@ -102,10 +102,10 @@ public final class YamuxSession: Sendable {
 
     /// Streams opened by the peer, in order (single consumer). A stream is ACKed when it is
     /// taken from this sequence. Ends when the session ends or stops accepting streams.
-    public var inboundStreams: YamuxInboundStreams { YamuxInboundStreams(session: self) }
+    package var inboundStreams: YamuxInboundStreams { YamuxInboundStreams(session: self) }
 
     /// Sends a ping and returns the round-trip time.
-    public func ping() async throws -> Duration {
+    package func ping() async throws -> Duration {
         let handler = self.handler
         let rtt = try await YamuxStream.mapErrors {
             try await self.eventLoop.flatSubmit { handler.value.ping() }.get()
@@ -116,7 +116,7 @@ public final class YamuxSession: Sendable {
     /// Sends GoAway with `code` and refuses new streams in both directions from now on;
     /// existing streams continue. (py-libp2p tears the connection down on any GoAway: to
     /// end a session politely, use `close(graceful: true)`.)
-    public func goAway(_ code: YamuxGoAwayCode = .normal) async {
+    package func goAway(_ code: YamuxGoAwayCode = .normal) async {
         let handler = self.handler
         try? await eventLoop.submit { handler.value.goAway(code) }.get()
     }
@@ -125,36 +125,36 @@ public final class YamuxSession: Sendable {
     /// never took), wait until every open stream is closed or reset or `deadline` passes,
     /// then send GoAway(normal) and close the channel. Otherwise GoAway(normal) and close at
     /// once, failing the open streams with `.sessionClosed`. Returns when the session ended.
-    public func close(graceful: Bool = true, deadline: NIODeadline? = nil) async {
+    package func close(graceful: Bool = true, deadline: NIODeadline? = nil) async {
         let handler = self.handler
         eventLoop.execute { handler.value.close(graceful: graceful, deadline: deadline) }
         try? await closeFuture.get()
     }
 
-    public var isClosed: Bool { shared.isClosed.load(ordering: .acquiring) }
+    package var isClosed: Bool { shared.isClosed.load(ordering: .acquiring) }
 
     /// Streams currently open in either direction (including unaccepted inbound ones).
-    public var openStreamCount: Int { shared.openStreams.load(ordering: .relaxed) }
+    package var openStreamCount: Int { shared.openStreams.load(ordering: .relaxed) }
 
     /// Inbound streams answered with RST because the resource manager refused them.
-    public var refusedInboundStreamCount: Int { shared.refusedInboundStreams.load(ordering: .relaxed) }
+    package var refusedInboundStreamCount: Int { shared.refusedInboundStreams.load(ordering: .relaxed) }
 
     /// Smoothed round-trip time measured by pings, if any.
-    public var roundTripTime: Duration? {
+    package var roundTripTime: Duration? {
         shared.rtt.map { .nanoseconds($0.nanoseconds) }
     }
 }
 
 /// The peer's new streams (single consumer). Iteration ends (nil) when the session ends or
 /// stops accepting streams; the session's error, if any, is in `closeFuture`.
-public struct YamuxInboundStreams: AsyncSequence, Sendable {
-    public typealias Element = YamuxStream
+package struct YamuxInboundStreams: AsyncSequence, Sendable {
+    package typealias Element = YamuxStream
     let session: YamuxSession
 
-    public struct AsyncIterator: AsyncIteratorProtocol {
+    package struct AsyncIterator: AsyncIteratorProtocol {
         let session: YamuxSession
 
-        public mutating func next() async -> YamuxStream? {
+        package mutating func next() async -> YamuxStream? {
             let handler = session.handler
             let eventLoop = session.eventLoop
             let future = eventLoop.flatSubmit { handler.value.nextInbound() }
@@ -166,5 +166,5 @@ public struct YamuxInboundStreams: AsyncSequence, Sendable {
         }
     }
 
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(session: session) }
+    package func makeAsyncIterator() -> AsyncIterator { AsyncIterator(session: session) }
 }

@@ -9,16 +9,16 @@ import Resources
 /// RST, protocol state) is owned by the session's handler on the channel's event loop and
 /// reached by hopping there. One reader at a time; writes may come from any task (they are
 /// queued in call order per event-loop arrival).
-public final class YamuxStream: Sendable, CustomStringConvertible {
+package final class YamuxStream: Sendable, CustomStringConvertible {
     /// The stream ID (odd: opened by the connection's initiator, even: by the responder).
-    public let id: UInt32
+    package let id: UInt32
     /// Whether we opened this stream (as opposed to the peer).
-    public let isOutbound: Bool
+    package let isOutbound: Bool
     /// The stream's account in the resource manager (nil when the session has no resource
     /// scope). It holds the stream's initial receive window and its growth; the host names the
     /// protocol with `setProtocol` once negotiated. Released (`done()`) when the stream has
     /// ended and its reader has nothing left queued, or when the stream object goes away.
-    public let resourceScope: StreamScope?
+    package let resourceScope: StreamScope?
 
     let handler: NIOLoopBound<YamuxHandler>
     let shared: YamuxSharedState
@@ -39,9 +39,9 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     }
 
     /// The event loop of the session's channel.
-    public var eventLoop: EventLoop { handler.eventLoop }
+    package var eventLoop: EventLoop { handler.eventLoop }
 
-    public var description: String { "YamuxStream(\(id))" }
+    package var description: String { "YamuxStream(\(id))" }
 
     deinit {
         // The stream's window growth goes back to the session's budget (the resource scope
@@ -140,7 +140,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// Throws `YamuxError` `.streamReset` after an RST, the session's error when it ended,
     /// `.streamClosed` after `close()`, `CancellationError` if the task is cancelled.
     /// Chunks are the peer's data frames as received (at most one frame each).
-    public func read() async throws -> ByteBuffer? {
+    package func read() async throws -> ByteBuffer? {
         switch readState.withLockedValue({ poll(&$0) }) {
         case .data(let buffer, let credit):
             sendCredit(credit)
@@ -213,18 +213,18 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     }
 
     /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
-    public var inbound: Inbound { Inbound(stream: self) }
+    package var inbound: Inbound { Inbound(stream: self) }
 
-    public struct Inbound: AsyncSequence, Sendable {
-        public typealias Element = ByteBuffer
+    package struct Inbound: AsyncSequence, Sendable {
+        package typealias Element = ByteBuffer
         let stream: YamuxStream
 
-        public struct AsyncIterator: AsyncIteratorProtocol {
+        package struct AsyncIterator: AsyncIteratorProtocol {
             let stream: YamuxStream
-            public mutating func next() async throws -> ByteBuffer? { try await stream.read() }
+            package mutating func next() async throws -> ByteBuffer? { try await stream.read() }
         }
 
-        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
+        package func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
     }
 
     /// What a read handler is given (`setReadHandler`).
@@ -291,7 +291,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// Sends `data`, split into frames of at most `maxDataFrameSize` bytes. Suspends until all
     /// of it fitted into the peer's window and was written to the channel (the channel must
     /// be writable for data frames to go out): this is the back-pressure.
-    public func write(_ data: ByteBuffer) async throws {
+    package func write(_ data: ByteBuffer) async throws {
         let handler = self.handler
         try await Self.mapErrors {
             try await self.eventLoop.runInline { handler.value.write(stream: self, data: data) }
@@ -300,7 +300,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
 
     /// Sends the buffers in order as one operation: each is framed on its own (no copy into one
     /// buffer), and the call completes when the last was written, as `write(_:)` does.
-    public func write(contentsOf buffers: [ByteBuffer]) async throws {
+    package func write(contentsOf buffers: [ByteBuffer]) async throws {
         let handler = self.handler
         try await Self.mapErrors {
             try await self.eventLoop.runInline { handler.value.write(stream: self, buffers: buffers) }
@@ -308,7 +308,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     }
 
     /// Half-close: sends FIN after the queued writes. Reading continues until the peer's FIN.
-    public func closeWrite() async throws {
+    package func closeWrite() async throws {
         let handler = self.handler
         try await Self.mapErrors {
             try await self.eventLoop.runInline { handler.value.closeWrite(stream: self) }
@@ -317,7 +317,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
 
     /// Aborts the stream in both directions (RST). Queued data is dropped; pending and later
     /// reads throw `.streamReset`, pending writes fail.
-    public func reset() {
+    package func reset() {
         let error = YamuxError(.streamReset, "stream \(id) reset locally")
         let (waiter, readHandler) = readState.withLockedValue { s -> (CheckedContinuation<ByteBuffer?, any Error>?, (@Sendable (ReadEvent) -> Void)?) in
             s.buffers.removeAll()
@@ -350,7 +350,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// stream is released once the peer also sent FIN (or RST); an unexpected amount of data
     /// after close is not treated as an error. Use `reset()` to abort instead. Errors of the
     /// FIN (e.g. the session is gone) are ignored.
-    public func close() async {
+    package func close() async {
         let (credit, waiter) = readState.withLockedValue { s -> (UInt32?, CheckedContinuation<ByteBuffer?, any Error>?) in
             guard !s.readClosed else { return (nil, nil) }
             s.readClosed = true
@@ -446,7 +446,7 @@ public final class YamuxStream: Sendable, CustomStringConvertible {
     /// ended), from the thread that notices; right away if it failed already. Replaces an
     /// earlier watcher; nil removes it. Lets a task notice an abandoned stream without
     /// keeping a read pending (a FIN is not a failure).
-    public func setFailureWatcher(_ watcher: (@Sendable () -> Void)?) {
+    package func setFailureWatcher(_ watcher: (@Sendable () -> Void)?) {
         let failed = readState.withLockedValue { s -> Bool in
             guard s.writeError == nil else {
                 s.failureWatcher = nil

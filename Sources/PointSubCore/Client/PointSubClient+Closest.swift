@@ -2,7 +2,6 @@ import Identity
 import LibP2P
 import Multiformats
 import Resources
-import Yamux
 import NIOCore
 
 /// Server nodes and `sendClosest`: a request goes to the node "closest" to it, failing over down

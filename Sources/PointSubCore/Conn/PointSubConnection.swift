@@ -2,7 +2,6 @@ import Identity
 import LibP2P
 import Multiformats
 import Resources
-import Yamux
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -302,9 +301,9 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
         if isClosed {
             return PointSubNetError(.closed, "\(operation) on a closed connection", cause: error)
         }
-        if let error = error as? YamuxError {
+        if let error = error as? HostError {
             switch error.code {
-            case .streamReset, .sessionClosed, .keepAliveTimeout:
+            case .streamReset, .connectionClosed:
                 return PointSubNetError(.reset, "\(operation): the stream was reset", cause: error)
             case .streamClosed:
                 return PointSubNetError(.closed, "\(operation) on a closed stream", cause: error)

@@ -33,6 +33,13 @@ public struct HostError: CodedError {
         case protocolViolation
         /// The stream ended before the expected data arrived.
         case unexpectedEOF
+        /// The stream was reset, by the remote or by us.
+        case streamReset
+        /// The operation is no longer possible on this stream (a write after `closeWrite`, a
+        /// read after `close`).
+        case streamClosed
+        /// The stream's connection ended (closed, failed, or its keep-alive went unanswered).
+        case connectionClosed
     }
 
     /// What kind of failure.

@@ -49,14 +49,44 @@ public final class P2PStream: Sendable {
             return pending
         }
         if let buffered { return buffered }
-        return try await stream.read()
+        do {
+            return try await stream.read()
+        } catch {
+            throw Self.mapped(error)
+        }
+    }
+
+    /// The muxer's errors as the host layer's: users of a stream never see `YamuxError` (it stays
+    /// the cause). Everything else passes unchanged.
+    static func mapped(_ error: any Error) -> any Error {
+        guard let error = error as? YamuxError else { return error }
+        switch error.code {
+        case .streamReset:
+            return HostError(.streamReset, "the stream was reset", cause: error)
+        case .streamClosed:
+            return HostError(.streamClosed, "the stream is closed", cause: error)
+        case .sessionClosed, .keepAliveTimeout, .goAwayReceived, .goAwaySent:
+            return HostError(.connectionClosed, "the connection ended", cause: error)
+        case .resourceLimit, .streamLimit:
+            return HostError(.limitReached, "the stream's resources are exhausted", cause: error)
+        case .invalidUsage:
+            return HostError(.streamClosed, "the stream cannot be used this way", cause: error)
+        default:
+            return HostError(.protocolViolation, "the muxer failed", cause: error)
+        }
     }
 
     /// Reads the listener's answer to a lazily sent proposal. A refusal resets the stream.
     private func verifyNegotiation(_ negotiator: inout MultistreamNegotiator) async throws {
         do {
             while true {
-                guard let chunk = try await stream.read() else {
+                let chunk: ByteBuffer?
+                do {
+                    chunk = try await stream.read()
+                } catch {
+                    throw Self.mapped(error)
+                }
+                guard let chunk else {
                     throw MultistreamError(.unexpectedEOF, "stream closed during negotiation")
                 }
                 if try negotiator.receive(chunk).negotiated != nil { break }
@@ -147,13 +177,21 @@ public final class P2PStream: Sendable {
 
     /// Suspends until the data is within the peer's window and handed to the connection.
     public func write(_ buffer: ByteBuffer) async throws {
-        try await stream.write(buffer)
+        do {
+            try await stream.write(buffer)
+        } catch {
+            throw Self.mapped(error)
+        }
     }
 
     /// Writes the buffers in order as one operation (no copy into one buffer); suspends like
     /// `write(_:)` until the last is handed to the connection.
     public func write(contentsOf buffers: [ByteBuffer]) async throws {
-        try await stream.write(contentsOf: buffers)
+        do {
+            try await stream.write(contentsOf: buffers)
+        } catch {
+            throw Self.mapped(error)
+        }
     }
 
     /// The event loop of the stream's connection.
@@ -193,13 +231,18 @@ public final class P2PStream: Sendable {
         stream.setReadHandler(handler)
     }
 
+    /// Writes `bytes` like `write(_:)` with a buffer.
     public func write(_ bytes: some Sequence<UInt8>) async throws {
-        try await stream.write(ByteBuffer(bytes: bytes))
+        try await write(ByteBuffer(bytes: bytes))
     }
 
     /// Half-closes: we send no more, the remote may still send.
     public func closeWrite() async throws {
-        try await stream.closeWrite()
+        do {
+            try await stream.closeWrite()
+        } catch {
+            throw Self.mapped(error)
+        }
     }
 
     /// Abruptly ends both directions.
