@@ -136,6 +136,8 @@ import Yamux
             MessageSigning.Failure.badSignature,
             GossipSubConfigurationError(parameter: "d", problem: "must be at least 1"),
             RouteError(.connectionFailed, "dispatch to b failed", route: "b", cause: cause),
+            DNSError(.queryFailed, "no answer from 127.0.0.53", cause: cause),
+            KademliaError(.notFound, "no peer had the value"),
         ]
         for error in errors {
             let type = "\(type(of: error))"
