@@ -45,7 +45,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Identity", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -76,24 +76,24 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
-            "Multiformats",
+            "Basics", "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         // The seam for security protocols (Noise, TLS): a raw channel in, an authenticated one out.
         .target(name: "Security", dependencies: [
-            "Identity",
+            "Basics", "Identity",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         // ChaCha20-Poly1305 into caller-owned memory (BoringSSL's AEAD as swift-crypto links it, on Linux).
         .target(name: "CNoiseAEAD"),
         .target(name: "Noise", dependencies: [
-            "Identity", "Security", "CNoiseAEAD",
+            "Basics", "Identity", "Security", "CNoiseAEAD",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // TLS 1.3 (libp2p TLS spec): a self-signed certificate carrying the libp2p identity key.
         .target(name: "TLS", dependencies: [
-            "Identity", "Security",
+            "Basics", "Identity", "Security",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -103,7 +103,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "Yamux", dependencies: [
-            "Resources",
+            "Basics", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Atomics", package: "swift-atomics"),
@@ -166,7 +166,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
-            "PointSub", "PubSub",
+            "Basics", "PointSub", "PubSub",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -183,7 +183,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
-            "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
+            "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
             "Kademlia", "DNS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),

@@ -17,9 +17,14 @@ public protocol CodedError: Error, Sendable, CustomStringConvertible {
 }
 
 extension CodedError {
-    /// `code: message`, then the cause, e.g. `dialFailed: no address answered (cause: …)`.
-    public var description: String {
-        var text = "\(code)"
+    /// `Type.code: message`, then the cause, e.g.
+    /// `HostError.dialFailed: no address answered (cause: …)`.
+    public var description: String { codedDescription }
+
+    /// The standard description (`Type.code: message (cause: …)`), for a type that adds to it in
+    /// its own `description`.
+    public var codedDescription: String {
+        var text = "\(Self.self).\(code)"
         if !message.isEmpty { text += ": \(message)" }
         if let cause { text += " (cause: \(cause))" }
         return text
@@ -36,6 +41,25 @@ extension CodedError {
         }
         return chain
     }
+
+    /// The first error of type `E` among this error and its causes, depth first, looking into
+    /// each error of an `ErrorList` (e.g. the `NoiseError` behind one of a dial's addresses).
+    public func firstCause<E: Error>(as type: E.Type = E.self) -> E? {
+        findError(E.self, in: self, depth: 0)
+    }
+}
+
+private func findError<E: Error>(_ type: E.Type, in error: any Error, depth: Int) -> E? {
+    if let error = error as? E { return error }
+    guard depth < 32 else { return nil }
+    if let list = error as? ErrorList {
+        for error in list.errors {
+            if let found = findError(type, in: error, depth: depth + 1) { return found }
+        }
+        return nil
+    }
+    guard let cause = (error as? any CodedError)?.cause else { return nil }
+    return findError(type, in: cause, depth: depth + 1)
 }
 
 /// Several errors behind one failure (e.g. each address a dial tried), as one cause.
@@ -48,4 +72,12 @@ public struct ErrorList: Error, Sendable, CustomStringConvertible {
 
     /// The errors' descriptions joined by "; ".
     public var description: String { errors.map { "\($0)" }.joined(separator: "; ") }
+}
+
+/// A `Code` that is a string-backed enum, named by its case: `enum Code: String, ErrorCode`.
+public protocol ErrorCode: Hashable, Sendable, CustomStringConvertible, RawRepresentable where RawValue == String {}
+
+extension ErrorCode {
+    /// The case's name, e.g. `dialFailed`.
+    public var description: String { rawValue }
 }

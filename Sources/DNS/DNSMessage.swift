@@ -3,7 +3,7 @@ import Basics
 /// Every error of the DNS module.
 public struct DNSError: CodedError {
     /// The kind of failure.
-    public enum Code: String, Sendable, Hashable, CustomStringConvertible {
+    public enum Code: String, ErrorCode {
         /// An answer that is not a well-formed DNS message (truncated, bad name, pointer loop…).
         case malformedMessage
         /// An answer, a name or a resolution beyond its limit (size, records, depth, addresses).
@@ -12,9 +12,6 @@ public struct DNSError: CodedError {
         case queryFailed
         /// A name that cannot be queried (too long, empty label).
         case invalidName
-
-        /// The code's name.
-        public var description: String { rawValue }
     }
 
     /// The kind of failure.

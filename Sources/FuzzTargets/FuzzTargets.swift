@@ -1,3 +1,4 @@
+import Basics
 import PubSub
 /// Fuzz entry points for every parser and state machine that reads bytes from the network
 /// (issue 10). The same code runs under libFuzzer (`FuzzTesting/`, `scripts/fuzz.sh`) and in the
@@ -15,7 +16,7 @@ import PubSub
 /// debug builds are (the tests), and `scripts/fuzz.sh` builds release with `-enable-testing
 /// -DFUZZING`. In any other release build those targets do nothing (`FuzzTarget.isAvailable` is
 /// false) so that `swift build -c release` still builds.
-public enum FuzzTarget: String, CaseIterable, Sendable {
+public enum FuzzTarget: String, CaseIterable, ErrorCode {
     /// Multiformats unsigned varints (`Varint.decode`, `ByteBuffer.readVarint`).
     case varint
     /// Multibase text and the bases behind it (base58btc, base32, base64, base16).
@@ -71,20 +72,26 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 }
 
 /// A target found an input on which an invariant of the code under test does not hold.
-public struct FuzzInvariantFailure: Error, Sendable, CustomStringConvertible {
+public struct FuzzInvariantFailure: CodedError {
+    /// The target that found it is the code.
+    public typealias Code = FuzzTarget
+
     /// The target that found it.
     public let target: FuzzTarget
     /// What does not hold.
     public let message: String
+    /// The error that shows it, e.g. a re-encoded value's parse failure.
+    public let cause: (any Error)?
 
     /// Makes a failure report.
-    public init(target: FuzzTarget, message: String) {
+    public init(target: FuzzTarget, message: String, cause: (any Error)? = nil) {
         self.target = target
         self.message = message
+        self.cause = cause
     }
 
-    /// `target: message`.
-    public var description: String { "\(target.rawValue): \(message)" }
+    /// The target that found it.
+    public var code: FuzzTarget { target }
 }
 
 /// Runs fuzz targets on byte inputs.

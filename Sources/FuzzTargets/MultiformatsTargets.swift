@@ -114,7 +114,7 @@ extension FuzzTargets {
         do {
             while let next = try again.next() { reread.append(next) }
         } catch {
-            throw FuzzInvariantFailure(target: .protobuf, message: "re-encoded fields do not parse: \(error)")
+            throw FuzzInvariantFailure(target: .protobuf, message: "re-encoded fields do not parse", cause: error)
         }
         try check(reread.map(\.field) == fields.map(\.field) && reread.map(\.value) == fields.map(\.value),
                   "protobuf round trip differs")

@@ -11,7 +11,7 @@ extension FuzzTargets {
         do {
             again = try IdentifyMessage(decoding: message.encoded())
         } catch {
-            throw FuzzInvariantFailure(target: .identify, message: "re-encoded identify message does not parse: \(error)")
+            throw FuzzInvariantFailure(target: .identify, message: "re-encoded identify message does not parse", cause: error)
         }
         try check(again == message, "identify round trip differs")
     }

@@ -28,7 +28,7 @@ extension FuzzTargets {
         do {
             again = try PubSubRPC(decoding: rpc.encoded())
         } catch {
-            throw FuzzInvariantFailure(target: target, message: "re-encoded RPC does not decode: \(error)")
+            throw FuzzInvariantFailure(target: target, message: "re-encoded RPC does not decode", cause: error)
         }
         try check(again == rpc, "pubsub RPC round trip differs")
     }

@@ -33,7 +33,7 @@ public struct PeerID: Hashable, Sendable, Comparable, CustomStringConvertible, L
         do {
             mh = try Multihash(bytes: bytes)
         } catch {
-            throw IdentityError(.invalidPeerID, "not a multihash: \(error)")
+            throw IdentityError(.invalidPeerID, "not a multihash", cause: error)
         }
         switch mh.code {
         case Multihash.identityCode:
@@ -43,7 +43,7 @@ public struct PeerID: Hashable, Sendable, Comparable, CustomStringConvertible, L
             do {
                 _ = try PublicKey(marshaled: mh.digest)
             } catch {
-                throw IdentityError(.invalidPeerID, "identity peer ID does not hold a valid public key: \(error.message)")
+                throw IdentityError(.invalidPeerID, "identity peer ID does not hold a valid public key", cause: error)
             }
         case Multihash.sha256Code:
             guard mh.digest.count == 32 else {
@@ -79,7 +79,7 @@ public struct PeerID: Hashable, Sendable, Comparable, CustomStringConvertible, L
             do {
                 decoded = try Base58.decode(string)
             } catch {
-                throw IdentityError(.invalidPeerID, "invalid base58btc: \(error)")
+                throw IdentityError(.invalidPeerID, "invalid base58btc", cause: error)
             }
             try self.init(bytes: decoded)
             return
@@ -88,7 +88,7 @@ public struct PeerID: Hashable, Sendable, Comparable, CustomStringConvertible, L
         do {
             cid = try CID(string)
         } catch {
-            throw IdentityError(.invalidPeerID, "neither base58btc multihash nor CIDv1: \(error)")
+            throw IdentityError(.invalidPeerID, "neither base58btc multihash nor CIDv1", cause: error)
         }
         guard cid.codec == Multicodec.libp2pKey else {
             throw IdentityError(.invalidPeerID, "CID codec 0x\(String(cid.codec, radix: 16)) is not libp2p-key (0x72)")

@@ -73,7 +73,7 @@ public struct PeerRecord: Sendable, Hashable {
             do {
                 next = try reader.next()
             } catch {
-                throw RecordError(.malformed, "peer record protobuf: \(error)")
+                throw RecordError(.malformed, "peer record protobuf", cause: error)
             }
             guard let (field, value) = next else { break }
             switch (field, value) {
@@ -99,7 +99,7 @@ public struct PeerRecord: Sendable, Hashable {
         do {
             self.peerID = try PeerID(bytes: peerBytes)
         } catch {
-            throw RecordError(.invalidPeerID, "peer record peer ID: \(error.message)")
+            throw RecordError(.invalidPeerID, "peer record peer ID", cause: error)
         }
         self.seq = seq ?? 0
         self.addresses = addresses
@@ -120,7 +120,7 @@ public struct PeerRecord: Sendable, Hashable {
             do {
                 next = try reader.next()
             } catch {
-                throw RecordError(.malformed, "peer record AddressInfo protobuf: \(error)")
+                throw RecordError(.malformed, "peer record AddressInfo protobuf", cause: error)
             }
             guard let (field, value) = next else { break }
             guard field == 1 else { continue }

@@ -67,7 +67,7 @@ public struct PrivateKey: Sendable {
         do {
             return PrivateKey(.rsa(try _RSA.Signing.PrivateKey(keySize: .init(bitCount: bits))))
         } catch {
-            throw IdentityError(.invalidKey, "RSA key generation failed: \(error)")
+            throw IdentityError(.invalidKey, "RSA key generation failed", cause: error)
         }
     }
 
@@ -138,7 +138,7 @@ public struct PrivateKey: Sendable {
         } catch let error as IdentityError {
             throw error
         } catch {
-            throw IdentityError(.signingFailed, "\(type) signing failed: \(error)")
+            throw IdentityError(.signingFailed, "\(type) signing failed", cause: error)
         }
     }
 
@@ -188,7 +188,7 @@ public struct PrivateKey: Sendable {
             do {
                 key = try _RSA.Signing.PrivateKey(unsafeDERRepresentation: data)
             } catch {
-                throw IdentityError(.invalidKey, "RSA private key is not valid PKCS#1 DER: \(error)")
+                throw IdentityError(.invalidKey, "RSA private key is not valid PKCS#1 DER", cause: error)
             }
             guard key.keySizeInBits >= PublicKey.minRSABits else {
                 throw IdentityError(.rsaKeyTooSmall, "RSA key has \(key.keySizeInBits) bits")

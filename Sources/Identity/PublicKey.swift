@@ -98,7 +98,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
             do {
                 key = try _RSA.Signing.PublicKey(derRepresentation: raw)
             } catch {
-                throw IdentityError(.invalidKey, "RSA public key refused by the crypto library: \(error)")
+                throw IdentityError(.invalidKey, "RSA public key refused by the crypto library", cause: error)
             }
             guard key.keySizeInBits == bits, Array(key.derRepresentation) == raw else {
                 throw IdentityError(.invalidKey, "RSA public key is not a canonical PKIX SubjectPublicKeyInfo")
@@ -163,7 +163,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         } catch let error as IdentityError {
             throw error
         } catch {
-            throw IdentityError(.invalidKey, "\(what) protobuf: \(error)")
+            throw IdentityError(.invalidKey, "\(what) protobuf", cause: error)
         }
         guard let type, let data else {
             throw IdentityError(.invalidKey, "\(what) protobuf lacks the Type or Data field")

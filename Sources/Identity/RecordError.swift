@@ -1,11 +1,13 @@
+import Basics
+
 /// Errors of signed envelopes (RFC 0002) and peer records (RFC 0003): a machine-checkable
-/// `code` plus a human-readable `message`.
+/// `code`, a human-readable `message` and the lower-level failure as `cause`, if any.
 ///
 /// Equality (and hashing) consider only `code`, so callers and tests can match with the static
 /// values, e.g. `#expect(throws: RecordError.invalidSignature) { ... }`.
-public struct RecordError: Error, Sendable, Hashable, CustomStringConvertible {
+public struct RecordError: CodedError, Hashable {
     /// What went wrong.
-    public enum Code: String, Sendable, Hashable {
+    public enum Code: String, ErrorCode {
         /// The bytes are not a well-formed protobuf message (truncated, bad wire type, duplicate field).
         case malformed
         /// The input or one of its fields is larger than its limit.
@@ -35,17 +37,17 @@ public struct RecordError: Error, Sendable, Hashable, CustomStringConvertible {
     public let code: Code
     /// What went wrong, for people.
     public let message: String
+    /// The lower-level failure behind this one, e.g. the crypto library's error.
+    public let cause: (any Error)?
 
-    /// An error with `code` and a human-readable `message`.
-    public init(_ code: Code, _ message: String) {
+    /// An error with `code`, a human-readable `message` and the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
 
-    /// `code: message`.
-    public var description: String { "\(code.rawValue): \(message)" }
-
-    /// Equal when the codes are equal (messages are for people).
+    /// Equal when the codes are equal (messages and causes are for people).
     public static func == (lhs: RecordError, rhs: RecordError) -> Bool { lhs.code == rhs.code }
     /// Hashes the code only, consistent with `==`.
     public func hash(into hasher: inout Hasher) { hasher.combine(code) }

@@ -86,7 +86,7 @@ public struct SignedEnvelope: Sendable, Hashable {
         do {
             signature = try key.sign(signingBytes(domain: domain, payloadType: payloadType, payload: payload))
         } catch {
-            throw RecordError(.signingFailed, "sealing an envelope: \(error.message)")
+            throw RecordError(.signingFailed, "sealing an envelope", cause: error)
         }
         let envelope = SignedEnvelope(publicKey: key.publicKey, payloadType: payloadType, payload: payload, signature: signature)
         let size = envelope.marshal().count
@@ -133,7 +133,7 @@ public struct SignedEnvelope: Sendable, Hashable {
             do {
                 next = try reader.next()
             } catch {
-                throw RecordError(.malformed, "envelope protobuf: \(error)")
+                throw RecordError(.malformed, "envelope protobuf", cause: error)
             }
             guard let (field, value) = next else { break }
             switch field {
@@ -153,7 +153,7 @@ public struct SignedEnvelope: Sendable, Hashable {
         do {
             publicKey = try PublicKey(marshaled: keyBytes)
         } catch {
-            throw RecordError(.invalidPublicKey, "envelope public key: \(error.message)")
+            throw RecordError(.invalidPublicKey, "envelope public key", cause: error)
         }
         // An empty payload is legal protobuf (proto3 leaves the field out); the record type decides.
         return SignedEnvelope(publicKey: publicKey, payloadType: payloadType, payload: payload ?? [], signature: signature)
@@ -166,7 +166,7 @@ public struct SignedEnvelope: Sendable, Hashable {
         do {
             try publicKey.verifyThrowing(signature: signature, for: message)
         } catch {
-            throw RecordError(.invalidSignature, "envelope signature (domain \"\(domain)\"): \(error.message)")
+            throw RecordError(.invalidSignature, "envelope signature (domain \"\(domain)\")", cause: error)
         }
     }
 

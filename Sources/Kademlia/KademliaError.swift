@@ -3,7 +3,7 @@ import Basics
 /// Every error the Kademlia DHT reports.
 public struct KademliaError: CodedError {
     /// The kind of failure.
-    public enum Code: String, Sendable, Hashable, CustomStringConvertible {
+    public enum Code: String, ErrorCode {
         /// A message that is not valid protobuf, misses a required field, or has an unknown type.
         case malformedMessage
         /// A message, key, record or peer list over its limit (checked before buffering it).
@@ -12,9 +12,6 @@ public struct KademliaError: CodedError {
         case notFound
         /// A record its namespace's validator refused.
         case invalidRecord
-
-        /// The code's name.
-        public var description: String { rawValue }
     }
 
     /// The kind of failure.

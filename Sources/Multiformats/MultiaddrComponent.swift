@@ -221,7 +221,7 @@ extension Multiaddr {
                 do {
                     decoded = try Multibase.decode(text)
                 } catch {
-                    throw .malformedMultiaddr("/certhash: \(error)")
+                    throw .malformedMultiaddr("/certhash value is not multibase", cause: error)
                 }
                 self = .certhash(try Self.multihash(decoded, proto))
             default:
@@ -238,7 +238,7 @@ extension Multiaddr {
                 do {
                     decoded = try Base58.decode(text)
                 } catch {
-                    throw .malformedMultiaddr("/p2p: \(error)")
+                    throw .malformedMultiaddr("/p2p value is not base58btc", cause: error)
                 }
                 return try multihash(decoded, ProtocolInfo.p2p)
             }
@@ -246,7 +246,7 @@ extension Multiaddr {
             do {
                 cid = try CID(text)
             } catch {
-                throw .malformedMultiaddr("/p2p: \(error)")
+                throw .malformedMultiaddr("/p2p value is not a CID", cause: error)
             }
             guard cid.codec == Multicodec.libp2pKey else {
                 throw .malformedMultiaddr("/p2p: CID codec \(cid.codec) is not libp2p-key")
@@ -261,7 +261,7 @@ extension Multiaddr {
             do {
                 _ = try Multihash(bytes: value)
             } catch {
-                throw .malformedMultiaddr("/\(proto.name): \(error)")
+                throw .malformedMultiaddr("/\(proto.name) value is not a multihash", cause: error)
             }
             return value
         }

@@ -95,7 +95,7 @@ public struct CID: Hashable, Sendable {
         do {
             mh = try Multihash(bytes: Array(bytes[offset...]))
         } catch {
-            throw .invalidCID("bad multihash: \(error)")
+            throw .invalidCID("bad multihash", cause: error)
         }
         self.init(codec: codec, multihash: mh)
     }

@@ -1,6 +1,9 @@
+import Basics
+
 /// Why a multistream-select negotiation failed.
-public struct MultistreamError: Error, Sendable, Hashable, CustomStringConvertible {
-    public enum Code: Sendable, Hashable {
+public struct MultistreamError: CodedError, Hashable {
+    /// The kinds of failure.
+    public enum Code: String, ErrorCode {
         /// A message's length prefix is over `MultistreamNegotiator.maxMessageLength`.
         case messageTooLong
         /// The length prefix is not a valid minimal uvarint.
@@ -19,13 +22,25 @@ public struct MultistreamError: Error, Sendable, Hashable, CustomStringConvertib
         case unexpectedEOF
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What went wrong at this layer.
     public var message: String
+    /// The lower-level failure behind this one, if any.
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
 
-    public var description: String { "multistream-select: \(message)" }
+    /// Equal when code and message are (the cause is not compared).
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code && lhs.message == rhs.message }
+    /// Hashes code and message, consistent with `==`.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
 }

@@ -171,7 +171,7 @@ public struct MultistreamNegotiator: Sendable {
         do {
             prefix = try buffer.getVarint(at: buffer.readerIndex)
         } catch {
-            throw MultistreamError(.invalidLength, "invalid length prefix")
+            throw MultistreamError(.invalidLength, "invalid length prefix", cause: error)
         }
         guard let (length, prefixLength) = prefix else { return nil }
         guard length <= UInt64(Self.maxMessageLength) else {

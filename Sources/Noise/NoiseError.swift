@@ -1,8 +1,10 @@
+import Basics
 import Security
 
 /// Why a Noise handshake or transport message failed.
-public struct NoiseError: SecurityError, Sendable, Hashable, CustomStringConvertible {
-    public enum Code: Sendable, Hashable {
+public struct NoiseError: SecurityError, Hashable {
+    /// The kinds of failure.
+    public enum Code: String, ErrorCode {
         /// A handshake message has the wrong length or arrived out of order.
         case malformedHandshakeMessage
         /// AEAD authentication failed: the peer does not hold the keys, or bytes were tampered with.
@@ -21,13 +23,25 @@ public struct NoiseError: SecurityError, Sendable, Hashable, CustomStringConvert
         case connectionClosed
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What went wrong at this layer.
     public var message: String
+    /// The lower-level failure behind this one, if any.
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
 
-    public var description: String { "noise: \(message)" }
+    /// Equal when code and message are (the cause is not compared).
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code && lhs.message == rhs.message }
+    /// Hashes code and message, consistent with `==`.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
 }

@@ -170,7 +170,7 @@ public struct NoiseHandshakeState {
             return try local.sharedSecretFromKeyAgreement(with: remote).withUnsafeBytes { Array($0) }
         } catch {
             // BoringSSL refuses low-order points (an all-zero shared secret).
-            throw NoiseError(.malformedHandshakeMessage, "invalid Diffie-Hellman public key")
+            throw NoiseError(.malformedHandshakeMessage, "invalid Diffie-Hellman public key", cause: error)
         }
     }
 
@@ -178,7 +178,7 @@ public struct NoiseHandshakeState {
         do {
             return try Curve25519.KeyAgreement.PublicKey(rawRepresentation: bytes)
         } catch {
-            throw NoiseError(.malformedHandshakeMessage, "invalid X25519 public key")
+            throw NoiseError(.malformedHandshakeMessage, "invalid X25519 public key", cause: error)
         }
     }
 }

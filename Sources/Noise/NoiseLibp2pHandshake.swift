@@ -39,7 +39,7 @@ struct NoiseHandshakePayload: Equatable {
                 }
             }
         } catch {
-            throw NoiseError(.invalidPayload, "handshake payload is not a valid protobuf")
+            throw NoiseError(.invalidPayload, "handshake payload is not a valid protobuf", cause: error)
         }
         guard let key, let signature else {
             throw NoiseError(.invalidPayload, "handshake payload lacks the identity key or signature")
@@ -171,7 +171,7 @@ public struct NoiseLibp2pHandshake {
         do {
             key = try PublicKey(marshaled: payload.identityKey)
         } catch {
-            throw NoiseError(.invalidPayload, "remote identity key: \(error)")
+            throw NoiseError(.invalidPayload, "remote identity key", cause: error)
         }
         let peer = PeerID(publicKey: key)
         if let expectedRemotePeer, expectedRemotePeer != peer {

@@ -200,16 +200,16 @@ public final class ResourceManager: Sendable {
     func report(_ error: ResourceError, address: String?, peer: String?) {
         Counter(
             label: "pointsub_resource_refusals_total",
-            dimensions: [("scope", error.scope), ("resource", error.resource.rawValue)]
+            dimensions: [("scope", error.scope), ("resource", error.code.rawValue)]
         ).increment()
         var metadata: Logger.Metadata = [
-            "scope": "\(error.scope)", "resource": "\(error.resource.rawValue)", "limit": "\(error.limit)",
+            "scope": "\(error.scope)", "resource": "\(error.code.rawValue)", "limit": "\(error.limit)",
         ]
         if let name = error.scopeName { metadata["scope_name"] = "\(name)" }
         if let address { metadata["remote_address"] = "\(address)" }
         if let peer { metadata["peer"] = "\(peer)" }
         refusalLog.log(
-            .info, key: "\(error.scope).\(error.resource.rawValue)", "resource limit reached: \(error)",
+            .info, key: "\(error.scope).\(error.code.rawValue)", "resource limit reached: \(error)",
             metadata: metadata)
     }
 
@@ -314,7 +314,7 @@ struct State {
 
     /// Throws if any of the `(resource, value after)` pairs goes over `limits`.
     func check(
-        _ key: ScopeKey, limits: ScopeLimits, _ after: (ResourceUsage) -> [(ResourceError.Resource, Int)]
+        _ key: ScopeKey, limits: ScopeLimits, _ after: (ResourceUsage) -> [(ResourceError.Code, Int)]
     ) throws(ResourceError) {
         let usage = self.usage[key] ?? ResourceUsage()
         for (resource, value) in after(usage) {
@@ -393,7 +393,7 @@ struct State {
     }
 }
 
-extension ResourceError.Resource {
+extension ResourceError.Code {
     /// Where this resource is in limits (and, through `ResourceUsage.counts`, in usage).
     var limit: KeyPath<ScopeLimits, Int> {
         switch self {

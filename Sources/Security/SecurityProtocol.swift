@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import NIOCore
 
@@ -66,4 +67,4 @@ public protocol SecurityProtocol: Sendable {
 
 /// The errors of a security protocol's handshake conform (``NoiseError``, `TLSError`), so the
 /// host can tell a failed authentication from a failed negotiation or a closed socket.
-public protocol SecurityError: Error {}
+public protocol SecurityError: CodedError {}

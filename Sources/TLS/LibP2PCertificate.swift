@@ -66,7 +66,7 @@ public struct LibP2PCertificate: Sendable {
         } catch let error as TLSError {
             throw error
         } catch {
-            throw TLSError(.localSetupFailed, "could not build the certificate: \(error)")
+            throw TLSError(.localSetupFailed, "could not build the certificate", cause: error)
         }
     }
 
@@ -83,14 +83,14 @@ public struct LibP2PCertificate: Sendable {
         do {
             try serializer.serialize(certificatePublicKey)
         } catch {
-            throw TLSError(.localSetupFailed, "could not encode the certificate key: \(error)")
+            throw TLSError(.localSetupFailed, "could not encode the certificate key", cause: error)
         }
         let message = signaturePrefix + serializer.serializedBytes
         let signature: [UInt8]
         do {
             signature = try identity.sign(message)
         } catch {
-            throw TLSError(.localSetupFailed, "the identity key could not sign: \(error)")
+            throw TLSError(.localSetupFailed, "the identity key could not sign", cause: error)
         }
         return encodeSignedKey(publicKey: identity.publicKey.marshal(), signature: signature)
     }
@@ -125,7 +125,7 @@ public struct LibP2PCertificate: Sendable {
                 return (Array(publicKey.bytes), Array(signature.bytes))
             }
         } catch {
-            throw TLSError(.malformedExtension, "SignedKey is not DER SEQUENCE { OCTET STRING, OCTET STRING }: \(error)")
+            throw TLSError(.malformedExtension, "SignedKey is not DER SEQUENCE { OCTET STRING, OCTET STRING }", cause: error)
         }
     }
 }
@@ -192,7 +192,7 @@ extension LibP2PCertificate {
         } catch let error as TLSError {
             throw error
         } catch {
-            throw TLSError(.malformedCertificate, "TBSCertificate does not parse: \(error)")
+            throw TLSError(.malformedCertificate, "TBSCertificate does not parse", cause: error)
         }
     }
 
@@ -205,7 +205,7 @@ extension LibP2PCertificate {
         do {
             certificate = try Certificate(derEncoded: der)
         } catch {
-            throw TLSError(.malformedCertificate, "certificate is not valid DER X.509: \(error)")
+            throw TLSError(.malformedCertificate, "certificate is not valid DER X.509", cause: error)
         }
         guard now >= certificate.notValidBefore else {
             throw TLSError(.certificateNotYetValid, "certificate is valid only from \(certificate.notValidBefore)")
@@ -232,14 +232,14 @@ extension LibP2PCertificate {
         do {
             publicKey = try PublicKey(marshaled: marshaledKey)
         } catch {
-            throw TLSError(.invalidPublicKey, "SignedKey public key is invalid: \(error.message)")
+            throw TLSError(.invalidPublicKey, "SignedKey public key is invalid", cause: error)
         }
         let message = signaturePrefix + Array(try subjectPublicKeyInfo(of: certificate))
         do {
             try publicKey.verifyThrowing(signature: signature, for: message)
         } catch {
             if error.code == .unsupportedKeyType {
-                throw TLSError(.invalidPublicKey, "SignedKey key type \(publicKey.type) cannot verify: \(error.message)")
+                throw TLSError(.invalidPublicKey, "SignedKey key type \(publicKey.type) cannot verify", cause: error)
             }
             throw TLSError(.invalidSignedKeySignature, "SignedKey signature does not verify with the identity key")
         }

@@ -1,9 +1,10 @@
+import Basics
 import Security
 
 /// Why a libp2p TLS handshake failed, or why a peer's certificate was refused (libp2p TLS spec).
-public struct TLSError: SecurityError, Sendable, Hashable, CustomStringConvertible {
+public struct TLSError: SecurityError, Hashable {
     /// One code per rule of the spec's peer authentication, plus the transport failures.
-    public enum Code: String, Sendable, Hashable, CaseIterable {
+    public enum Code: String, ErrorCode, CaseIterable {
         /// The peer presented no certificate (a server must require one from the client).
         case noCertificate
         /// The peer presented more than one certificate (the spec allows exactly one).
@@ -40,17 +41,25 @@ public struct TLSError: SecurityError, Sendable, Hashable, CustomStringConvertib
         case localSetupFailed
     }
 
-    /// Which rule failed.
+    /// What kind of failure.
     public var code: Code
-    /// A human-readable detail.
+    /// What went wrong at this layer.
     public var message: String
+    /// What BoringSSL, swift-certificates or the identity layer reported, if anything.
+    public var cause: (any Error)?
 
-    /// An error with `code` and a detail message.
-    public init(_ code: Code, _ message: String) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
 
-    /// `tls: <message>`.
-    public var description: String { "tls: \(message)" }
+    /// Equal when code and message are (the cause is not compared).
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code && lhs.message == rhs.message }
+    /// Hashes code and message, consistent with `==`.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
 }

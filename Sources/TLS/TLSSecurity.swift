@@ -54,7 +54,7 @@ public struct TLSSecurity: SecurityProtocol {
             sslCertificate = try NIOSSLCertificate(bytes: certificate.der, format: .der)
             sslKey = try NIOSSLPrivateKey(bytes: Array(certificate.certificateKey.derRepresentation), format: .der)
         } catch {
-            throw TLSError(.localSetupFailed, "BoringSSL refused our certificate or key: \(error)")
+            throw TLSError(.localSetupFailed, "BoringSSL refused our certificate or key", cause: error)
         }
     }
 
@@ -87,7 +87,7 @@ public struct TLSSecurity: SecurityProtocol {
         do {
             context = try NIOSSLContext(configuration: configuration(isServer: isServer, muxers: muxers))
         } catch {
-            throw TLSError(.localSetupFailed, "could not make the TLS context: \(error)")
+            throw TLSError(.localSetupFailed, "could not make the TLS context", cause: error)
         }
         contexts.withLockedValue {
             if $0.count >= 8 { $0.removeAll() }
@@ -116,7 +116,7 @@ public struct TLSSecurity: SecurityProtocol {
                 state.error = error
                 promise.succeed(.failed)
             } catch {
-                state.error = TLSError(.malformedCertificate, "certificate could not be read: \(error)")
+                state.error = TLSError(.malformedCertificate, "certificate could not be read", cause: error)
                 promise.succeed(.failed)
             }
         }

@@ -1,3 +1,4 @@
+import Basics
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -11,9 +12,9 @@ import NIOCore
 import NIOPosix
 
 /// Why a transport operation failed.
-public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
+public struct TransportError: CodedError, Hashable {
     /// The kinds of transport failure.
-    public enum Code: Sendable, Hashable {
+    public enum Code: String, ErrorCode {
         /// Not a TCP multiaddr this transport can dial or listen on.
         case unsupportedAddress
         /// The TCP connect did not finish in time (no answer at all, e.g. a firewall that drops SYNs).
@@ -36,20 +37,32 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
 
     /// What kind of failure.
     public var code: Code
-    /// The whole story in one line: what failed, then the root cause once.
+    /// What failed at this layer, e.g. "cannot connect to /ip4/10.0.0.1/tcp/4001".
     public var message: String
-    /// The root cause alone, e.g. "connection refused" (empty when `message` says it all).
+    /// The root cause in a few words, e.g. "connection refused" (empty when `message` says it all).
     public var reason: String
+    /// What NIO (or the other end) reported, when there is such an error.
+    public var cause: (any Error)?
 
-    /// A transport error; `reason` is the root cause alone when `message` ends with it.
-    public init(_ code: Code, _ message: String, reason: String = "") {
+    /// A transport error; `reason` is the root cause in a few words, `cause` the error behind it.
+    public init(_ code: Code, _ message: String, reason: String = "", cause: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.reason = reason
+        self.cause = cause
     }
 
-    /// "transport: " and the message.
-    public var description: String { "transport: \(message)" }
+    /// Equal when code, message and reason are (the cause is not compared).
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.reason == rhs.reason
+    }
+
+    /// Hashes code, message and reason, consistent with `==`.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(reason)
+    }
 
     /// Classifies what NIO reported for a failed connect.
     ///
@@ -185,7 +198,7 @@ public struct TCPTransport: Transport {
                 .get()
         } catch {
             let reason = (error as? IOError).map { TransportError.classify(errno: $0.errnoCode).reason } ?? "\(error)"
-            throw TransportError(.listenFailed, "cannot listen on \(address): \(reason)", reason: reason)
+            throw TransportError(.listenFailed, "cannot listen on \(address)", reason: reason, cause: error)
         }
         guard let local = channel.localAddress else {
             throw TransportError(.listenFailed, "listener has no local address")
@@ -209,7 +222,7 @@ public struct TCPTransport: Transport {
             do {
                 bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddress, port: 0))
             } catch {
-                throw TransportError(.unsupportedAddress, "cannot dial from \(sourceAddress): \(error)")
+                throw TransportError(.unsupportedAddress, "cannot dial from \(sourceAddress)", cause: error)
             }
         }
         do {
@@ -225,9 +238,9 @@ public struct TCPTransport: Transport {
         } catch {
             let (code, reason) = TransportError.classifyConnectFailure(error)
             if code == .dialTimeout {
-                throw TransportError(.dialTimeout, "connecting to \(address) timed out", reason: reason)
+                throw TransportError(.dialTimeout, "connecting to \(address) timed out", reason: reason, cause: error)
             }
-            throw TransportError(code, "cannot connect to \(address): \(reason)", reason: reason)
+            throw TransportError(code, "cannot connect to \(address)", reason: reason, cause: error)
         }
     }
 }

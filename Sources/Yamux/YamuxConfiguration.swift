@@ -1,3 +1,4 @@
+import Basics
 import NIOCore
 import Resources
 
@@ -103,7 +104,8 @@ public struct YamuxGoAwayCode: RawRepresentable, Sendable, Hashable, CustomStrin
 }
 
 /// Every error the Yamux module throws.
-public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
+public struct YamuxError: CodedError, Hashable {
+    /// The kinds of failure, in one byte.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         // One byte, not the name: errors are stored per stream (twice), so their size counts.
         private let index: UInt8
@@ -152,31 +154,27 @@ public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
     public var code: Code
     /// Details for people.
     public var message: String
+    /// The error behind this one: the resource manager's refusal behind a `.resourceLimit`
+    /// error, the channel's error behind a `.sessionClosed`. (Stored as is: an `any Error` is one
+    /// pointer to a box already, the size a separate box would take.)
+    public var cause: (any Error)?
     /// The resource manager's refusal behind a `.resourceLimit` error.
-    public var resourceError: ResourceError? {
-        get { resourceBox?.error }
-        set { resourceBox = newValue.map(ResourceErrorBox.init) }
-    }
-    // Boxed: a `ResourceError` inline would more than double the size of every YamuxError.
-    private var resourceBox: ResourceErrorBox?
+    public var resourceError: ResourceError? { cause as? ResourceError }
 
-    /// An error of kind `code`.
-    public init(_ code: Code, _ message: String = "", resourceError: ResourceError? = nil) {
+    /// An error of kind `code`, with the error behind it, if any.
+    public init(_ code: Code, _ message: String = "", cause: (any Error)? = nil) {
         self.code = code
         self.message = message
-        self.resourceBox = resourceError.map(ResourceErrorBox.init)
+        self.cause = cause
     }
 
-    public var description: String {
-        message.isEmpty ? "YamuxError(\(code))" : "YamuxError(\(code)): \(message)"
-    }
-
-    /// Equal when code, message and resource error are.
+    /// Equal when code and message are, and the resource errors behind them (other causes are
+    /// not compared).
     public static func == (lhs: YamuxError, rhs: YamuxError) -> Bool {
         lhs.code == rhs.code && lhs.message == rhs.message && lhs.resourceError == rhs.resourceError
     }
 
-    /// Hashes code, message and resource error.
+    /// Hashes code, message and resource error, consistent with `==`.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(message)
@@ -193,10 +191,4 @@ public struct YamuxError: Error, Sendable, Hashable, CustomStringConvertible {
             return false
         }
     }
-}
-
-/// Holds a `ResourceError` out of line (see `YamuxError.resourceError`).
-private final class ResourceErrorBox: Sendable {
-    let error: ResourceError
-    init(_ error: ResourceError) { self.error = error }
 }

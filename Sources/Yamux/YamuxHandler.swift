@@ -168,7 +168,7 @@ final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Last handler: the error stops here and ends the session.
-        let yamuxError = error as? YamuxError ?? YamuxError(.sessionClosed, "channel error: \(error)")
+        let yamuxError = error as? YamuxError ?? YamuxError(.sessionClosed, "channel error", cause: error)
         endSession(error: yamuxError, goAway: nil, closeChannel: true)
     }
 
@@ -238,7 +238,7 @@ final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } catch {
             actions.removeAll(keepingCapacity: true)
-            let violation = (error as Any) as? YamuxError ?? YamuxError(.protocolError, "\(error)")
+            let violation = (error as Any) as? YamuxError ?? YamuxError(.protocolError, cause: error)
             stateMachine.protocolViolation(violation, into: &actions)
             process(&actions)
         }
@@ -294,7 +294,7 @@ final class YamuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         do throws(ResourceError) {
             return try Self.openStreamScope(in: resourceScope, direction: .outbound, window: configuration.initialStreamWindow)
         } catch {
-            throw YamuxError(.resourceLimit, "stream refused: \(error)", resourceError: error)
+            throw YamuxError(.resourceLimit, "stream refused", cause: error)
         }
     }
 

@@ -472,7 +472,7 @@ package final class YamuxStream: Sendable, CustomStringConvertible {
         } catch let error as CancellationError {
             throw error
         } catch {
-            throw YamuxError(.sessionClosed, "\(error)")
+            throw YamuxError(.sessionClosed, cause: error)
         }
     }
 }

@@ -174,24 +174,28 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// The innermost cause of `error`, said once: "connection refused", not "could not connect to X
-/// (transport: cannot connect to X: connection reset (error set): Connection refused (errno: 111))".
+/// The innermost cause of `error`, said once: "connection refused", not "HostError.dialFailed:
+/// could not connect to X (cause: TransportError.connectionRefused: cannot connect to X (cause:
+/// connection reset (error set): Connection refused (errno: 111)))".
 func rootCause(of error: any Error) -> String {
     switch error {
     case let error as TransportError:
         return error.reason.isEmpty ? error.message : error.reason
     case let error as PointSubError:
-        return error.underlying.map(rootCause(of:)) ?? error.message
+        return error.cause.map(rootCause(of:)) ?? error.message
     case let error as HostError:
-        guard !error.underlying.isEmpty else { return error.message }
+        guard !error.causes.isEmpty else { return error.message }
         // One cause per address tried; the same cause from several addresses is said once.
         var causes: [String] = []
-        for underlying in error.underlying {
+        for underlying in error.causes {
             let cause = rootCause(of: underlying)
             if !causes.contains(cause) { causes.append(cause) }
         }
         if error.code == .upgradeFailed { return "handshake failed: " + causes.joined(separator: "; ") }
         return causes.joined(separator: "; ")
+    case let error as any CodedError:
+        if let cause = error.cause { return rootCause(of: cause) }
+        return error.message.isEmpty ? "\(error)" : error.message
     default:
         return "\(error)"
     }
@@ -202,7 +206,7 @@ func describe(_ error: any Error) -> String {
     switch error {
     case let error as HostError:
         // "X supports none of /p": the message is the whole story; the multistream detail repeats it.
-        guard !error.underlying.isEmpty, error.code != .protocolNotSupported else { return error.message }
+        guard error.cause != nil, error.code != .protocolNotSupported else { return error.message }
         return "\(error.message): \(rootCause(of: error))"
     case let error as PointSubError:
         switch error.code {
@@ -211,8 +215,8 @@ func describe(_ error: any Error) -> String {
         case .remote(let code):
             return "the server answered with an error (\(code)): \(error.message)"
         default:
-            guard let underlying = error.underlying else { return error.message }
-            return "\(error.message): \(rootCause(of: underlying))"
+            guard let cause = error.cause else { return error.message }
+            return "\(error.message): \(rootCause(of: cause))"
         }
     case let error as TransportError:
         return error.message

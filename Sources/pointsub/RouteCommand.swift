@@ -109,7 +109,7 @@ struct RouteCommand: CLICommand {
             switch result {
             case .success(let reply): print("  \(name): reply \"\(String(buffer: reply))\"")
             case .failure(let error):
-                print("  \(name): error \(error.code): \(error.message)" + (error.underlying.map { " (\($0))" } ?? ""))
+                print("  \(name): error \(error.code): \(error.message)" + (error.cause.map { " (\($0))" } ?? ""))
             }
         }
 

@@ -86,7 +86,10 @@ private func inputs(_ kind: String, _ target: FuzzTarget) -> [(name: String, byt
     /// The fuzz harness itself must be able to fail: an invariant that does not hold is reported.
     @Test func brokenInvariantIsReported() {
         let check = Checker(target: .varint)
-        #expect(throws: FuzzInvariantFailure.self) { try check(false, "deliberately false") }
+        let failure = #expect(throws: FuzzInvariantFailure.self) { try check(false, "deliberately false") }
+        // The one error shape: the target is the code.
+        #expect(failure?.code == .varint)
+        #expect(failure?.description == "FuzzInvariantFailure.varint: deliberately false")
     }
 
     /// A zlib bomb: under 100 KiB (a payload the parser accepts) that inflates to 16 MiB, declared

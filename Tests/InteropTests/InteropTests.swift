@@ -143,7 +143,7 @@ struct InteropTests {
                     _ = try await host.connect(to: wrong)
                     Issue.record("connected to py under the wrong peer ID")
                 } catch let error as HostError {
-                    let noise = error.underlying.compactMap { ($0 as? HostError)?.underlying.first as? NoiseError }.first
+                    let noise = error.causes.compactMap { ($0 as? HostError)?.causes.first as? NoiseError }.first
                     #expect(noise?.code == .peerIDMismatch, "\(error)")
                 }
                 // The right ID still works.

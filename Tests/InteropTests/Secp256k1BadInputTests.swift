@@ -60,7 +60,7 @@ struct Secp256k1BadInputTests {
     static func noiseCode(_ error: (any Error)?) -> NoiseError.Code? {
         if let noise = error as? NoiseError { return noise.code }
         if let host = error as? HostError {
-            for underlying in host.underlying { if let code = noiseCode(underlying) { return code } }
+            for underlying in host.causes { if let code = noiseCode(underlying) { return code } }
         }
         return nil
     }

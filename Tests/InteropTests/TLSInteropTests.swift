@@ -75,7 +75,7 @@ struct TLSInteropTests {
     /// The first `TLSError` among a host error's causes, however deeply nested.
     static func tlsError(in error: any Error) -> TLSError? {
         if let error = error as? TLSError { return error }
-        if let error = error as? HostError { return error.underlying.lazy.compactMap { tlsError(in: $0) }.first }
+        if let error = error as? HostError { return error.causes.lazy.compactMap { tlsError(in: $0) }.first }
         return nil
     }
 

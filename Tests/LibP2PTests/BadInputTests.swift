@@ -157,9 +157,9 @@ struct BadInputTests {
                     Issue.record("connected although the remote is not the peer dialed")
                 } catch let error as HostError {
                     #expect(error.code == .dialFailed)
-                    let upgrade = error.underlying.first as? HostError
+                    let upgrade = error.causes.first as? HostError
                     #expect(upgrade?.code == .upgradeFailed)
-                    #expect((upgrade?.underlying.first as? NoiseError)?.code == .peerIDMismatch, "\(error)")
+                    #expect((upgrade?.causes.first as? NoiseError)?.code == .peerIDMismatch, "\(error)")
                 }
                 #expect(client.connections(to: impostor).isEmpty)
             }

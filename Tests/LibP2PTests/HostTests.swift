@@ -283,8 +283,8 @@ struct OptimisticNegotiationTests {
             let someone = PeerID(publicKey: PrivateKey.ed25519(seed: 8).publicKey)
             let address = try Multiaddr("/ip4/127.0.0.1/tcp/\(port)").appending(peerID: someone)
             await #expect { try await client.connect(to: address) } throws: { error in
-                let upgrade = (error as? HostError)?.underlying.first as? HostError
-                let code = (upgrade?.underlying.first as? MultistreamError)?.code
+                let upgrade = (error as? HostError)?.causes.first as? HostError
+                let code = (upgrade?.causes.first as? MultistreamError)?.code
                 return code == .noProtocolInCommon || code == .unexpectedEOF
             }
         }

@@ -6,7 +6,12 @@ import Testing
 /// A security protocol nobody else speaks: it fails whatever it is asked to secure. Offered
 /// first, it makes the dialer propose more than one protocol (no optimistic negotiation).
 struct UnknownSecurity: SecurityProtocol {
-    struct Refused: SecurityError {}
+    struct Refused: SecurityError {
+        enum Code: String, ErrorCode { case refused }
+        var code: Code { .refused }
+        var message: String { "refused" }
+        var cause: (any Error)? { nil }
+    }
     let protocolID = "/unknown-security/1.0.0"
     func secure(
         channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position, role: SecurityRole,
@@ -79,6 +84,6 @@ struct SecurityNegotiationTests {
 
 /// The innermost cause of a host error.
 func rootCause(_ error: any Error) -> any Error {
-    if let error = error as? HostError, let cause = error.underlying.first { return rootCause(cause) }
+    if let error = error as? HostError, let cause = error.causes.first { return rootCause(cause) }
     return error
 }

@@ -354,7 +354,7 @@ struct ConnTests {
             // the refusal arrives with the first read instead of from dial.
             func refused(_ error: any Error) -> Bool {
                 if (error as? HostError)?.code == .protocolNotSupported { return true }
-                return (error as? PointSubNetError)?.underlying.contains { ($0 as? HostError)?.code == .protocolNotSupported } == true
+                return ((error as? PointSubNetError)?.cause as? HostError)?.code == .protocolNotSupported
             }
             do {
                 let late = try await PointSubNet.dial(host: client, peer: server.peerID, protocol: testProtocol)

@@ -144,7 +144,7 @@ struct SendClosestTests {
                 try client.addServerNode(host.peerID, protocol: proto)
             } catch {
                 #expect(error.code == .invalidNode)
-                #expect(error.underlying is NodeListError)
+                #expect(error.cause is NodeListError)
             }
             #expect(client.serverNodes(protocol: proto) == [])
 

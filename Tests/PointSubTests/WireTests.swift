@@ -239,8 +239,8 @@ func expectViolation(
         #expect(!PointSubError(.timeout(requestSent: true), "").isRetryable)
         #expect(PointSubError(.connectionFailed(requestSent: false), "").isRetryable)
         #expect(!PointSubError(.connectionFailed(requestSent: true), "").isRetryable)
-        #expect(!PointSubError(.connectionFailed(requestSent: false), "", underlying: HostError(.noAddresses, "")).isRetryable)
-        #expect(PointSubError(.connectionFailed(requestSent: false), "", underlying: HostError(.dialFailed, "")).isRetryable)
+        #expect(!PointSubError(.connectionFailed(requestSent: false), "", cause: HostError(.noAddresses, "")).isRetryable)
+        #expect(PointSubError(.connectionFailed(requestSent: false), "", cause: HostError(.dialFailed, "")).isRetryable)
         let others: [PointSubError.Code] = [
             .messageTooLarge, .protocolNotSupported, .protocolViolation, .cancelled, .clientClosed, .invalidConfiguration,
         ]

@@ -42,7 +42,7 @@ import Testing
         } catch {
             #expect(error.scope == "address")
             #expect(error.scopeName == "10.1.2.3")
-            #expect(error.resource == .connectionsInbound)
+            #expect(error.code == .connectionsInbound)
             #expect(error.limit == 1)
         }
         held.done()

@@ -111,7 +111,7 @@ struct ResourceScopeTests {
         #expect(opened.count == 1)
         let error = try #require(failure.withLockedValue { $0 } as? YamuxError)
         #expect(error.code == .resourceLimit)
-        #expect(error.resourceError?.resource == .streamsOutbound)
+        #expect(error.resourceError?.code == .streamsOutbound)
         #expect(connection.usage.streamsOutbound == 1)
         #expect(connection.usage.memory == Self.window)
         #expect(opened.streams.first?.resourceScope?.usage.memory == Self.window)

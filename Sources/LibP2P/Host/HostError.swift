@@ -2,14 +2,16 @@ import Identity
 import Multiformats
 
 /// Errors of the host layer. Lower layers' typed errors (NoiseError, YamuxError, MultistreamError,
-/// TransportError) are passed through as `underlying` where they are the cause.
-public struct HostError: Error, Sendable, CustomStringConvertible {
-    public enum Code: Sendable, Hashable {
+/// TransportError) are passed through as `cause` where they are the cause; several (one per
+/// address a dial tried) as an `ErrorList`.
+public struct HostError: CodedError {
+    /// The kinds of host failure.
+    public enum Code: String, ErrorCode {
         /// Tried to dial our own peer ID.
         case dialSelf
         /// No dialable address is known for the peer.
         case noAddresses
-        /// Every address failed; see `underlying`.
+        /// Every address failed; `cause` holds each address's error (an `ErrorList` when several).
         case dialFailed
         /// The dial (TCP connect + upgrade) did not finish in time.
         case dialTimeout
@@ -40,17 +42,28 @@ public struct HostError: Error, Sendable, CustomStringConvertible {
         case connectionClosed
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What failed at the host layer (not the cause's text).
     public var message: String
-    public var underlying: [any Error]
+    /// The lower layer's error behind this one, if any; an `ErrorList` when there were several.
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String, underlying: [any Error] = []) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
-        self.underlying = underlying
+        self.cause = cause
     }
 
-    public var description: String {
-        underlying.isEmpty ? message : "\(message) (\(underlying.map { "\($0)" }.joined(separator: "; ")))"
+    /// An error of kind `code` caused by `causes`: none, one, or an `ErrorList` of several.
+    public init(_ code: Code, _ message: String, causes: [any Error]) {
+        self.init(code, message, cause: causes.count > 1 ? ErrorList(causes) : causes.first)
+    }
+
+    /// The causes as a list: the errors of the `ErrorList` cause, the one cause, or none.
+    public var causes: [any Error] {
+        guard let cause else { return [] }
+        return (cause as? ErrorList)?.errors ?? [cause]
     }
 }

@@ -142,7 +142,7 @@ extension P2PHost {
                 continuing: negotiator, write: { try await stream.write($0) }, read: { try await stream.read() })
         } catch {
             if timedOut.withLockedValue({ $0 }) {
-                throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", underlying: [error])
+                throw HostError(.timeout, "protocol negotiation timed out after \(timeout)", cause: error)
             }
             throw error
         }

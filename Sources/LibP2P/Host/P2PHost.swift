@@ -323,7 +323,7 @@ public final class P2PHost: Sendable {
                 errors.append(error)
             }
         }
-        throw HostError(.noAddresses, "no router found an address for \(peer)", underlying: errors)
+        throw HostError(.noAddresses, "no router found an address for \(peer)", causes: errors)
     }
 
     /// Connects to the peer at `address`. With `/p2p/<id>`, the remote must prove it is that peer

@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Multiformats
 import NIOConcurrencyHelpers
@@ -44,12 +45,41 @@ public struct ObservedAddressTable: Sendable {
         public init() {}
     }
 
-    /// Why an observation was not recorded.
-    public enum Rejection: Error, Sendable, Hashable {
+    /// Why an observation was not recorded. Equality (and hashing) consider only `code`, so
+    /// `#expect(throws: ObservedAddressTable.Rejection.transportMismatch)` matches any such error.
+    public struct Rejection: CodedError, Hashable {
+        /// The kinds of rejection.
+        public enum Code: String, ErrorCode {
+            /// Not an IP address with a TCP or UDP port, or a relayed one, or too long.
+            case notAnObservableAddress
+            /// Another IP family or transport than the connection it was reported over.
+            case transportMismatch
+        }
+
+        /// Why the observation was rejected.
+        public var code: Code
+        /// The same, for people.
+        public var message: String
+        /// None: a rejection is decided here.
+        public var cause: (any Error)? { nil }
+
+        /// A rejection of kind `code`.
+        public init(_ code: Code, _ message: String) {
+            self.code = code
+            self.message = message
+        }
+
+        /// Equal when the codes are.
+        public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
+        /// Hashes the code only, consistent with `==`.
+        public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+
         /// Not an IP address with a TCP or UDP port, or a relayed one, or too long.
-        case notAnObservableAddress
+        public static let notAnObservableAddress = Rejection(
+            .notAnObservableAddress, "not an IP address with a TCP or UDP port, or relayed, or too long")
         /// Another IP family or transport than the connection it was reported over.
-        case transportMismatch
+        public static let transportMismatch = Rejection(
+            .transportMismatch, "another IP family or transport than the connection it came over")
     }
 
     private struct Key: Hashable {

@@ -62,17 +62,17 @@ public final class P2PStream: Sendable {
         guard let error = error as? YamuxError else { return error }
         switch error.code {
         case .streamReset:
-            return HostError(.streamReset, "the stream was reset", underlying: [error])
+            return HostError(.streamReset, "the stream was reset", cause: error)
         case .streamClosed:
-            return HostError(.streamClosed, "the stream is closed", underlying: [error])
+            return HostError(.streamClosed, "the stream is closed", cause: error)
         case .sessionClosed, .keepAliveTimeout, .goAwayReceived, .goAwaySent:
-            return HostError(.connectionClosed, "the connection ended", underlying: [error])
+            return HostError(.connectionClosed, "the connection ended", cause: error)
         case .resourceLimit, .streamLimit:
-            return HostError(.limitReached, "the stream's resources are exhausted", underlying: [error])
+            return HostError(.limitReached, "the stream's resources are exhausted", cause: error)
         case .invalidUsage:
-            return HostError(.streamClosed, "the stream cannot be used this way", underlying: [error])
+            return HostError(.streamClosed, "the stream cannot be used this way", cause: error)
         default:
-            return HostError(.protocolViolation, "the muxer failed", underlying: [error])
+            return HostError(.protocolViolation, "the muxer failed", cause: error)
         }
     }
 
@@ -95,7 +95,7 @@ public final class P2PStream: Sendable {
             unverified.withLockedValue { $0 = nil }
             stream.reset()
             if error.code == .noProtocolInCommon {
-                throw HostError(.protocolNotSupported, "\(remotePeer) does not support \(protocolID)", underlying: [error])
+                throw HostError(.protocolNotSupported, "\(remotePeer) does not support \(protocolID)", cause: error)
             }
             throw error
         }
@@ -154,7 +154,7 @@ public final class P2PStream: Sendable {
             do {
                 parsed = try header.getVarint(at: header.readerIndex)
             } catch {
-                throw HostError(.protocolViolation, "invalid length prefix", underlying: [error])
+                throw HostError(.protocolViolation, "invalid length prefix", cause: error)
             }
             guard let (length, prefixLength) = parsed else { continue }
             guard length <= UInt64(maxLength) else {

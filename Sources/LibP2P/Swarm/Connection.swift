@@ -92,7 +92,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
             stream.reset()
             throw HostError(
                 .protocolNotSupported, "\(remotePeer) supports none of \(protocols.joined(separator: ", "))",
-                underlying: [error])
+                cause: error)
         } catch {
             stream.reset()
             throw error
@@ -106,7 +106,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
             try stream.resourceScope?.setProtocol(protocolID)
         } catch {
             stream.reset()
-            throw HostError(.limitReached, "cannot open a \(protocolID) stream: \(error)", underlying: [error])
+            throw HostError(.limitReached, "cannot open a \(protocolID) stream", cause: error)
         }
     }
 

@@ -230,13 +230,13 @@ final class Swarm: Sendable {
                         if errors.count == 1, let only = errors.first as? HostError, only.code == .dialTimeout {
                             throw only
                         }
-                        throw HostError(.dialFailed, "could not connect to \(peer)", underlying: errors)
+                        throw HostError(.dialFailed, "could not connect to \(peer)", causes: errors)
                     }
                 case .wake:
                     timerArmed = false
                 }
             }
-            throw HostError(.dialFailed, "could not connect to \(peer)", underlying: errors)
+            throw HostError(.dialFailed, "could not connect to \(peer)", causes: errors)
         }
     }
 
@@ -289,7 +289,7 @@ final class Swarm: Sendable {
             scope = try resourceManager.openConnection(direction: .outbound)
             try Self.reserveSecurityBuffers(in: scope)
         } catch {
-            throw HostError(.limitReached, "cannot dial \(address): \(error)", underlying: [error])
+            throw HostError(.limitReached, "cannot dial \(address)", cause: error)
         }
         let channel: Channel
         do {
@@ -309,7 +309,7 @@ final class Swarm: Sendable {
             }
         } catch let error as TransportError where error.code == .dialTimeout {
             scope.done()
-            throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", underlying: [error])
+            throw HostError(.dialTimeout, "dialing \(address) timed out after \(configuration.dialTimeout)", cause: error)
         } catch {
             scope.done()
             // The upgrader's deadline also bounds the connect: when it fires first it closes the
@@ -341,7 +341,7 @@ final class Swarm: Sendable {
             channel.close(promise: nil)
             if cancellation.isCancelled { throw CancellationError() }
             metrics.handshakeFailed(.outbound, reason: Upgrader.failureReason(error))
-            throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", underlying: [error])
+            throw HostError(.upgradeFailed, "upgrading the connection to \(address) failed", cause: error)
         }
         if result.remote.remotePeer == localPeer {
             scope.done()
@@ -353,7 +353,7 @@ final class Swarm: Sendable {
         } catch {
             scope.done()
             channel.close(promise: nil)
-            throw HostError(.limitReached, "connection to \(address) refused: \(error)", underlying: [error])
+            throw HostError(.limitReached, "connection to \(address) refused", cause: error)
         }
         scope.markEstablished()
         return try register(result, channel: channel, direction: .outbound, remoteAddress: plain, scope: scope)

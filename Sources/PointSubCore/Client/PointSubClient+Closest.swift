@@ -78,7 +78,7 @@ extension PointSubClient {
         do {
             return try nodeList.add(peer, protocol: protocolID)
         } catch {
-            throw PointSubError(.invalidNode, error.message, underlying: error)
+            throw PointSubError(.invalidNode, "\(peer) cannot serve \(protocolID)", cause: error)
         }
     }
 

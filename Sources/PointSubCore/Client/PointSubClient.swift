@@ -249,11 +249,11 @@ public final class PointSubClient: Sendable {
             case (.timeout, let sent)?:
                 throw PointSubError(.timeout(requestSent: sent), "no reply from \(key.peer) by the deadline")
             case (.cancelled, _)?:
-                throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+                throw PointSubError(.cancelled, "the send was cancelled", cause: error)
             case nil:
                 if let error = error as? PointSubError { throw error }
                 progress.giveUp(.cancelled)
-                throw PointSubError(.cancelled, "the send was cancelled", underlying: error)
+                throw PointSubError(.cancelled, "the send was cancelled", cause: error)
             }
         }
     }
@@ -342,7 +342,7 @@ public final class PointSubClient: Sendable {
             // A lazily negotiated stream (identify said the peer serves the protocol) learns of a
             // refusal only here: the server never accepted the protocol, so nothing was processed.
             drop(stream, reset: true)
-            throw PointSubError(.protocolNotSupported, "\(stream.stream.remotePeer) does not serve \(stream.protocolID)", underlying: error)
+            throw PointSubError(.protocolNotSupported, "\(stream.stream.remotePeer) does not serve \(stream.protocolID)", cause: error)
         } catch {
             drop(stream, reset: true)
             throw connectionFailed(sent: true, "reading the reply failed", error)
@@ -365,7 +365,7 @@ public final class PointSubClient: Sendable {
             if refused.timedOut {
                 throw PointSubError(.timeout(requestSent: true), refused.description)
             }
-            throw connectionFailed(sent: true, refused.description, refused.underlying)
+            throw connectionFailed(sent: true, refused.description, refused.cause)
         } catch {
             drop(stream, reset: true)
             throw error
@@ -397,8 +397,8 @@ public final class PointSubClient: Sendable {
         }
     }
 
-    private func connectionFailed(sent: Bool, _ text: String, _ underlying: (any Error)?) -> PointSubError {
-        PointSubError(.connectionFailed(requestSent: sent), text, underlying: underlying)
+    private func connectionFailed(sent: Bool, _ text: String, _ cause: (any Error)?) -> PointSubError {
+        PointSubError(.connectionFailed(requestSent: sent), text, cause: cause)
     }
 
     /// Connects if needed and opens a stream negotiated for the key's protocol, within
@@ -426,7 +426,7 @@ public final class PointSubClient: Sendable {
         } catch let error as PointSubError {
             throw error
         } catch let error as HostError where error.code == .protocolNotSupported {
-            throw PointSubError(.protocolNotSupported, "\(key.peer) does not serve \(key.protocolID)", underlying: error)
+            throw PointSubError(.protocolNotSupported, "\(key.peer) does not serve \(key.protocolID)", cause: error)
         } catch let error as CancellationError {
             throw error
         } catch {

@@ -76,7 +76,7 @@ final class DecompressionLimiter: Sendable {
         /// Waited for room in vain (rather than refused by the resource manager).
         var timedOut: Bool
         var description: String
-        var underlying: ResourceError?
+        var cause: ResourceError?
     }
 
     /// Decompressed bytes reserved now.
@@ -113,7 +113,7 @@ final class DecompressionLimiter: Sendable {
             if !small { releaseBudget(bytes) }
             throw Refused(
                 timedOut: false, description: "the resource manager refused \(bytes) bytes for decompression",
-                underlying: error)
+                cause: error)
         }
         let reservation = Reservation(bytes: bytes, limiter: self, inBound: !small)
         do {
@@ -138,7 +138,7 @@ final class DecompressionLimiter: Sendable {
             }
         } catch {
             // Only when the pool was shut down (never the singleton's case).
-            throw PointSubError(.protocolViolation, "the decompression thread pool is not running", underlying: error)
+            throw PointSubError(.protocolViolation, "the decompression thread pool is not running", cause: error)
         }
         return try result.get()
     }

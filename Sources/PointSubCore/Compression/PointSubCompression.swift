@@ -110,7 +110,7 @@ public enum PointSubCompression {
         do {
             decompressor = try ZlibStreamCache.current.decompressor()
         } catch {
-            throw PointSubError(.protocolViolation, "cannot start zlib", violation: .corruptCompressedData, underlying: error)
+            throw PointSubError(.protocolViolation, "cannot start zlib", violation: .corruptCompressedData, cause: error)
         }
         var input = data
         var output = ByteBuffer()
@@ -128,7 +128,7 @@ public enum PointSubCompression {
                 throw .violation(.corruptCompressedData, "zlib data is truncated")
             } catch {
                 throw PointSubError(
-                    .protocolViolation, "corrupt zlib data", violation: .corruptCompressedData, underlying: error)
+                    .protocolViolation, "corrupt zlib data", violation: .corruptCompressedData, cause: error)
             }
             // Stop as soon as the output would exceed what the sender declared.
             guard output.readableBytes + chunk.readableBytes <= originalLength else {

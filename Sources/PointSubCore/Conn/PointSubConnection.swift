@@ -280,14 +280,14 @@ public final class PointSubConnection: Sendable, CustomStringConvertible {
     private func mapError(_ error: any Error, _ operation: String) -> any Error {
         if error is CancellationError || error is PointSubNetError { return error }
         if isClosed {
-            return PointSubNetError(.closed, "\(operation) on a closed connection", underlying: [error])
+            return PointSubNetError(.closed, "\(operation) on a closed connection", cause: error)
         }
         if let error = error as? HostError {
             switch error.code {
             case .streamReset, .connectionClosed:
-                return PointSubNetError(.reset, "\(operation): the stream was reset", underlying: [error])
+                return PointSubNetError(.reset, "\(operation): the stream was reset", cause: error)
             case .streamClosed:
-                return PointSubNetError(.closed, "\(operation) on a closed stream", underlying: [error])
+                return PointSubNetError(.closed, "\(operation) on a closed stream", cause: error)
             default:
                 break
             }

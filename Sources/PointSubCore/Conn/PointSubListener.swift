@@ -51,7 +51,7 @@ public final class PointSubListener: AsyncSequence, Sendable, CustomStringConver
             _ = queue.close()
             if let error = error as? HostError, error.code == .handlerExists {
                 throw PointSubNetError(
-                    .alreadyListening, "a handler for \(protocolID) is already registered", underlying: [error])
+                    .alreadyListening, "a handler for \(protocolID) is already registered", cause: error)
             }
             throw error
         }

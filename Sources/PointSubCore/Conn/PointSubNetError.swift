@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -7,8 +8,9 @@ import Resources
 ///
 /// `PointSubNet.dial` passes the host's own errors through unchanged (`HostError` with
 /// `.protocolNotSupported`, `.dialFailed`, `.noAddresses`, …), since they are typed already.
-public struct PointSubNetError: Error, Sendable, CustomStringConvertible {
-    public enum Code: Sendable, Hashable {
+public struct PointSubNetError: CodedError {
+    /// The kinds of failure.
+    public enum Code: String, ErrorCode {
         /// A read or write did not finish before its deadline (Go's `os.ErrDeadlineExceeded`).
         /// The connection stays usable; set a later deadline (or none) to continue.
         case timeout
@@ -22,23 +24,22 @@ public struct PointSubNetError: Error, Sendable, CustomStringConvertible {
         case concurrentRead
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What went wrong at this layer.
     public var message: String
-    public var underlying: [any Error]
+    /// The lower layer's error behind this one (a `YamuxError`, a `HostError`), if any.
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String, underlying: [any Error] = []) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
-        self.underlying = underlying
+        self.cause = cause
     }
 
     /// Like Go's `net.Error.Timeout()`.
     public var isTimeout: Bool { code == .timeout }
-
-    public var description: String {
-        let base = "PointSubNetError(\(code)): \(message)"
-        return underlying.isEmpty ? base : "\(base) (\(underlying.map { "\($0)" }.joined(separator: "; ")))"
-    }
 }
 
 /// The address of either end of a `PointSubConnection` or `PointSubListener`: a peer ID on the

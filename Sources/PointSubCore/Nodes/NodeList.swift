@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import LibP2P
 import Multiformats
@@ -7,21 +8,25 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// Errors of `NodeList`.
-public struct NodeListError: Error, Sendable, Hashable, CustomStringConvertible {
-    public enum Code: Sendable, Hashable {
+public struct NodeListError: CodedError, Hashable {
+    /// The kinds of failure.
+    public enum Code: String, ErrorCode {
         /// Tried to add our own peer ID.
         case localPeer
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What went wrong.
     public var message: String
+    /// None: node list errors are decided here.
+    public var cause: (any Error)? { nil }
 
+    /// An error of kind `code`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
-
-    public var description: String { "NodeListError(\(code)): \(message)" }
 }
 
 /// The nodes that serve each protocol, and the order to try them in for a request.

@@ -137,7 +137,7 @@ public final class PointSubServer: Sendable {
             }
         } catch {
             _ = state.withLockedValue { $0.protocols.remove(protocolID) }
-            throw PointSubError(.alreadyServing, "the host already has a handler for \(protocolID)", underlying: error)
+            throw PointSubError(.alreadyServing, "the host already has a handler for \(protocolID)", cause: error)
         }
         startCleanup()
     }

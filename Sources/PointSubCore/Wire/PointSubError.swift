@@ -1,3 +1,4 @@
+import Basics
 import Identity
 import Multiformats
 import Resources
@@ -20,6 +21,7 @@ public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
     /// A code this implementation does not know (reported as such, never retried).
     case unknown(UInt8)
 
+    /// The code with wire value `rawValue` (`.unknown` for values this version does not define).
     public init(rawValue: UInt8) {
         switch rawValue {
         case 1: self = .handler
@@ -32,6 +34,7 @@ public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The wire value.
     public var rawValue: UInt8 {
         switch self {
         case .handler: 1
@@ -52,6 +55,7 @@ public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The case's name, e.g. `busy`.
     public var description: String {
         switch self {
         case .handler: "handler"
@@ -66,7 +70,8 @@ public enum RemoteErrorCode: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Every error the PointSub request/response layer reports.
-public struct PointSubError: Error, Sendable, CustomStringConvertible {
+public struct PointSubError: CodedError {
+    /// The kinds of failure.
     public enum Code: Sendable, Hashable, CustomStringConvertible {
         /// The server answered with an error message; `message` is the server's text.
         case remote(RemoteErrorCode)
@@ -75,7 +80,7 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         /// A local deadline passed. `requestSent`: the whole request had been written, so the
         /// server may have processed it.
         case timeout(requestSent: Bool)
-        /// Dialing, opening the stream, or the stream itself failed (see `underlying`).
+        /// Dialing, opening the stream, or the stream itself failed (see `cause`).
         case connectionFailed(requestSent: Bool)
         /// The remote does not serve the protocol.
         case protocolNotSupported
@@ -98,6 +103,7 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         /// `sendClosest` tried every node and each failed; `nodeFailures` holds each node's error.
         case allNodesFailed
 
+        /// The case's name, e.g. `timeout(requestSent: true)`.
         public var description: String {
             switch self {
             case .remote(let code): "remote(\(code))"
@@ -120,9 +126,11 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
 
     /// What exactly broke the protocol, for `.protocolViolation`.
     public enum Violation: Sendable, Hashable {
+        /// A message kind this version does not define.
         case unknownKind(UInt8)
         /// A valid kind from the wrong side (e.g. a response sent to a server).
         case unexpectedKind(UInt8)
+        /// Flag bits that must be zero were set.
         case reservedFlags(UInt8)
         /// Non-minimal or over-long (more than 9 bytes) uvarint.
         case invalidVarint
@@ -138,33 +146,41 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         case unsolicitedData
     }
 
+    /// What kind of failure.
     public var code: Code
     /// Human-readable text; for `.remote` exactly the server's message.
     public var message: String
+    /// What exactly broke the protocol, for `.protocolViolation`.
     public var violation: Violation?
-    public var underlying: (any Error)?
+    /// The lower layer's error behind this one (a `HostError`, a `YamuxError`…), if any.
+    public var cause: (any Error)?
     /// For `sendClosest` failures (`.allNodesFailed`, or `.timeout` when the call ran out of time
     /// before trying every node): the node tried and the error it failed with, in the order tried.
     public var nodeFailures: [NodeFailure] = []
 
     /// One node's failure within a `sendClosest` call.
     public struct NodeFailure: Sendable, CustomStringConvertible {
+        /// The node tried.
         public var node: PeerID
+        /// Its error.
         public var error: PointSubError
 
+        /// `node` failed with `error`.
         public init(node: PeerID, error: PointSubError) {
             self.node = node
             self.error = error
         }
 
+        /// `node: error`.
         public var description: String { "\(node): \(error)" }
     }
 
-    public init(_ code: Code, _ message: String, violation: Violation? = nil, underlying: (any Error)? = nil) {
+    /// An error of kind `code`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, violation: Violation? = nil, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.violation = violation
-        self.underlying = underlying
+        self.cause = cause
     }
 
     static func violation(_ violation: Violation, _ message: String) -> PointSubError {
@@ -181,7 +197,7 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         case .timeout(let sent): return !sent
         case .connectionFailed(let sent):
             if sent { return false }
-            if let host = underlying as? HostError {
+            if let host = cause as? HostError {
                 switch host.code {
                 case .noAddresses, .dialSelf, .invalidAddress, .shutDown: return false
                 default: return true
@@ -192,9 +208,10 @@ public struct PointSubError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The standard description, then each node's failure: `nodeFailures` are not the cause (a
+    /// `sendClosest` failure has none of its own) and would be lost otherwise.
     public var description: String {
-        var text = "PointSubError.\(code): \(message)"
-        if let underlying { text += " (\(underlying))" }
+        var text = codedDescription
         if !nodeFailures.isEmpty { text += " [" + nodeFailures.map(\.description).joined(separator: "; ") + "]" }
         return text
     }

@@ -118,7 +118,7 @@ public struct PointSubMessageParser: Sendable {
         do {
             decoded = try Varint.decode(view)
         } catch {
-            throw .violation(.invalidVarint, "invalid uvarint in \(field): \(error)")
+            throw PointSubError(.protocolViolation, "invalid uvarint in \(field)", violation: .invalidVarint, cause: error)
         }
         guard let (value, length) = decoded else { return nil }
         // Spec "Limits": refused before any payload byte is read or memory reserved for it.

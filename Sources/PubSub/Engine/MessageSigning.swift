@@ -1,3 +1,4 @@
+import Basics
 import Identity
 
 /// StrictSign (spec `pubsub/README.md`, "Message Signing"): every message carries its author in
@@ -9,30 +10,58 @@ public enum MessageSigning {
     /// The domain-separation prefix of pubsub signatures.
     public static let prefix = Array("libp2p-pubsub:".utf8)
 
-    /// Why a received message fails StrictSign.
-    public enum Failure: Error, Sendable, Equatable, CustomStringConvertible {
-        case missingSignature
-        case missingFrom
-        case invalidFrom
-        /// Absent, or not the 8-byte big-endian counter the spec describes.
-        case invalidSeqno
-        /// `key` is not a valid public key, or not the key of `from`.
-        case keyMismatch
-        /// No `key` and `from` does not inline the key.
-        case keyNotRecoverable
-        case badSignature
-
-        public var description: String {
-            switch self {
-            case .missingSignature: "unsigned message"
-            case .missingFrom: "message without from"
-            case .invalidFrom: "from is not a valid peer ID"
-            case .invalidSeqno: "seqno is missing or not 8 bytes"
-            case .keyMismatch: "key does not belong to from"
-            case .keyNotRecoverable: "no key, and from does not inline one"
-            case .badSignature: "signature does not verify"
-            }
+    /// Why a received message fails StrictSign. Equality (and hashing) consider only `code`.
+    public struct Failure: CodedError, Hashable {
+        /// The kinds of failure.
+        public enum Code: String, ErrorCode {
+            /// The message has no signature.
+            case missingSignature
+            /// The message has no `from`.
+            case missingFrom
+            /// `from` is not a valid peer ID.
+            case invalidFrom
+            /// Absent, or not the 8-byte big-endian counter the spec describes.
+            case invalidSeqno
+            /// `key` is not a valid public key, or not the key of `from`.
+            case keyMismatch
+            /// No `key` and `from` does not inline the key.
+            case keyNotRecoverable
+            /// The signature does not verify.
+            case badSignature
         }
+
+        /// What kind of failure.
+        public var code: Code
+        /// The same, for people.
+        public var message: String
+        /// None: StrictSign is checked here.
+        public var cause: (any Error)? { nil }
+
+        /// A failure of kind `code`.
+        public init(_ code: Code, _ message: String) {
+            self.code = code
+            self.message = message
+        }
+
+        /// Equal when the codes are.
+        public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
+        /// Hashes the code only, consistent with `==`.
+        public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+
+        /// The message has no signature.
+        public static let missingSignature = Failure(.missingSignature, "unsigned message")
+        /// The message has no `from`.
+        public static let missingFrom = Failure(.missingFrom, "message without from")
+        /// `from` is not a valid peer ID.
+        public static let invalidFrom = Failure(.invalidFrom, "from is not a valid peer ID")
+        /// The seqno is missing or not 8 bytes.
+        public static let invalidSeqno = Failure(.invalidSeqno, "seqno is missing or not 8 bytes")
+        /// `key` does not belong to `from`.
+        public static let keyMismatch = Failure(.keyMismatch, "key does not belong to from")
+        /// No `key`, and `from` does not inline one.
+        public static let keyNotRecoverable = Failure(.keyNotRecoverable, "no key, and from does not inline one")
+        /// The signature does not verify.
+        public static let badSignature = Failure(.badSignature, "signature does not verify")
     }
 
     /// The author and sequence number of a message that passed `verify`.

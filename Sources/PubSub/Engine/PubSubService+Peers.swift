@@ -507,7 +507,7 @@ extension PubSubService {
         let author: MessageSigning.Author
         switch MessageSigning.verify(message) {
         case .failure(let failure):
-            reject(message, id: id, from: peer, reason: failure.description)
+            reject(message, id: id, from: peer, reason: failure.message)
             return nil
         case .success(let verified):
             author = verified

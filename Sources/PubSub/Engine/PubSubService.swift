@@ -389,7 +389,7 @@ public final class PubSubService: Sendable {
         do {
             message = try MessageSigning.signedMessage(topic: topic, data: Array(data), seqno: seqno, key: host.identity)
         } catch {
-            throw .signingFailed(error.description)
+            throw PubSubError(.signingFailed, "signing the message failed", cause: error)
         }
         // The RPC carrying it alone: field tag, length, message.
         let messageSize = message.encoded().count

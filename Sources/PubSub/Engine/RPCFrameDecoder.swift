@@ -34,7 +34,7 @@ struct RPCFrameDecoder {
         do {
             decoded = try Varint.decode(view.prefix(Varint.maxLength))
         } catch {
-            throw .malformedRPC("invalid frame length prefix: \(error)")
+            throw .malformedRPC("invalid frame length prefix", cause: error)
         }
         guard let (length, prefixLength) = decoded else { return nil }
         guard length <= UInt64(maxFrameSize) else {

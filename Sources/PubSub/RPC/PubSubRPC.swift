@@ -307,7 +307,7 @@ public struct PubSubRPC: Sendable, Equatable {
         var reader = ProtobufReader(bytes)
         while true {
             let next: (field: Int, value: ProtobufValue)?
-            do { next = try reader.next() } catch { throw .malformedRPC("\(error)") }
+            do { next = try reader.next() } catch { throw .malformedRPC("not valid protobuf", cause: error) }
             guard let (field, value) = next else { return }
             try body(field, value)
         }

@@ -84,7 +84,7 @@ public struct GossipSubConfiguration: Sendable, DefaultsConfigurable {
     /// Throws naming the first value that is out of range or inconsistent with another.
     public func validate() throws(GossipSubConfigurationError) {
         func check(_ ok: Bool, _ parameter: String, _ message: String) throws(GossipSubConfigurationError) {
-            if !ok { throw GossipSubConfigurationError(parameter: parameter, message: message) }
+            if !ok { throw GossipSubConfigurationError(parameter: parameter, problem: message) }
         }
         try check(d >= 0 && dLow >= 0, "d", "mesh degrees must not be negative")
         try check(dLow <= d && d <= dHigh, "d", "need dLow ≤ d ≤ dHigh, got \(dLow), \(d), \(dHigh)")
@@ -116,14 +116,27 @@ public struct GossipSubConfiguration: Sendable, DefaultsConfigurable {
 
 /// A `GossipSubConfiguration` value out of range; `parameter` names it (a key path such as
 /// `score.topics[news].meshMessageDeliveriesCap` for nested values).
-public struct GossipSubConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var parameter: String
-    public var message: String
-
-    public init(parameter: String, message: String) {
-        self.parameter = parameter
-        self.message = message
+public struct GossipSubConfigurationError: CodedError, Hashable {
+    /// The kinds of failure (one: a value out of range).
+    public enum Code: String, ErrorCode {
+        /// A value out of range.
+        case invalidParameter
     }
 
-    public var description: String { "invalid gossipsub configuration: \(parameter): \(message)" }
+    /// The parameter concerned.
+    public var parameter: String
+    /// `parameter: what is wrong with it`.
+    public var message: String { "\(parameter): \(problem)" }
+    /// What is wrong with the parameter, e.g. "must be at least 1".
+    public var problem: String
+    /// Always `.invalidParameter`.
+    public var code: Code { .invalidParameter }
+    /// None: the value is checked here.
+    public var cause: (any Error)? { nil }
+
+    /// `parameter` is out of range: `problem`.
+    public init(parameter: String, problem: String) {
+        self.parameter = parameter
+        self.problem = problem
+    }
 }

@@ -55,7 +55,7 @@ public struct PeerScoreParameters: Sendable, DefaultsConfigurable {
 
     public func validate() throws(GossipSubConfigurationError) {
         func check(_ ok: Bool, _ parameter: String, _ message: String) throws(GossipSubConfigurationError) {
-            if !ok { throw GossipSubConfigurationError(parameter: "score.\(parameter)", message: message) }
+            if !ok { throw GossipSubConfigurationError(parameter: "score.\(parameter)", problem: message) }
         }
         try check(appSpecificWeight >= 0, "appSpecificWeight", "must not be negative")
         try check(behaviourPenaltyWeight <= 0, "behaviourPenaltyWeight", "must not be positive")
@@ -112,7 +112,7 @@ public struct TopicScoreParameters: Sendable, Equatable, DefaultsConfigurable {
 
     func validate(_ prefix: String) throws(GossipSubConfigurationError) {
         func check(_ ok: Bool, _ parameter: String, _ message: String) throws(GossipSubConfigurationError) {
-            if !ok { throw GossipSubConfigurationError(parameter: "\(prefix).\(parameter)", message: message) }
+            if !ok { throw GossipSubConfigurationError(parameter: "\(prefix).\(parameter)", problem: message) }
         }
         func decay(_ value: Double, _ parameter: String) throws(GossipSubConfigurationError) {
             try check(value > 0 && value < 1, parameter, "must be within (0, 1)")
@@ -157,7 +157,7 @@ public struct PeerScoreThresholds: Sendable, Equatable, DefaultsConfigurable {
 
     public func validate() throws(GossipSubConfigurationError) {
         func check(_ ok: Bool, _ parameter: String, _ message: String) throws(GossipSubConfigurationError) {
-            if !ok { throw GossipSubConfigurationError(parameter: "thresholds.\(parameter)", message: message) }
+            if !ok { throw GossipSubConfigurationError(parameter: "thresholds.\(parameter)", problem: message) }
         }
         try check(gossip <= 0, "gossip", "must not be positive")
         try check(publish <= gossip, "publish", "must not be above the gossip threshold")

@@ -1,9 +1,11 @@
+import Basics
 import LibP2P
 import PointSubCore
 
 /// Every error a `RouteTable` reports: bad routes, unknown names, and the outcome of a dispatch
 /// that got no reply. `route` names the route concerned, when there is one.
-public struct RouteError: Error, Sendable, CustomStringConvertible {
+public struct RouteError: CodedError {
+    /// The kinds of failure.
     public enum Code: Sendable, Hashable, CustomStringConvertible {
         /// The route name is empty or too long.
         case invalidName
@@ -39,6 +41,7 @@ public struct RouteError: Error, Sendable, CustomStringConvertible {
         /// A configuration value is out of range.
         case invalidConfiguration
 
+        /// The case's name, e.g. `remote(busy)`.
         public var description: String {
             switch self {
             case .invalidName: "invalidName"
@@ -61,19 +64,22 @@ public struct RouteError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// What went wrong at this layer; for `.remote`, exactly the peer's text.
     public var message: String
     /// The route concerned, if any.
     public var route: String?
     /// The cause, e.g. the `PointSubError` of a failed dispatch (it tells whether the request
     /// had been sent when a timeout struck).
-    public var underlying: (any Error)?
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String, route: String? = nil, underlying: (any Error)? = nil) {
+    /// An error of kind `code` about `route`, with the lower-level `cause`, if any.
+    public init(_ code: Code, _ message: String, route: String? = nil, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.route = route
-        self.underlying = underlying
+        self.cause = cause
     }
 
     /// The dispatch outcome for a PointSub failure.
@@ -92,12 +98,12 @@ public struct RouteError: Error, Sendable, CustomStringConvertible {
             // Server-side and node-list codes a send never produces.
             case .alreadyServing, .serverStopped, .invalidNode, .noServerNodes, .allNodesFailed: .connectionFailed
             }
-        self.init(code, "dispatch to \(route): \(error.message)", route: route, underlying: error)
-    }
-
-    public var description: String {
-        var text = "RouteError.\(code): \(message)"
-        if let underlying { text += " (\(underlying))" }
-        return text
+        if case .remote = code {
+            // The peer's answer is the whole story: its text is this error's message, and the
+            // PointSubError (the same code and text) is not kept as a cause that would repeat it.
+            self.init(code, error.message, route: route)
+        } else {
+            self.init(code, "dispatch to \(route) failed", route: route, cause: error)
+        }
     }
 }

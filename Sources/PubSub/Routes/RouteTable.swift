@@ -86,7 +86,7 @@ public final class RouteTable: Sendable {
             try serverConfiguration.validate()
             self.client = try PointSubClient(host: host, configuration: clientConfiguration)
         } catch {
-            throw RouteError(.invalidConfiguration, error.message, underlying: error)
+            throw RouteError(.invalidConfiguration, "the PointSub client or server configuration is invalid", cause: error)
         }
     }
 
@@ -125,7 +125,7 @@ public final class RouteTable: Sendable {
         do {
             parsed = try Multiaddr(address)
         } catch {
-            throw RouteError(.invalidAddress, "\(address) is not a multiaddr", route: name, underlying: error)
+            throw RouteError(.invalidAddress, "\(address) is not a multiaddr", route: name, cause: error)
         }
         return try addRoute(name, address: parsed)
     }
@@ -163,7 +163,7 @@ public final class RouteTable: Sendable {
     /// Sends `message` to the route `name` and returns the reply. `deadline` (default:
     /// `configuration.timeout` from now) bounds connecting and the exchange. Throws `.unknownRoute`,
     /// `.closed`, or how the dispatch failed (`.timeout`, `.connectionFailed`,
-    /// `.remote(code)`, …, with the `PointSubError` as `underlying`).
+    /// `.remote(code)`, …, with the `PointSubError` as `cause`, except for `.remote`).
     public func dispatch(_ name: String, _ message: ByteBuffer, deadline: Deadline? = nil) async throws(RouteError) -> ByteBuffer {
         let route = try begin(name)
         switch await run(route, message, deadline: deadline ?? .after(configuration.timeout)) {
@@ -284,7 +284,7 @@ public final class RouteTable: Sendable {
             else {
                 return RouteError(
                     .connectionFailed, "dispatch to \(route.name): could not connect to \(route.address)",
-                    route: route.name, underlying: failure)
+                    route: route.name, cause: failure)
             }
             try? await Task.sleep(for: configuration.retryInterval)
         }
@@ -409,7 +409,7 @@ public final class RouteTable: Sendable {
                 s.server = server
                 return .success(server)
             } catch {
-                return .failure(RouteError(.invalidConfiguration, error.message, underlying: error))
+                return .failure(RouteError(.invalidConfiguration, "the PointSub server configuration is invalid", cause: error))
             }
         }
         guard let server = try outcome.get() else { return }
@@ -422,7 +422,7 @@ public final class RouteTable: Sendable {
             state.withLockedValue { s in
                 if s.server === server { s.server = nil }
             }
-            throw RouteError(.protocolInUse, "cannot serve \(configuration.protocolID): \(error.message)", underlying: error)
+            throw RouteError(.protocolInUse, "cannot serve \(configuration.protocolID)", cause: error)
         }
     }
 

@@ -74,7 +74,7 @@ public struct MemoryTransport: Transport {
         } catch {
             local.close(promise: nil)
             throw TransportError(
-                .connectionFailed, "cannot connect to \(address): \(error)", reason: "\(error)")
+                .connectionFailed, "cannot connect to \(address)", reason: "\(error)", cause: error)
         }
         return local
     }

@@ -257,8 +257,9 @@ final class WebSocketUpgradeRequester: ChannelInboundHandler, RemovableChannelHa
         if let error = error as? TransportError {
             fail(error, context: context)
         } else {
-            let what = "upgrade failed: \(error)"
-            fail(TransportError(.handshakeFailed, "WebSocket: \(what)", reason: what), context: context)
+            fail(
+                TransportError(.handshakeFailed, "WebSocket: upgrade failed", reason: "\(error)", cause: error),
+                context: context)
         }
     }
 

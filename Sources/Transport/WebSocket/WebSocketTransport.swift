@@ -346,7 +346,7 @@ public struct WebSocketTransport: Transport {
             throw error
         } catch {
             channel.close(promise: nil)
-            throw TransportError(.handshakeFailed, "WebSocket upgrade with \(address) failed: \(error)", reason: "\(error)")
+            throw TransportError(.handshakeFailed, "WebSocket upgrade with \(address) failed", reason: "\(error)", cause: error)
         }
     }
 }
