@@ -191,7 +191,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "LibP2PTests", dependencies: [
-            "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
+            "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport", "Transport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -215,7 +215,12 @@ public final class P2PHost: Sendable {
         guard let transport = transports.first(where: { $0.canListen(address) }) else {
             throw HostError(.invalidAddress, "no transport can listen on \(address)")
         }
-        let listener = try await transport.listen(on: address) { [weak self] channel, remote in
+        // What a transport buffers for a connection before the host has its scope (the WebSocket
+        // upgrade request) is charged to the "transport" service scope; acceptInbound then
+        // assigns the connection's own scope.
+        let handshakes = resourceManager.serviceScope("transport")
+        let options = ListenOptions(memory: { _ in TransportMemory(handshakes) })
+        let listener = try await transport.listen(on: address, options: options) { [weak self] channel, remote in
             guard let self else { return channel.close() }
             return self.acceptInbound(channel, from: remote)
         }
@@ -451,7 +456,9 @@ public final class P2PHost: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress)
+            let options = DialOptions(
+                timeout: configuration.dialTimeout, sourceAddress: configuration.dialSourceAddress,
+                memory: TransportMemory(scope))
             channel = try await transport.dial(plain, options: options) { channel in
                 upgrade.withLockedValue {
                     $0 = upgrader.upgrade(
@@ -536,6 +543,8 @@ public final class P2PHost: Sendable {
             metrics.connectionRefused(reason: error.scope)
             return channel.close()
         }
+        // From here on the transport's buffers (WebSocket frames) count against this connection.
+        channel.pipeline.syncOperations.fireUserInboundEventTriggered(TransportMemory.Assignment(TransportMemory(scope)))
         let remoteText = remote.map { "\($0)" } ?? "unknown"
         upgrader.upgrade(channel: channel, role: .responder, resourceScope: scope).whenComplete { [self] result in
             switch result {

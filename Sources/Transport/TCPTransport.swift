@@ -31,6 +31,10 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
         case protocolViolation
         /// The remote sent a frame over the transport's hard size limit.
         case frameTooLarge
+        /// The host's resource accounting refused memory the remote would have made the
+        /// transport hold (``TransportMemory``, e.g. a large WebSocket frame under a low memory
+        /// limit); that connection is closed.
+        case resourceLimit
     }
 
     /// What kind of failure.
