@@ -583,7 +583,7 @@ public final class P2PHost: Sendable {
             guard !s.shuttingDown else { throw HostError(.shutDown, "the host is shut down") }
             let connection = Connection(
                 id: s.takeID(), remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
-                direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
+                direction: direction, localAddress: channel.localMultiaddr,
                 remoteAddress: remoteAddress, session: result.session,
                 negotiationTimeout: configuration.streamNegotiationTimeout, security: result.securityProtocol,
                 resourceScope: scope, metrics: metrics)

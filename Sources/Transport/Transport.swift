@@ -134,3 +134,13 @@ extension Transport {
         try await listen(on: address, acceptor: acceptor)
     }
 }
+
+extension Channel {
+    /// This end's address as a multiaddr: the socket address (`/ip4|ip6/…/tcp/…`), or an
+    /// in-memory channel's `/memory/<n>` (the listener's number, or the dialer's own); nil if it
+    /// has none. (A WebSocket channel gives its TCP address, without `/ws`.)
+    public var localMultiaddr: Multiaddr? {
+        if let memory = self as? MemoryChannel { return memory.localMultiaddress }
+        return localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+    }
+}

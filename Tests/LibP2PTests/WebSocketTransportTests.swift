@@ -190,6 +190,7 @@ struct WebSocketTransportTests {
                 let connection = try await client.connect(to: address)
                 #expect(connection.remotePeer == server.peerID)
                 #expect(connection.remoteAddress.components.last == .ws)
+                #expect(connection.localAddress != nil)
                 #expect(try await echo(client, to: server.peerID, "hello") == "hello")
 
                 // 1 MiB through, both ways: more than one frame, more than one Noise message.
