@@ -269,6 +269,28 @@ struct WebSocketTransportTests {
         }
     }
 
+    @Test func dnsNamesResolveToTheirFamilyOnly() async throws {
+        let transport = WebSocketTransport(group: group)
+        let listener = try await transport.listen(on: wsLoopback) { channel, _ in channel.eventLoop.makeSucceededVoidFuture() }
+        let port = try #require(listener.address.tcpPort)
+        // /dns and /dns4 reach the IPv4 listener; /dns6 never falls back to an IPv4 address.
+        for name in ["/dns4/localhost", "/dns/localhost", "/dns4/127.0.0.1"] {
+            let channel = try await transport.dial(
+                try Multiaddr("\(name)/tcp/\(port)/ws"), options: DialOptions(timeout: .seconds(5))
+            ) { $0.eventLoop.makeSucceededVoidFuture() }
+            #expect(channel.remoteAddress?.ipAddress == "127.0.0.1", "\(name)")
+            try await channel.close()
+        }
+        await #expect {
+            _ = try await transport.dial(
+                try Multiaddr("/dns6/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(timeout: .seconds(5))
+            ) { $0.eventLoop.makeSucceededVoidFuture() }
+        } throws: { error in
+            (error as? TransportError)?.code == .connectionFailed
+        }
+        await listener.close()
+    }
+
     // MARK: - Memory accounting
 
     /// An embedded channel with the frame path as the transport builds it after the upgrade:
