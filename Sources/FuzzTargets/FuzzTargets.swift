@@ -52,6 +52,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pointsubDecompress = "pointsub-decompress"
     /// The libp2p TLS certificate: X.509 parsing, the verification rules, the `SignedKey` extension.
     case tlsCertificate = "tls-certificate"
+    /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
+    /// policy, either role, random chunks, fuzzed frame and memory limits.
+    case webSocketFrames = "websocket-frames"
+    /// The WebSocket HTTP upgrade, server and client side, with the transport's byte, time and
+    /// memory bounds, then the frame path.
+    case webSocketUpgrade = "websocket-upgrade"
 
     /// False for the targets that need `@testable import` in a build without testability (release).
     public var isAvailable: Bool {
@@ -59,7 +65,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             return true
         #else
             switch self {
-            case .yamuxSession, .pubsubFrames, .noise: return false
+            case .yamuxSession, .pubsubFrames, .noise, .webSocketFrames, .webSocketUpgrade: return false
             default: return true
             }
         #endif
@@ -111,11 +117,13 @@ public enum FuzzTargets {
         case .pointsubParser: try fuzzPointSubParser(input, &check)
         case .pointsubDecompress: try fuzzPointSubDecompress(input, &check)
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
-        case .noise, .yamuxSession, .pubsubFrames:
+        case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {
                 case .noise: try fuzzNoise(input, &check)
                 case .yamuxSession: try fuzzYamuxSession(input, &check)
+                case .webSocketFrames: try fuzzWebSocketFrames(input, &check)
+                case .webSocketUpgrade: try fuzzWebSocketUpgrade(input, &check)
                 default: try fuzzPubSubFrames(input, &check)
                 }
             #else
