@@ -113,6 +113,7 @@
                 guard channel.isActive else { break }
                 fed += piece.count
                 _ = try? channel.writeInbound(ByteBuffer(bytes: piece))
+                channel.embeddedEventLoop.run()
                 drainOutbound(channel)
                 // Between reads at most one frame (header and payload) is held.
                 try check(account.outstanding <= maxFrameSize + 14, "\(account.outstanding) bytes reserved between reads")
@@ -178,12 +179,15 @@
                 upgraded.fail(error)
                 try check(false, "cannot build the upgrade pipeline: \(error)")
             }
+            loop.run()
             drainOutbound(channel)
             var fed = 0
             for piece in chunks(body, mode: chunkMode) {
                 guard channel.isActive else { break }
                 fed += piece.count
                 _ = try? channel.writeInbound(ByteBuffer(bytes: piece))
+                // The upgrade completes through tasks NIO's handlers hand to the event loop.
+                loop.run()
                 drainOutbound(channel)
                 try check(account.outstanding <= max(maxUpgradeBytes, 4096 + 14), "\(account.outstanding) bytes reserved")
             }
