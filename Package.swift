@@ -184,9 +184,14 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
-            "Kademlia", "DNS",
+            "Kademlia", "DNS", "Transport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
+            // The WebSocket targets run the transport's pipelines in an EmbeddedChannel.
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "FuzzRegressionTests", dependencies: [
             "FuzzTargets", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
@@ -229,7 +234,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "LibP2PTests", dependencies: [
-            "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport",
+            "PointSub", "Multistream", "Noise", "Yamux", "Resources", "TestSupport", "Transport",
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

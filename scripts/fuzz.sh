@@ -18,7 +18,7 @@ seconds=${1:-60}
 shift || true
 all_targets=(varint multibase multihash multiaddr protobuf keys secp256k1 identify peer-record multistream noise
     yamux-frames yamux-session pubsub-rpc pubsub-frames pointsub-parser pointsub-decompress
-    tls-certificate)
+    tls-certificate websocket-frames websocket-upgrade)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 

@@ -57,6 +57,12 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case kadMessage = "kad-message"
     /// A DNS message (dnsaddr answers, mDNS): names with compression pointers, records, TXT strings.
     case dnsMessage = "dns-message"
+    /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
+    /// policy, either role, random chunks, fuzzed frame and memory limits.
+    case webSocketFrames = "websocket-frames"
+    /// The WebSocket HTTP upgrade, server and client side, with the transport's byte, time and
+    /// memory bounds, then the frame path.
+    case webSocketUpgrade = "websocket-upgrade"
 
     /// False for the targets that need `@testable import` in a build without testability (release).
     public var isAvailable: Bool {
@@ -64,7 +70,7 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
             return true
         #else
             switch self {
-            case .yamuxSession, .pubsubFrames, .noise: return false
+            case .yamuxSession, .pubsubFrames, .noise, .webSocketFrames, .webSocketUpgrade: return false
             default: return true
             }
         #endif
@@ -124,11 +130,13 @@ public enum FuzzTargets {
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
         case .kadMessage: try fuzzKadMessage(input, &check)
         case .dnsMessage: try fuzzDNSMessage(input, &check)
-        case .noise, .yamuxSession, .pubsubFrames:
+        case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {
                 case .noise: try fuzzNoise(input, &check)
                 case .yamuxSession: try fuzzYamuxSession(input, &check)
+                case .webSocketFrames: try fuzzWebSocketFrames(input, &check)
+                case .webSocketUpgrade: try fuzzWebSocketUpgrade(input, &check)
                 default: try fuzzPubSubFrames(input, &check)
                 }
             #else

@@ -203,6 +203,12 @@ extension FuzzTargets {
                 seeds += [[0] + der, [1, UInt8(length >> 8), UInt8(length & 0xff)] + der + der, [2] + signedKey]
             }
             return seeds
+        case .webSocketFrames, .webSocketUpgrade:
+            #if DEBUG || FUZZING
+                return webSocketSeeds(for: target)
+            #else
+                return []
+            #endif
         }
     }
 

@@ -33,6 +33,10 @@ public struct TransportError: CodedError, Hashable {
         case protocolViolation
         /// The remote sent a frame over the transport's hard size limit.
         case frameTooLarge
+        /// The host's resource accounting refused memory the remote would have made the
+        /// transport hold (``TransportMemory``, e.g. a large WebSocket frame under a low memory
+        /// limit); that connection is closed.
+        case resourceLimit
     }
 
     /// What kind of failure.
@@ -179,6 +183,16 @@ public struct TCPTransport: Transport {
         }
     }
 
+    /// The only address family a `/dns4` (IPv4) or `/dns6` (IPv6) address may resolve to; nil for
+    /// `/dns` (either) and IP addresses.
+    static func addressFamily(_ address: Multiaddr) -> FamilyResolver.Family? {
+        switch address.removingPeerID().components.first {
+        case .dns4: return .ipv4
+        case .dns6: return .ipv6
+        default: return nil
+        }
+    }
+
     /// Binds a listener; `initializer` runs for each accepted connection on its event loop.
     public func listen(
         on address: Multiaddr,
@@ -232,6 +246,11 @@ public struct TCPTransport: Transport {
                 return try await bootstrap.connect(to: socket).get()
             }
             let (host, port) = try Self.hostAndPort(address)
+            if let family = Self.addressFamily(address) {
+                // /dns4 names only A records, /dns6 only AAAA (multiaddr's protocol table;
+                // go-libp2p resolves them so): the connect must not fall back to the other family.
+                bootstrap = bootstrap.resolver(FamilyResolver(loop: group.next(), family: family))
+            }
             return try await bootstrap.connect(host: host, port: port).get()
         } catch let error as TransportError {
             throw error
@@ -242,5 +261,82 @@ public struct TCPTransport: Transport {
             }
             throw TransportError(code, "cannot connect to \(address)", reason: reason, cause: error)
         }
+    }
+}
+
+/// Resolves a host name to the addresses of one family only (`/dns4`: IPv4, `/dns6`: IPv6) for
+/// NIO's connect: getaddrinfo with that family as hint, on NIO's thread pool (never on an event
+/// loop); the query for the other family answers nothing.
+final class FamilyResolver: Resolver, Sendable {
+    /// An address family.
+    enum Family: Sendable {
+        case ipv4, ipv6
+    }
+
+    /// The most addresses taken from one answer.
+    static let maxAddresses = 32
+
+    private let loop: any EventLoop
+    private let family: Family
+
+    init(loop: any EventLoop, family: Family) {
+        self.loop = loop
+        self.family = family
+    }
+
+    func initiateAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+        family == .ipv4 ? resolve(host: host, port: port) : loop.makeSucceededFuture([])
+    }
+
+    func initiateAAAAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+        family == .ipv6 ? resolve(host: host, port: port) : loop.makeSucceededFuture([])
+    }
+
+    /// Nothing to cancel: a getaddrinfo call runs to its end.
+    func cancelQueries() {}
+
+    private func resolve(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+        let family = family
+        return NIOThreadPool.singleton.runIfActive(eventLoop: loop) {
+            try Self.lookup(host: host, port: port, family: family)
+        }
+    }
+
+    /// The TCP addresses of `host` in `family` (duplicates removed, at most ``maxAddresses``).
+    static func lookup(host: String, port: Int, family: Family) throws -> [SocketAddress] {
+        var hints = addrinfo()
+        hints.ai_family = family == .ipv4 ? AF_INET : AF_INET6
+        #if canImport(Glibc)
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        #else
+            hints.ai_socktype = SOCK_STREAM
+        #endif
+        hints.ai_protocol = Int32(IPPROTO_TCP)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &list)
+        guard status == 0, let list else {
+            let reason = String(cString: gai_strerror(status))
+            throw TransportError(.connectionFailed, "cannot resolve \(host): \(reason)", reason: reason)
+        }
+        defer { freeaddrinfo(list) }
+        var addresses: [SocketAddress] = []
+        var entry: UnsafeMutablePointer<addrinfo>? = list
+        var visited = 0
+        while let current = entry, addresses.count < maxAddresses, visited < 8 * maxAddresses {
+            entry = current.pointee.ai_next
+            visited += 1
+            guard let socket = current.pointee.ai_addr else { continue }
+            let address: SocketAddress
+            switch current.pointee.ai_family {
+            case AF_INET where family == .ipv4:
+                address = socket.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress($0.pointee, host: host) }
+            case AF_INET6 where family == .ipv6:
+                address = socket.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { SocketAddress($0.pointee, host: host) }
+            default:
+                continue
+            }
+            if !addresses.contains(address) { addresses.append(address) }
+        }
+        return addresses
     }
 }

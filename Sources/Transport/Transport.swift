@@ -23,6 +23,39 @@ public struct RemoteEndpoint: Sendable, Hashable {
     }
 }
 
+/// Where a transport charges the memory a peer can make it hold for one connection (a WebSocket
+/// frame being assembled, an HTTP upgrade being read): the host's resource accounting, seen
+/// through two closures so that transports do not depend on it. Reserve before buffering;
+/// release exactly what was reserved once the bytes are delivered or dropped. A refused
+/// reservation fails that connection with ``TransportError/Code/resourceLimit``.
+public struct TransportMemory: Sendable {
+    /// Reserves `bytes`, or throws (reserving nothing) when a limit refuses them.
+    public let reserve: @Sendable (Int) throws -> Void
+    /// Gives back `bytes` reserved earlier.
+    public let release: @Sendable (Int) -> Void
+
+    /// An account made of the two operations.
+    public init(reserve: @escaping @Sendable (Int) throws -> Void, release: @escaping @Sendable (Int) -> Void) {
+        self.reserve = reserve
+        self.release = release
+    }
+
+    /// An inbound user event that hands a connection's account to its transport handlers once
+    /// the host has one: an acceptor fires it (`channel.pipeline.fireUserInboundEventTriggered`)
+    /// on the channel's event loop after opening the connection's resource scope, and whatever
+    /// the transport buffers from then on is charged there (what it holds already stays where it
+    /// was reserved). Transports with nothing to account let it pass.
+    public struct Assignment: Sendable {
+        /// The connection's account.
+        public let memory: TransportMemory
+
+        /// The event for `memory`.
+        public init(_ memory: TransportMemory) {
+            self.memory = memory
+        }
+    }
+}
+
 /// How to dial.
 public struct DialOptions: Sendable {
     /// When the transport must have connected (and finished its own handshake, if it has one).
@@ -31,11 +64,29 @@ public struct DialOptions: Sendable {
     public var deadline: Deadline
     /// The local IP address to connect from (nil: the system picks); network transports only.
     public var sourceAddress: String?
+    /// Where the transport charges what the new connection makes it buffer (its own handshake,
+    /// frames); nil: nothing is charged (the transport's hard limits still apply).
+    public var memory: TransportMemory?
 
     /// Dial options.
-    public init(deadline: Deadline, sourceAddress: String? = nil) {
+    public init(deadline: Deadline, sourceAddress: String? = nil, memory: TransportMemory? = nil) {
         self.deadline = deadline
         self.sourceAddress = sourceAddress
+        self.memory = memory
+    }
+}
+
+/// How to listen.
+public struct ListenOptions: Sendable {
+    /// For each accepted connection, as soon as the transport has it: where to charge what the
+    /// connection makes the transport buffer until its acceptor runs and fires a
+    /// ``TransportMemory/Assignment`` (e.g. the WebSocket HTTP upgrade request), or later if no
+    /// assignment comes. Nil, or a nil result: nothing is charged.
+    public var memory: (@Sendable (RemoteEndpoint) -> TransportMemory?)?
+
+    /// Listen options.
+    public init(memory: (@Sendable (RemoteEndpoint) -> TransportMemory?)? = nil) {
+        self.memory = memory
     }
 }
 
@@ -68,4 +119,31 @@ public protocol Transport: Sendable {
         on address: Multiaddr,
         acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
     ) async throws -> any TransportListener
+    /// ``listen(on:acceptor:)`` with `options` (how to account what accepted connections make the
+    /// transport hold before their acceptor runs). The default ignores them: a transport that
+    /// buffers nothing on a peer's behalf before the acceptor runs has nothing to charge.
+    func listen(
+        on address: Multiaddr, options: ListenOptions,
+        acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
+    ) async throws -> any TransportListener
+}
+
+extension Transport {
+    /// ``listen(on:acceptor:)``, the options ignored.
+    public func listen(
+        on address: Multiaddr, options: ListenOptions,
+        acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
+    ) async throws -> any TransportListener {
+        try await listen(on: address, acceptor: acceptor)
+    }
+}
+
+extension Channel {
+    /// This end's address as a multiaddr: the socket address (`/ip4|ip6/…/tcp/…`), or an
+    /// in-memory channel's `/memory/<n>` (the listener's number, or the dialer's own); nil if it
+    /// has none. (A WebSocket channel gives its TCP address, without `/ws`.)
+    public var localMultiaddr: Multiaddr? {
+        if let memory = self as? MemoryChannel { return memory.localMultiaddress }
+        return localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+    }
 }

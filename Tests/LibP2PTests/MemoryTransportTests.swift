@@ -107,6 +107,31 @@ struct MemoryTransportTests {
         try await allClosed(accepted.channels.withLockedValue { $0 })
     }
 
+    @Test func bothEndsKnowTheirOwnAddress() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { group.shutdownGracefully { _ in } }
+        let server = MemoryTransport(group: group)
+        let client = MemoryTransport(group: group)
+        let accepted = Accepted()
+        let listener = try await server.listen(on: Self.anyNumber, acceptor: accepted.acceptor)
+        let dialed = try await client.dial(listener.address, options: Self.options, initializer: Self.noInitializer)
+        try await eventually("accepted") { accepted.channels.withLockedValue { $0.count } == 1 }
+        let acceptedChannel = accepted.channels.withLockedValue { $0[0] }
+        let endpoint = accepted.endpoints.withLockedValue { $0[0] }
+        // The dialer's end is the number it holds (like TCP's ephemeral port), which is what the
+        // listener sees as the remote; the accepting end is the listener's number.
+        let dialerAddress = try #require(dialed.localMultiaddr)
+        #expect(MemoryTransport.memoryNumber(dialerAddress) != nil)
+        #expect(dialerAddress == endpoint.address)
+        #expect(dialerAddress != listener.address)
+        #expect(acceptedChannel.localMultiaddr == listener.address)
+        #expect((dialed as? MemoryChannel)?.remoteMultiaddress == listener.address)
+        #expect((acceptedChannel as? MemoryChannel)?.remoteMultiaddress == dialerAddress)
+        try await dialed.close()
+        await listener.close()
+        try await allClosed([acceptedChannel])
+    }
+
     @Test func anAcceptorThatClosesEndsTheDial() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { group.shutdownGracefully { _ in } }
@@ -183,6 +208,11 @@ struct MemoryHostTests {
                 let inbound = try #require(server.connections(to: client.peerID).first)
                 #expect(MemoryTransport.memoryNumber(inbound.remoteAddress) != nil)
                 #expect(inbound.remoteAddress != client.listenAddresses[0])
+                // Both connections know their local end: the dialer's own number, which the
+                // server sees as the remote, and the server's listen address.
+                let local = try #require(connection.localAddress)
+                #expect(local == inbound.remoteAddress)
+                #expect(inbound.localAddress == address.removingPeerID())
             }
         }
     }

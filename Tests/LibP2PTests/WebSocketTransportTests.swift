@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOPosix
@@ -5,6 +6,8 @@ import NIOSSL
 import NIOWebSocket
 import PointSub
 import Testing
+
+@testable import Transport
 
 private let wsLoopback = Multiaddr("/ip4/127.0.0.1/tcp/0/ws")
 
@@ -92,6 +95,49 @@ private func closeFrame(_ code: UInt16) -> [UInt8] {
     [0x88, 0x02, UInt8(code >> 8), UInt8(code & 0xFF)]
 }
 
+/// A memory account with a limit that counts what is reserved (peak, refusals).
+final class CountingMemory: Sendable {
+    private struct State {
+        var outstanding = 0
+        var peak = 0
+        var refusals = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+    let limit: Int
+
+    init(limit: Int = .max) { self.limit = limit }
+
+    var outstanding: Int { state.withLockedValue { $0.outstanding } }
+    var peak: Int { state.withLockedValue { $0.peak } }
+    var refusals: Int { state.withLockedValue { $0.refusals } }
+
+    var memory: TransportMemory {
+        TransportMemory(
+            reserve: { bytes in
+                try self.state.withLockedValue { s in
+                    guard s.outstanding + bytes <= self.limit else {
+                        s.refusals += 1
+                        throw TransportError(.resourceLimit, "test limit")
+                    }
+                    s.outstanding += bytes
+                    s.peak = max(s.peak, s.outstanding)
+                }
+            },
+            release: { bytes in self.state.withLockedValue { $0.outstanding -= bytes } })
+    }
+}
+
+/// Counts the bytes that reach the end of a pipeline.
+final class ByteCounter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let count = NIOLockedValueBox(0)
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data).readableBytes
+        count.withLockedValue { $0 += bytes }
+    }
+}
+
 /// Collects errors that reach the end of a pipeline.
 final class WebSocketTestRecorder: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
@@ -144,6 +190,7 @@ struct WebSocketTransportTests {
                 let connection = try await client.connect(to: address)
                 #expect(connection.remotePeer == server.peerID)
                 #expect(connection.remoteAddress.components.last == .ws)
+                #expect(connection.localAddress != nil)
                 #expect(try await echo(client, to: server.peerID, "hello") == "hello")
 
                 // 1 MiB through, both ways: more than one frame, more than one Noise message.
@@ -218,6 +265,180 @@ struct WebSocketTransportTests {
                 let connection = try await client.connect(to: byName)
                 #expect(connection.remotePeer == server.peerID)
                 #expect(try await echo(client, to: server.peerID, "by name") == "by name")
+            }
+        }
+    }
+
+    @Test func dnsNamesResolveToTheirFamilyOnly() async throws {
+        let transport = WebSocketTransport(group: group)
+        let listener = try await transport.listen(on: wsLoopback) { channel, _ in channel.eventLoop.makeSucceededVoidFuture() }
+        let port = try #require(listener.address.tcpPort)
+        // /dns and /dns4 reach the IPv4 listener; /dns6 never falls back to an IPv4 address.
+        for name in ["/dns4/localhost", "/dns/localhost", "/dns4/127.0.0.1"] {
+            let channel = try await transport.dial(
+                try Multiaddr("\(name)/tcp/\(port)/ws"), options: DialOptions(deadline: .after(.seconds(5)))
+            ) { $0.eventLoop.makeSucceededVoidFuture() }
+            #expect(channel.remoteAddress?.ipAddress == "127.0.0.1", "\(name)")
+            try await channel.close()
+        }
+        await #expect {
+            _ = try await transport.dial(
+                try Multiaddr("/dns6/127.0.0.1/tcp/\(port)/ws"), options: DialOptions(deadline: .after(.seconds(5)))
+            ) { $0.eventLoop.makeSucceededVoidFuture() }
+        } throws: { error in
+            (error as? TransportError)?.code == .connectionFailed
+        }
+        await listener.close()
+    }
+
+    // MARK: - Memory accounting
+
+    /// An embedded channel with the frame path as the transport builds it after the upgrade:
+    /// codec, frame accounting charged to `memory`, frame handler.
+    func accounted(
+        _ role: WebSocketFramePolicy.Role, maxFrameSize: Int = 4096, memory: TransportMemory
+    ) throws -> (EmbeddedChannel, WebSocketTestRecorder) {
+        let channel = EmbeddedChannel()
+        let recorder = WebSocketTestRecorder()
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(WebSocketFrameEncoder())
+        try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)))
+        try WebSocketTransport.addFrameHandlers(
+            sync, role: role, maxFrameSize: maxFrameSize, maxOutboundFrameSize: 100, memory: memory)
+        try sync.addHandler(recorder)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return (channel, recorder)
+    }
+
+    @Test func aFrameHeldAcrossReadsIsReservedUntilDelivered() throws {
+        let account = CountingMemory()
+        let (channel, recorder) = try accounted(.server, memory: account.memory)
+        let frame = clientFrame(opcode: 0x2, payload: [UInt8](repeating: 5, count: 3000))
+        // A frame that arrives whole is never held across reads: nothing is reserved.
+        try channel.writeInbound(ByteBuffer(bytes: frame))
+        #expect(recorder.received.count == 3000)
+        #expect(account.peak == 0)
+        // The same frame in three reads: reserved in full (header and payload) from the first
+        // read until it is delivered.
+        try channel.writeInbound(ByteBuffer(bytes: frame[0..<10]))
+        #expect(account.outstanding == frame.count)
+        try channel.writeInbound(ByteBuffer(bytes: frame[10..<2000]))
+        #expect(account.outstanding == frame.count)
+        #expect(recorder.received.count == 3000)
+        try channel.writeInbound(ByteBuffer(bytes: frame[2000...]))
+        #expect(recorder.received.count == 6000)
+        #expect(account.outstanding == 0)
+        // The end of one frame and the start of the next in one read: only the next is held.
+        try channel.writeInbound(ByteBuffer(bytes: frame[0..<100]))
+        try channel.writeInbound(ByteBuffer(bytes: Array(frame[100...]) + frame[0..<50]))
+        #expect(recorder.received.count == 9000)
+        #expect(account.outstanding == frame.count)
+        // A frame still incomplete when the connection closes is released.
+        _ = try? channel.finish()
+        #expect(account.outstanding == 0)
+        #expect(recorder.errors.isEmpty, "\(recorder.errors)")
+    }
+
+    @Test func aFrameOverTheMemoryLimitIsRefusedAndTheConnectionClosed() throws {
+        let account = CountingMemory(limit: 1000)
+        let (channel, recorder) = try accounted(.server, memory: account.memory)
+        let small = clientFrame(opcode: 0x2, payload: [UInt8](repeating: 1, count: 500))
+        try channel.writeInbound(ByteBuffer(bytes: small[0..<20]))
+        try channel.writeInbound(ByteBuffer(bytes: small[20...]))
+        #expect(recorder.received.count == 500)
+        #expect(account.peak == small.count)
+        let large = clientFrame(opcode: 0x2, payload: [UInt8](repeating: 2, count: 3000))
+        _ = try? channel.writeInbound(ByteBuffer(bytes: large[0..<100]))
+        #expect(recorder.received.count == 500, "nothing of the refused frame is delivered")
+        #expect((recorder.errors.first as? TransportError)?.code == .resourceLimit, "\(recorder.errors)")
+        #expect(!channel.isActive, "the connection must be closed")
+        #expect(account.refusals == 1)
+        #expect(account.outstanding == 0)
+        _ = try? channel.finish()
+    }
+
+    @Test func anAssignedAccountIsChargedForLaterFrames() throws {
+        let first = CountingMemory()
+        let second = CountingMemory()
+        let (channel, recorder) = try accounted(.server, memory: first.memory)
+        let frame = clientFrame(opcode: 0x2, payload: [UInt8](repeating: 3, count: 1000))
+        try channel.writeInbound(ByteBuffer(bytes: frame[0..<50]))
+        #expect(first.outstanding == frame.count)
+        channel.pipeline.fireUserInboundEventTriggered(TransportMemory.Assignment(second.memory))
+        // What was reserved is released where it was reserved.
+        try channel.writeInbound(ByteBuffer(bytes: frame[50...]))
+        #expect(first.outstanding == 0)
+        try channel.writeInbound(ByteBuffer(bytes: frame[0..<50]))
+        #expect(second.outstanding == frame.count)
+        #expect(first.outstanding == 0)
+        _ = try? channel.finish()
+        #expect(second.outstanding == 0)
+        #expect(recorder.received.count == 1000)
+    }
+
+    @Test func theTransportChargesTheUpgradesAndFramesToItsAccounts() async throws {
+        let serverMemory = CountingMemory(limit: 64 * 1024)
+        let clientMemory = CountingMemory()
+        let transport = WebSocketTransport(group: group)
+        let counter = ByteCounter()
+        let options = ListenOptions(memory: { _ in serverMemory.memory })
+        let listener = try await transport.listen(on: wsLoopback, options: options) { channel, _ in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(counter) }
+        }
+        // An honest connection: its upgrade is charged on both sides (the request, the 101
+        // response), and released once done.
+        let honest = try await transport.dial(
+            listener.address, options: DialOptions(deadline: .after(.seconds(5)), memory: clientMemory.memory)
+        ) { $0.eventLoop.makeSucceededVoidFuture() }
+        #expect(clientMemory.peak > 0, "the 101 response was charged")
+        try await honest.writeAndFlush(ByteBuffer(bytes: [UInt8](repeating: 1, count: 32 * 1024))).get()
+        try await eventually("32 KiB arrive") { counter.count.withLockedValue { $0 } == 32 * 1024 }
+        #expect(serverMemory.peak > 0, "the upgrade request was charged")
+        try await eventually("the server's reservations released") { serverMemory.outstanding == 0 }
+        #expect(clientMemory.outstanding == 0)
+
+        // 100 KiB in one frame: more than one read, over the server's 64 KiB. Refused, closed.
+        let greedy = try await WebSocketTransport(group: group, maxOutboundFrameSize: 1 << 20).dial(
+            listener.address, options: DialOptions(deadline: .after(.seconds(5)))
+        ) { $0.eventLoop.makeSucceededVoidFuture() }
+        try? await greedy.writeAndFlush(ByteBuffer(bytes: [UInt8](repeating: 2, count: 100 * 1024))).get()
+        try await greedy.closeFuture.get()
+        #expect(serverMemory.refusals > 0)
+        #expect(counter.count.withLockedValue { $0 } == 32 * 1024, "nothing of the refused frame arrived")
+
+        // The honest connection keeps working, and everything is released at the end.
+        try await honest.writeAndFlush(ByteBuffer(string: "still here")).get()
+        try await eventually("more bytes arrive") { counter.count.withLockedValue { $0 } == 32 * 1024 + 10 }
+        try await honest.close()
+        await listener.close()
+        try await eventually("released") { serverMemory.outstanding == 0 && clientMemory.outstanding == 0 }
+    }
+
+    @Test func aLargeFrameUnderALowMemoryLimitIsRefusedAndOthersAreServed() async throws {
+        let config = P2PHost.Configuration.defaults {
+            $0.transports = [.webSocket]
+            $0.listenAddresses = [wsLoopback]
+            $0.services = [EchoService()]
+            // Room for a connection's security buffers (160 KiB), a stream's window (256 KiB)
+            // and an honest peer's frames (one Noise message each, at most 64 KiB), not for a
+            // frame of 900 KiB.
+            $0.resources.perConnection.memory = 1 << 20
+        }
+        try await withHost(configuration: config) { server in
+            let baseline = server.resourceManager.systemUsage.memory
+            let events = server.events()
+            var header: [UInt8] = [0x82, 0x80 | 127]
+            header += (0..<8).reversed().map { UInt8(((900 << 10) >> (8 * $0)) & 0xFF) }
+            header += [1, 2, 3, 4]
+            let reply = try await raw(server, upgradeRequest + header + [UInt8](repeating: 0xAB, count: 4096))
+            #expect(String(decoding: reply.prefix(12), as: UTF8.self) == "HTTP/1.1 101")
+            let error = await firstUpgradeFailure(events)
+            #expect((error as? TransportError)?.code == .resourceLimit, "\(String(describing: error))")
+            try await stillServes(server)
+            // What the refused and the honest connection held is all given back.
+            try await eventually("memory back to the baseline") {
+                server.resourceManager.systemUsage.memory == baseline
+                    && server.resourceManager.usage(ofService: "transport").memory == 0
             }
         }
     }

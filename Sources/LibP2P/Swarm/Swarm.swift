@@ -102,7 +102,12 @@ final class Swarm: Sendable {
         guard let transport = transports.first(where: { $0.canListen(address) }) else {
             throw HostError(.invalidAddress, "no transport can listen on \(address)")
         }
-        let listener = try await transport.listen(on: address) { [weak self] channel, remote in
+        // What a transport buffers for a connection before the swarm has its scope (the WebSocket
+        // upgrade request) is charged to the "transport" service scope; acceptInbound then
+        // assigns the connection's own scope.
+        let handshakes = resourceManager.serviceScope("transport")
+        let options = ListenOptions(memory: { _ in TransportMemory(handshakes) })
+        let listener = try await transport.listen(on: address, options: options) { [weak self] channel, remote in
             guard let self else { return channel.close() }
             return self.acceptInbound(channel, from: remote)
         }
@@ -293,7 +298,8 @@ final class Swarm: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(deadline: deadline, sourceAddress: configuration.dialSourceAddress)
+            let options = DialOptions(
+                deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope))
             channel = try await withTaskCancellationHandler {
                 try await transport.dial(plain, options: options) { channel in
                     cancellation.attach(channel)
@@ -391,6 +397,8 @@ final class Swarm: Sendable {
             metrics.connectionRefused(reason: error.scope)
             return channel.close()
         }
+        // From here on the transport's buffers (WebSocket frames) count against this connection.
+        channel.pipeline.syncOperations.fireUserInboundEventTriggered(TransportMemory.Assignment(TransportMemory(scope)))
         let remoteText = remote.map { "\($0)" } ?? "unknown"
         upgrader.upgrade(channel: channel, role: .responder, resourceScope: scope).whenComplete { [self] result in
             switch result {
@@ -430,7 +438,7 @@ final class Swarm: Sendable {
             defer { s.nextConnectionID += 1 }
             let connection = Connection(
                 id: s.nextConnectionID, remotePeer: peer, remotePublicKey: result.remote.remotePublicKey,
-                direction: direction, localAddress: channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) },
+                direction: direction, localAddress: channel.localMultiaddr,
                 remoteAddress: remoteAddress, session: result.session,
                 negotiationTimeout: configuration.streamNegotiationTimeout, security: result.securityProtocol,
                 resourceScope: scope, metrics: metrics)

@@ -1,3 +1,4 @@
+import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -34,8 +35,8 @@ import NIOCore
 ///   `maxMessagesPerRead`; any other fails with `ChannelError.operationUnsupported`.
 /// - Only `ByteBuffer`s can be written; anything else fails its write with
 ///   `ChannelError.operationUnsupported`.
-/// - `localAddress` and `remoteAddress` are nil (there is no socket address); the transport gives
-///   the remote's `/memory/…` multiaddr separately.
+/// - `localAddress` and `remoteAddress` are nil (there is no socket address); the ends' `/memory/…`
+///   multiaddrs are ``localMultiaddress`` and ``remoteMultiaddress`` (and `Channel.localMultiaddr`).
 public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
     // @unchecked Sendable: every `var` below except `shared` is read and written only on
     // `eventLoop` (checked with preconditions on the entry points); `shared` is locked.
@@ -86,8 +87,15 @@ public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
     private var readPending = false
     private var deliveryScheduled = false
 
-    private init(eventLoop: any EventLoop) {
+    /// This end's address (`/memory/<n>`), if the pair was made with one.
+    public let localMultiaddress: Multiaddr?
+    /// The other end's address (`/memory/<n>`), if the pair was made with one.
+    public let remoteMultiaddress: Multiaddr?
+
+    private init(eventLoop: any EventLoop, local: Multiaddr?, remote: Multiaddr?) {
         self.eventLoop = eventLoop
+        self.localMultiaddress = local
+        self.remoteMultiaddress = remote
         self.closePromise = eventLoop.makePromise()
         self._pipeline = ChannelPipeline(channel: self)
     }
@@ -95,10 +103,12 @@ public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
     /// A connected pair of channels, the first on `first`, the second on `second` (may be the same
     /// loop). Neither is registered or active yet: set each one's pipeline up, then call
     /// ``activate()`` on it. Data the other end sends meanwhile waits until this end is active and
-    /// reads.
-    public static func makePair(_ first: any EventLoop, _ second: any EventLoop) -> (MemoryChannel, MemoryChannel) {
-        let a = MemoryChannel(eventLoop: first)
-        let b = MemoryChannel(eventLoop: second)
+    /// reads. `firstAddress`, `secondAddress`: each end's own address (``localMultiaddress``).
+    public static func makePair(
+        _ first: any EventLoop, _ second: any EventLoop, firstAddress: Multiaddr? = nil, secondAddress: Multiaddr? = nil
+    ) -> (MemoryChannel, MemoryChannel) {
+        let a = MemoryChannel(eventLoop: first, local: firstAddress, remote: secondAddress)
+        let b = MemoryChannel(eventLoop: second, local: secondAddress, remote: firstAddress)
         // Set before either is published to another thread; afterwards only each one's loop
         // touches its `peer`.
         a.peer = b
@@ -141,7 +151,7 @@ public final class MemoryChannel: Channel, ChannelCore, @unchecked Sendable {
     public var pipeline: ChannelPipeline { _pipeline }
     /// Completes once the channel is closed and its handlers are removed.
     public var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
-    /// Always nil: there is no socket address (see the transport's `RemoteEndpoint`).
+    /// Always nil: there is no socket address (see ``localMultiaddress``).
     public var localAddress: SocketAddress? { nil }
     /// Always nil: there is no socket address (see the transport's `RemoteEndpoint`).
     public var remoteAddress: SocketAddress? { nil }

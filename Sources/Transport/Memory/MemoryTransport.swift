@@ -51,7 +51,10 @@ public struct MemoryTransport: Transport {
             throw TransportError(
                 .connectionRefused, "cannot connect to \(address): connection refused", reason: "connection refused")
         }
-        let (local, remote) = MemoryChannel.makePair(group.next(), listener.group.next())
+        // Each end has an address of its own, as TCP's ends have (the dialer's like an ephemeral port).
+        let (local, remote) = MemoryChannel.makePair(
+            group.next(), listener.group.next(),
+            firstAddress: Multiaddr([.memory(dialerNumber)]), secondAddress: Multiaddr([.memory(number)]))
         local.closeFuture.whenComplete { _ in MemoryRegistry.shared.release(dialerNumber: dialerNumber) }
         let endpoint = RemoteEndpoint(
             address: Multiaddr([.memory(dialerNumber)]), source: "memory-\(instance)")

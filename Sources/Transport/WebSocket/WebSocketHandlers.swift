@@ -106,6 +106,11 @@ public final class WebSocketFrameHandler: ChannelDuplexHandler, RemovableChannel
 /// First in the pipeline until the HTTP upgrade is done: bounds the upgrade's bytes and time.
 /// Over `maxBytes` received, or past `deadline`, it fires its error and closes the connection,
 /// so a silent, slow or chatty peer cannot hold a socket. Removed once the upgrade finished.
+///
+/// What it lets through, the HTTP decoder buffers until the head is complete: each read is
+/// charged to `memory` before it is handed on (a refusal fails the connection with
+/// ``TransportError/Code/resourceLimit``), and all of it is released when the guard goes (the
+/// upgrade done, or the connection closed).
 final class WebSocketUpgradeGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -116,14 +121,20 @@ final class WebSocketUpgradeGuard: ChannelInboundHandler, RemovableChannelHandle
     private let maxBytes: Int
     private let deadline: Deadline
     private let timeoutError: TransportError
+    private let memory: TransportMemory?
     private var received = 0
+    private var reserved = 0
     private var timer: Scheduled<Void>?
     private var tripped = false
 
-    init(maxBytes: Int, deadline: Deadline, timeoutError: TransportError) {
+    /// Bytes reserved now (for checks).
+    var reservedBytes: Int { reserved }
+
+    init(maxBytes: Int, deadline: Deadline, timeoutError: TransportError, memory: TransportMemory? = nil) {
         self.maxBytes = maxBytes
         self.deadline = deadline
         self.timeoutError = timeoutError
+        self.memory = memory
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -136,23 +147,41 @@ final class WebSocketUpgradeGuard: ChannelInboundHandler, RemovableChannelHandle
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        releaseAll()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        releaseAll()
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !tripped else { return }
-        received += unwrapInboundIn(data).readableBytes
+        let count = unwrapInboundIn(data).readableBytes
+        received += count
         if received > maxBytes {
             let what = "HTTP upgrade over \(maxBytes) bytes"
             trip(TransportError(.handshakeFailed, "WebSocket: \(what)", reason: what), context: context)
             return
         }
+        if let memory, count > 0 {
+            do {
+                try memory.reserve(count)
+                reserved += count
+            } catch {
+                let what = "no memory for the HTTP upgrade (\(error))"
+                trip(TransportError(.resourceLimit, "WebSocket: \(what)", reason: "\(error)"), context: context)
+                return
+            }
+        }
         context.fireChannelRead(data)
+    }
+
+    private func releaseAll() {
+        if reserved > 0 { memory?.release(reserved) }
+        reserved = 0
     }
 
     private func trip(_ error: TransportError, context: ChannelHandlerContext) {
@@ -315,5 +344,148 @@ final class PendingUpgrades: Sendable {
             }
             if first { owner.count.withLockedValue { $0 -= 1 } }
         }
+    }
+}
+
+/// Just before the frame decoder: charges each frame the decoder will hold across reads to the
+/// connection's ``TransportMemory`` before the decoder buffers it, and releases it once the frame
+/// was decoded and handed on. It follows frame boundaries by reading each frame header
+/// (RFC 6455 §5.2: 2 bytes, then a 16- or 64-bit extended length for the codes 126 and 127, then
+/// a 4-byte masking key if the mask bit is set); the decoder itself is left to judge the frame.
+///
+/// A frame that arrives whole within one read is never held across reads and costs no
+/// reservation (one lock less per frame on the fast path). A frame still incomplete at the end
+/// of a read is reserved in full (header and payload, at most ``maxFrameSize`` plus 14) before
+/// its first bytes go to the decoder; a refusal fails the connection with
+/// ``TransportError/Code/resourceLimit`` and closes it, the bytes never reach the decoder. A
+/// frame over the limit is not reserved: the decoder refuses it at its header. A partial header
+/// (at most 13 bytes) is not charged.
+final class WebSocketFrameAccounting: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    /// The handler's name in the pipeline.
+    static let name = "websocket-frame-accounting"
+
+    private var memory: TransportMemory?
+    private let maxFrameSize: Int
+    /// The header of the frame being read, while it is incomplete.
+    private var header: [UInt8] = []
+    /// Payload bytes of the current frame still to come (0: between frames or in a header).
+    private var remaining = 0
+    /// The current frame's size (header and payload).
+    private var frameSize = 0
+    /// What is reserved for the current frame, and where.
+    private var reservation: (bytes: Int, memory: TransportMemory)?
+    /// A frame over the limit was seen: the decoder fails the connection, nothing more is tracked.
+    private var untracked = false
+    private var failed = false
+
+    /// Bytes reserved now (for checks).
+    var reservedBytes: Int { reservation?.bytes ?? 0 }
+
+    init(memory: TransportMemory?, maxFrameSize: Int) {
+        self.memory = memory
+        self.maxFrameSize = maxFrameSize
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        let buffer = unwrapInboundIn(data)
+        // Frame boundaries are followed even without an account: one may be assigned mid-stream.
+        guard !untracked else {
+            context.fireChannelRead(data)
+            return
+        }
+        // Where the frames end within this read: a reservation made for a frame that completes
+        // here is released once the decoder has handed the frame on.
+        var completedReserved: (bytes: Int, memory: TransportMemory)?
+        buffer.withUnsafeReadableBytes { bytes in
+            var index = 0
+            while index < bytes.count && !untracked {
+                if remaining > 0 {
+                    let take = min(remaining, bytes.count - index)
+                    remaining -= take
+                    index += take
+                    if remaining == 0 { completedReserved = finishFrame() ?? completedReserved }
+                    continue
+                }
+                header.append(bytes[index])
+                index += 1
+                readHeader()
+                if remaining == 0 && header.isEmpty && frameSize > 0 {
+                    completedReserved = finishFrame() ?? completedReserved
+                }
+            }
+        }
+        // A frame the decoder will hold past this read: reserve it before handing on its bytes.
+        if remaining > 0, reservation == nil, let memory {
+            do {
+                try memory.reserve(frameSize)
+                reservation = (frameSize, memory)
+            } catch {
+                if let completedReserved { completedReserved.memory.release(completedReserved.bytes) }
+                fail(error, context: context)
+                return
+            }
+        }
+        context.fireChannelRead(data)
+        if let completedReserved { completedReserved.memory.release(completedReserved.bytes) }
+    }
+
+    /// Parses `header` once it is complete: sets `remaining` and `frameSize` and empties it.
+    private func readHeader() {
+        guard header.count >= 2 else { return }
+        let masked = header[1] & 0x80 != 0
+        let lengthCode = Int(header[1] & 0x7F)
+        let extended = lengthCode == 126 ? 2 : lengthCode == 127 ? 8 : 0
+        let headerSize = 2 + extended + (masked ? 4 : 0)
+        guard header.count == headerSize else { return }
+        var length: UInt64 = UInt64(lengthCode)
+        if extended > 0 {
+            length = header[2..<(2 + extended)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        header.removeAll(keepingCapacity: true)
+        guard length <= UInt64(maxFrameSize) else {
+            // The decoder refuses it (invalidFrameLength) and the connection fails.
+            untracked = true
+            return
+        }
+        remaining = Int(length)
+        frameSize = headerSize + Int(length)
+    }
+
+    /// The current frame is complete: returns its reservation (to release after handing on).
+    private func finishFrame() -> (bytes: Int, memory: TransportMemory)? {
+        frameSize = 0
+        defer { reservation = nil }
+        return reservation
+    }
+
+    private func fail(_ error: any Error, context: ChannelHandlerContext) {
+        failed = true
+        let what = "no memory for a frame of \(frameSize) bytes (\(error))"
+        context.fireErrorCaught(TransportError(.resourceLimit, "WebSocket: \(what)", reason: "\(error)"))
+        context.close(promise: nil)
+    }
+
+    /// Takes a connection's account from a ``TransportMemory/Assignment``; passes every event on.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let assignment = event as? TransportMemory.Assignment { memory = assignment.memory }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        releaseAll()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        releaseAll()
+    }
+
+    private func releaseAll() {
+        if let reservation { reservation.memory.release(reservation.bytes) }
+        reservation = nil
     }
 }

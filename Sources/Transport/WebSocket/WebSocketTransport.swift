@@ -181,6 +181,16 @@ public struct WebSocketTransport: Transport {
         on address: Multiaddr,
         acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
     ) async throws -> any TransportListener {
+        try await listen(on: address, options: ListenOptions(), acceptor: acceptor)
+    }
+
+    /// ``listen(on:acceptor:)``; `options.memory` is asked for each accepted connection's account
+    /// as soon as TCP accepted it: the upgrade request and the frames are charged there (the
+    /// frames to the account of a ``TransportMemory/Assignment`` once the acceptor fired one).
+    public func listen(
+        on address: Multiaddr, options: ListenOptions,
+        acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
+    ) async throws -> any TransportListener {
         guard let endpoint = WebSocketEndpoint(address) else {
             throw TransportError(.unsupportedAddress, "not a WebSocket address: \(address)")
         }
@@ -195,18 +205,42 @@ public struct WebSocketTransport: Transport {
         let transport = self
         let suffix = endpoint.suffix
         let serverTLS = tlsContext
+        let memory = options.memory
         let listener = try await TCPTransport(group: group).listen(on: endpoint.tcp) { channel in
-            transport.acceptConnection(channel, tls: serverTLS, suffix: suffix, pending: pending, acceptor: acceptor)
+            transport.acceptConnection(
+                channel, tls: serverTLS, suffix: suffix, pending: pending, memory: memory, acceptor: acceptor)
         }
         return WebSocketListener(tcp: listener, address: Multiaddr(listener.address.components + suffix))
     }
 
     private func acceptConnection(
         _ channel: any Channel, tls: NIOSSLContext?, suffix: [Multiaddr.Component], pending: PendingUpgrades,
+        memory: (@Sendable (RemoteEndpoint) -> TransportMemory?)?,
         acceptor: @escaping @Sendable (any Channel, RemoteEndpoint) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<Void> {
         guard let slot = pending.enter() else { return channel.close() }
         channel.closeFuture.whenComplete { _ in slot.release() }
+        let remote = RemoteEndpoint(
+            address: channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+                .map { Multiaddr($0.components + suffix) },
+            source: channel.remoteAddress?.ipAddress)
+        let account = memory?(remote)
+        let deadline = Deadline.after(upgradeTimeout)
+        return channel.eventLoop.makeCompletedFuture {
+            try configureAccepted(channel, tls: tls, deadline: deadline, memory: account) { channel in
+                slot.release()
+                return acceptor(channel, remote)
+            }
+        }
+    }
+
+    /// Builds an accepted connection's pipeline (on its event loop): TLS if any, the upgrade
+    /// guard (bytes, time, memory), the HTTP server with the WebSocket upgrader, the refusal of
+    /// other requests. Once upgraded, the frame handlers replace them and `upgraded` runs.
+    func configureAccepted(
+        _ channel: any Channel, tls: NIOSSLContext?, deadline: Deadline, memory: TransportMemory?,
+        upgraded: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) throws {
         let maxFrameSize = maxFrameSize
         let maxOutboundFrameSize = maxOutboundFrameSize
         let upgrader = NIOWebSocketServerUpgrader(
@@ -217,41 +251,45 @@ public struct WebSocketTransport: Transport {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     sync.removeHandler(name: WebSocketUpgradeGuard.name, promise: nil)
-                    try sync.addHandler(
-                        WebSocketFrameHandler(
-                            role: .server, maxFrameSize: maxFrameSize, maxOutboundFrameSize: maxOutboundFrameSize))
-                    slot.release()
-                }.flatMap {
-                    let remote = RemoteEndpoint(
-                        address: channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) }
-                            .map { Multiaddr($0.components + suffix) },
-                        source: channel.remoteAddress?.ipAddress)
-                    return acceptor(channel, remote)
-                }
+                    try Self.addFrameHandlers(
+                        sync, role: .server, maxFrameSize: maxFrameSize, maxOutboundFrameSize: maxOutboundFrameSize,
+                        memory: memory)
+                }.flatMap { upgraded(channel) }
             })
-        let deadline = Deadline.after(upgradeTimeout)
         let guardHandler = WebSocketUpgradeGuard(
             maxBytes: maxUpgradeBytes, deadline: deadline,
-            timeoutError: TransportError(.handshakeFailed, "WebSocket: HTTP upgrade timed out", reason: "timed out"))
-        let limits = decoderLimits
-        return channel.eventLoop.makeCompletedFuture {
-            let sync = channel.pipeline.syncOperations
-            // TLS first, for the connection's lifetime; the guard counts the HTTP bytes inside.
-            if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
-            try sync.addHandler(guardHandler, name: WebSocketUpgradeGuard.name)
-            try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: false,
-                withServerUpgrade: (
-                    upgraders: [upgrader],
-                    completionHandler: { context in
-                        context.pipeline.syncOperations.removeHandler(name: WebSocketUpgradeRefusal.name, promise: nil)
-                    }
-                ),
-                withErrorHandling: true,
-                withEncoderConfiguration: .init(),
-                withDecoderLimitConfiguration: limits)
-            try sync.addHandler(WebSocketUpgradeRefusal(), name: WebSocketUpgradeRefusal.name)
-        }
+            timeoutError: TransportError(.handshakeFailed, "WebSocket: HTTP upgrade timed out", reason: "timed out"),
+            memory: memory)
+        let sync = channel.pipeline.syncOperations
+        // TLS first, for the connection's lifetime; the guard counts the HTTP bytes inside.
+        if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
+        try sync.addHandler(guardHandler, name: WebSocketUpgradeGuard.name)
+        try sync.configureHTTPServerPipeline(
+            withPipeliningAssistance: false,
+            withServerUpgrade: (
+                upgraders: [upgrader],
+                completionHandler: { context in
+                    context.pipeline.syncOperations.removeHandler(name: WebSocketUpgradeRefusal.name, promise: nil)
+                }
+            ),
+            withErrorHandling: true,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: decoderLimits)
+        try sync.addHandler(WebSocketUpgradeRefusal(), name: WebSocketUpgradeRefusal.name)
+    }
+
+    /// After NIO's upgrader added the frame encoder and decoder: the frame accounting just before
+    /// the decoder (it must see every byte the decoder buffers), the frame handler last.
+    static func addFrameHandlers(
+        _ sync: ChannelPipeline.SynchronousOperations, role: WebSocketFramePolicy.Role, maxFrameSize: Int,
+        maxOutboundFrameSize: Int, memory: TransportMemory?
+    ) throws {
+        let decoder = try sync.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+        try sync.addHandler(
+            WebSocketFrameAccounting(memory: memory, maxFrameSize: maxFrameSize),
+            name: WebSocketFrameAccounting.name, position: .before(decoder))
+        try sync.addHandler(
+            WebSocketFrameHandler(role: role, maxFrameSize: maxFrameSize, maxOutboundFrameSize: maxOutboundFrameSize))
     }
 
     // MARK: - Dialing
@@ -277,11 +315,9 @@ public struct WebSocketTransport: Transport {
         let serverName = endpoint.serverName
         let deadline = options.deadline
         let host = Self.hostHeader(tcpAddress)
-        let maxFrameSize = maxFrameSize
-        let maxOutboundFrameSize = maxOutboundFrameSize
-        let maxUpgradeBytes = maxUpgradeBytes
-        let limits = decoderLimits
+        let memory = options.memory
         let upgradedBox = UpgradeFutureBox()
+        let transport = self
         let channel = try await TCPTransport(group: group).dial(
             tcpAddress, deadline: deadline, bindTo: options.sourceAddress
         ) { channel in
@@ -293,46 +329,12 @@ public struct WebSocketTransport: Transport {
                 let what = "connection closed during the HTTP upgrade"
                 upgraded.fail(TransportError(.handshakeFailed, "WebSocket: \(what)", reason: what))
             }
-            let upgrader = NIOWebSocketClientUpgrader(
-                maxFrameSize: maxFrameSize, automaticErrorHandling: false,
-                upgradePipelineHandler: { channel, _ in
-                    let done = channel.eventLoop.makeCompletedFuture {
-                        let sync = channel.pipeline.syncOperations
-                        sync.removeHandler(name: WebSocketUpgradeGuard.name, promise: nil)
-                        try sync.addHandler(
-                            WebSocketFrameHandler(
-                                role: .client, maxFrameSize: maxFrameSize, maxOutboundFrameSize: maxOutboundFrameSize))
-                    }.flatMap { initializer(channel) }
-                    upgraded.completeWith(done)
-                    return done
-                })
             let timeout = TransportError(
                 .dialTimeout, "connecting to \(address) timed out (WebSocket upgrade)", reason: "timed out")
             return channel.eventLoop.makeCompletedFuture {
-                let sync = channel.pipeline.syncOperations
-                if let tlsContext {
-                    // SNI and the name checked against the certificate: the address's DNS name or
-                    // /sni/ name; for an IP address NIOSSL checks the IP.
-                    try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
-                }
-                try sync.addHandler(
-                    WebSocketUpgradeGuard(maxBytes: maxUpgradeBytes, deadline: deadline, timeoutError: timeout),
-                    name: WebSocketUpgradeGuard.name)
-                // The server's first libp2p bytes (multistream-select's header) may arrive in the
-                // same read as the 101 response: they must be forwarded, not dropped.
-                try sync.addHTTPClientHandlers(
-                    leftOverBytesStrategy: .forwardBytes,
-                    decoderLimitConfiguration: limits,
-                    withClientUpgrade: (
-                        upgraders: [upgrader],
-                        completionHandler: { context in
-                            context.pipeline.syncOperations.removeHandler(
-                                name: WebSocketUpgradeRequester.name, promise: nil)
-                        }
-                    ))
-                try sync.addHandler(
-                    WebSocketUpgradeRequester(host: host, path: "/", upgraded: upgraded),
-                    name: WebSocketUpgradeRequester.name)
+                try transport.configureDialed(
+                    channel, tls: tlsContext, serverName: serverName, host: host, deadline: deadline,
+                    timeoutError: timeout, memory: memory, upgraded: upgraded, initializer: initializer)
             }
         }
         do {
@@ -348,6 +350,56 @@ public struct WebSocketTransport: Transport {
             channel.close(promise: nil)
             throw TransportError(.handshakeFailed, "WebSocket upgrade with \(address) failed", reason: "\(error)", cause: error)
         }
+    }
+
+    /// Builds a dialed connection's pipeline (on its event loop, before it is active): TLS if
+    /// any, the upgrade guard (bytes, time, memory), the HTTP client with the WebSocket upgrader
+    /// and the requester, which asks for the upgrade once the connection is up. Once upgraded,
+    /// the frame handlers replace them, `initializer` runs, and `upgraded` completes with it; it
+    /// fails if the upgrade does not happen. `requestKey`: the Sec-WebSocket-Key (nil: random).
+    func configureDialed(
+        _ channel: any Channel, tls: NIOSSLContext?, serverName: String?, host: String, deadline: Deadline,
+        timeoutError: TransportError, memory: TransportMemory?, requestKey: String? = nil,
+        upgraded: EventLoopPromise<Void>, initializer: @escaping ConnectionInitializer
+    ) throws {
+        let maxFrameSize = maxFrameSize
+        let maxOutboundFrameSize = maxOutboundFrameSize
+        let pipelineHandler: @Sendable (any Channel, HTTPResponseHead) -> EventLoopFuture<Void> = { channel, _ in
+            let done = channel.eventLoop.makeCompletedFuture {
+                let sync = channel.pipeline.syncOperations
+                sync.removeHandler(name: WebSocketUpgradeGuard.name, promise: nil)
+                try Self.addFrameHandlers(
+                    sync, role: .client, maxFrameSize: maxFrameSize, maxOutboundFrameSize: maxOutboundFrameSize,
+                    memory: memory)
+            }.flatMap { initializer(channel) }
+            upgraded.completeWith(done)
+            return done
+        }
+        let upgrader = NIOWebSocketClientUpgrader(
+            requestKey: requestKey ?? NIOWebSocketClientUpgrader.randomRequestKey(), maxFrameSize: maxFrameSize,
+            automaticErrorHandling: false, upgradePipelineHandler: pipelineHandler)
+        let sync = channel.pipeline.syncOperations
+        if let tls {
+            // SNI and the name checked against the certificate: the address's DNS name or
+            // /sni/ name; for an IP address NIOSSL checks the IP.
+            try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
+        }
+        try sync.addHandler(
+            WebSocketUpgradeGuard(maxBytes: maxUpgradeBytes, deadline: deadline, timeoutError: timeoutError, memory: memory),
+            name: WebSocketUpgradeGuard.name)
+        // The server's first libp2p bytes (multistream-select's header) may arrive in the
+        // same read as the 101 response: they must be forwarded, not dropped.
+        try sync.addHTTPClientHandlers(
+            leftOverBytesStrategy: .forwardBytes,
+            decoderLimitConfiguration: decoderLimits,
+            withClientUpgrade: (
+                upgraders: [upgrader],
+                completionHandler: { context in
+                    context.pipeline.syncOperations.removeHandler(name: WebSocketUpgradeRequester.name, promise: nil)
+                }
+            ))
+        try sync.addHandler(
+            WebSocketUpgradeRequester(host: host, path: "/", upgraded: upgraded), name: WebSocketUpgradeRequester.name)
     }
 }
 
