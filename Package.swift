@@ -67,6 +67,13 @@ let package = Package(
             // Secure WebSocket (/tls/ws, /wss).
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
+        // A small DNS stub resolver (UDP) for /dnsaddr TXT records, and the DNS message codec (mDNS too).
+        .target(name: "DNS", dependencies: [
+            "Basics", "Multiformats", "Identity",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
         .target(name: "Multistream", dependencies: [
             "Multiformats",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -101,7 +108,7 @@ let package = Package(
             .product(name: "Atomics", package: "swift-atomics"),
         ], swiftSettings: strict),
         .target(name: "LibP2P", dependencies: [
-            "Basics", "Multiformats", "Identity", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
+            "Basics", "Multiformats", "Identity", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux", "Resources",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -111,6 +118,14 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Protocols", dependencies: [
             "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
+        // Kademlia DHT (libp2p kad-dht spec): the wire messages, XOR keys, the routing table and the
+        // iterative lookup as value types.
+        .target(name: "Kademlia", dependencies: [
+            "Basics", "Multiformats", "Identity", "LibP2P",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
@@ -137,8 +152,8 @@ let package = Package(
         // The umbrella: `import PointSub` gives the whole stack (and NIOCore's ByteBuffer, which is
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
-            "Basics", "Multiformats", "Identity", "Resources", "Transport", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub",
+            "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
@@ -160,6 +175,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
+            "Kademlia", "DNS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -186,6 +202,13 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
+        .testTarget(name: "DNSTests", dependencies: [
+            "DNS", "PointSub", "Multiformats", .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "KademliaTests", dependencies: [
+            "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
             "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

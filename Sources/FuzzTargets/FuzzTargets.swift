@@ -52,6 +52,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pointsubDecompress = "pointsub-decompress"
     /// The libp2p TLS certificate: X.509 parsing, the verification rules, the `SignedKey` extension.
     case tlsCertificate = "tls-certificate"
+    /// A kad-dht message (protobuf with records and peer lists) under its decoding limits.
+    case kadMessage = "kad-message"
+    /// A DNS message (dnsaddr answers, mDNS): names with compression pointers, records, TXT strings.
+    case dnsMessage = "dns-message"
 
     /// False for the targets that need `@testable import` in a build without testability (release).
     public var isAvailable: Bool {
@@ -111,6 +115,8 @@ public enum FuzzTargets {
         case .pointsubParser: try fuzzPointSubParser(input, &check)
         case .pointsubDecompress: try fuzzPointSubDecompress(input, &check)
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
+        case .kadMessage: try fuzzKadMessage(input, &check)
+        case .dnsMessage: try fuzzDNSMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames:
             #if DEBUG || FUZZING
                 switch target {

@@ -1,5 +1,7 @@
 import Crypto
+import DNS
 import Identity
+import Kademlia
 import Multiformats
 import Multistream
 import NIOCore
@@ -168,6 +170,27 @@ extension FuzzTargets {
             let declared: [UInt8] = [UInt8(size >> 24), UInt8(size >> 16 & 0xff), UInt8(size >> 8 & 0xff), UInt8(size & 0xff)]
             let zlib = PointSubCompression.compress(ByteBuffer(bytes: text)).map { Array($0.readableBytesView) } ?? []
             return [[1] + declared + zlib, [2] + declared + zlib, [0x81] + declared + text, [0xc1] + declared + text]
+        case .kadMessage:
+            let peer = PeerID(publicKey: SeedKeys.ed25519.publicKey).bytes
+            let address = Multiaddr("/ip4/127.0.0.1/tcp/4001")
+            return [
+                KadMessage(type: .findNode, key: peer).encoded(),
+                KadMessage(
+                    type: .getValue, key: Array("/pk/key".utf8),
+                    record: .init(key: Array("/pk/key".utf8), value: [1, 2, 3], timeReceived: "2026-12-07T00:00:00Z"),
+                    closerPeers: [.init(id: peer, addresses: [address], connection: .connected)]
+                ).encoded(),
+                KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
+                    providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
+            ]
+        case .dnsMessage:
+            let txt = (try? DNSMessage.txtData(["dnsaddr=/ip4/127.0.0.1/tcp/4001"])) ?? []
+            let answer = DNSMessage(
+                id: 7, flags: 0x8180, questions: [.init(name: "_dnsaddr.a.test", type: 16)],
+                answers: [.init(name: "_dnsaddr.a.test", type: 16, ttl: 60, data: txt)])
+            var compressed: [UInt8] = [0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0x78, 2, 0x69, 0x6F, 0, 0, 16, 0, 1]
+            compressed += [0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 4, 3, 0x61, 0x62, 0x63]
+            return [(try? answer.encoded()) ?? [], compressed]
         case .tlsCertificate:
             // Real certificates (their P-256 key and ECDSA signatures are random, so regenerated
             // seed files differ; each is valid for 100 years).

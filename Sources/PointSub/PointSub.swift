@@ -1,7 +1,9 @@
 // The umbrella: `import PointSub` is the whole stack, bottom to top. NIOCore comes along because
 // its `ByteBuffer` (and `EventLoopGroup`) are public API everywhere above it.
 @_exported import Basics
+@_exported import DNS
 @_exported import Identity
+@_exported import Kademlia
 @_exported import LibP2P
 @_exported import Multiformats
 @_exported import Multistream

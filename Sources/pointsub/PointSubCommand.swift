@@ -59,7 +59,7 @@ struct PointSubCommand: AsyncParsableCommand {
         version: pointsubVersion,
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
-            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self, DHTCommand.self,
         ]
     )
 }

@@ -1,5 +1,7 @@
 // The error shape and deadlines every layer uses.
 @_exported import Basics
+// The /dnsaddr resolver a host is configured with.
+@_exported import DNS
 // The resource manager's types (limits, scopes, errors, `DefaultsConfigurable`) are part of the
 // host's API: a host user configures them without importing a second module.
 @_exported import Resources

@@ -37,6 +37,9 @@ public final class P2PHost: Sendable {
         public var handshakeTimeout: Duration = .seconds(10)
         /// How long a new stream has to agree on a protocol.
         public var streamNegotiationTimeout: Duration = .seconds(10)
+        /// Resolves `/dnsaddr` addresses before dialing (TXT records of `_dnsaddr.<host>`); by
+        /// default the first nameserver of /etc/resolv.conf; nil: such addresses are not dialed.
+        public var dnsaddrResolver: DNSAddrResolver? = DNSClient.system().map(DNSAddrResolver.init)
         /// Local IP address outbound TCP connections are bound to (nil: the kernel picks).
         public var dialSourceAddress: String?
         /// Watermarks and idle timeout of the connection manager.
@@ -71,6 +74,7 @@ public final class P2PHost: Sendable {
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
         var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+        var routers: [any PeerRouting] = []
         var nextID: UInt64 = 1
 
         mutating func takeID() -> UInt64 {
@@ -290,7 +294,32 @@ public final class P2PHost: Sendable {
         try checkRunning()
         if let existing = connections(to: peer).first { return existing }
         if !addresses.isEmpty { peerstore.addAddresses(addresses, for: peer, ttl: .temporary) }
+        if peerstore.addresses(for: peer).isEmpty { try await route(peer) }
         return try await swarm.connect(to: peer)
+    }
+
+    /// Registers a way to find peers by ID; `connect(to:)` asks the routers in order when it knows
+    /// no address of a peer. (A DHT service registers itself when it attaches.)
+    public func addPeerRouting(_ router: any PeerRouting) {
+        state.withLockedValue { $0.routers.append(router) }
+    }
+
+    /// Asks the routers for `peer`'s addresses until one answers; they go to the peerstore.
+    private func route(_ peer: PeerID) async throws {
+        let routers = state.withLockedValue { $0.routers }
+        guard !routers.isEmpty else { return }
+        var errors: [any Error] = []
+        for router in routers {
+            do {
+                let found = try await router.findPeer(peer)
+                guard !found.isEmpty else { continue }
+                peerstore.addAddresses(found, for: peer, ttl: .temporary)
+                return
+            } catch {
+                errors.append(error)
+            }
+        }
+        throw HostError(.noAddresses, "no router found an address for \(peer)", underlying: errors)
     }
 
     /// Connects to the peer at `address`. With `/p2p/<id>`, the remote must prove it is that peer

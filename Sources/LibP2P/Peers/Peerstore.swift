@@ -89,6 +89,14 @@ public final class Peerstore: Sendable {
         }
     }
 
+    /// Forgets every address of `peer`, certified or not (its key and protocols stay).
+    public func removeAddresses(for peer: PeerID) {
+        peers.withLockedValue { peers in
+            peers[peer]?.addresses = [:]
+            peers[peer]?.certifiedAddresses = [:]
+        }
+    }
+
     /// Re-stamps every address of `peer` with `ttl` (e.g. when its last connection closes).
     public func updateAddressTTL(for peer: PeerID, to ttl: AddressTTL) {
         let expiry = ttl.duration.map { ContinuousClock.now + $0 }

@@ -4,6 +4,7 @@ import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import DNS
 import Resources
 import Transport
 
@@ -181,7 +182,7 @@ final class Swarm: Sendable {
     /// Dials `peer`'s known addresses, best first, staggered (see `DialRanker`): the first
     /// connection wins and the other attempts are cancelled (their channels closed at once).
     private func dialRanked(_ peer: PeerID) async throws -> Connection {
-        let candidates = peerstore.addresses(for: peer).filter { address in
+        let candidates = await resolveDNSAddr(peerstore.addresses(for: peer), for: peer).filter { address in
             transports.contains { $0.canDial(address) }
         }
         guard !candidates.isEmpty else {
@@ -238,9 +239,39 @@ final class Swarm: Sendable {
         }
     }
 
+    /// `addresses` with every `/dnsaddr` one replaced by what it resolves to (for `peer`, when
+    /// known); one that fails to resolve is dropped (and logged).
+    func resolveDNSAddr(_ addresses: [Multiaddr], for peer: PeerID?) async -> [Multiaddr] {
+        guard let resolver = configuration.dnsaddrResolver,
+            addresses.contains(where: { if case .dnsaddr = $0.components.first { true } else { false } })
+        else { return addresses }
+        var out: [Multiaddr] = []
+        for address in addresses {
+            guard case .dnsaddr = address.components.first else {
+                out.append(address)
+                continue
+            }
+            var query = address.removingPeerID()
+            if let peer { query = query.appending(peerID: peer) }
+            do {
+                out += try await resolver.resolve(query).map { $0.removingPeerID() }
+            } catch {
+                logger.debug("dnsaddr resolution failed", metadata: ["address": "\(address)", "error": "\(error)"])
+            }
+        }
+        return out
+    }
+
     /// Dials one address and upgrades the connection; registers it. Cancelling the calling task
     /// closes the channel, which ends the connect or the upgrade at once.
     func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
+        if case .dnsaddr = address.components.first {
+            // Only through `connect(to:)` without a peer ID: the first address it resolves to.
+            guard let resolved = await resolveDNSAddr([address], for: address.peerID).first else {
+                throw HostError(.noAddresses, "\(address) resolved to no address")
+            }
+            return try await dial(resolved, expectedPeer: expectedPeer)
+        }
         let plain = address.removingPeerID()
         guard let transport = transports.first(where: { $0.canDial(plain) }) else {
             throw HostError(.invalidAddress, "no transport for \(address)")

@@ -1,0 +1,185 @@
+import Basics
+import Identity
+import LibP2P
+import Multiformats
+import NIOCore
+
+extension KademliaDHT {
+    /// Sends one request to `peer` on a new stream and reads its response, within
+    /// `requestTimeout`. Throws `KademliaError` for a bad answer, the host's errors otherwise.
+    public func request(_ message: KadMessage, to peer: PeerID) async throws -> KadMessage {
+        let host = try requireHost()
+        let protocolID = configuration.protocolID
+        let limits = configuration.limits
+        return try await withDeadline(
+            .after(configuration.requestTimeout), on: host.eventLoopGroup.next(),
+            onTimeout: { HostError(.timeout, "\(peer) did not answer a \(message.type) request in time") }
+        ) {
+            let stream = try await host.newStream(to: peer, protocols: [protocolID])
+            do {
+                try await stream.writeLengthPrefixed(message.encoded())
+                guard let bytes = try await stream.readLengthPrefixed(maxLength: limits.maxMessageSize) else {
+                    throw KademliaError(.malformedMessage, "\(peer) closed the stream without answering")
+                }
+                let response = try KadMessage(decoding: Array(bytes.readableBytesView), limits: limits)
+                guard response.type == message.type else {
+                    throw KademliaError(.malformedMessage, "\(peer) answered a \(message.type) request with \(response.type)")
+                }
+                await stream.close()
+                return response
+            } catch {
+                stream.reset()
+                throw error
+            }
+        }
+    }
+
+    /// An iterative lookup of `key` (its SHA-256 is the target), sending `message` (with the key)
+    /// to the closest peers α at a time. `onResponse` sees every answer and returns true to stop
+    /// early (a value or enough providers found). Returns the finished lookup.
+    func lookup(
+        _ message: KadMessage, key: [UInt8], onResponse: (PeerID, KadMessage) -> Bool = { _, _ in false }
+    ) async throws -> KadLookup {
+        let host = try requireHost()
+        let target = KadKey(hashing: key)
+        let seeds = state.withLockedValue { $0.table?.closest(to: target, count: configuration.k) ?? [] }
+        guard !seeds.isEmpty else { throw KademliaError(.notFound, "the routing table is empty: bootstrap first") }
+        var lookup = KadLookup(target: target, local: host.peerID, seeds: seeds, k: configuration.k, alpha: configuration.alpha)
+        var query = message
+        query.key = key
+        let deadline = Deadline.after(configuration.lookupTimeout)
+        let sent = query
+        try await withThrowingTaskGroup(of: (PeerID, KadMessage?).self) { group in
+            var inFlight = 0
+            while !deadline.hasPassed {
+                for peer in lookup.next() {
+                    inFlight += 1
+                    group.addTask { (peer, try? await self.request(sent, to: peer)) }
+                }
+                guard inFlight > 0, let (peer, response) = try await group.next() else { break }
+                inFlight -= 1
+                guard let response else {
+                    lookup.failed(peer)
+                    failed(peer)
+                    continue
+                }
+                sawServer(peer)
+                var closer: [PeerID] = []
+                for entry in response.closerPeers {
+                    guard let id = try? PeerID(bytes: entry.id), id != host.peerID else { continue }
+                    if !entry.addresses.isEmpty { host.peerstore.addAddresses(entry.addresses, for: id, ttl: .temporary) }
+                    closer.append(id)
+                }
+                lookup.received(from: peer, closer: closer)
+                if onResponse(peer, response) { break }
+            }
+            group.cancelAll()
+        }
+        return lookup
+    }
+
+    /// The k peers closest to `key` that answered (the network's view, not just our table).
+    public func closestPeers(to key: [UInt8]) async throws -> [PeerID] {
+        try await lookup(KadMessage(type: .findNode), key: key).closestSucceeded
+    }
+
+    /// The addresses of `peer`: from the peerstore when known, else from a lookup of its ID (stops
+    /// at the first answer that lists it with addresses). Throws `.notFound` when nobody knows it.
+    public func findPeer(_ peer: PeerID) async throws -> [Multiaddr] {
+        let host = try requireHost()
+        let known = host.peerstore.addresses(for: peer)
+        if !known.isEmpty { return known }
+        var found: [Multiaddr] = []
+        _ = try await lookup(KadMessage(type: .findNode), key: peer.bytes) { _, response in
+            guard let entry = response.closerPeers.first(where: { $0.id == peer.bytes }), !entry.addresses.isEmpty
+            else { return false }
+            found = entry.addresses
+            return true
+        }
+        guard !found.isEmpty else { throw KademliaError(.notFound, "no peer knows \(peer)") }
+        return found
+    }
+
+    /// Announces that we provide `key` (a CID's multihash) to the k closest peers and keeps the
+    /// record locally. Returns how many peers took it.
+    @discardableResult
+    public func provide(_ key: [UInt8]) async throws -> Int {
+        let host = try requireHost()
+        try withState { s throws(KademliaError) in try s.providers.add(host.peerID.bytes, for: key, now: .now) }
+        let closest = try await closestPeers(to: key)
+        let me = KadMessage.Peer(id: host.peerID.bytes, addresses: host.listenAddresses)
+        let announcement = KadMessage(type: .addProvider, key: key, providerPeers: [me])
+        return await withTaskGroup(of: Bool.self) { group in
+            for peer in closest {
+                group.addTask { (try? await self.request(announcement, to: peer)) != nil }
+            }
+            var count = 0
+            for await ok in group where ok { count += 1 }
+            return count
+        }
+    }
+
+    /// Up to `count` providers of `key` with their addresses: our own store first, then a lookup
+    /// that stops once enough are found.
+    public func findProviders(_ key: [UInt8], count: Int = 20) async throws -> [(peer: PeerID, addresses: [Multiaddr])] {
+        let host = try requireHost()
+        var found: [PeerID: [Multiaddr]] = [:]
+        var order: [PeerID] = []
+        func note(_ peer: PeerID, _ addresses: [Multiaddr]) {
+            if found[peer] == nil { order.append(peer) }
+            found[peer, default: []] += addresses.filter { !(found[peer] ?? []).contains($0) }
+        }
+        for id in state.withLockedValue({ $0.providers.providers(of: key, now: .now) }) {
+            guard let peer = try? PeerID(bytes: id) else { continue }
+            note(peer, peer == host.peerID ? host.listenAddresses : host.peerstore.addresses(for: peer))
+        }
+        if order.count < count {
+            _ = try await lookup(KadMessage(type: .getProviders), key: key) { _, response in
+                for entry in response.providerPeers {
+                    guard let peer = try? PeerID(bytes: entry.id) else { continue }
+                    if !entry.addresses.isEmpty, peer != host.peerID {
+                        host.peerstore.addAddresses(entry.addresses, for: peer, ttl: .temporary)
+                    }
+                    note(peer, entry.addresses)
+                }
+                return order.count >= count
+            }
+        }
+        return order.prefix(count).map { ($0, found[$0] ?? []) }
+    }
+
+    /// Stores `value` under `key` (validated by its namespace's validator) at the k closest peers
+    /// and locally. Returns how many peers took it.
+    @discardableResult
+    public func putValue(_ value: [UInt8], for key: [UInt8]) async throws -> Int {
+        let record = KadMessage.Record(key: key, value: value)
+        try validate(record)
+        try withState { s throws(KademliaError) in try s.records.put(record, now: .now) }
+        let closest = try await closestPeers(to: key)
+        let message = KadMessage(type: .putValue, key: key, record: record)
+        return await withTaskGroup(of: Bool.self) { group in
+            for peer in closest {
+                group.addTask { (try? await self.request(message, to: peer)) != nil }
+            }
+            var count = 0
+            for await ok in group where ok { count += 1 }
+            return count
+        }
+    }
+
+    /// The best valid value under `key`: ours if we hold one, else from a lookup (stops at the
+    /// first valid record). Throws `.notFound`.
+    public func getValue(_ key: [UInt8]) async throws -> [UInt8] {
+        if let local = state.withLockedValue({ $0.records.get(key, now: .now) }) { return local.value }
+        var values: [[UInt8]] = []
+        _ = try await lookup(KadMessage(type: .getValue), key: key) { [self] _, response in
+            guard let record = response.record, record.key == key, (try? validate(record)) != nil else { return false }
+            values.append(record.value)
+            return true
+        }
+        guard !values.isEmpty, let namespace = namespace(of: key), let validator = validators[namespace] else {
+            throw KademliaError(.notFound, "no valid record found")
+        }
+        return values[validator.select(key: key, values: values)]
+    }
+}

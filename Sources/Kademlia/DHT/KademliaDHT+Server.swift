@@ -1,0 +1,130 @@
+import Basics
+import Identity
+import LibP2P
+import Multiformats
+import NIOCore
+
+extension KademliaDHT {
+    /// Answers the requests on one inbound stream until the peer closes it, breaks a limit, or
+    /// sends nothing for `streamIdleTimeout`. Messages are `uvarint(length) ‖ protobuf`, one
+    /// response per request, several per stream (go reuses a stream for many requests).
+    func serve(_ stream: P2PStream) async throws {
+        let peer = stream.remotePeer
+        let limits = configuration.limits
+        while true {
+            let bytes = try await withDeadline(
+                .after(configuration.streamIdleTimeout), on: stream.eventLoop,
+                onTimeout: { KademliaError(.limitExceeded, "no request for \(self.configuration.streamIdleTimeout)") }
+            ) {
+                try await stream.readLengthPrefixed(maxLength: limits.maxMessageSize)
+            }
+            guard let bytes else { return }
+            guard admit(peer) else {
+                throw KademliaError(.limitExceeded, "\(peer) sends more than \(configuration.requestsPerPeerPerSecond) requests a second")
+            }
+            let request = try KadMessage(decoding: Array(bytes.readableBytesView), limits: limits)
+            let response = try handle(request, from: peer)
+            try await stream.writeLengthPrefixed(response.encoded())
+        }
+    }
+
+    /// Takes one request token of `peer`'s bucket (refilled at `requestsPerPeerPerSecond`, burst 2×).
+    private func admit(_ peer: PeerID) -> Bool {
+        let rate = Double(configuration.requestsPerPeerPerSecond)
+        let now = ContinuousClock.now
+        return state.withLockedValue { s in
+            var bucket = s.rates[peer] ?? (tokens: 2 * rate, updated: now)
+            let elapsed = Double((now - bucket.updated).components.seconds)
+                + Double((now - bucket.updated).components.attoseconds) / 1e18
+            bucket.tokens = min(2 * rate, bucket.tokens + elapsed * rate)
+            bucket.updated = now
+            guard bucket.tokens >= 1 else {
+                s.rates[peer] = bucket
+                return false
+            }
+            bucket.tokens -= 1
+            s.rates[peer] = bucket
+            return true
+        }
+    }
+
+    /// The answer to one request (the spec: a response has the request's type).
+    func handle(_ request: KadMessage, from peer: PeerID) throws(KademliaError) -> KadMessage {
+        let now = ContinuousClock.now
+        switch request.type {
+        case .ping:
+            return KadMessage(type: .ping)
+        case .findNode:
+            var closer = closerPeers(to: request.key, excluding: peer)
+            // go answers a lookup of its own ID with itself.
+            if let host, request.key == host.peerID.bytes {
+                closer.insert(
+                    KadMessage.Peer(id: host.peerID.bytes, addresses: host.listenAddresses, connection: .connected), at: 0)
+            }
+            return KadMessage(type: .findNode, key: request.key, closerPeers: closer)
+        case .getValue:
+            guard !request.key.isEmpty else { throw KademliaError(.malformedMessage, "GET_VALUE without a key") }
+            let record = state.withLockedValue { $0.records.get(request.key, now: now) }
+            return KadMessage(
+                type: .getValue, key: request.key, record: record, closerPeers: closerPeers(to: request.key, excluding: peer))
+        case .putValue:
+            guard let record = request.record, record.key == request.key, !record.key.isEmpty else {
+                throw KademliaError(.malformedMessage, "PUT_VALUE without a record for its key")
+            }
+            try validate(record)
+            try withState { s throws(KademliaError) in try s.records.put(record, now: now) }
+            // go echoes the request.
+            return request
+        case .addProvider:
+            guard !request.key.isEmpty else { throw KademliaError(.malformedMessage, "ADD_PROVIDER without a key") }
+            // Only a peer's announcement of itself counts (go ignores the others).
+            for provider in request.providerPeers where provider.id == peer.bytes {
+                try withState { s throws(KademliaError) in
+                    try s.providers.add(provider.id, for: request.key, now: now)
+                }
+                if let host, !provider.addresses.isEmpty {
+                    host.peerstore.addAddresses(Array(provider.addresses.prefix(configuration.limits.maxAddressesPerPeer)), for: peer, ttl: .temporary)
+                }
+            }
+            return KadMessage(type: .addProvider, key: request.key)
+        case .getProviders:
+            guard !request.key.isEmpty else { throw KademliaError(.malformedMessage, "GET_PROVIDERS without a key") }
+            let ids = state.withLockedValue { $0.providers.providers(of: request.key, now: now) }
+            let providers = ids.compactMap { id -> KadMessage.Peer? in
+                guard let provider = try? PeerID(bytes: id) else { return nil }
+                return KadMessage.Peer(id: id, addresses: addresses(of: provider), connection: connectionType(of: provider))
+            }
+            return KadMessage(
+                type: .getProviders, key: request.key, closerPeers: closerPeers(to: request.key, excluding: peer),
+                providerPeers: providers)
+        }
+    }
+
+    /// Checks a record with its namespace's validator; a namespace without one is refused.
+    func validate(_ record: KadMessage.Record) throws(KademliaError) {
+        guard let namespace = namespace(of: record.key), let validator = validators[namespace] else {
+            throw KademliaError(.invalidRecord, "no validator for the record's namespace")
+        }
+        try validator.validate(key: record.key, value: record.value)
+    }
+
+    /// The k peers of our table closest to `key`, with addresses, without `excluded` (the asker).
+    func closerPeers(to key: [UInt8], excluding excluded: PeerID?) -> [KadMessage.Peer] {
+        let target = KadKey(hashing: key)
+        let peers = state.withLockedValue { $0.table?.closest(to: target, count: configuration.k + 1) ?? [] }
+        return peers.filter { $0 != excluded }.prefix(configuration.k).compactMap { peer in
+            let addresses = addresses(of: peer)
+            // A peer without addresses is of no use to the asker (go leaves them out too).
+            guard !addresses.isEmpty else { return nil }
+            return KadMessage.Peer(id: peer.bytes, addresses: addresses, connection: connectionType(of: peer))
+        }
+    }
+
+    func addresses(of peer: PeerID) -> [Multiaddr] {
+        Array((host?.peerstore.addresses(for: peer) ?? []).prefix(configuration.limits.maxAddressesPerPeer))
+    }
+
+    func connectionType(of peer: PeerID) -> KadMessage.ConnectionType {
+        (host?.connections(to: peer).isEmpty ?? true) ? .notConnected : .connected
+    }
+}
