@@ -212,6 +212,13 @@ package final class YamuxStream: Sendable, CustomStringConvertible {
         handler.value.write(stream: self, data: data)
     }
 
+    /// On the event loop: `writeFromEventLoop` for several buffers in order, as one operation
+    /// (like `write(contentsOf:)`).
+    @discardableResult
+    package func writeFromEventLoop(contentsOf buffers: [ByteBuffer]) -> EventLoopFuture<Void> {
+        handler.value.write(stream: self, buffers: buffers)
+    }
+
     /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
     package var inbound: Inbound { Inbound(stream: self) }
 

@@ -45,12 +45,14 @@ extension P2PHost {
     }
 
     /// Runs `work` as a task that `shutdown()` cancels and waits for. Services use it for their
-    /// background work (e.g. identify on a new connection).
-    public func spawn(_ work: @escaping @Sendable () async -> Void) {
+    /// background work (e.g. identify on a new connection). Returns the task (e.g. to cancel it).
+    @discardableResult
+    public func spawn(_ work: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
         track(work)
     }
 
-    private func track(_ work: @escaping @Sendable () async -> Void) {
+    @discardableResult
+    private func track(_ work: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
         let id = state.withLockedValue { $0.takeID() }
         let task = Task { [weak self] in
             await work()
@@ -59,6 +61,7 @@ extension P2PHost {
         state.withLockedValue { s in
             if s.shuttingDown { task.cancel() } else { s.handlerTasks[id] = task }
         }
+        return task
     }
 
     /// `negotiator`: the listener's negotiation, possibly finished already (see `serveInboundStreams`).

@@ -57,8 +57,9 @@ public final class P2PStream: Sendable {
     }
 
     /// The muxer's errors as the host layer's: users of a stream never see `YamuxError` (it stays
-    /// the cause). Everything else passes unchanged.
-    static func mapped(_ error: any Error) -> any Error {
+    /// the cause). Everything else passes unchanged. (Package: for the errors `writeOnEventLoop`
+    /// and a read handler are given.)
+    package static func mapped(_ error: any Error) -> any Error {
         guard let error = error as? YamuxError else { return error }
         switch error.code {
         case .streamReset:
@@ -203,6 +204,16 @@ public final class P2PStream: Sendable {
     package func writeOnEventLoop(_ buffer: ByteBuffer) -> EventLoopFuture<Void> {
         stream.writeFromEventLoop(buffer)
     }
+
+    /// `writeOnEventLoop` for several buffers in order, as one operation (like
+    /// `write(contentsOf:)`); the future completes when the last is handed to the connection.
+    package func writeOnEventLoop(contentsOf buffers: [ByteBuffer]) -> EventLoopFuture<Void> {
+        stream.writeFromEventLoop(contentsOf: buffers)
+    }
+
+    /// Whether `setReadHandler` may be used now: no lazy negotiation is left to check (an inbound
+    /// stream, or an outbound one after its first read).
+    package var readsOnEventLoop: Bool { unverified.withLockedValue { $0 == nil } }
 
     /// What a read handler is given (`setReadHandler`).
     package typealias ReadEvent = YamuxStream.ReadEvent

@@ -308,42 +308,41 @@ public final class PointSubClient: Sendable {
             drop(stream, reset: true)
             throw CancellationError()
         }
-        do {
-            try await stream.stream.write(contentsOf: encoded)
-        } catch {
-            drop(stream, reset: true)
-            if reused { throw StaleStream(cause: connectionFailed(sent: false, "writing the request failed", error)) }
-            throw connectionFailed(sent: false, "writing the request failed", error)
-        }
-        progress.markSent()
-
         var parser = PointSubMessageParser(
             maxBlockSize: configuration.maxBlockSize, accepting: [.response, .error], buffer: pool.take())
         defer { pool.give(parser.takeBuffer()) }
+        let received: Received
+        if stream.stream.readsOnEventLoop {
+            received = await exchangeOnEventLoop(encoded, on: stream.stream, parser: &parser, progress: progress)
+        } else {
+            received = await writeThenRead(encoded, on: stream.stream, parser: &parser, progress: progress)
+        }
         let reply: PointSubMessage
-        do {
-            guard let message = try await readMessage(from: stream.stream, into: &parser) else {
-                drop(stream, reset: false)
-                let error = connectionFailed(sent: true, "the server closed the stream without replying", nil)
-                if reused { throw StaleStream(cause: error) }
-                throw error
-            }
+        switch received {
+        case .writeFailed(let error):
+            drop(stream, reset: true)
+            if reused { throw StaleStream(cause: connectionFailed(sent: false, "writing the request failed", error)) }
+            throw connectionFailed(sent: false, "writing the request failed", error)
+        case .reply(let message?):
             reply = message
-        } catch let error as PointSubError {
+        case .reply(nil):
+            drop(stream, reset: false)
+            let error = connectionFailed(sent: true, "the server closed the stream without replying", nil)
+            if reused { throw StaleStream(cause: error) }
+            throw error
+        case .readFailed(let error as PointSubError):
             // Spec "Limits": a reply over our limit (or any bad reply): reset and report.
             drop(stream, reset: true)
             if error.violation == .truncated {
                 throw connectionFailed(sent: true, "the stream ended inside the reply", error)
             }
             throw error
-        } catch let stale as StaleStream {
-            throw stale
-        } catch let error as HostError where error.code == .protocolNotSupported {
+        case .readFailed(let error as HostError) where error.code == .protocolNotSupported:
             // A lazily negotiated stream (identify said the peer serves the protocol) learns of a
             // refusal only here: the server never accepted the protocol, so nothing was processed.
             drop(stream, reset: true)
             throw PointSubError(.protocolNotSupported, "\(stream.stream.remotePeer) does not serve \(stream.protocolID)", cause: error)
-        } catch {
+        case .readFailed(let error):
             drop(stream, reset: true)
             throw connectionFailed(sent: true, "reading the reply failed", error)
         }
@@ -394,6 +393,111 @@ public final class PointSubClient: Sendable {
             throw PointSubError(.remote(remote.code), remote.message)
         case .request:
             preconditionFailure("the parser accepts only responses and errors")
+        }
+    }
+
+    /// How writing a request and reading its reply ended.
+    private enum Received: Sendable {
+        /// The request could not be written (nothing was sent).
+        case writeFailed(any Error)
+        /// The reply, or nil: the server closed the stream cleanly before replying.
+        case reply(PointSubMessage?)
+        /// Reading the reply failed (bad bytes: a `PointSubError`; or the stream's error).
+        case readFailed(any Error)
+    }
+
+    /// Writes the request, then reads the reply, from the task (a stream whose lazy negotiation
+    /// is still to be checked: `read()` checks it).
+    private func writeThenRead(
+        _ encoded: [ByteBuffer], on stream: P2PStream, parser: inout PointSubMessageParser, progress: Progress
+    ) async -> Received {
+        do {
+            try await stream.write(contentsOf: encoded)
+        } catch {
+            return .writeFailed(error)
+        }
+        progress.markSent()
+        do {
+            return .reply(try await readMessage(from: stream, into: &parser))
+        } catch {
+            return .readFailed(error)
+        }
+    }
+
+    /// Writes the request and reads the reply on the stream's event loop (a read handler feeds
+    /// the parser): the calling task suspends once, and is resumed once, per exchange. Resetting
+    /// the stream (time limit, cancellation) ends it like a failed read.
+    private func exchangeOnEventLoop(
+        _ encoded: [ByteBuffer], on stream: P2PStream, parser: inout PointSubMessageParser, progress: Progress
+    ) async -> Received {
+        let loop = stream.eventLoop
+        let given = parser
+        let (received, back) = await withCheckedContinuation { continuation in
+            let start: @Sendable () -> Void = {
+                let reader = NIOLoopBound(ReplyReader(parser: given, continuation), eventLoop: loop)
+                stream.writeOnEventLoop(contentsOf: encoded).assumeIsolated().whenComplete { outcome in
+                    switch outcome {
+                    case .success:
+                        reader.value.written = true
+                        progress.markSent()
+                    case .failure(let error):
+                        reader.value.finish(.writeFailed(P2PStream.mapped(error)))
+                    }
+                }
+                guard !reader.value.finished else { return }
+                stream.setReadHandler { event in
+                    let reader = reader.value
+                    switch event {
+                    case .data(let bytes):
+                        reader.parser.append(bytes)
+                        do {
+                            guard let message = try reader.parser.next() else { return }
+                            stream.setReadHandler(nil)
+                            reader.finish(.reply(message))
+                        } catch {
+                            stream.setReadHandler(nil)
+                            reader.finish(.readFailed(error))
+                        }
+                    case .end:
+                        do {
+                            try reader.parser.finish()
+                            reader.finish(.reply(nil))
+                        } catch {
+                            reader.finish(.readFailed(error))
+                        }
+                    case .failure(let error):
+                        // Before the request was out, the stream failed under the write.
+                        let error = P2PStream.mapped(error)
+                        reader.finish(reader.written ? .readFailed(error) : .writeFailed(error))
+                    }
+                }
+            }
+            // Tasks may run on the event loops (the CLI installs them as the global executor).
+            if loop.inEventLoop { start() } else { loop.execute(start) }
+        }
+        parser = back
+        return received
+    }
+
+    /// The state of `exchangeOnEventLoop` on the stream's event loop.
+    private final class ReplyReader {
+        var parser: PointSubMessageParser
+        /// The request was handed to the connection.
+        var written = false
+        private var continuation: CheckedContinuation<(Received, PointSubMessageParser), Never>?
+
+        init(parser: PointSubMessageParser, _ continuation: CheckedContinuation<(Received, PointSubMessageParser), Never>) {
+            self.parser = parser
+            self.continuation = continuation
+        }
+
+        var finished: Bool { continuation == nil }
+
+        /// Resumes the exchange (the first call only).
+        func finish(_ received: Received) {
+            guard let continuation else { return }
+            self.continuation = nil
+            continuation.resume(returning: (received, parser))
         }
     }
 

@@ -44,6 +44,7 @@ public final class PointSubServer: Sendable {
         /// Set by the idle cleanup or `stop()` on a waiting stream: no further request is
         /// processed on it, and its pending read ends.
         var closing = false
+        /// The task serving the current request (it runs the handler).
         var handlerTask: Task<Void, Never>?
         /// The stream failed while the handler ran (it may not have started yet).
         var handlerCancelled = false
@@ -300,9 +301,10 @@ public final class PointSubServer: Sendable {
     // in OpenInternetTests). An idle stream has no task: the host hands it over on the event loop
     // (`setEventLoopStreamHandler`), and it waits for its next request on a read handler there.
     // It holds no read buffer, no timer (the first-request timeout is enforced by the cleanup's
-    // sweep) and no watchdog. A task is started at a request's first bytes and ends when the
-    // stream is idle again; the large frames (`serveRequest`, `receive`, `respond`: the request,
-    // its payload, the reply) exist only while a request is handled. Measured: a task per idle
+    // sweep) and no watchdog. A task is started at a request's first bytes and ends when it has
+    // handed the reply to the event loop, which writes it and waits for the next request (issue
+    // 11: one task hop per request on the server); the large frames (`serveRequest`, `receive`,
+    // `respond`: the request, its payload, the reply) exist only while a request is handled. Measured: a task per idle
     // stream (awaiting its next bytes) cost ~7 KiB of the 7.5 KiB an idle stream took.
 
     /// A new stream, handed over by the host: admitted (then it waits for its first request) or
@@ -328,13 +330,13 @@ public final class PointSubServer: Sendable {
     }
 
     /// Waits on the stream's event loop (a read handler, no task) for the first bytes of the next
-    /// request; they start a task that reads, handles and answers it (`serveRequests`).
+    /// request; they start a task that reads, handles and answers it (`serveRequest`).
     private func awaitRequest(_ stream: P2PStream, id: UInt64, handler: @escaping Handler) {
         let wait = IdleWait { [weak self] outcome in
             guard let self else { return stream.reset() }
             switch outcome {
             case .data(let bytes):
-                self.host.spawn { await self.serveRequests(stream, id: id, first: bytes, handler: handler) }
+                self.startServing(stream, id: id, first: bytes, handler: handler)
             case .end:
                 // The client closed its side: we close ours.
                 self.removeRecord(id)
@@ -373,53 +375,141 @@ public final class PointSubServer: Sendable {
         if stream.eventLoop.inEventLoop { install() } else { stream.eventLoop.execute(install) }
     }
 
-    /// Serves requests from `first` (the first bytes of one) until the stream is idle again (then
-    /// it waits without a task, `awaitRequest`) or ends.
-    private func serveRequests(_ stream: P2PStream, id: UInt64, first: ByteBuffer, handler: @escaping Handler) async {
+    /// Starts the task that serves the request whose first bytes are `first` (`serveRequest`);
+    /// it can be cancelled through the record (the client went away, the handler's time limit).
+    private func startServing(_ stream: P2PStream, id: UInt64, first: ByteBuffer, handler: @escaping Handler) {
+        let task = host.spawn { [self] in await serveRequest(stream, id: id, first: first, handler: handler) }
+        let cancelled = state.withLockedValue { s -> Bool in
+            s.records[id]?.handlerTask = task
+            return s.records[id]?.handlerCancelled ?? false
+        }
+        if cancelled { task.cancel() }
+    }
+
+    /// Reads and handles one request (`first`: its first bytes, taken by the idle wait or left
+    /// over from the previous request), then hands the reply to the stream's event loop, which
+    /// writes it and, once it is within the peer's window, waits for the next request
+    /// (`answer`): the task ends without waiting for the write.
+    private func serveRequest(_ stream: P2PStream, id: UInt64, first: ByteBuffer, handler: @escaping Handler) async {
         state.withLockedValue { $0.records[id]?.idleWait = nil }
         var parser = PointSubMessageParser(maxBlockSize: configuration.maxBlockSize, accepting: [.request])
         defer { returnBuffer(&parser) }
-        var first: ByteBuffer? = first
-        while true {
-            guard await serveRequest(stream, id: id, parser: &parser, first: first, handler: handler) else {
-                removeRecord(id)
-                await stream.close()  // after a reset: nothing happens
-                return
-            }
-            first = nil
-            switch finishRequest(id) {
-            case .wait:
-                // A pipelined request is buffered already: serve it in this task.
-                if parser.bufferedBytes > 0 { continue }
-                awaitRequest(stream, id: id, handler: handler)
-                return
-            case .end:
-                removeRecord(id)
-                await stream.close()
-                return
-            case .tooManyIdle(let text):
-                refused(.idleStreams, result: nil, stream, text)
-                removeRecord(id)
-                await stream.close()
-                return
+        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
+        guard let (message, started, reserved) = await receive(
+            stream, id: id, parser: &parser, first: first, watchdog: watchdog)
+        else { return await endStream(stream, id: id) }
+        // A pipelined request's first bytes: served after this reply is written.
+        var leftover: ByteBuffer?
+        if parser.bufferedBytes > 0 {
+            var rest = parser.takeBuffer()
+            leftover = rest.readSlice(length: rest.readableBytes)
+        }
+        // A large request's payload stays reserved until its reply is written.
+        let releaseRequest: @Sendable () -> Void = {
+            if reserved > 0 { stream.resourceScope?.releaseMemory(reserved) }
+        }
+        let answering = Answering(
+            stream: stream, id: id, handler: handler, watchdog: watchdog, started: started, leftover: leftover)
+        guard await respond(message, answering, releaseRequest: releaseRequest) else {
+            releaseRequest()
+            return await endStream(stream, id: id)
+        }
+    }
+
+    /// The stream ends after a request that was not answered (or was refused): its record goes.
+    private func endStream(_ stream: P2PStream, id: UInt64) async {
+        removeRecord(id)
+        await stream.close()  // after a reset: nothing happens
+    }
+
+    /// What answering a request needs (from the serving task or the handler's time limit).
+    private struct Answering: Sendable {
+        let stream: P2PStream
+        let id: UInt64
+        let handler: Handler
+        let watchdog: StreamWatchdog
+        let started: ContinuousClock.Instant
+        /// Bytes of the next (pipelined) request, read with this one.
+        let leftover: ByteBuffer?
+    }
+
+    /// A request's one reply: sent by the serving task (the handler's result) or by the handler's
+    /// time limit (`.timeout`), whichever claims it first; the other drops its outcome.
+    private final class ReplyClaim: Sendable {
+        private let claimed = NIOLockedValueBox(false)
+
+        /// Whether this call claimed the reply (true once).
+        func claim() -> Bool {
+            claimed.withLockedValue { claimed in
+                defer { claimed = true }
+                return !claimed
             }
         }
     }
 
-    /// Reads, handles and answers one request (`first`: its first bytes, taken by the idle
-    /// wait). false: the stream ends.
-    private func serveRequest(
-        _ stream: P2PStream, id: UInt64, parser: inout PointSubMessageParser, first: ByteBuffer?,
-        handler: @escaping Handler
-    ) async -> Bool {
-        let watchdog = StreamWatchdog(stream: stream, eventLoop: stream.eventLoop)
-        defer { watchdog.disarm() }
-        guard let (message, started, reserved) = await receive(
-            stream, id: id, parser: &parser, first: first, watchdog: watchdog)
-        else { return false }
-        // A large request's payload stays reserved until its reply is written.
-        defer { if reserved > 0 { stream.resourceScope?.releaseMemory(reserved) } }
-        return await respond(message, started: started, stream: stream, id: id, handler: handler, watchdog: watchdog)
+    /// From any thread: writes the reply on the stream's event loop and, once it is within the
+    /// peer's window, gives the request slot back and waits for the next request (or serves the
+    /// pipelined one, or ends the stream). `release` runs when the reply is written or failed.
+    private func answer(
+        _ reply: PointSubMessage, result: PointSubServerMetrics.Result, _ answering: Answering,
+        release: @escaping @Sendable () -> Void
+    ) {
+        let stream = answering.stream
+        let id = answering.id
+        answering.stream.setFailureWatcher(nil)
+        guard !clientWentAway(id) else {
+            release()
+            stream.reset()  // the client is gone: nobody to answer
+            removeRecord(id)
+            return
+        }
+        // Counted before the write so the client never sees a reply the counters miss.
+        let more = countRequest(id, compressedReply: reply.isCompressed)
+        metrics.count(result)
+        let parts = reply.wireParts()
+        metrics.bytesOut.increment(by: Int64(parts.reduce(0) { $0 + $1.readableBytes }))
+        let write: @Sendable () -> Void = { [self] in
+            let future = stream.writeOnEventLoop(contentsOf: parts)
+            var done = false
+            future.assumeIsolated().whenComplete { [self] outcome in
+                done = true
+                answering.watchdog.disarm()
+                release()
+                switch outcome {
+                case .failure:
+                    stream.reset()
+                    removeRecord(id)
+                case .success:
+                    metrics.latency.record(duration: ContinuousClock.now - answering.started)
+                    afterReply(answering, more: more)
+                }
+            }
+            // Within the window already (the usual case): no timer needed.
+            if !done { answering.watchdog.arm(configuration.writeTimeout) }
+        }
+        if stream.eventLoop.inEventLoop { write() } else { stream.eventLoop.execute(write) }
+    }
+
+    /// On the event loop, the reply written: the stream waits for the next request (or serves
+    /// the pipelined one) unless it ends here.
+    private func afterReply(_ answering: Answering, more: Bool) {
+        let (stream, id) = (answering.stream, answering.id)
+        let after: AfterReply = more ? finishRequest(id) : .end
+        switch after {
+        case .wait:
+            if let leftover = answering.leftover {
+                startServing(stream, id: id, first: leftover, handler: answering.handler)
+            } else {
+                awaitRequest(stream, id: id, handler: answering.handler)
+            }
+        case .end:
+            removeRecord(id)
+            host.spawn { await stream.close() }
+        case .tooManyIdle(let text):
+            refused(.idleStreams, result: nil, stream, text)
+            removeRecord(id)
+            host.spawn { await stream.close() }
+        }
     }
 
     /// Registers a new stream (idle until its first request's bytes arrive: it holds no request
@@ -524,11 +614,12 @@ public final class PointSubServer: Sendable {
     /// buffered (smaller ones are bounded by the request slots alone).
     static let reservationThreshold = 64 * 1024
 
-    /// Decompresses, handles and answers one request. false: the stream ends.
+    /// Decompresses and handles one request, and hands its reply on (`answer`). false: the
+    /// stream ends (refused, or nobody to answer); then `releaseRequest` is the caller's to run.
     private func respond(
-        _ message: PointSubMessage, started: ContinuousClock.Instant, stream: P2PStream, id: UInt64,
-        handler: @escaping Handler, watchdog: StreamWatchdog
+        _ message: PointSubMessage, _ answering: Answering, releaseRequest: @escaping @Sendable () -> Void
     ) async -> Bool {
+        let (stream, id, watchdog) = (answering.stream, answering.id, answering.watchdog)
         metrics.bytesIn.increment(by: Int64(message.headerLength + message.payload.readableBytes))
         let loop = stream.eventLoop
         let payload: ByteBuffer
@@ -546,7 +637,10 @@ public final class PointSubServer: Sendable {
             return false
         }
         // The decompressed request counts against the bound until its reply is written.
-        defer { reservation.release() }
+        let release: @Sendable () -> Void = {
+            reservation.release()
+            releaseRequest()
+        }
         if message.isCompressed {
             state.withLockedValue { $0.stats.compressedRequests += 1 }
             metrics.compressedBytesIn.increment(by: Int64(message.payload.readableBytes))
@@ -555,41 +649,57 @@ public final class PointSubServer: Sendable {
         }
 
         let request = PointSubRequest(payload: payload, peer: stream.remotePeer, protocolID: stream.protocolID)
-        // The handler runs in one task of its own (so its time limit can cancel it without
-        // holding this one). If the client resets the stream meanwhile (its call was
-        // cancelled or timed out), the failure watcher cancels the handler: no read (and
-        // no task) needs to wait on the stream for that.
+        // The handler runs in this task. Its time limit is a timer on the stream's event loop:
+        // if it fires first, it answers `.timeout` itself and cancels this task, which is not
+        // waited for (a handler may ignore cancellation); the handler's late result is dropped.
+        // If the client resets the stream meanwhile (its call was cancelled or timed out), the
+        // failure watcher cancels this task: no read needs to wait on the stream for that.
+        let claim = ReplyClaim()
+        let timeout = configuration.handlerTimeout
+        let timer = Deadline.after(timeout).schedule(on: stream.eventLoop) { [self] in
+            guard claim.claim() else { return }
+            state.withLockedValue { s -> Task<Void, Never>? in
+                s.stats.handlerTimeouts += 1
+                return s.records[id]?.handlerTask
+            }?.cancel()
+            answer(
+                .error(.timeout, "the handler did not finish within \(timeout)"), result: .timeout, answering,
+                release: release)
+        }
         stream.setFailureWatcher { [weak self] in self?.cancelHandler(id) }
-        let reply: PointSubMessage
-        let result: PointSubServerMetrics.Result
+        let outcome: Result<ByteBuffer, any Error>
         do {
-            (reply, result) = try await handle(request, handler: handler, recordID: id, eventLoop: loop)
+            outcome = .success(try await answering.handler(request))
         } catch {
+            outcome = .failure(error)
+        }
+        guard claim.claim() else { return true }  // the time limit answered
+        timer.cancel()
+        if Task.isCancelled, !clientWentAway(id) {
+            // Our own task was cancelled (host shutdown, or stop() gave up on the request).
             stream.setFailureWatcher(nil)
-            stream.reset()  // our own task was cancelled (host shutdown)
-            return false
-        }
-        stream.setFailureWatcher(nil)
-        guard !clientWentAway(id) else {
-            stream.reset()  // the client is gone: nobody to answer
-            return false
-        }
-
-        // Counted before the write so the client never sees a reply the counters miss.
-        let more = countRequest(id, compressedReply: reply.isCompressed)
-        metrics.count(result)
-        let parts = reply.wireParts()
-        metrics.bytesOut.increment(by: Int64(parts.reduce(0) { $0 + $1.readableBytes }))
-        watchdog.arm(configuration.writeTimeout)
-        do {
-            try await stream.write(contentsOf: parts)
-        } catch {
+            reservation.release()
             stream.reset()
             return false
         }
-        watchdog.disarm()
-        metrics.latency.record(duration: ContinuousClock.now - started)
-        return more
+        let reply: PointSubMessage
+        let result: PointSubServerMetrics.Result
+        switch outcome {
+        case .success(let body) where body.readableBytes <= configuration.maxBlockSize:
+            (reply, result) = (.make(kind: .response, payload: body, compress: configuration.compression), .ok)
+        case .success(let body):
+            state.withLockedValue { $0.stats.handlerErrors += 1 }
+            let text =
+                "the response of \(body.readableBytes) bytes exceeds the server's maximum block size of \(configuration.maxBlockSize)"
+            (reply, result) = (.error(.handler, text), .handlerError)
+        case .failure(let error):
+            // Spec: a handler error reaches the client as an error message of code `handler`
+            // carrying the error's text.
+            state.withLockedValue { $0.stats.handlerErrors += 1 }
+            (reply, result) = (.error(.handler, "\(error)"), .handlerError)
+        }
+        answer(reply, result: result, answering, release: release)
+        return true
     }
 
     /// Gives the parser's storage back to the pool (if it has any).
@@ -719,46 +829,6 @@ public final class PointSubServer: Sendable {
         }
         return after
     }
-
-    /// Runs the handler within `handlerTimeout` and turns its outcome into the reply. Throws
-    /// only when the calling task is cancelled.
-    private func handle(
-        _ request: PointSubRequest, handler: @escaping Handler, recordID: UInt64, eventLoop: any EventLoop
-    ) async throws -> (PointSubMessage, PointSubServerMetrics.Result) {
-        let handlerTimeout = configuration.handlerTimeout
-        do {
-            let body = try await withDeadline(
-                .after(handlerTimeout), on: eventLoop, onTimeout: { HandlerTimedOut() },
-                started: { task in
-                    let cancelled = state.withLockedValue { s in
-                        s.records[recordID]?.handlerTask = task
-                        return s.records[recordID]?.handlerCancelled ?? false
-                    }
-                    if cancelled { task.cancel() }
-                }
-            ) { try await handler(request) }
-            guard body.readableBytes <= configuration.maxBlockSize else {
-                state.withLockedValue { $0.stats.handlerErrors += 1 }
-                let text =
-                    "the response of \(body.readableBytes) bytes exceeds the server's maximum block size of \(configuration.maxBlockSize)"
-                return (.error(.handler, text), .handlerError)
-            }
-            return (.make(kind: .response, payload: body, compress: configuration.compression), .ok)
-        } catch is HandlerTimedOut {
-            state.withLockedValue { $0.stats.handlerTimeouts += 1 }
-            return (.error(.timeout, "the handler did not finish within \(handlerTimeout)"), .timeout)
-        } catch let error as CancellationError where Task.isCancelled {
-            throw error
-        } catch {
-            // Spec: a handler error reaches the client as an error message of code `handler`
-            // carrying the error's text.
-            state.withLockedValue { $0.stats.handlerErrors += 1 }
-            return (.error(.handler, "\(error)"), .handlerError)
-        }
-    }
-
-    /// The handler's deadline passed (answered as a `timeout` error message, never thrown out).
-    private struct HandlerTimedOut: Error {}
 
     /// Answers a request that broke the protocol or the size limit, then drains what the client
     /// still sends for a short while and resets the stream.
