@@ -219,21 +219,6 @@ package final class YamuxStream: Sendable, CustomStringConvertible {
         handler.value.write(stream: self, buffers: buffers)
     }
 
-    /// The stream's data as an async sequence (single consumer; ends at the peer's FIN).
-    package var inbound: Inbound { Inbound(stream: self) }
-
-    package struct Inbound: AsyncSequence, Sendable {
-        package typealias Element = ByteBuffer
-        let stream: YamuxStream
-
-        package struct AsyncIterator: AsyncIteratorProtocol {
-            let stream: YamuxStream
-            package mutating func next() async throws -> ByteBuffer? { try await stream.read() }
-        }
-
-        package func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream) }
-    }
-
     /// What a read handler is given (`setReadHandler`).
     package enum ReadEvent: Sendable {
         case data(ByteBuffer)
