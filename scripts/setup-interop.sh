@@ -71,7 +71,8 @@ fi
 # 1. libgmp-dev, libsecp256k1-dev ---------------------------------------------
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
-    for package in libgmp-dev libsecp256k1-dev; do
+    # iproute2: the ip command, for the tests that build network namespaces (mDNS).
+    for package in libgmp-dev libsecp256k1-dev iproute2; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
     done
 fi
