@@ -100,15 +100,33 @@ extension KademliaDHT {
         let host = try requireHost()
         let known = host.peerstore.addresses(for: peer)
         if !known.isEmpty { return known }
+        return try await tracePeer(peer).addresses
+    }
+
+    /// What a network lookup of a peer took.
+    public struct PeerLookup: Sendable {
+        /// The addresses the network gave.
+        public var addresses: [Multiaddr]
+        /// Requests sent (FIND_NODE messages).
+        public var queries: Int
+        /// Rounds of answers on the way: 1 when one of our own table's peers knew the target.
+        public var hops: Int
+    }
+
+    /// Looks `peer` up in the network (not the peerstore), stopping at the first answer that
+    /// lists it with addresses; says how many requests and hops it took. Throws `.notFound`.
+    public func tracePeer(_ peer: PeerID) async throws -> PeerLookup {
         var found: [Multiaddr] = []
-        _ = try await lookup(KadMessage(type: .findNode), key: peer.bytes) { _, response in
+        var responder: PeerID?
+        let lookup = try await lookup(KadMessage(type: .findNode), key: peer.bytes) { from, response in
             guard let entry = response.closerPeers.first(where: { $0.id == peer.bytes }), !entry.addresses.isEmpty
             else { return false }
             found = entry.addresses
+            responder = from
             return true
         }
-        guard !found.isEmpty else { throw KademliaError(.notFound, "no peer knows \(peer)") }
-        return found
+        guard !found.isEmpty, let responder else { throw KademliaError(.notFound, "no peer knows \(peer)") }
+        return PeerLookup(addresses: found, queries: lookup.queriesSent, hops: (lookup.hops(to: responder) ?? 0) + 1)
     }
 
     /// Announces that we provide `key` (a CID's multihash) to the k closest peers and keeps the
