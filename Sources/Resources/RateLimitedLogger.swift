@@ -8,8 +8,7 @@ import NIOConcurrencyHelpers
 /// flood of 100,000 refusals writes a handful of lines, not 100,000.
 public final class RateLimitedLogger: Sendable {
     private struct Bucket {
-        var tokens: Double
-        var last: ContinuousClock.Instant
+        var tokens: TokenBucket
         var suppressed = 0
     }
 
@@ -38,19 +37,15 @@ public final class RateLimitedLogger: Sendable {
         guard logger.logLevel <= level else { return }
         let now = ContinuousClock.now
         let suppressed = buckets.withLockedValue { buckets -> Int? in
-            var bucket = buckets[key] ?? Bucket(tokens: burst, last: now)
-            let elapsed = now - bucket.last
-            bucket.tokens = min(burst, bucket.tokens + elapsed.seconds * perSecond)
-            bucket.last = now
+            var bucket = buckets[key] ?? Bucket(tokens: TokenBucket(burst: burst, now: now))
             defer {
                 if buckets[key] == nil, buckets.count >= Self.maxKeys { buckets.removeAll(keepingCapacity: true) }
                 buckets[key] = bucket
             }
-            guard bucket.tokens >= 1 else {
+            guard bucket.tokens.take(rate: perSecond, burst: burst, now: now) else {
                 bucket.suppressed += 1
                 return nil
             }
-            bucket.tokens -= 1
             defer { bucket.suppressed = 0 }
             return bucket.suppressed
         }

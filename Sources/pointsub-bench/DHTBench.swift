@@ -14,7 +14,7 @@ enum DHTBench {
         let residentBefore = residentBytes()
         var hosts: [P2PHost] = []
         var dhts: [KademliaDHT] = []
-        var generator = SeededGenerator(seed: 2026)
+        var generator = SplitMix64(seed: 2026)
         let started = ContinuousClock.now
         for index in 0..<nodes {
             var configuration = KademliaDHT.Configuration()
@@ -63,7 +63,7 @@ enum DHTBench {
 
     static func measure(
         _ title: String, hosts: [P2PHost], dhts: [KademliaDHT], alive: [Int], lookups: Int,
-        generator: inout SeededGenerator
+        generator: inout SplitMix64
     ) async throws {
         var latencies: [Double] = []
         var hops: [Int] = []
@@ -106,20 +106,5 @@ enum DHTBench {
 
     static func loadAverage() -> String {
         ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
-    }
-}
-
-/// A small deterministic generator (SplitMix64), so runs pick the same nodes.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -35,16 +35,9 @@ extension KademliaDHT {
         let rate = Double(configuration.requestsPerPeerPerSecond)
         let now = ContinuousClock.now
         return state.withLockedValue { s in
-            var bucket = s.rates[peer] ?? (tokens: 2 * rate, updated: now)
-            bucket.tokens = min(2 * rate, bucket.tokens + (now - bucket.updated).seconds * rate)
-            bucket.updated = now
-            guard bucket.tokens >= 1 else {
-                s.rates[peer] = bucket
-                return false
-            }
-            bucket.tokens -= 1
-            s.rates[peer] = bucket
-            return true
+            var bucket = s.rates[peer] ?? TokenBucket(burst: 2 * rate, now: now)
+            defer { s.rates[peer] = bucket }
+            return bucket.take(rate: rate, burst: 2 * rate, now: now)
         }
     }
 

@@ -74,7 +74,7 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         var records: RecordStore
         var providers: ProviderStore
         /// Token buckets of the peers that sent requests (dropped when they disconnect).
-        var rates: [PeerID: (tokens: Double, updated: ContinuousClock.Instant)] = [:]
+        var rates: [PeerID: TokenBucket] = [:]
         /// Liveness checks in progress (a full bucket's oldest entry), so one runs per peer.
         var checking: Set<PeerID> = []
         var background: [Task<Void, Never>] = []
