@@ -130,6 +130,14 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
+        // Circuit Relay v2 (libp2p relay spec): the hop service (a relay), the client (reservations,
+        // the stop protocol) and the circuit transport that carries relayed connections.
+        .target(name: "Relay", dependencies: [
+            "Basics", "Multiformats", "Identity", "Transport", "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // Peer discovery on the local network: mDNS (libp2p mDNS spec).
         .target(name: "Discovery", dependencies: [
             "LibP2P", "DNS", "Identity", "Multiformats",
@@ -162,7 +170,7 @@ let package = Package(
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery", "Relay",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
@@ -228,6 +236,9 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "KademliaTests", dependencies: [
             "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "RelayTests", dependencies: [
+            "Relay", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
             "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),
