@@ -171,3 +171,28 @@ struct RelayNetworkTests {
         }
     }
 }
+
+extension RelayNetworkTests {
+    /// A megabyte each way at once over a circuit without limits: back-pressure on all four
+    /// streams and both bridges, no deadlock.
+    @Test func fullDuplexMegabyteOverACircuit() async throws {
+        var configuration = RelayService.Configuration()
+        configuration.circuitLimit = nil
+        try await Self.withNetwork(relay: configuration) { net in
+            try await net.aClient.reserve(on: net.relay.addresses[0])
+            let circuit = try #require(net.aClient.circuitAddresses.first)
+            let stream = try await net.b.newStream(to: circuit, protocols: [Self.echo])
+            let payload = ByteBuffer(bytes: (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            async let sent: Void = {
+                var rest = payload
+                while rest.readableBytes > 0 {
+                    try await stream.write(rest.readSlice(length: min(60_000, rest.readableBytes))!)
+                }
+            }()
+            let back = try await stream.readExactly(payload.readableBytes)
+            try await sent
+            #expect(back == payload)
+            stream.reset()
+        }
+    }
+}
