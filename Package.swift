@@ -192,7 +192,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
-            "Kademlia", "DNS", "Transport",
+            "Kademlia", "DNS", "Transport", "Relay",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             // The WebSocket targets run the transport's pipelines in an EmbeddedChannel.

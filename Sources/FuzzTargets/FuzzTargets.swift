@@ -57,6 +57,8 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case kadMessage = "kad-message"
     /// A DNS message (dnsaddr answers, mDNS): names with compression pointers, records, TXT strings.
     case dnsMessage = "dns-message"
+    /// Circuit relay v2: a hop or stop message, or a reservation voucher (first byte picks which).
+    case relayMessage = "relay-message"
     /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
     /// policy, either role, random chunks, fuzzed frame and memory limits.
     case webSocketFrames = "websocket-frames"
@@ -130,6 +132,7 @@ public enum FuzzTargets {
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
         case .kadMessage: try fuzzKadMessage(input, &check)
         case .dnsMessage: try fuzzDNSMessage(input, &check)
+        case .relayMessage: try fuzzRelayMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {

@@ -8,6 +8,7 @@ import NIOCore
 import PointSubCore
 import Protocols
 import PubSub
+import Relay
 import TLS
 import Yamux
 
@@ -182,6 +183,18 @@ extension FuzzTargets {
                 ).encoded(),
                 KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
                     providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
+            ]
+        case .relayMessage:
+            let key = SeedKeys.ed25519
+            let peer = PeerID(publicKey: key.publicKey)
+            let voucher = (try? ReservationVoucher(relay: peer, peer: peer, expiration: 1_800_000_000).sealed(with: key)) ?? []
+            let reservation = RelayReservationInfo(
+                expire: 1_800_000_000, addresses: [Multiaddr("/ip4/127.0.0.1/tcp/4001")], voucher: voucher)
+            return [
+                [0] + HopMessage(type: .connect, peer: RelayPeer(id: peer.bytes)).encoded(),
+                [0] + HopMessage(type: .status, reservation: reservation, limit: RelayLimit(duration: 120, data: 1 << 17), status: .ok).encoded(),
+                [1] + StopMessage(type: .connect, peer: RelayPeer(id: peer.bytes), limit: RelayLimit(duration: 60)).encoded(),
+                [2] + voucher,
             ]
         case .dnsMessage:
             let txt = (try? DNSMessage.txtData(["dnsaddr=/ip4/127.0.0.1/tcp/4001"])) ?? []
