@@ -89,7 +89,7 @@ struct DHTServeCommand: CLICommand {
         let dht = try options.dht(mode: .server)
         let config = identity.configuration(listen: try listenOptions.addresses(defaultPort: 0), services: [dht])
         try await withHost(identity: try identity.privateKey(), configuration: config) { host in
-            printListenAddresses(host)
+            await announce(host, listenOptions)
             if !options.bootstrap.isEmpty {
                 let answered = await dht.bootstrap()
                 printError("bootstrapped: \(answered) of \(options.bootstrap.count) peer(s) answered")
