@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import DNS
 import Identity
 import Kademlia
@@ -183,6 +184,26 @@ extension FuzzTargets {
                 KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
                     providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
             ]
+        case .dagCBOR:
+            return [
+                DAGCBOR.map([
+                    ("Value", .bytes(Array("/ipfs/bafkqaaa".utf8))), ("TTL", .int(60_000_000_000)), ("Sequence", .int(-2)),
+                    ("list", .array([.bool(true), .bool(false), .null, .float(1.5), .text("é")])),
+                    ("link", .link([0x01, 0x55, 0x00, 0x00])), ("nested", .map([("a", .map([]))])),
+                ]).encoded(),
+                [0x1B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], [0x3B, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            ]
+        case .ipnsRecord:
+            // Valid until 2126, so they verify at the target's fixed clock.
+            let eol = Date(timeIntervalSince1970: 4_922_000_000)
+            var seeds: [[UInt8]] = []
+            for (key, v1) in [(SeedKeys.ed25519, true), (SeedKeys.ed25519, false), (SeedKeys.ecdsa, true)] {
+                guard let record = try? IPNSRecord.make(
+                    value: "/ipfs/bafkqaaa", sequence: 3, validity: eol, ttl: .seconds(300), key: key, v1Compatible: v1)
+                else { continue }
+                seeds.append(record.encoded())
+            }
+            return seeds
         case .dnsMessage:
             let txt = (try? DNSMessage.txtData(["dnsaddr=/ip4/127.0.0.1/tcp/4001"])) ?? []
             let answer = DNSMessage(
