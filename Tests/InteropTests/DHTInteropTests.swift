@@ -126,6 +126,32 @@ struct DHTInteropTests {
         }
     }
 
+    /// Our run-time mode switch as go sees it: in client mode we stop advertising the protocol
+    /// (identify push), and go B (a server) drops us from its routing table; we still query B.
+    /// Back in server mode, B checks us again (FIND_NODE of our ID) and takes us back.
+    @Test func goFollowsOurModeSwitch() async throws {
+        try await withDaemon(seed: 160, ["-dhtServer"]) { goB in
+            try await Self.withDHTHost(seed: 260) { host, dht in
+                _ = try await host.connect(to: goB.fullAddress)
+                try await Self.until("go B in our routing table") { dht.routingTablePeers.contains(goB.peerID) }
+                try await Self.goKnows(goB, host.peerID)
+
+                try dht.setMode(.client)
+                _ = try await Self.eventually("go B dropping us from its routing table") { () -> Bool? in
+                    // With us gone, B's table is empty and its lookup fails at once.
+                    let peers = (try? await goB.closestPeers(key: Array("pointsub-dht-interop".utf8), timeout: 10)) ?? []
+                    return peers.contains(host.peerID) ? nil : true
+                }
+                #expect(!host.connections(to: goB.peerID).isEmpty, "the connection stays")
+                let asked = try await dht.closestPeers(to: Array("a key".utf8))
+                #expect(asked == [goB.peerID], "a client still queries")
+
+                try dht.setMode(.server)
+                try await Self.goKnows(goB, host.peerID)
+            }
+        }
+    }
+
     // MARK: - Providers
 
     /// go B PROVIDEs a CID: its ADD_PROVIDER reaches our server (its only table peer), which
