@@ -106,6 +106,8 @@ extension DHTNetworkTests {
                 break
             }
             #expect(ended, "stop ends the events")
+            var late = dhts[2].events().makeAsyncIterator()
+            #expect(await late.next() == nil, "and those asked for later")
             let gone = try await Self.until(.seconds(5)) { try await providers().isEmpty }
             #expect(gone, "expired a TTL after the republishing stopped")
 

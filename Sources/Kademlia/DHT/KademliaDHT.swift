@@ -95,6 +95,8 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         /// Subscribers to `events()`.
         var subscribers: [UInt64: AsyncStream<Event>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
+        /// `stop()` was called: new `events()` streams end at once.
+        var stopped = false
     }
 
     /// What the DHT reports to `events()` subscribers.
@@ -221,10 +223,15 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     /// A new subscription to the DHT's events (holds the newest 256 if not consumed).
     public func events() -> AsyncStream<Event> {
         let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(256))
-        let id = state.withLockedValue { s -> UInt64 in
+        let id = state.withLockedValue { s -> UInt64? in
+            guard !s.stopped else { return nil }
             defer { s.nextSubscriber += 1 }
             s.subscribers[s.nextSubscriber] = continuation
             return s.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
         }
         continuation.onTermination = { [weak self] _ in
             _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
@@ -243,6 +250,7 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
             defer {
                 s.background = []
                 s.subscribers = [:]
+                s.stopped = true
             }
             return (s.background, Array(s.subscribers.values))
         }

@@ -91,6 +91,7 @@ public indirect enum DAGCBOR: Sendable, Hashable {
         value >= 0 ? .unsigned(UInt64(value)) : .negative(UInt64(-(value + 1)))
     }
 
+    /// Equal values: same kind and content, map entries in the same order, floats bit for bit.
     public static func == (lhs: DAGCBOR, rhs: DAGCBOR) -> Bool {
         switch (lhs, rhs) {
         case (.unsigned(let a), .unsigned(let b)), (.negative(let a), .negative(let b)): return a == b
@@ -105,6 +106,7 @@ public indirect enum DAGCBOR: Sendable, Hashable {
         }
     }
 
+    /// Hashes what `==` compares.
     public func hash(into hasher: inout Hasher) {
         switch self {
         case .unsigned(let n): hasher.combine(0); hasher.combine(n)

@@ -69,6 +69,7 @@ public struct IPNSRecord: Sendable, Hashable {
         /// The moment as a `Date` (sub-microsecond digits may round).
         public var date: Date { Date(timeIntervalSince1970: Double(seconds) + Double(nanoseconds) / 1e9) }
 
+        /// Earlier.
         public static func < (a: Time, b: Time) -> Bool { (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds) }
 
         /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, as Go's `time.Parse`
@@ -385,8 +386,10 @@ public struct IPNSRecord: Sendable, Hashable {
         return ea > eb
     }
 
+    /// Records with the same encoding.
     public static func == (a: IPNSRecord, b: IPNSRecord) -> Bool { a.encoded() == b.encoded() }
 
+    /// Hashes the encoding.
     public func hash(into hasher: inout Hasher) { hasher.combine(encoded()) }
 }
 
