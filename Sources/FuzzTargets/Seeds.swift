@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import DNS
 import Identity
 import Kademlia
@@ -196,6 +197,26 @@ extension FuzzTargets {
                 [1] + StopMessage(type: .connect, peer: RelayPeer(id: peer.bytes), limit: RelayLimit(duration: 60)).encoded(),
                 [2] + voucher,
             ]
+        case .dagCBOR:
+            return [
+                DAGCBOR.map([
+                    ("Value", .bytes(Array("/ipfs/bafkqaaa".utf8))), ("TTL", .int(60_000_000_000)), ("Sequence", .int(-2)),
+                    ("list", .array([.bool(true), .bool(false), .null, .float(1.5), .text("é")])),
+                    ("link", .link([0x01, 0x55, 0x00, 0x00])), ("nested", .map([("a", .map([]))])),
+                ]).encoded(),
+                [0x1B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], [0x3B, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            ]
+        case .ipnsRecord:
+            // Valid until 2126, so they verify at the target's fixed clock.
+            let eol = Date(timeIntervalSince1970: 4_922_000_000)
+            var seeds: [[UInt8]] = []
+            for (key, v1) in [(SeedKeys.ed25519, true), (SeedKeys.ed25519, false), (SeedKeys.ecdsa, true)] {
+                guard let record = try? IPNSRecord.make(
+                    value: "/ipfs/bafkqaaa", sequence: 3, validity: eol, ttl: .seconds(300), key: key, v1Compatible: v1)
+                else { continue }
+                seeds.append(record.encoded())
+            }
+            return seeds
         case .dnsMessage:
             let txt = (try? DNSMessage.txtData(["dnsaddr=/ip4/127.0.0.1/tcp/4001"])) ?? []
             let answer = DNSMessage(
