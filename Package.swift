@@ -138,6 +138,13 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // Reachability: AutoNAT (is this node publicly reachable?), later hole punching (DCUtR).
+        .target(name: "Reachability", dependencies: [
+            "Basics", "Multiformats", "Identity", "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // Peer discovery on the local network: mDNS (libp2p mDNS spec).
         .target(name: "Discovery", dependencies: [
             "LibP2P", "DNS", "Identity", "Multiformats",
@@ -170,7 +177,7 @@ let package = Package(
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery", "Relay",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery", "Relay", "Reachability",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
@@ -192,7 +199,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
-            "Kademlia", "DNS", "Transport", "Relay",
+            "Kademlia", "DNS", "Transport", "Relay", "Reachability",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             // The WebSocket targets run the transport's pipelines in an EmbeddedChannel.
@@ -236,6 +243,9 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "KademliaTests", dependencies: [
             "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "ReachabilityTests", dependencies: [
+            "Reachability", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "RelayTests", dependencies: [
             "Relay", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),

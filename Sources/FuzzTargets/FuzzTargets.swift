@@ -63,6 +63,8 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case dnsMessage = "dns-message"
     /// Circuit relay v2: a hop or stop message, or a reservation voucher (first byte picks which).
     case relayMessage = "relay-message"
+    /// An AutoNAT v1 message (dial request or response).
+    case autonatMessage = "autonat-message"
     /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
     /// policy, either role, random chunks, fuzzed frame and memory limits.
     case webSocketFrames = "websocket-frames"
@@ -139,6 +141,7 @@ public enum FuzzTargets {
         case .ipnsRecord: try fuzzIPNSRecord(input, &check)
         case .dnsMessage: try fuzzDNSMessage(input, &check)
         case .relayMessage: try fuzzRelayMessage(input, &check)
+        case .autonatMessage: try fuzzAutoNATMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {

@@ -1,3 +1,4 @@
+import Reachability
 import Relay
 
 extension FuzzTargets {
@@ -17,5 +18,13 @@ extension FuzzTargets {
         default:
             _ = try? ReservationVoucher.open(body)
         }
+    }
+}
+
+extension FuzzTargets {
+    /// An AutoNAT v1 message: whatever decodes re-encodes to a message that decodes the same.
+    static func fuzzAutoNATMessage(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
+        guard let message = try? AutoNATMessage(decoding: input) else { return }
+        try check((try? AutoNATMessage(decoding: message.encoded())) == message, "AutoNAT message round trip differs")
     }
 }

@@ -9,6 +9,7 @@ import NIOCore
 import PointSubCore
 import Protocols
 import PubSub
+import Reachability
 import Relay
 import TLS
 import Yamux
@@ -184,6 +185,14 @@ extension FuzzTargets {
                 ).encoded(),
                 KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
                     providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
+            ]
+        case .autonatMessage:
+            let peer = PeerID(publicKey: SeedKeys.ed25519.publicKey)
+            let address = Multiaddr("/ip4/1.2.3.4/tcp/4001")
+            return [
+                AutoNATMessage(type: .dial, dial: .init(peerID: peer.bytes, addresses: [address])).encoded(),
+                AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .ok, address: address)).encoded(),
+                AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .dialError, statusText: "dial failed")).encoded(),
             ]
         case .relayMessage:
             let key = SeedKeys.ed25519

@@ -158,8 +158,11 @@ final class Swarm: Sendable {
 
     // MARK: - Registry
 
+    /// The open connections to `peer`, direct ones before limited (relayed) ones, so that a
+    /// stream goes over a direct connection whenever there is one.
     func connections(to peer: PeerID) -> [Connection] {
-        state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        let open = state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        return open.filter { !$0.isLimited } + open.filter(\.isLimited)
     }
 
     var connectedPeers: [PeerID] { state.withLockedValue { Array($0.connections.keys) } }
