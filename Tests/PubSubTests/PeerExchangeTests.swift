@@ -84,6 +84,7 @@ struct PeerExchangeTests {
             [Self.offer(Self.alice.peerID), Self.offer(Self.bob.peerID)], localPeer: Self.local.peerID, limit: 1,
             isConnected: { _ in false })
         #expect(limited.candidates.map(\.peer) == [Self.alice.peerID])
+        #expect(limited.overLimit == 1)
     }
 
     @Test func prunesGetTheRecordsWeHave() throws {
@@ -183,6 +184,47 @@ struct PeerExchangeTests {
                     withExtendedLifetime(kept0) {}
                 }
             }
+        }
+    }
+
+    /// Offers beyond `peerExchangeMaxPending` are dropped and counted; the queued ones are tried
+    /// by at most `peerExchangeConcurrency` connectors (here one), each attempt failing (peers
+    /// with no record and no known address), and the connectors end when the queue is empty.
+    @Test func connectionAttemptsAreBounded() async throws {
+        let accepting = try GossipSubRouter(configuration: .defaults { $0.thresholds.acceptPX = 0 })
+        let bounded = PubSubConfiguration.defaults {
+            $0.peerExchangeMaxPending = 2
+            $0.peerExchangeConcurrency = 1
+            $0.peerExchangeConnectTimeout = .seconds(5)
+        }
+        try await PubSubTestNetwork.with(
+            nodes: 1, edges: [], router: { _ in accepting }, configuration: { _ in bounded }
+        ) { net in
+            let kept0 = Collector(try net.services[0].subscribe("t"))
+            try await withHost(configuration: .defaults {
+                $0.transports = [.memory]
+                $0.shutdownGracePeriod = .milliseconds(100)
+            }) { raw in
+                try raw.setStreamHandler(GossipSubRouter.meshsubV11) { stream in
+                    while try await stream.read() != nil {}
+                }
+                _ = try await raw.connect(to: net.hosts[0].addresses[0])
+                let stream = try await raw.newStream(to: net.peerID(0), protocols: [GossipSubRouter.meshsubV11])
+                try await net.waitUntil("the raw peer is a pubsub peer") { net.services[0].peers.contains(raw.peerID) }
+                let offers = (100..<105).map { Self.offer(PrivateKey.ed25519(seed: UInt64($0)).peerID) }
+                let prune = PubSubRPC.Prune(topic: "t", peers: offers, backoff: 60)
+                try await stream.writeLengthPrefixed(PubSubRPC(control: PubSubRPC.Control(prune: [prune])).encoded())
+                try await net.waitUntil("both queued offers tried and the connector ended") {
+                    net.counters[0].peerExchangeDials == 2
+                        && net.services[0].state.withLockedValue { $0.exchangeConnectors == 0 && $0.exchangePending.isEmpty }
+                }
+                let counters = net.counters[0]
+                #expect(counters.peerExchangeDropped == 3)
+                #expect(counters.peerExchangeConnected == 0)
+                #expect(counters.peerExchangeInvalidRecords == 0)
+                #expect(net.services[0].peers.contains(raw.peerID))
+            }
+            withExtendedLifetime(kept0) {}
         }
     }
 }

@@ -27,23 +27,30 @@ enum PeerExchange {
         /// Offers left out: ourselves, peers we are connected to, peers offered twice (after a
         /// valid offer), peer IDs that do not parse.
         var skipped = 0
+        /// Offers not looked at: `limit` candidates were found before them.
+        var overLimit = 0
 
         static func == (lhs: Plan, rhs: Plan) -> Bool {
             lhs.candidates == rhs.candidates && lhs.invalidRecords == rhs.invalidRecords && lhs.skipped == rhs.skipped
+                && lhs.overLimit == rhs.overLimit
         }
     }
 
     /// Checks offered peers: each record must open as a signed peer record (envelope signature,
     /// domain `libp2p-peer-record`, payload type 03 01, signed by the record's peer) about the
     /// offered peer ID — go-libp2p-pubsub drops the offer otherwise, and so do we. Ourselves and
-    /// peers `isConnected` says we are connected to are skipped. At most `limit` candidates.
+    /// peers `isConnected` says we are connected to are skipped. At most `limit` candidates; the
+    /// offers after the limit is reached are not looked at (`overLimit`).
     static func plan(
         _ offers: [PubSubRPC.Prune.PeerInfo], localPeer: PeerID, limit: Int, isConnected: (PeerID) -> Bool
     ) -> Plan {
         var plan = Plan()
         var taken: Set<PeerID> = []
-        for offer in offers {
-            guard plan.candidates.count < limit else { break }
+        for (index, offer) in offers.enumerated() {
+            guard plan.candidates.count < limit else {
+                plan.overLimit = offers.count - index
+                break
+            }
             guard let bytes = offer.peerID, let peer = try? PeerID(bytes: bytes),
                   peer != localPeer, !taken.contains(peer), !isConnected(peer) else {
                 plan.skipped += 1

@@ -49,6 +49,7 @@ public struct PubSubCounters: Sendable, Equatable {
     public var peerExchangeDials = 0
     /// Peer exchange: attempts that ended with a connection.
     public var peerExchangeConnected = 0
-    /// Peer exchange: offered peers not tried because `peerExchangeMaxPending` were waiting.
+    /// Peer exchange: offered peers not tried because `peerExchangeMaxPending` were waiting (or
+    /// one PRUNE offered more than that).
     public var peerExchangeDropped = 0
 }

@@ -20,6 +20,9 @@ extension PubSubService {
                 metadata: ["peer": "\(peer)", "count": "\(plan.invalidRecords)",
                            "error": "\(plan.firstFailure.map { "\($0)" } ?? "?")"])
         }
+        if plan.overLimit > 0 {
+            state.withLockedValue { $0.counters.peerExchangeDropped += plan.overLimit }
+        }
         guard !plan.candidates.isEmpty else { return }
         for candidate in plan.candidates {
             if let record = candidate.record { host.peerstore.addSignedRecord(record, ttl: .temporary) }
