@@ -256,6 +256,45 @@ struct PubSubSigningInteropTests {
         }
     }
 
+    /// Peer exchange towards go: our node B, in go's mesh and in the mesh of our node C (which go
+    /// does not know), leaves the topic; its PRUNE to go offers C with C's signed peer record (as
+    /// B got it through identify). go-libp2p-pubsub (scoring off: every score 0, acceptPX 0)
+    /// verifies the envelope, stores the addresses and dials C: the record is right on the wire.
+    @Test func goConnectsToAPeerOurPruneOffered() async throws {
+        let topic = "px"
+        try await withDaemon(seed: 78, ["-pubsub", "-pubsubRouter=gossipsub"]) { go in
+            let feed = try await NoSignDaemonFeed.start(go, topic: topic)
+            do {
+                let exchanging = try GossipSubRouter(configuration: .defaults { $0.peerExchange = true })
+                try await withHost(identity: .ed25519(seed: 79), configuration: PubSubInteropTests.listening()) { b in
+                    try await withPubSub(host: b, router: exchanging) { pb in
+                        try await withHost(identity: .ed25519(seed: 80), configuration: PubSubInteropTests.listening()) { c in
+                            try await withPubSub(host: c, router: try GossipSubRouter()) { pc in
+                                _ = PubSubInbox(try pc.subscribe(topic))  // its task keeps the subscription
+                                _ = try await b.connect(to: go.fullAddress)
+                                _ = try await b.connect(to: c.addresses[0])
+                                try await until("B knowing the signed record of C") { b.peerstore.signedRecord(for: c.peerID) != nil }
+                                _ = PubSubInbox(try pb.subscribe(topic))
+                                try await until("B meshed with go and C") {
+                                    let mesh = pb.withRouter { ($0 as! GossipSubRouter).meshPeers(in: topic) }
+                                    return mesh == [go.peerID, c.peerID]
+                                }
+                                #expect(c.connections(to: go.peerID).isEmpty)
+                                pb.unsubscribe(topic)  // PRUNE to go offering C, and to C offering go
+                                try await until("go connected to C") { !c.connections(to: go.peerID).isEmpty }
+                                try await until("C and go pubsub peers") { pc.peers.contains(go.peerID) }
+                            }
+                        }
+                    }
+                }
+                await feed.stop()
+            } catch {
+                await feed.stop()
+                throw error
+            }
+        }
+    }
+
     /// p2pd signing as by default (StrictSign): its signed message on our StrictNoSign topic is
     /// rejected, while on a StrictSign topic of the same service it is delivered.
     @Test func signedGoMessagesAreRejectedOnAStrictNoSignTopic() async throws {
