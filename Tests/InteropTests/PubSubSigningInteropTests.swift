@@ -21,6 +21,8 @@ import Testing
 //   the first of ours and drops later ones as duplicates for its 2-minute seen TTL. So: ours
 //   reach go (one message), go's carry author fields and are rejected here, as a StrictNoSign
 //   go node with `WithNoAuthor` rejects them too.
+//
+// Also peer exchange towards go: the signed peer record in our PRUNE is one go verifies and dials.
 
 /// A p2pd PUBSUB SUBSCRIBE feed that keeps author-less messages (the shared
 /// `DaemonSubscription` requires a `from`): the `PSMessage` fields as they came.
