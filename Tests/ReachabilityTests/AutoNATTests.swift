@@ -152,3 +152,31 @@ struct AutoNATTests {
         }
     }
 }
+
+extension AutoNATTests {
+    /// The DHT follows AutoNAT: a node found private turns client (it stops serving the DHT
+    /// protocol), and server again once found public.
+    @Test func dhtModeFollowsReachability() async throws {
+        let server = Self.service()
+        try await Self.withHost(seed: 321, autonat: server) { serverHost in
+            let autonat = Self.service(serve: false)
+            var dhtConfiguration = KademliaDHT.Configuration()
+            dhtConfiguration.refreshInterval = nil
+            let dht = KademliaDHT(configuration: dhtConfiguration)
+            var configuration = P2PHost.Configuration.defaults
+            configuration.services = [IdentifyService(), autonat, dht]
+            // Not listening: every dial-back fails, so AutoNAT says private.
+            try await PointSub.withHost(identity: .ed25519(seed: 322), configuration: configuration) { host in
+                defer { autonat.stop(); dht.stop() }
+                let following = dht.followReachability(of: autonat)
+                defer { following.cancel() }
+                #expect(dht.mode == .server)
+                _ = try await host.connect(to: serverHost.addresses[0])
+                try await autonat.probe(using: serverHost.peerID)
+                #expect(autonat.reachability == .private)
+                try await Self.until { dht.mode == .client }
+                #expect(!host.supportedProtocols.contains(dht.configuration.protocolID))
+            }
+        }
+    }
+}
