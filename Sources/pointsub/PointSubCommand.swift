@@ -81,8 +81,20 @@ struct IdentityOptions: ParsableArguments {
     @Flag(help: "Serving commands: do not announce and discover peers with mDNS on the local network.")
     var noMdns = false
 
+    @Flag(help: "Serving commands: do not run AutoNAT (ask peers to dial back; serve their requests).")
+    var noAutonat = false
+
+    @Option(help: "Serving commands: seconds before the first AutoNAT probe.")
+    var autonatBootDelay: Int = 15
+
+    @Option(help: "Serving commands: seconds between AutoNAT probes while the reachability is unknown.")
+    var autonatRetry: Int = 90
+
     func validate() throws {
         if seed != nil && key != nil { throw ValidationError("use --seed or --key, not both") }
+        guard autonatBootDelay >= 0, autonatRetry >= 1 else {
+            throw ValidationError("--autonat-boot-delay must be ≥ 0 and --autonat-retry ≥ 1")
+        }
         _ = try securityOptions()
     }
 
@@ -128,6 +140,17 @@ struct IdentityOptions: ParsableArguments {
         return MDNSService(configuration: configuration)
     }
 
+    /// AutoNAT for a serving command: probes connected peers and serves their requests; each
+    /// change of reachability is printed on stderr (`autonat: reachability private`).
+    func autonat() -> AutoNATService {
+        var configuration = AutoNATService.Configuration()
+        configuration.bootDelay = .seconds(autonatBootDelay)
+        configuration.retryInterval = .seconds(autonatRetry)
+        configuration.onReachabilityChange = { printError("autonat: reachability \($0.rawValue)") }
+        configuration.logger = CLILogging.logger(verbose: verbose)
+        return AutoNATService(configuration: configuration)
+    }
+
     /// Hosts made by the CLI let open streams finish for at most this long when a signal stops them.
     static let shutdownGracePeriod: Duration = .seconds(1)
 
@@ -140,6 +163,7 @@ struct IdentityOptions: ParsableArguments {
         c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
         if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
+        if !listen.isEmpty, !noAutonat { c.services.append(autonat()) }
         // Every CLI host dials circuit addresses (`…/p2p/<relay>/p2p-circuit/p2p/<peer>`) and
         // accepts the relayed connections of relays it reserved on (`--relay`).
         RelayClient().install(in: &c)

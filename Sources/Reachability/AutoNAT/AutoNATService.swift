@@ -41,6 +41,9 @@ public final class AutoNATService: HostService, Sendable {
         public var probeInterval: Duration = .seconds(900)
         /// Servers asked per probe round.
         public var serversPerRound = 3
+        /// Called with the new status each time ``reachability`` changes (on a task of the
+        /// service's; also see `updates()`).
+        public var onReachabilityChange: (@Sendable (Reachability) -> Void)?
         /// Where the service logs.
         public var logger = Logger(label: "pointsub.autonat", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -200,6 +203,7 @@ public final class AutoNATService: HostService, Sendable {
         if changed {
             configuration.logger.info("reachability changed", metadata: ["reachability": "\(status)"])
             subscribers.forEach { $0.yield(status) }
+            configuration.onReachabilityChange?(status)
         }
     }
 
