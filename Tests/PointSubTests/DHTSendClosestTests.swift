@@ -396,3 +396,162 @@ struct DHTSendClosestTests {
     }
 }
 
+
+// MARK: - The client's side of a node source, with a scripted source
+
+/// Gives the nodes of `order` (minus the excluded) at most `batch` at a time; records its calls
+/// and the failures reported to it; throws `failWith` from call number `failOnCall` (1-based) on.
+private final class ScriptedSource: ClosestNodeSource {
+    let order: [PeerID]
+    let batch: Int
+    let failOnCall: Int
+    let failWith: PointSubError?
+    let calls = NIOLockedValueBox<[(count: Int, excluding: Set<PeerID>)]>([])
+    let failed = NIOLockedValueBox<[PeerID]>([])
+
+    init(order: [PeerID], batch: Int, failOnCall: Int = .max, failWith: PointSubError? = nil) {
+        self.order = order
+        self.batch = batch
+        self.failOnCall = failOnCall
+        self.failWith = failWith
+    }
+
+    func closestNodes(
+        to key: [UInt8], protocol protocolID: String, count: Int, excluding: Set<PeerID>, deadline: Deadline
+    ) async throws(PointSubError) -> [PeerID] {
+        let call = calls.withLockedValue { calls in
+            calls.append((count, excluding))
+            return calls.count
+        }
+        if call >= failOnCall, let failWith { throw failWith }
+        return Array(order.filter { !excluding.contains($0) }.prefix(min(count, batch)))
+    }
+
+    func nodeFailed(_ peer: PeerID, protocol protocolID: String) {
+        failed.withLockedValue { $0.append(peer) }
+    }
+}
+
+/// `count` in-memory hosts; those in `serving` answer `servedProtocol` with their index; a client
+/// host that knows their addresses, with a PointSubClient.
+private func withServers<T: Sendable>(
+    count: Int, serving: Set<Int>, client configuration: PointSubClient.Configuration = .defaults,
+    _ body: ([P2PHost], PointSubClient) async throws -> T
+) async throws -> T {
+    func memoryHost() -> P2PHost {
+        P2PHost(
+            identity: .generateEd25519(),
+            configuration: .defaults {
+                $0.transports = [.memory]
+                $0.listenAddresses = [Multiaddr("/memory/0")]
+                $0.services = [IdentifyService()]
+            })
+    }
+    let hosts = (0..<count).map { _ in memoryHost() }
+    let clientHost = memoryHost()
+    var servers: [PointSubServer] = []
+    var client: PointSubClient?
+    func shutdown() async {
+        await client?.close()
+        for server in servers { await server.stop(gracePeriod: .zero) }
+        for host in hosts + [clientHost] { await host.shutdown(gracePeriod: .zero) }
+    }
+    do {
+        for host in hosts + [clientHost] { try await host.start() }
+        for (index, host) in hosts.enumerated() {
+            clientHost.peerstore.addAddresses(host.addresses, for: host.peerID, ttl: .permanent)
+            guard serving.contains(index) else { continue }
+            let server = try PointSubServer(host: host)
+            try server.start(servedProtocol) { _ in ByteBuffer(string: "\(index)") }
+            servers.append(server)
+        }
+        let made = try PointSubClient(host: clientHost, configuration: configuration)
+        client = made
+        let result = try await body(hosts, made)
+        await shutdown()
+        return result
+    } catch {
+        await shutdown()
+        throw error
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ClosestNodeSourceClientTests {
+    /// Batches from the source are tried in order; a used-up batch brings the next (the tried
+    /// nodes excluded, the count what is left of the limit); every failure is reported.
+    @Test func failoverAsksTheSourceForTheNextNodes() async throws {
+        try await withServers(count: 5, serving: [3, 4]) { hosts, client in
+            let order = hosts.map(\.peerID)
+            let source = ScriptedSource(order: order, batch: 2)
+            client.setClosestNodeSource(source, protocol: servedProtocol)
+            let (response, node) = try await client.sendClosest(
+                ByteBuffer(string: "x"), protocol: servedProtocol, deadline: .after(.seconds(20)))
+            #expect(node == order[3])
+            #expect(String(buffer: response) == "3")
+            let calls = source.calls.withLockedValue { $0 }
+            #expect(calls.map(\.count) == [8, 6])
+            #expect(calls.map(\.excluding) == [[], Set(order[0..<2])])
+            #expect(source.failed.withLockedValue { $0 } == Array(order[0..<3]))
+            // Back to the node list: it has no nodes.
+            client.setClosestNodeSource(nil, protocol: servedProtocol)
+            let error = await #expect(throws: PointSubError.self) {
+                _ = try await client.sendClosest(ByteBuffer(string: "x"), protocol: servedProtocol)
+            }
+            #expect(error?.code == .noServerNodes)
+        }
+    }
+
+    /// `closestNodeLimit` bounds the nodes tried; then `.allNodesFailed` with each failure.
+    @Test func theLimitBoundsTheNodesTried() async throws {
+        var configuration = PointSubClient.Configuration()
+        configuration.closestNodeLimit = 2
+        try await withServers(count: 4, serving: [3], client: configuration) { hosts, client in
+            let order = hosts.map(\.peerID)
+            let source = ScriptedSource(order: order, batch: 1)
+            client.setClosestNodeSource(source, protocol: servedProtocol)
+            let error = await #expect(throws: PointSubError.self) {
+                _ = try await client.sendClosest(ByteBuffer(string: "x"), protocol: servedProtocol)
+            }
+            #expect(error?.code == .allNodesFailed)
+            #expect(error?.nodeFailures.map(\.node) == Array(order[0..<2]))
+            #expect(error?.nodeFailures.allSatisfy { $0.error.code == .protocolNotSupported } == true)
+            #expect(source.calls.withLockedValue { $0.count } == 2)
+        }
+    }
+
+    /// The source's own errors: a timeout keeps the failures so far; any other error after
+    /// failures becomes `.allNodesFailed` with it as the cause; before any, it is thrown as is.
+    @Test func theSourcesErrorsKeepTheFailuresSoFar() async throws {
+        try await withServers(count: 3, serving: [2]) { hosts, client in
+            let order = hosts.map(\.peerID)
+            let timeout = ScriptedSource(
+                order: order, batch: 1, failOnCall: 2, failWith: PointSubError(.timeout(requestSent: false), "slow"))
+            client.setClosestNodeSource(timeout, protocol: servedProtocol)
+            let timedOut = await #expect(throws: PointSubError.self) {
+                _ = try await client.sendClosest(ByteBuffer(string: "x"), protocol: servedProtocol)
+            }
+            #expect(timedOut?.code == .timeout(requestSent: false))
+            #expect(timedOut?.nodeFailures.map(\.node) == [order[0]])
+
+            let broken = ScriptedSource(
+                order: order, batch: 1, failOnCall: 2, failWith: PointSubError(.noServerNodes, "lookup failed"))
+            client.setClosestNodeSource(broken, protocol: servedProtocol)
+            let failed = await #expect(throws: PointSubError.self) {
+                _ = try await client.sendClosest(ByteBuffer(string: "x"), protocol: servedProtocol)
+            }
+            #expect(failed?.code == .allNodesFailed)
+            #expect(failed?.nodeFailures.map(\.node) == [order[0]])
+            #expect((failed?.cause as? PointSubError)?.code == .noServerNodes)
+
+            let first = ScriptedSource(
+                order: order, batch: 1, failOnCall: 1, failWith: PointSubError(.noServerNodes, "lookup failed"))
+            client.setClosestNodeSource(first, protocol: servedProtocol)
+            let direct = await #expect(throws: PointSubError.self) {
+                _ = try await client.sendClosest(ByteBuffer(string: "x"), protocol: servedProtocol)
+            }
+            #expect(direct?.code == .noServerNodes)
+            #expect(direct?.nodeFailures.isEmpty == true)
+        }
+    }
+}
