@@ -31,7 +31,9 @@ import Protocols
 /// **Serving the protocol.** A peer serves it if identify's protocol list in the peerstore
 /// contains it. A peer the peerstore knows no protocols of is asked (connect and identify) —
 /// at most `maxProbes` per lookup, the nearest first, all at once, each within `probeTimeout`
-/// and the caller's deadline; one that cannot be asked counts as not serving.
+/// and the caller's deadline; one that cannot be asked counts as not serving. Serving peers
+/// beyond the first peer left unasked are still offered (in order), but not cached: that peer
+/// might serve and be nearer.
 ///
 /// **Reach.** Only the k nearest peers (k = the DHT's bucket size, 20 by default) are looked
 /// at: a protocol that few nodes of a large network serve is not found for most keys (publish

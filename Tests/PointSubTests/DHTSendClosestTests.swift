@@ -98,7 +98,10 @@ private func expectedOrder(request: [UInt8], serving: [PeerID]) -> [PeerID] {
         let found = lookup(key, in: peers, k: 20)
         // Nearest first: serving, not, unknown, serving…: only the first is proven.
         let standing: [ClosestNodeCache.Serving] = found.indices.map { $0 == 2 ? .unknown : ($0 % 3 == 0 ? .yes : .no) }
-        cache.store(protocol: "/p", key: key, closest: Array(zip(found, standing)), wholeNetwork: false, now: start)
+        let stored = cache.store(
+            protocol: "/p", key: key, closest: Array(zip(found, standing)), wholeNetwork: false, now: start)
+        // Returned: every serving peer in order; cached: only the proven one.
+        #expect(stored == found.indices.filter { $0 % 3 == 0 }.map { found[$0] })
         #expect(cache.answer(protocol: "/p", key: key, count: 5, excluding: [], now: start) == .nodes([found[0]]))
         #expect(cache.answer(protocol: "/p", key: key, count: 5, excluding: [found[0]], now: start) == .miss)
     }
@@ -174,7 +177,8 @@ private struct Network: Sendable {
 }
 
 private func withNetwork<T: Sendable>(
-    size: Int, serving: Set<Int>, seed: UInt64, cacheTTL: Duration = .seconds(600), _ body: (Network) async throws -> T
+    size: Int, serving: Set<Int>, seed: UInt64, cacheTTL: Duration = .seconds(600), maxProbes: Int = 8,
+    _ body: (Network) async throws -> T
 ) async throws -> T {
     var hosts: [P2PHost] = []
     var dhts: [KademliaDHT] = []
@@ -218,6 +222,7 @@ private func withNetwork<T: Sendable>(
         client = made
         var sourceConfiguration = DHTClosestNodes.Configuration()
         sourceConfiguration.cacheTTL = cacheTTL
+        sourceConfiguration.maxProbes = maxProbes
         let source = try DHTClosestNodes(dht: dhts[size - 1], host: clientHost, configuration: sourceConfiguration)
         made.setClosestNodeSource(source, protocol: servedProtocol)
         let result = try await body(Network(hosts: hosts, dhts: dhts, servers: servers, client: made, source: source))
@@ -286,6 +291,21 @@ struct DHTSendClosestTests {
                     let node = try await network.send(Array("another \(n)".utf8), key: key)
                     #expect(node == expected, "key \(n)")
                 }
+            }
+        }
+    }
+
+    /// Peers whose protocols the peerstore does not know are asked (connect and identify).
+    @Test func unknownProtocolsAreLearnedByIdentify() async throws {
+        try await withNetwork(size: 14, serving: [2, 6, 9, 11], seed: 17_000, maxProbes: 16) { network in
+            let others = network.hosts.dropLast().map(\.peerID)
+            for n in 0..<6 {
+                for peer in others { network.clientHost.peerstore.setProtocols([], for: peer) }
+                network.source.clearCache()
+                let request = Array("unknown \(n)".utf8)
+                let node = try await network.send(request)
+                #expect(node == expectedOrder(request: request, serving: network.servingPeers)[0], "key \(n)")
+                #expect(network.clientHost.peerstore.protocols(for: node).contains(servedProtocol))
             }
         }
     }

@@ -101,8 +101,9 @@ package struct ClosestNodeCache: Sendable {
 
     /// Records a lookup of `key` for `protocolID`: `closest` is its result (the peers nearest to
     /// SHA-256(key), any order) with each peer's standing; `wholeNetwork` says the lookup saw
-    /// every peer there is (it found fewer than k), so the radius is unbounded. Returns the
-    /// serving peers, nearest first.
+    /// every peer there is (it found fewer than k), so the radius is unbounded. Returns every
+    /// serving peer, nearest first — those beyond a peer of unknown standing too (the best the
+    /// lookup knows, though not proven nearest; the entry keeps only the proven ones).
     @discardableResult
     package mutating func store(
         protocol protocolID: String, key: [UInt8], closest: [(peer: PeerID, serving: Serving)], wholeNetwork: Bool,
@@ -111,31 +112,31 @@ package struct ClosestNodeCache: Sendable {
         let target = NodeKey256(hashing: key)
         let sorted = closest.map { (peer: $0.peer, key: NodeKey256(hashing: $0.peer.bytes), serving: $0.serving) }
             .sorted { ($0.key ^ target) < ($1.key ^ target) }
-        // Known up to just before the first peer of unknown standing; with none, up to the
+        // Proven up to just before the first peer of unknown standing; with none, up to the
         // farthest peer found (or everywhere, when the lookup saw the whole network).
         var radius: NodeKey256?
         var sawUnknown = false
-        var serving: [(peer: PeerID, key: NodeKey256)] = []
+        var proven: [(peer: PeerID, key: NodeKey256)] = []
         for candidate in sorted {
-            if candidate.serving == .unknown {
+            if candidate.serving == .unknown, !sawUnknown {
                 radius = (candidate.key ^ target).minusOne
                 sawUnknown = true
-                break
             }
-            if candidate.serving == .yes { serving.append((candidate.peer, candidate.key)) }
+            if candidate.serving == .yes, !sawUnknown { proven.append((candidate.peer, candidate.key)) }
         }
-        if radius == nil {
-            radius = wholeNetwork ? .max : sorted.last.map { $0.key ^ target }
+        if !sawUnknown {
+            radius = wholeNetwork ? NodeKey256.max : sorted.last.map { $0.key ^ target }
         }
-        let nearest = serving.map(\.peer)
-        guard maxEntries > 0, let radius, !(sawUnknown && serving.isEmpty) else { return nearest }
+        let serving = sorted.filter { $0.serving == .yes }.map(\.peer)
+        // A lookup that proves nothing positive and cannot prove a negative is not kept.
+        guard maxEntries > 0, let radius, !(sawUnknown && proven.isEmpty) else { return serving }
         entries.removeAll { $0.expires <= now || ($0.protocolID == protocolID && $0.target == target) }
         if entries.count >= maxEntries { entries.removeFirst(entries.count - maxEntries + 1) }
         entries.append(
             Entry(
-                protocolID: protocolID, target: target, radius: radius, serving: serving, foundNone: serving.isEmpty,
+                protocolID: protocolID, target: target, radius: radius, serving: proven, foundNone: proven.isEmpty,
                 expires: now + ttl))
-        return nearest
+        return serving
     }
 
     /// The nearest serving nodes for `key` that the entries prove (see the type's notes), at
