@@ -522,6 +522,20 @@ struct ClosestNodeSourceClientTests {
         }
     }
 
+    /// With a node list, an explicit key orders by SHA-256(key) as well.
+    @Test func aKeyAlsoOrdersANodeList() async throws {
+        try await withServers(count: 6, serving: Set(0..<6)) { hosts, client in
+            let peers = hosts.map(\.peerID)
+            for peer in peers { try client.addServerNode(peer, protocol: servedProtocol) }
+            for n in 0..<8 {
+                let key = Array("list key \(n)".utf8)
+                let (_, node) = try await client.sendClosest(
+                    ByteBuffer(string: "request \(n)"), key: key, protocol: servedProtocol)
+                #expect(node == byDistance(to: referenceSHA256(key), peers)[0], "key \(n)")
+            }
+        }
+    }
+
     /// `closestNodeLimit` bounds the nodes tried; then `.allNodesFailed` with each failure.
     @Test func theLimitBoundsTheNodesTried() async throws {
         var configuration = PointSubClient.Configuration()
