@@ -59,7 +59,7 @@ struct PointSubCommand: AsyncParsableCommand {
         version: pointsubVersion,
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
-            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self, DHTCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self, DHTCommand.self, RelayCommand.self,
         ]
     )
 }
@@ -140,6 +140,9 @@ struct IdentityOptions: ParsableArguments {
         c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
         if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
+        // Every CLI host dials circuit addresses (`…/p2p/<relay>/p2p-circuit/p2p/<peer>`) and
+        // accepts the relayed connections of relays it reserved on (`--relay`).
+        RelayClient().install(in: &c)
         c.shutdownGracePeriod = Self.shutdownGracePeriod
         c.logger = CLILogging.logger(verbose: verbose)
         return c
@@ -232,6 +235,15 @@ struct ListenOptions: ParsableArguments {
         help: "Listen on this multiaddr: TCP (/ip4/0.0.0.0/tcp/4001) or WebSocket (/ip4/127.0.0.1/tcp/0/ws); repeatable.")
     var listen: [String] = []
 
+    @Option(
+        name: .long,
+        help: "Reserve a slot on this relay (a multiaddr ending in /p2p/<relay id>) and print the /p2p-circuit address others reach this node on; repeatable.")
+    var relay: [String] = []
+
+    func validate() throws {
+        for text in relay { _ = try peerOf(try parseAddress(text)) }
+    }
+
     func addresses(defaultPort: Int? = nil) throws -> [Multiaddr] {
         var out = try listen.map { try Multiaddr($0) }
         if let port = l ?? (out.isEmpty ? defaultPort : nil) {
@@ -245,6 +257,24 @@ struct ListenOptions: ParsableArguments {
 func printListenAddresses(_ host: P2PHost) {
     for address in host.addresses { print(address) }
     fflush(nil)
+}
+
+/// Prints the listen addresses, then reserves on each `--relay` (keeping the reservation) and
+/// prints this node's circuit address there as soon as it is usable. A relay that refuses is
+/// reported on stderr; the node keeps serving on its other addresses.
+func announce(_ host: P2PHost, _ listen: ListenOptions) async {
+    printListenAddresses(host)
+    guard !listen.relay.isEmpty else { return }
+    guard let client = host.configuration.services.lazy.compactMap({ $0 as? RelayClient }).first else { return }
+    for text in listen.relay {
+        do {
+            let reservation = try await client.keepReservation(on: try parseAddress(text))
+            for address in reservation.circuitAddresses { print(address.appending(peerID: host.peerID)) }
+            fflush(nil)
+        } catch {
+            printError("relay \(text): no reservation: \(error)")
+        }
+    }
 }
 
 func parseAddress(_ text: String) throws -> Multiaddr {

@@ -59,7 +59,7 @@ struct ServeCommand: CLICommand {
                     return ByteBuffer(bytes: bytes.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 })
                 }
             }
-            printListenAddresses(host)
+            await announce(host, listenOptions)
             try await serveHost(
                 host, metrics: metrics,
                 extra: [PointSubServerService(server: server, gracePeriod: IdentityOptions.shutdownGracePeriod)])

@@ -58,7 +58,7 @@ let results = try await routes.dispatchAll(request)               // [name: Resu
 try await withPubSub(host: host, router: try GossipSubRouter(configuration: .defaults)) { pubsub in
     let news = try pubsub.subscribe("news")                       // AsyncSequence of PubSubMessage
     try await pubsub.publish("news", Array("hello".utf8))         // signed (StrictSign), delivered once
-    for await message in news { print(message.from, message.text) }
+    for await message in news { print(message.from?.b58String ?? "-", message.text) }
 }
     _ = (answer, results)
 }

@@ -336,6 +336,13 @@ public final class P2PHost: Sendable {
         return try await swarm.dial(address, expectedPeer: nil)
     }
 
+    /// Dials `address` on a new connection even when there is one to `peer` already: AutoNAT's
+    /// dial-back must prove that the address is reachable, not reuse a connection.
+    package func dialNewConnection(to address: Multiaddr, expectedPeer: PeerID) async throws -> Connection {
+        try checkRunning()
+        return try await swarm.dial(address.removingPeerID(), expectedPeer: expectedPeer)
+    }
+
     /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it
     /// supports. When identify already told us which of them the peer supports, that one is proposed
     /// lazily (no round trip before the stream is returned; go-libp2p does the same).

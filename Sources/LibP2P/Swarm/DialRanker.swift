@@ -20,10 +20,10 @@ public struct DialRanker: Sendable, Hashable {
     public init() {}
 
     /// Where an address leads: dialed in this order.
-    enum Locality: Int, Comparable {
+    package enum Locality: Int, Comparable {
         case inProcess, loopback, privateNetwork, publicNetwork, name
 
-        static func < (lhs: Locality, rhs: Locality) -> Bool { lhs.rawValue < rhs.rawValue }
+        package static func < (lhs: Locality, rhs: Locality) -> Bool { lhs.rawValue < rhs.rawValue }
     }
 
     /// One address and when its dial may start, counted from the start of the whole dial.
@@ -62,7 +62,7 @@ public struct DialRanker: Sendable, Hashable {
         return out
     }
 
-    static func locality(of address: Multiaddr) -> Locality {
+    package static func locality(of address: Multiaddr) -> Locality {
         guard let first = address.components.first else { return .name }
         switch first {
         case .memory: return .inProcess

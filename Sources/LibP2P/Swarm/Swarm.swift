@@ -127,7 +127,9 @@ final class Swarm: Sendable {
     /// Bound listen addresses; wildcard addresses expanded to this machine's interfaces.
     var listenAddresses: [Multiaddr] {
         let bound = state.withLockedValue { $0.listeners.map(\.address) }
-        return bound.flatMap { Self.expandWildcard($0) }
+        // A bare `/p2p-circuit` listener (the relay client's) has no address of its own to give:
+        // its addresses are the reservations' (`<relay>/p2p-circuit`).
+        return bound.filter { $0.components.first != .p2pCircuit }.flatMap { Self.expandWildcard($0) }
     }
 
     private static func expandWildcard(_ address: Multiaddr) -> [Multiaddr] {
@@ -156,8 +158,11 @@ final class Swarm: Sendable {
 
     // MARK: - Registry
 
+    /// The open connections to `peer`, direct ones before limited (relayed) ones, so that a
+    /// stream goes over a direct connection whenever there is one.
     func connections(to peer: PeerID) -> [Connection] {
-        state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        let open = state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        return open.filter { !$0.isLimited } + open.filter(\.isLimited)
     }
 
     var connectedPeers: [PeerID] { state.withLockedValue { Array($0.connections.keys) } }
@@ -299,7 +304,8 @@ final class Swarm: Sendable {
         let channel: Channel
         do {
             let options = DialOptions(
-                deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope))
+                deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope),
+                fullAddress: address.peerID == nil ? expectedPeer.map { address.appending(peerID: $0) } ?? address : address)
             channel = try await withTaskCancellationHandler {
                 try await transport.dial(plain, options: options) { channel in
                     cancellation.attach(channel)
