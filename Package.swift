@@ -179,6 +179,8 @@ let package = Package(
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
             "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery", "Relay", "Reachability",
             .product(name: "NIOCore", package: "swift-nio"),
+            // DHTClosestNodes keeps its lookup cache under a lock.
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "Basics", "PointSub", "PubSub",

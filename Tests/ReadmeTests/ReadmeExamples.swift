@@ -28,7 +28,9 @@ try await withHost(identity: .ed25519(seed: 7), configuration: .defaults {
 }
 }
 
-func readmeRequestResponse(host: P2PHost, serverPeer: PeerID, nodeA: PeerID, request: ByteBuffer) async throws {
+func readmeRequestResponse(
+    host: P2PHost, serverPeer: PeerID, nodeA: PeerID, request: ByteBuffer, dht: KademliaDHT
+) async throws {
 @Sendable func handle(_ payload: ByteBuffer, from peer: PeerID) async throws -> ByteBuffer { payload }
 let server = try PointSubServer(host: host)                       // timeouts, 32 MiB limit, adaptive
 try server.start("/kv/1.0.0") { request in                        // concurrency limit, compression…
@@ -39,7 +41,9 @@ let reply = try await client.send(ByteBuffer(string: "get a"), to: serverPeer, p
 
 try client.addServerNode(nodeA, protocol: "/kv/1.0.0")            // node lists: the same request goes
 let (answer, node) = try await client.sendClosest(request, protocol: "/kv/1.0.0")  // to the same node
-    _ = (reply, answer, node)
+client.setClosestNodeSource(try DHTClosestNodes(dht: dht, host: host), protocol: "/kv/1.0.0")
+let (value, owner) = try await client.sendClosest(request, key: Array("user 42".utf8), protocol: "/kv/1.0.0")
+    _ = (reply, answer, node, value, owner)
 }
 
 func readmeRoutesAndBroadcast(host: P2PHost, request: ByteBuffer) async throws {
