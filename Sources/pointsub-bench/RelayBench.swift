@@ -17,9 +17,11 @@ enum RelayBench {
         var relayConfiguration = RelayService.Configuration()
         relayConfiguration.circuitLimit = nil  // measure the relay, not its limits
         relayConfiguration.limits.maxReservationsPerSource = samples + 8
+        relayConfiguration.limits.maxCircuitsPerPeer = samples + 8
         let relayService = RelayService(configuration: relayConfiguration)
         let tcp = P2PHost.Configuration.defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }
         try await withHost(identity: .ed25519(seed: 900), configuration: tcp.with { $0.services = [relayService] }) { relay in
+            defer { relayService.stop() }
             let relayAddress = relay.addresses[0]
 
             // Time to reservation: each sample a fresh node.
