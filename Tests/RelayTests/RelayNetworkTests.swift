@@ -85,6 +85,13 @@ struct RelayNetworkTests {
             let inbound = net.a.connections(to: net.b.peerID)
             #expect(inbound.contains { $0.isLimited && $0.direction == .inbound })
             #expect(net.relayService.counters.circuitsOpened == 1)
+            // A advertises its circuit address: B learns it through identify over the circuit.
+            #expect(net.a.advertisedAddresses.contains { $0.isCircuit })
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !net.b.peerstore.addresses(for: net.a.peerID).contains(where: \.isCircuit), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(net.b.peerstore.addresses(for: net.a.peerID).contains { $0.isCircuit })
         }
     }
 
@@ -193,6 +200,36 @@ extension RelayNetworkTests {
             try await sent
             #expect(back == payload)
             stream.reset()
+        }
+    }
+}
+
+extension RelayNetworkTests {
+    /// Protocols registered with `allowOnLimitedConnections: false` (perf here) are refused over
+    /// a relayed connection, as if unsupported, and served over a direct one; others (echo) run.
+    @Test func limitedConnectionsRefuseBulkProtocols() async throws {
+        try await Self.withNetwork { net in
+            try net.a.setStreamHandler("/test/bulk/1", allowOnLimitedConnections: false) { stream in
+                try await stream.write(ByteBuffer(string: "bulk"))
+            }
+            try await net.aClient.reserve(on: net.relay.addresses[0])
+            let circuit = try #require(net.aClient.circuitAddresses.first)
+            let relayed = try await net.b.connect(to: circuit)
+            #expect(relayed.isLimited)
+            await #expect(throws: (any Error).self) {
+                let stream = try await relayed.newStream(protocols: ["/test/bulk/1"])
+                _ = try await stream.readToEnd(maxBytes: 100)
+            }
+            let echo = try await relayed.newStream(protocols: [Self.echo])
+            try await echo.write(ByteBuffer(string: "hi"))
+            try await echo.closeWrite()
+            #expect(String(buffer: try await echo.readToEnd(maxBytes: 100)) == "hi")
+            // Over a direct connection the same protocol is served, and streams to A now prefer it.
+            let direct = try await net.b.connect(to: net.a.addresses[0])
+            #expect(!direct.isLimited)
+            let stream = try await net.b.newStream(to: net.a.peerID, protocols: ["/test/bulk/1"])
+            #expect(!stream.connection.isLimited)
+            #expect(String(buffer: try await stream.readToEnd(maxBytes: 100)) == "bulk")
         }
     }
 }

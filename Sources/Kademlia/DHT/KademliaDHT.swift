@@ -183,7 +183,8 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     }
 
     private func handleProtocol(on host: P2PHost) throws {
-        try host.setStreamHandler(configuration.protocolID) { [weak self] stream in
+        // As go-libp2p-kad-dht: no DHT traffic over limited (relayed) connections.
+        try host.setStreamHandler(configuration.protocolID, allowOnLimitedConnections: false) { [weak self] stream in
             try await self?.serve(stream)
         }
     }

@@ -37,7 +37,8 @@ public struct DialRanker: Sendable, Hashable {
     /// `addresses` best first, each with its start delay. Duplicates are dropped. Order: in-process
     /// (`/memory`), loopback, private networks, public addresses, then DNS names; within each, plain
     /// TCP before WebSocket (one handshake less) before secure WebSocket, IPv6 before IPv4 for the
-    /// same transport (Happy Eyeballs), otherwise as given.
+    /// same transport (Happy Eyeballs), otherwise as given; relayed (`/p2p-circuit`) addresses
+    /// come after all direct ones.
     public func rank(_ addresses: [Multiaddr]) -> [ScheduledDial] {
         var seen = Set<Multiaddr>()
         let unique = addresses.filter { seen.insert($0).inserted }
@@ -46,6 +47,8 @@ public struct DialRanker: Sendable, Hashable {
              family: Self.familyRank(of: address), index: index)
         }
         let sorted = keyed.sorted { a, b in
+            // Relayed (circuit) addresses after every direct one: a relay is the fallback.
+            if a.address.isCircuit != b.address.isCircuit { return !a.address.isCircuit }
             if a.locality != b.locality { return a.locality < b.locality }
             if a.transport != b.transport { return a.transport < b.transport }
             if a.family != b.family { return a.family < b.family }

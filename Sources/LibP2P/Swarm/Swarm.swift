@@ -175,26 +175,36 @@ final class Swarm: Sendable {
     func connect(to peer: PeerID) async throws -> Connection {
         guard peer != localPeer else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
         try checkRunning()
-        if let existing = connections(to: peer).first { return existing }
+        let existing = connections(to: peer)
+        if let direct = existing.first, !direct.isLimited { return direct }
+        // Only a relayed connection: try for a direct one when we know a direct address (and
+        // fall back to the relayed one); a second circuit would gain nothing.
+        let relayed = existing.first
+        if relayed != nil, !peerstore.addresses(for: peer).contains(where: { !$0.isCircuit }) { return relayed! }
         let task = try state.withLockedValue { s -> Task<Connection, any Error> in
             guard !s.shuttingDown else { throw HostError(.shutDown, "the host is shut down") }
             if let inFlight = s.dials[peer] { return inFlight }
             // Owned by the registry: shutdown cancels it; it removes itself when done.
             let task = Task { [self] in
                 defer { _ = state.withLockedValue { $0.dials.removeValue(forKey: peer) } }
-                return try await dialRanked(peer)
+                return try await dialRanked(peer, directOnly: relayed != nil)
             }
             s.dials[peer] = task
             return task
         }
-        return try await task.value
+        do {
+            return try await task.value
+        } catch {
+            if let relayed, !relayed.isClosed { return relayed }
+            throw error
+        }
     }
 
     /// Dials `peer`'s known addresses, best first, staggered (see `DialRanker`): the first
     /// connection wins and the other attempts are cancelled (their channels closed at once).
-    private func dialRanked(_ peer: PeerID) async throws -> Connection {
+    private func dialRanked(_ peer: PeerID, directOnly: Bool = false) async throws -> Connection {
         let candidates = await resolveDNSAddr(peerstore.addresses(for: peer), for: peer).filter { address in
-            transports.contains { $0.canDial(address) }
+            (!directOnly || !address.isCircuit) && transports.contains { $0.canDial(address) }
         }
         guard !candidates.isEmpty else {
             throw HostError(.noAddresses, "no dialable address known for \(peer)")

@@ -76,6 +76,10 @@ public final class RelayClient: HostService, Sendable {
     /// Handles the stop protocol.
     public func attach(to host: P2PHost) async throws {
         state.withLockedValue { $0.host = host }
+        // Our circuit addresses are advertised (identify, peer records) while reservations last.
+        host.addAddressSource { [weak self] in
+            self?.state.withLockedValue { s in s.reservations.values.flatMap(\.circuitAddresses) } ?? []
+        }
         try host.setStreamHandler(RelayWire.stopProtocol) { [weak self] stream in
             await self?.acceptStop(stream)
         }
@@ -137,6 +141,7 @@ public final class RelayClient: HostService, Sendable {
             return try Self.reservation(from: answer, relay: relay, us: host.peerID, fallback: relayAddress)
         }
         state.withLockedValue { $0.reservations[relay] = reservation }
+        host.addressesChanged()
         configuration.logger.info(
             "reserved a relay slot",
             metadata: ["relay": "\(relay)", "expires": "\(reservation.expiration)"])
@@ -168,6 +173,7 @@ public final class RelayClient: HostService, Sendable {
                         metadata: ["relay": "\(first.relay)", "error": "\(error)"])
                     if current.expiration.timeIntervalSinceNow <= 0 {
                         _ = self.state.withLockedValue { $0.reservations.removeValue(forKey: first.relay) }
+                        try? self.requireHost().addressesChanged()
                     }
                 }
             }
@@ -187,6 +193,7 @@ public final class RelayClient: HostService, Sendable {
             return s.keepers.removeValue(forKey: relay)
         }
         keeper?.cancel()
+        try? requireHost().addressesChanged()
     }
 
     static func readHop(_ stream: P2PStream) async throws -> HopMessage {
