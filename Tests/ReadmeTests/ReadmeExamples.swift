@@ -63,6 +63,21 @@ try await withPubSub(host: host, router: try GossipSubRouter(configuration: .def
     _ = (answer, results)
 }
 
+func readmeRelay(relayAddress: Multiaddr) async throws {
+
+let relayClient = RelayClient()
+let autonat = AutoNATService()
+var configuration = P2PHost.Configuration.defaults
+configuration.listenAddresses = ["/ip4/0.0.0.0/tcp/4001"]
+configuration.services = [autonat]
+relayClient.install(in: &configuration)           // dial and accept …/p2p-circuit/… addresses
+try await withHost(configuration: configuration) { host in
+    try await relayClient.keepReservation(on: relayAddress)   // refreshed before it expires
+    print(relayClient.circuitAddresses)           // [/ip4/…/p2p/<relay>/p2p-circuit/p2p/<us>]
+    for await reachability in autonat.updates() { print(reachability) }   // unknown, then private
+}
+}
+
 func readmeLifecycle() async throws {
 
 let registry = PrometheusCollectorRegistry()                       // swift-metrics → Prometheus text
@@ -95,7 +110,7 @@ registry.emit(into: &text)                                         // what `--me
         let examples = text.components(separatedBy: "```swift\n").dropFirst().map {
             $0.components(separatedBy: "```")[0]
         }
-        #expect(examples.count == 4)
+        #expect(examples.count == 5)
         for example in examples {
             let lines = example.split(separator: "\n", omittingEmptySubsequences: false)
                 .filter { !$0.hasPrefix("import ") }
