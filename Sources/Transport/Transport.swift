@@ -71,6 +71,10 @@ public struct DialOptions: Sendable {
     /// address without it): for a transport that must name the peer, as the circuit relay
     /// transport names the target to the relay.
     public var fullAddress: Multiaddr?
+    /// Dial from this local port, shared with our listener on it (SO_REUSEPORT), so that the
+    /// connection leaves through the same NAT mapping our listen address has: hole punching
+    /// (TCP simultaneous open). nil: an ephemeral port. Network transports only.
+    public var localPort: UInt16?
 
     /// Dial options.
     public init(

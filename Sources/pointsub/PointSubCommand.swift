@@ -164,6 +164,11 @@ struct IdentityOptions: ParsableArguments {
         c.services = services
         if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
         if !listen.isEmpty, !noAutonat { c.services.append(autonat()) }
+        // Every CLI host hole-punches relayed connections (DCUtR); outcomes go to stderr.
+        var dcutr = DCUtRService.Configuration()
+        dcutr.onOutcome = { printError("hole punching with \($0.peer): \($0)") }
+        dcutr.logger = CLILogging.logger(verbose: verbose)
+        c.services.append(DCUtRService(configuration: dcutr))
         // Every CLI host dials circuit addresses (`…/p2p/<relay>/p2p-circuit/p2p/<peer>`) and
         // accepts the relayed connections of relays it reserved on (`--relay`).
         RelayClient().install(in: &c)

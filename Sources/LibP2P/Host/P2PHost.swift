@@ -392,9 +392,16 @@ public final class P2PHost: Sendable {
 
     /// Dials `address` on a new connection even when there is one to `peer` already: AutoNAT's
     /// dial-back must prove that the address is reachable, not reuse a connection.
-    package func dialNewConnection(to address: Multiaddr, expectedPeer: PeerID) async throws -> Connection {
+    ///
+    /// For hole punching: `localPort` dials from our listen port (SO_REUSEPORT), `asResponder`
+    /// runs security and muxer as the responder (in a TCP simultaneous open both ends dialed;
+    /// DCUtR gives the roles).
+    package func dialNewConnection(
+        to address: Multiaddr, expectedPeer: PeerID, localPort: UInt16? = nil, asResponder: Bool = false
+    ) async throws -> Connection {
         try checkRunning()
-        return try await swarm.dial(address.removingPeerID(), expectedPeer: expectedPeer)
+        return try await swarm.dial(
+            address.removingPeerID(), expectedPeer: expectedPeer, localPort: localPort, asResponder: asResponder)
     }
 
     /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it

@@ -285,13 +285,18 @@ final class Swarm: Sendable {
 
     /// Dials one address and upgrades the connection; registers it. Cancelling the calling task
     /// closes the channel, which ends the connect or the upgrade at once.
-    func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
+    /// `localPort` dials from that port (shared with our listener: hole punching); `asResponder`
+    /// runs the upgrade as the responder although we dialed (a TCP simultaneous open, where
+    /// DCUtR decides the roles), and then requires the remote to be `expectedPeer`.
+    func dial(
+        _ address: Multiaddr, expectedPeer: PeerID?, localPort: UInt16? = nil, asResponder: Bool = false
+    ) async throws -> Connection {
         if case .dnsaddr = address.components.first {
             // Only through `connect(to:)` without a peer ID: the first address it resolves to.
             guard let resolved = await resolveDNSAddr([address], for: address.peerID).first else {
                 throw HostError(.noAddresses, "\(address) resolved to no address")
             }
-            return try await dial(resolved, expectedPeer: expectedPeer)
+            return try await dial(resolved, expectedPeer: expectedPeer, localPort: localPort, asResponder: asResponder)
         }
         let plain = address.removingPeerID()
         guard let transport = transports.first(where: { $0.canDial(plain) }) else {
@@ -313,16 +318,16 @@ final class Swarm: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(
+            var options = DialOptions(
                 deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope),
                 fullAddress: address.peerID == nil ? expectedPeer.map { address.appending(peerID: $0) } ?? address : address)
+            options.localPort = localPort
+            let role: Upgrader.Role = asResponder ? .responder : .initiator(expectedPeer: expectedPeer)
             channel = try await withTaskCancellationHandler {
                 try await transport.dial(plain, options: options) { channel in
                     cancellation.attach(channel)
                     upgrade.withLockedValue {
-                        $0 = upgrader.upgrade(
-                            channel: channel, role: .initiator(expectedPeer: expectedPeer), deadline: deadline,
-                            resourceScope: scope)
+                        $0 = upgrader.upgrade(channel: channel, role: role, deadline: deadline, resourceScope: scope)
                     }
                     return channel.eventLoop.makeSucceededVoidFuture()
                 }
@@ -369,6 +374,11 @@ final class Swarm: Sendable {
             scope.done()
             channel.close(promise: nil)
             throw HostError(.dialSelf, "\(address) is ourselves")
+        }
+        if asResponder, let expectedPeer, result.remote.remotePeer != expectedPeer {
+            scope.done()
+            channel.close(promise: nil)
+            throw HostError(.upgradeFailed, "\(address) is \(result.remote.remotePeer), not \(expectedPeer)")
         }
         do {
             try scope.setPeer(result.remote.remotePeer.description)

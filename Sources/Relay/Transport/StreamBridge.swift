@@ -23,6 +23,9 @@ enum StreamBridge {
             return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: joined)
         }.get()
         try await joined.activate().get()
+        // A reset of the stream (the relay ended the circuit, the connection to the relay
+        // closed) closes the channel at once, whatever the copying tasks are blocked on.
+        stream.setFailureWatcher { joined.close(promise: nil) }
         let task = Task {
             do {
                 try await wrapped.executeThenClose { inbound, outbound in
