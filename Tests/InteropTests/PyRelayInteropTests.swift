@@ -45,6 +45,15 @@ final class PyRelayPeer: Sendable {
     /// Runs `<n> word args…` and returns its answer (every command is bounded to 30 s inside
     /// py; we wait 45 s). Throws with py's error when it answered `"ok":false`.
     func command(_ word: String, _ arguments: String...) async throws -> [String: Any] {
+        let answer = try await attempt(word, arguments)
+        guard answer["ok"] as? Bool == true else {
+            throw ChildProcess.Failure("relay_peer.py \(word) failed: \(answer)\n\(stderrTail)")
+        }
+        return answer
+    }
+
+    /// Runs `<n> word args…` and returns its answer, `"ok":false` included.
+    func attempt(_ word: String, _ arguments: [String]) async throws -> [String: Any] {
         let n = next.withLockedValue { value -> Int in
             value += 1
             return value
@@ -62,11 +71,7 @@ final class PyRelayPeer: Sendable {
         } catch {
             throw ChildProcess.Failure("relay_peer.py did not answer \(word): \(error)\n\(stderrTail)")
         }
-        let answer = parse(line)!
-        guard answer["ok"] as? Bool == true else {
-            throw ChildProcess.Failure("relay_peer.py \(word) failed: \(line)\n\(stderrTail)")
-        }
-        return answer
+        return parse(line)!
     }
 
     var stderrTail: String { running.errorLines.suffix(30).joined(separator: "\n") }
@@ -227,11 +232,65 @@ struct PyRelayInteropTests {
                     // py 0.8.1 does not give the circuit's slot back (its reservation's
                     // `active_connections` stays 1: the relay task of the other direction stays
                     // blocked reading a stream py itself reset), so that is not checked here; a
-                    // reservation has 8 slots. A new circuit within the limit works.
+                    // reservation has 8 slots. A new circuit within the limit works. (Identify on
+                    // the first circuit told B A's TCP address: forget it, or B rightly dials A
+                    // directly.)
+                    b.peerstore.removeAddresses(for: a.peerID)
                     let again = try await b.connect(to: circuit)
                     #expect(again.remotePeer == a.peerID)
+                    #expect(again.isLimited)
                     let rtts = try await PingService.ping(host: b, peer: a.peerID, count: 2)
                     #expect(rtts.count == 2)
+                }
+            }
+        }
+    }
+
+    /// KNOWN TO FAIL (3 runs in 4 here) until the circuit transport is fixed. When py's relay
+    /// ends a circuit at its data limit it writes a hop STATUS (`RESOURCE_LIMIT_EXCEEDED`) into the
+    /// relayed byte stream, then resets the streams. Our initiator B's hop stream is gone from its
+    /// Yamux session to py within 0.1 s (that connection's `streamCount` drops to 0), yet B's
+    /// relayed connection to A stays in `connections(to:)`: in some rounds still open
+    /// (`isClosed` false, its streams open, the echo blocked until cancelled 30 s later), in others
+    /// with its session closed (`isClosed` true, 0 streams) but never removed. So the channel
+    /// StreamBridge made of the hop stream is apparently not closed when the hop stream fails.
+    /// With our own RelayService (which resets without writing a STATUS) the same full-duplex
+    /// scenario ends the connection in < 0.1 s every time. Up to 5 rounds (a fresh circuit each);
+    /// in each, B's relayed connection must be gone within 8 s.
+    @Test func relayedConnectionEndsPromptlyWhenPyResetsTheCircuit() async throws {
+        try await PyRelayPeer.with(seed: 306, role: .relay, ["--limit-duration", "600", "--limit-data", "65536"]) { py in
+            let aClient = RelayClient()
+            try await Self.withRelayHost(seed: 414, client: aClient) { a in
+                try await Self.withRelayHost(seed: 415, client: RelayClient()) { b in
+                    try await aClient.reserve(on: py.address, deadline: .after(.seconds(20)))
+                    let circuit = try #require(aClient.circuitAddresses.first)
+                    for round in 1...5 {
+                        // Identify on the last circuit told B A's TCP address: forget it, or B
+                        // rightly dials A directly.
+                        b.peerstore.removeAddresses(for: a.peerID)
+                        let connection = try await b.connect(to: circuit)
+                        #expect(connection.isLimited)
+                        let echo = Task {
+                            try await InteropTests.echo(b, peer: a.peerID, bytes: Self.echoSize, streams: 1)
+                        }
+                        let start = ContinuousClock.now
+                        while !b.connections(to: a.peerID).isEmpty, ContinuousClock.now - start < .seconds(8) {
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                        let stuck = b.connections(to: a.peerID)
+                        echo.cancel()
+                        let echoed = await echo.result
+                        #expect(throws: (any Error).self, "round \(round): 256 KiB passed a 64 KiB relay") { try echoed.get() }
+                        guard stuck.isEmpty else {
+                            let hop = b.connections(to: py.peerID).map(\.streamCount)
+                            Issue.record("""
+                                round \(round): B's relayed connection to A is still open 8 s after py's \
+                                limit reset (closed: \(stuck.map(\.isClosed)), streams: \(stuck.map(\.streamCount)); \
+                                streams of B's connection to py: \(hop))
+                                """)
+                            break
+                        }
+                    }
                 }
             }
         }
@@ -291,6 +350,37 @@ struct PyRelayInteropTests {
                     #expect(connection.remotePeer == a.peerID)
                     let rtts = try await PingService.ping(host: b, peer: a.peerID, count: 2)
                     #expect(rtts.count == 2)
+                }
+            }
+        }
+    }
+
+    /// Our A keeps its reservation on py's relay (TTL 4 s): our client refreshes it before it
+    /// expires, py extends it (and signs a new voucher), and B still reaches A through py after
+    /// the first reservation's end.
+    @Test func keptReservationOnPyIsRefreshed() async throws {
+        try await PyRelayPeer.with(seed: 305, role: .relay, ["--ttl", "4"]) { py in
+            let aClient = RelayClient()
+            try await Self.withRelayHost(seed: 409, client: aClient) { a in
+                let first = try await aClient.keepReservation(on: py.address, deadline: .after(.seconds(20)))
+                #expect(first.expiration.timeIntervalSinceNow <= 4.5)
+                try await Self.until("our refresh of the reservation on py", timeout: .seconds(20)) {
+                    (aClient.reservations.first?.expiration ?? first.expiration) > first.expiration
+                }
+                let renewed = try #require(aClient.reservations.first)
+                #expect(renewed.voucher?.expiration == UInt64(renewed.expiration.timeIntervalSince1970))
+                let held = try await py.command("reservations")["peers"] as? [String: [String: Any]] ?? [:]
+                let pyExpiry = try #require(held[a.peerID.b58String]?["expires"] as? Int)
+                #expect(pyExpiry >= Int(renewed.expiration.timeIntervalSince1970))
+                // Past the first reservation's end, py still relays to A.
+                let wait = first.expiration.timeIntervalSinceNow + 0.5
+                if wait > 0 { try await Task.sleep(for: .seconds(wait)) }
+                try await Self.withRelayHost(seed: 413, client: RelayClient()) { b in
+                    let circuit = try #require(aClient.circuitAddresses.first)
+                    let connection = try await b.connect(to: circuit)
+                    #expect(connection.remotePeer == a.peerID)
+                    let rtts = try await PingService.ping(host: b, peer: a.peerID, count: 1)
+                    #expect(rtts.count == 1)
                 }
             }
         }
@@ -386,6 +476,13 @@ struct PyRelayInteropTests {
                     #expect(answer["status"] as? Int == Int(expected.rawValue), "\(hex): \(answer)")
                 }
                 #expect(relay.counters.badRequests == 3)
+                // py's CONNECT to a peer without a reservation: our relay answers NO_RESERVATION.
+                let nobody = PeerID(publicKey: PrivateKey.ed25519(seed: 421).publicKey)
+                let refused = try await py.attempt("dial", ["\(relayAddress.appending(.p2pCircuit).appending(peerID: nobody))"])
+                #expect(refused["ok"] as? Bool == false)
+                // py: "Relay connection failed with status 204"
+                #expect((refused["error"] as? String)?.contains("status \(RelayStatus.noReservation.rawValue)") == true, "\(refused)")
+                #expect(relay.counters.circuitsRefused[.noReservation] == 1)
                 let again = try await py.command("reserve", relayAddress.description)
                 #expect(again["reserved"] as? Bool == true)
                 #expect(relay.reservationCount == 1)
