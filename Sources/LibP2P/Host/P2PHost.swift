@@ -348,12 +348,14 @@ public final class P2PHost: Sendable {
     public func connect(to peer: PeerID, addresses: [Multiaddr] = []) async throws -> Connection {
         guard peer != peerID else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
         try checkRunning()
-        // A direct connection is used as it is; with only a relayed one, the swarm tries for a
-        // direct one first when an address allows (and falls back to the relayed one).
-        if let existing = connections(to: peer).first, !existing.isLimited { return existing }
+        // An open connection is used, a direct one first; with only a relayed one open, a direct
+        // address given here is dialed (falling back to the relayed connection).
+        let existing = connections(to: peer).first
+        let givenDirect = addresses.contains { !$0.isCircuit }
+        if let existing, !existing.isLimited || !givenDirect { return existing }
         if !addresses.isEmpty { peerstore.addAddresses(addresses, for: peer, ttl: .temporary) }
         if peerstore.addresses(for: peer).isEmpty { try await route(peer) }
-        return try await swarm.connect(to: peer)
+        return try await swarm.connect(to: peer, tryDirect: existing != nil && givenDirect)
     }
 
     /// Registers a way to find peers by ID; `connect(to:)` asks the routers in order when it knows

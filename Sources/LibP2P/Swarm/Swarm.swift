@@ -172,15 +172,18 @@ final class Swarm: Sendable {
     // MARK: - Dialing
 
     /// An open connection to `peer`, or a new one. Concurrent callers share one dial.
-    func connect(to peer: PeerID) async throws -> Connection {
+    ///
+    /// A relayed (limited) connection is used like any other, unless `tryDirect`: then, with
+    /// only a relayed connection open, the peer's direct addresses are dialed (and the relayed
+    /// connection returned if none answers). Making relayed connections direct is otherwise
+    /// DCUtR's work: a direct dial on every stream would wait out a NAT's silence each time.
+    func connect(to peer: PeerID, tryDirect: Bool = false) async throws -> Connection {
         guard peer != localPeer else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
         try checkRunning()
         let existing = connections(to: peer)
         if let direct = existing.first, !direct.isLimited { return direct }
-        // Only a relayed connection: try for a direct one when we know a direct address (and
-        // fall back to the relayed one); a second circuit would gain nothing.
         let relayed = existing.first
-        if relayed != nil, !peerstore.addresses(for: peer).contains(where: { !$0.isCircuit }) { return relayed! }
+        if let relayed, !tryDirect || !peerstore.addresses(for: peer).contains(where: { !$0.isCircuit }) { return relayed }
         let task = try state.withLockedValue { s -> Task<Connection, any Error> in
             guard !s.shuttingDown else { throw HostError(.shutDown, "the host is shut down") }
             if let inFlight = s.dials[peer] { return inFlight }
