@@ -63,3 +63,41 @@ struct NATCLITests {
         }
     }
 }
+
+extension NATCLITests {
+    /// (a) Endpoint-independent NATs: A reserves on the relay, B dials A's circuit address, DCUtR
+    /// makes it direct (a TCP simultaneous open through both NATs), and 16 MiB echo over the
+    /// direct connection. (b) With a symmetric NAT on A's side the hole punch fails cleanly and
+    /// the echo runs over the relay (within its limits).
+    @Test(arguments: [true, false])
+    func holePunchThroughNATs(endpointIndependent: Bool) async throws {
+        let mappings: [NATNetwork.Mapping] = [endpointIndependent ? .endpointIndependent : .symmetric, .endpointIndependent]
+        try await NATNetwork.with(mappings: mappings) { net in
+            let quiet = ["--no-mdns", "--no-autonat"]
+            let relay = try Self.start(
+                net.publicNamespace,
+                ["relay", "--seed", "41", "--listen", "/ip4/\(net.publicAddress)/tcp/4001", "--circuit-bytes", "\(4 << 20)"] + quiet)
+            var processes = [relay]
+            defer { for process in processes { Task { _ = try? await process.stop(signal: SIGKILL) } } }
+            let relayAddress = try await relay.firstLine(timeout: .seconds(30)) { $0.contains("/p2p/") }
+            let a = try Self.start(net.privateNamespaces[0], [
+                "echo", "--seed", "42", "--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", relayAddress,
+            ] + quiet)
+            processes.append(a)
+            let circuit = try await a.firstLine(timeout: .seconds(30)) { $0.contains("/p2p-circuit/") }
+
+            let ip = try #require(NATNetwork.ip)
+            let size = endpointIndependent ? "16MiB" : "1MiB"
+            let echo = try await ChildProcess.run(
+                URL(fileURLWithPath: ip),
+                NATNetwork.exec(in: net.privateNamespaces[1], [try CLI.binary.path, "echo", "-d", circuit, "--size", size, "--seed", "43"]),
+                timeout: 90)
+            #expect(echo.status == 0, "\(echo.stderr)")
+            if endpointIndependent {
+                #expect(echo.stderr.contains("direct via hole punching after"), "\(echo.stderr)")
+            } else {
+                #expect(echo.stderr.contains("relayed (failed: dialsFailed"), "\(echo.stderr)")
+            }
+        }
+    }
+}

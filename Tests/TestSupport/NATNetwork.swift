@@ -104,6 +104,9 @@ public struct NATNetwork: Sendable {
             try await run(["-n", host, "link", "set", "eth0", "up"])
             try await run(["-n", host, "route", "add", "default", "via", "10.0.\(index + 1).1"])
             try await run(["netns", "exec", nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            // As home routers do: unsolicited connection attempts from outside are dropped, not
+            // answered with a reset (a reset would abort the other side's hole-punching SYN).
+            try await run(["netns", "exec", nat, "iptables", "-A", "INPUT", "-i", "wan", "-p", "tcp", "--syn", "-j", "DROP"])
             var masquerade = ["netns", "exec", nat, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"]
             if case .symmetric = mapping { masquerade.append("--random-fully") }
             try await run(masquerade)
