@@ -95,6 +95,15 @@ extension NATCLITests {
             #expect(echo.status == 0, "\(echo.stderr)")
             if endpointIndependent {
                 #expect(echo.stderr.contains("direct via hole punching after"), "\(echo.stderr)")
+                // Twenty more peers, one after another, each hole-punched: the relay frees each
+                // circuit when its initiator leaves (they would fill A's 16 circuit slots).
+                for n in 0..<20 {
+                    let ping = try await ChildProcess.run(
+                        URL(fileURLWithPath: ip),
+                        NATNetwork.exec(in: net.privateNamespaces[1], [try CLI.binary.path, "ping", circuit, "--count", "1", "--seed", "\(100 + n)"]),
+                        timeout: 60)
+                    #expect(ping.stderr.contains("direct via hole punching"), "peer \(n): \(ping.stderr)")
+                }
             } else {
                 #expect(echo.stderr.contains("relayed (failed: dialsFailed"), "\(echo.stderr)")
             }

@@ -233,3 +233,25 @@ extension RelayNetworkTests {
         }
     }
 }
+
+extension RelayNetworkTests {
+    /// When the initiator goes away (after a direct connection was made, as after a hole punch),
+    /// the circuit ends at once, even if the target never closes its side (a copy blocked on a
+    /// silent side must not hold the circuit and its slot): the relay's count returns to zero.
+    @Test func circuitEndsWhenOneSideGoesAway() async throws {
+        try await Self.withNetwork { net in
+            try await net.aClient.reserve(on: net.relay.addresses[0])
+            let circuit = try #require(net.aClient.circuitAddresses.first)
+            _ = try await net.b.connect(to: circuit)
+            // As after a hole punch: a direct connection next to the relayed one.
+            _ = try await net.b.connect(to: net.a.addresses[0])
+            #expect(net.relayService.circuitCount == 1)
+            await net.b.shutdown(gracePeriod: .zero)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while net.relayService.circuitCount > 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(net.relayService.circuitCount == 0)
+        }
+    }
+}

@@ -21,6 +21,10 @@ enum CircuitPipe {
     static func run(_ a: P2PStream, _ b: P2PStream, limit: RelayLimit?) async -> Outcome {
         let maxBytes = limit?.data.flatMap { $0 > 0 ? $0 : nil }
         let maxDuration = limit?.duration.flatMap { $0 > 0 ? Duration.seconds(Int64($0)) : nil }
+        // When one side's stream fails (reset, or its connection to us ended), the other is reset
+        // at once: a copy blocked reading a silent side would otherwise hold the circuit forever.
+        a.setFailureWatcher { b.reset() }
+        b.setFailureWatcher { a.reset() }
         return await withTaskGroup(of: Outcome?.self) { group in
             group.addTask { await copy(from: a, to: b, maxBytes: maxBytes) }
             group.addTask { await copy(from: b, to: a, maxBytes: maxBytes) }
