@@ -333,7 +333,11 @@ public final class PubSubService: Sendable {
     }
 
     public var counters: PubSubCounters {
-        var counters = state.withLockedValue { $0.counters }
+        var counters = state.withLockedValue { s in
+            var counters = s.counters
+            s.router.addCounters(to: &counters)
+            return counters
+        }
         let transmissions = transmissions.withLockedValue { $0 }
         counters.forwarded = transmissions.forwarded
         counters.suppressed = transmissions.suppressed
