@@ -32,6 +32,9 @@ enum PubSubBench {
         var measure: Duration?
         var warmUp: Duration = .seconds(1)
         var payloadSize = 128
+        /// A topic validator that takes this long per message (as large messages take to check:
+        /// blocks, blobs); nil: none.
+        var validation: Duration?
         var seed: UInt64 = 1
         var routers: [Router] = [.gossipsub, .floodsub]
     }
@@ -83,6 +86,7 @@ enum PubSubBench {
             + "\(options.degree)-regular graph (seed \(options.seed); \(graph.count) links, degree "
             + (degrees.min() == degrees.max() ? "\(degrees.min()!)" : "\(degrees.min()!)–\(degrees.max()!)")
             + "), all subscribed to one topic")
+        if let validation = options.validation { print("every node validates each message for \(validation) (a topic validator that sleeps)") }
         print("\(options.rate) messages/s of \(options.payloadSize) bytes from random publishers for \(options.measure!) "
             + "after \(options.warmUp) of warm-up; gossipsub with its defaults (D = 6, heartbeat 1 s)")
         print("latency: publish call → delivery to each subscriber (same clock); copies: messages received per node "
@@ -183,6 +187,12 @@ enum PubSubBench {
             defer { consumers.forEach { $0.cancel() } }
             for node in 0..<n {
                 let subscription = try services[node].subscribe(topic)
+                if let validation = options.validation {
+                    services[node].setValidator(topic) { _ in
+                        try? await Task.sleep(for: validation)
+                        return .accept
+                    }
+                }
                 let box = samples[node]
                 consumers.append(Task {
                     for await message in subscription {
