@@ -5,7 +5,7 @@ import Testing
 
 /// Gossipsub v1.2 against v1.1 on the same network: 20 hosts on the in-memory transport, a random
 /// graph of degree 6 (so the meshes hold every link and each node forwards to all its neighbours
-/// but the sender), the same publishers and 32 KiB messages, each taking 10 ms to validate (as
+/// but the sender), the same publishers and 32 KiB messages, each taking 50 ms to validate (as
 /// large messages do: blocks, blobs). With IDONTWANT — sent before validation — fewer duplicate
 /// copies (and bytes) arrive, every subscriber still gets every message exactly once, and the
 /// IDONTWANT counters move only on v1.2.
@@ -19,7 +19,7 @@ struct GossipSubV12NetworkTests {
     static let nodes = 20
     static let messages = 24
     static let size = 32 * 1024
-    static let validation: Duration = .milliseconds(10)
+    static let validation: Duration = .milliseconds(50)
 
     struct Figures: CustomStringConvertible {
         var duplicates = 0

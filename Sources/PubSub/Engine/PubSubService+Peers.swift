@@ -662,7 +662,8 @@ extension PubSubService {
                 frame = bytes.count <= configuration.maxRPCSize
                     ? OutboundFrame(
                         bytes: Self.frame(bytes), messageCount: rpc.messages.count,
-                        messageID: single ? MessageKey(configuration.messageID(rpc.messages[0])) : nil)
+                        messageID: single ? MessageKey(configuration.messageID(rpc.messages[0])) : nil,
+                        urgent: Self.isIDontWantOnly(rpc))
                     : nil
                 last = (rpc, frame)
             }
@@ -703,6 +704,13 @@ extension PubSubService {
             metrics.dropped.increment(by: dropped)
         }
         if suppressed > 0 { transmissions.withLockedValue { $0.suppressed += suppressed } }
+    }
+
+    /// An RPC carrying IDONTWANTs and nothing else: queued as urgent.
+    static func isIDontWantOnly(_ rpc: PubSubRPC) -> Bool {
+        guard rpc.messages.isEmpty, rpc.subscriptions.isEmpty, let control = rpc.control else { return false }
+        return !control.idontwant.isEmpty && control.ihave.isEmpty && control.iwant.isEmpty && control.graft.isEmpty
+            && control.prune.isEmpty
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {
