@@ -64,6 +64,8 @@ enum PubSubBench {
         /// Gossipsub v1.2: IDONTWANT message IDs sent per message, and copies not sent per message
         /// because the peer had sent IDONTWANT.
         var idontwantPerMessage: Double
+        /// Bytes of those IDONTWANTs per message (each a framed RPC of its own).
+        var idontwantBytesPerMessage: Double
         var idontwantLeftOutPerMessage: Double
         var cpuPercent: Double
         /// Process CPU time per message (all nodes), ms.
@@ -94,7 +96,7 @@ enum PubSubBench {
         print("started \(Date()), load average at start: \(RequestResponseBench.loadAverage())")
         let columns: [(String, Int)] = [
             ("router", 13), ("msgs", 6), ("deliv/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("max ms", 8),
-            ("copies", 7), ("dups", 6), ("dup KiB", 8), ("tx/msg", 8), ("left out", 9), ("IDW", 6), ("IDW out", 8),
+            ("copies", 7), ("dups", 6), ("dup KiB", 8), ("tx/msg", 8), ("left out", 9), ("IDW", 6), ("IDW KiB", 8), ("IDW out", 8),
             ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("waited %", 9), ("lag ms", 7), ("complete", 10),
         ]
         let header = columns.enumerated().map { i, c in RequestResponseBench.pad(c.0, c.1, right: i > 0) }.joined(separator: " ")
@@ -111,7 +113,8 @@ enum PubSubBench {
                 String(format: "%.2f", result.copiesPerNodePerMessage), String(format: "%.2f", result.duplicatesPerNodePerMessage),
                 String(format: "%.0f", result.duplicateBytesPerMessage / 1024),
                 String(format: "%.1f", result.transmissionsPerMessage), String(format: "%.1f", result.suppressedPerMessage),
-                String(format: "%.1f", result.idontwantPerMessage), String(format: "%.1f", result.idontwantLeftOutPerMessage),
+                String(format: "%.1f", result.idontwantPerMessage), String(format: "%.1f", result.idontwantBytesPerMessage / 1024),
+                String(format: "%.1f", result.idontwantLeftOutPerMessage),
                 result.meshDegree.map { String(format: "%.1f", $0) } ?? "-",
                 String(format: "%.0f", result.cpuPercent), String(format: "%.2f", result.cpuPerMessage),
                 String(format: "%.0f", result.cpuWaitPercent),
@@ -127,7 +130,8 @@ enum PubSubBench {
         print(String(repeating: "-", count: header.count))
         print("dup KiB: bytes of duplicate copies received per message, all nodes (copies × the framed RPC);")
         print("left out: transmissions per message not made because the peer had sent us the message (or, v1.2,")
-        print("IDONTWANT for it) while ours was queued; IDW: IDONTWANT IDs sent per message; IDW out: copies per message")
+        print("IDONTWANT for it) while ours was queued; IDW: IDONTWANT IDs sent per message (IDW KiB: their bytes,")
+        print("one framed RPC each); IDW out: copies per message")
         print("the routers did not send because the peer had sent IDONTWANT;")
         print("mesh: average gossipsub mesh size; lag: how late the publisher was against its schedule, at most;")
         print("waited: time our threads were ready but had no core (other processes), share of wall time")
@@ -307,6 +311,7 @@ enum PubSubBench {
                 suppressedPerMessage: Double(total(\.suppressed)) / Double(messages),
                 duplicateBytesPerMessage: duplicateBytes / Double(messages),
                 idontwantPerMessage: Double(total(\.idontwantSent)) / Double(messages),
+                idontwantBytesPerMessage: Double(total(\.idontwantSent) * idontwantWireSize) / Double(messages),
                 idontwantLeftOutPerMessage: Double(total(\.idontwantLeftOut)) / Double(messages),
                 cpuPercent: cpuSeconds / (lastPublish - measureStart).seconds * 100,
                 cpuPerMessage: cpuSeconds * 1000 / Double(messages),
@@ -344,6 +349,12 @@ enum PubSubBench {
         let rpc = PubSubRPC(messages: [message]).encoded().count
         return Varint.encodedLength(UInt64(rpc)) + rpc
     }
+
+    /// Bytes of one framed IDONTWANT RPC with one message ID of the run (author ‖ seqno, 46 bytes).
+    static let idontwantWireSize: Int = {
+        let rpc = PubSubRPC(control: .init(idontwant: [.init(messageIDs: [[UInt8](repeating: 1, count: 38 + 8)])])).encoded()
+        return Varint.encodedLength(UInt64(rpc.count)) + rpc.count
+    }()
 
     /// Every copy written has been read: Σ received = Σ forwarded.
     static func quiet(_ services: [PubSubService]) -> Bool {
