@@ -431,7 +431,10 @@ extension PubSubService {
                 } else {
                     fresh.append(index)
                     // Before the signature check and validation: gossipsub v1.2 tells its mesh
-                    // peers at once that we have the message (IDONTWANT).
+                    // peers at once that we have the message (IDONTWANT), as go-libp2p-pubsub does.
+                    // The price: a forged copy with a real message's ID keeps our mesh peers from
+                    // sending us the real one for the IDONTWANT's TTL (3 heartbeats); it still comes
+                    // from peers that were not told (gossip from non-mesh peers, the author's flood publish).
                     if s.phase == .running {
                         actions += s.router.receivedNew(message, id: ids[index], from: peer, now: now)
                     }
