@@ -130,6 +130,21 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
+        // Circuit Relay v2 (libp2p relay spec): the hop service (a relay), the client (reservations,
+        // the stop protocol) and the circuit transport that carries relayed connections.
+        .target(name: "Relay", dependencies: [
+            "Basics", "Multiformats", "Identity", "Transport", "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // Reachability: AutoNAT (is this node publicly reachable?), later hole punching (DCUtR).
+        .target(name: "Reachability", dependencies: [
+            "Basics", "Multiformats", "Identity", "LibP2P",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // Peer discovery on the local network: mDNS (libp2p mDNS spec).
         .target(name: "Discovery", dependencies: [
             "LibP2P", "DNS", "Identity", "Multiformats",
@@ -162,8 +177,10 @@ let package = Package(
         // public API everywhere), plus `withHost`.
         .target(name: "PointSub", dependencies: [
             "Basics", "Multiformats", "Identity", "Resources", "Transport", "DNS", "Multistream", "Security", "Noise", "TLS", "Yamux",
-            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery",
+            "LibP2P", "Protocols", "PointSubCore", "PubSub", "Kademlia", "Discovery", "Relay", "Reachability",
             .product(name: "NIOCore", package: "swift-nio"),
+            // DHTClosestNodes keeps its lookup cache under a lock.
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "pointsub", dependencies: [
             "Basics", "PointSub", "PubSub",
@@ -184,7 +201,7 @@ let package = Package(
         // Fuzz entry points (issue 10): run by libFuzzer in FuzzTesting/ and replayed by FuzzRegressionTests.
         .target(name: "FuzzTargets", dependencies: [
             "Basics", "Multiformats", "Identity", "Multistream", "Noise", "TLS", "Yamux", "Protocols", "PointSubCore", "PubSub",
-            "Kademlia", "DNS", "Transport",
+            "Kademlia", "DNS", "Transport", "Relay", "Reachability",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             // The WebSocket targets run the transport's pipelines in an EmbeddedChannel.
@@ -228,6 +245,12 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "KademliaTests", dependencies: [
             "Kademlia", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "ReachabilityTests", dependencies: [
+            "Reachability", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strict),
+        .testTarget(name: "RelayTests", dependencies: [
+            "Relay", "Identity", "Multiformats", "PointSub", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strict),
         .testTarget(name: "YamuxTests", dependencies: [
             "Yamux", "Resources", .product(name: "NIOEmbedded", package: "swift-nio"),

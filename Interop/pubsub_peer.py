@@ -31,6 +31,13 @@ heartbeat interval, default 1 s; py's own default is 120 s);
 ``--signing strict|none`` (default strict, py's default: sign our messages and
 drop unsigned or badly signed ones; ``none`` neither signs nor checks);
 ``--spam-protection`` (off by default, see the quirks);
+``--no-author`` (with ``--signing none``: publish StrictNoSign messages, without
+from and seqno - py 0.8.1 has no such mode, its strict_signing=False still
+writes both; we build the message and hand it to py's push_msg as py's publish
+does); ``--msg-id from-seqno|sha256`` (default from-seqno; sha256: the message
+ID is the raw SHA-256 of the data, PointSub's StrictNoSign default - the seen
+cache and the reported ``id`` use it, py's message cache does not, see the
+quirks);
 ``--publish-count N --publish-interval S --publish-text T`` publish N
 messages by ourselves, S seconds apart (default 0.5), text T with ``{i}``
 (1-based) and ``{seed}`` replaced (default ``py {seed} msg {i}``), once
@@ -133,7 +140,11 @@ also observed on the wire / in py:
   delivers nor forwards them), and messages claiming to be from itself.
 * Local delivery: py's own publish is delivered to its own subscription.
 * Seen cache: 120 s TTL.  Gossipsub also rejects "equivocation": the same
-  from || seqno with other data or topics.
+  from || seqno with other data or topics.  Every no-author (StrictNoSign)
+  message has the same empty from || seqno, so py's gossipsub forwards only
+  the first it handles (its own publications included); it still delivers
+  them all to its subscription (delivery comes first).  Floodsub has no such
+  check: the StrictNoSign interop tests use py's floodsub.
 * Heartbeat: GossipSub(heartbeat_interval=120 s, initial delay 0.1 s) by
   default; we pass --heartbeat (1 s).  With adaptive_gossip_enabled (default
   on) py moves the interval to 30-60 s when its "network health" score is low;
@@ -165,6 +176,7 @@ also observed on the wire / in py:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -247,6 +259,7 @@ def import_libp2p() -> None:
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub import floodsub as floodsub_mod, gossipsub as gossipsub_mod
+    from libp2p.pubsub.pb import rpc_pb2
     from libp2p.pubsub.pubsub import Pubsub, get_peer_and_seqno_msg_id
     from libp2p.pubsub.validators import signature_validator
     from libp2p.security.noise.transport import (
@@ -427,11 +440,11 @@ class Node:
             data = bytes(msg.data)
             event: dict[str, Any] = {
                 "event": "message",
-                "from": pid(msg.from_id),
+                "from": pid(msg.from_id) if msg.from_id else None,  # None: no author (StrictNoSign)
                 "topic": topic,
-                "seqno": int.from_bytes(msg.seqno, "big"),
+                "seqno": int.from_bytes(msg.seqno, "big") if msg.seqno else None,
                 "data": data.decode("utf-8", errors="replace"),
-                "id": (msg.from_id + msg.seqno).hex(),
+                "id": self.pubsub._msg_id_constructor(msg).hex(),
                 "signed": bool(msg.signature),
                 # py's own StrictSign check, run again here so that the report does not
                 # depend on --signing (with strict, a message failing it never gets here).
@@ -449,7 +462,13 @@ class Node:
         # py's publish() takes the next seqno before its first await, and trio
         # does not switch tasks in between: counter + 1 is this message's seqno.
         seqno = self.pubsub.counter + 1
-        await self.pubsub.publish(topic, text.encode())
+        if self.args.no_author:
+            # StrictNoSign: topic and data only, handed to push_msg as publish() does.
+            seqno = None
+            await self.pubsub.push_msg(
+                self.pubsub.my_id, L.rpc_pb2.Message(data=text.encode(), topicIDs=[topic]))
+        else:
+            await self.pubsub.publish(topic, text.encode())
         self.published += 1
         emit_json({"event": "published", "topic": topic, "seqno": seqno, "data": text})
 
@@ -539,7 +558,9 @@ class Node:
         self.router = make_router(args)
         self.pubsub = L.Pubsub(
             self.host, self.router, strict_signing=args.signing == "strict",
-            msg_id_constructor=L.get_peer_and_seqno_msg_id,
+            msg_id_constructor=(
+                (lambda m: hashlib.sha256(m.data).digest()) if args.msg_id == "sha256"
+                else L.get_peer_and_seqno_msg_id),
         )
         install_reporters(self.pubsub, self.router, gossip=args.router == "gossipsub")
         listen = L.multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
@@ -657,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--degree", type=int, default=6)
         sp.add_argument("--degree-low", type=int, default=4)
         sp.add_argument("--degree-high", type=int, default=12)
+        sp.add_argument("--no-author", action="store_true",
+                        help="publish without from and seqno (StrictNoSign; needs --signing none)")
+        sp.add_argument("--msg-id", choices=("from-seqno", "sha256"), default="from-seqno")
         sp.add_argument("--spam-protection", action="store_true",
                         help="keep py's 10 messages/s per (forwarder, topic) limit")
         sp.add_argument("--publish-count", type=int, default=0)
@@ -692,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.publish_count < 0 or args.publish_interval < 0 or args.heartbeat <= 0:
         build_parser().error("--publish-count/--publish-interval must be >= 0, --heartbeat > 0")
+    if args.no_author and args.signing != "none":
+        build_parser().error("--no-author needs --signing none")
     setup_logging(args.verbose)
     import_libp2p()
     setup_logging(args.verbose)  # libp2p's import-time logging setup resets it

@@ -71,8 +71,9 @@ fi
 # 1. libgmp-dev, libsecp256k1-dev ---------------------------------------------
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
-    # iproute2: the ip command, for the tests that build network namespaces (mDNS).
-    for package in libgmp-dev libsecp256k1-dev iproute2; do
+    # iproute2: the ip command, for the tests that build network namespaces (mDNS, NATs);
+    # iptables: the NATs of the reachability tests (masquerade between namespaces).
+    for package in libgmp-dev libsecp256k1-dev iproute2 iptables; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
     done
 fi

@@ -55,8 +55,16 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case tlsCertificate = "tls-certificate"
     /// A kad-dht message (protobuf with records and peer lists) under its decoding limits.
     case kadMessage = "kad-message"
+    /// DAG-CBOR (the data of IPNS records) under its decoding limits.
+    case dagCBOR = "dag-cbor"
+    /// An IPNS record (`IpnsEntry` protobuf with DAG-CBOR data) and its verification.
+    case ipnsRecord = "ipns-record"
     /// A DNS message (dnsaddr answers, mDNS): names with compression pointers, records, TXT strings.
     case dnsMessage = "dns-message"
+    /// Circuit relay v2: a hop or stop message, or a reservation voucher (first byte picks which).
+    case relayMessage = "relay-message"
+    /// An AutoNAT v1 message (dial request or response).
+    case autonatMessage = "autonat-message"
     /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
     /// policy, either role, random chunks, fuzzed frame and memory limits.
     case webSocketFrames = "websocket-frames"
@@ -129,7 +137,11 @@ public enum FuzzTargets {
         case .pointsubDecompress: try fuzzPointSubDecompress(input, &check)
         case .tlsCertificate: try fuzzTLSCertificate(input, &check)
         case .kadMessage: try fuzzKadMessage(input, &check)
+        case .dagCBOR: try fuzzDAGCBOR(input, &check)
+        case .ipnsRecord: try fuzzIPNSRecord(input, &check)
         case .dnsMessage: try fuzzDNSMessage(input, &check)
+        case .relayMessage: try fuzzRelayMessage(input, &check)
+        case .autonatMessage: try fuzzAutoNATMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {

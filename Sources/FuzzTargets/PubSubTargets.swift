@@ -1,3 +1,4 @@
+import Identity
 import NIOCore
 #if DEBUG || FUZZING
     @testable import PubSub
@@ -12,10 +13,21 @@ extension FuzzTargets {
         let body = reader.rest()
         if mode & 1 == 0 {
             try checkRPC(body, target: .pubsubRPC, &check)
+            #if DEBUG || FUZZING
+                try checkPeerExchange(body, &check)
+            #endif
         } else {
             guard let message = try? PubSubRPC.Message(decoding: body) else { return }
             try check((try? PubSubRPC.Message(decoding: message.encoded())) == message, "pubsub message round trip differs")
             _ = message.signableBytes()
+            // Both signature policies: a message passing StrictNoSign has no author fields; one
+            // passing StrictSign has an author.
+            if case .success(let author) = MessageSigning.check(message, policy: .strictNoSign) {
+                try check(author == nil && message.from == nil && message.signature == nil, "StrictNoSign passed an authored message")
+            }
+            if case .success(let author) = MessageSigning.check(message, policy: .strictSign) {
+                try check(author != nil && message.signature != nil, "StrictSign passed an unsigned message")
+            }
         }
     }
 
@@ -36,6 +48,24 @@ extension FuzzTargets {
 
 #if DEBUG || FUZZING
     extension FuzzTargets {
+        /// The peer-exchange offers of a decoded RPC's PRUNEs (signed peer records from the
+        /// network): every offer considered is a candidate, an invalid record or skipped, and a
+        /// candidate's record is about the candidate.
+        static func checkPeerExchange(_ bytes: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
+            guard let rpc = try? PubSubRPC(decoding: bytes), let prunes = rpc.control?.prune, !prunes.isEmpty else { return }
+            let offers = prunes.flatMap(\.peers)
+            let plan = PeerExchange.plan(offers, localPeer: fuzzLocalPeer, limit: 16, isConnected: { _ in false })
+            try check(plan.candidates.count <= 16, "peer exchange over its limit")
+            try check(plan.candidates.count + plan.invalidRecords + plan.skipped <= offers.count, "peer exchange counts more offers than given")
+            for candidate in plan.candidates {
+                if let record = candidate.record {
+                    try check(record.peerID == candidate.peer, "peer exchange kept a record of another peer")
+                }
+            }
+        }
+
+        private static let fuzzLocalPeer = PrivateKey.ed25519(seed: 1).peerID
+
         static func fuzzPubSubFrames(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
             var reader = FuzzReader(input)
             let mode = reader.byte()

@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import DNS
 import Identity
 import Kademlia
@@ -8,6 +9,8 @@ import NIOCore
 import PointSubCore
 import Protocols
 import PubSub
+import Reachability
+import Relay
 import TLS
 import Yamux
 
@@ -185,6 +188,46 @@ extension FuzzTargets {
                 KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
                     providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
             ]
+        case .autonatMessage:
+            let peer = PeerID(publicKey: SeedKeys.ed25519.publicKey)
+            let address = Multiaddr("/ip4/1.2.3.4/tcp/4001")
+            return [
+                AutoNATMessage(type: .dial, dial: .init(peerID: peer.bytes, addresses: [address])).encoded(),
+                AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .ok, address: address)).encoded(),
+                AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .dialError, statusText: "dial failed")).encoded(),
+            ]
+        case .relayMessage:
+            let key = SeedKeys.ed25519
+            let peer = PeerID(publicKey: key.publicKey)
+            let voucher = (try? ReservationVoucher(relay: peer, peer: peer, expiration: 1_800_000_000).sealed(with: key)) ?? []
+            let reservation = RelayReservationInfo(
+                expire: 1_800_000_000, addresses: [Multiaddr("/ip4/127.0.0.1/tcp/4001")], voucher: voucher)
+            return [
+                [0] + HopMessage(type: .connect, peer: RelayPeer(id: peer.bytes)).encoded(),
+                [0] + HopMessage(type: .status, reservation: reservation, limit: RelayLimit(duration: 120, data: 1 << 17), status: .ok).encoded(),
+                [1] + StopMessage(type: .connect, peer: RelayPeer(id: peer.bytes), limit: RelayLimit(duration: 60)).encoded(),
+                [2] + voucher,
+            ]
+        case .dagCBOR:
+            return [
+                DAGCBOR.map([
+                    ("Value", .bytes(Array("/ipfs/bafkqaaa".utf8))), ("TTL", .int(60_000_000_000)), ("Sequence", .int(-2)),
+                    ("list", .array([.bool(true), .bool(false), .null, .float(1.5), .text("é")])),
+                    ("link", .link([0x01, 0x55, 0x00, 0x00])), ("nested", .map([("a", .map([]))])),
+                ]).encoded(),
+                [0x1B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], [0x3B, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            ]
+        case .ipnsRecord:
+            // Valid until 2126, so they verify at the target's fixed clock.
+            let eol = Date(timeIntervalSince1970: 4_922_000_000)
+            var seeds: [[UInt8]] = []
+            for (key, v1) in [(SeedKeys.ed25519, true), (SeedKeys.ed25519, false), (SeedKeys.ecdsa, true)] {
+                guard let record = try? IPNSRecord.make(
+                    value: "/ipfs/bafkqaaa", sequence: 3, validity: eol, ttl: .seconds(300), key: key, v1Compatible: v1)
+                else { continue }
+                seeds.append(record.encoded())
+            }
+            return seeds
         case .dnsMessage:
             let txt = (try? DNSMessage.txtData(["dnsaddr=/ip4/127.0.0.1/tcp/4001"])) ?? []
             let answer = DNSMessage(

@@ -133,6 +133,9 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible, LosslessSt
         return nil
     }
 
+    /// Whether the address goes through a relay (has a `/p2p-circuit` part).
+    public var isCircuit: Bool { components.contains(.p2pCircuit) }
+
     /// This address without a trailing `/p2p/...` component.
     public func removingPeerID() -> Multiaddr {
         if case .p2p? = components.last { return Multiaddr(Array(components.dropLast())) }

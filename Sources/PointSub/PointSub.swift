@@ -12,6 +12,8 @@
 @_exported import Noise
 @_exported import PointSubCore
 @_exported import Protocols
+@_exported import Reachability
+@_exported import Relay
 @_exported import PubSub
 @_exported import Resources
 @_exported import Security

@@ -97,7 +97,7 @@ public struct IdentifyService: HostService {
     static func localMessage(host: P2PHost, observed: Multiaddr?) -> IdentifyMessage {
         var message = IdentifyMessage()
         message.publicKey = host.identity.publicKey
-        message.listenAddresses = host.listenAddresses
+        message.listenAddresses = host.advertisedAddresses
         message.protocols = host.supportedProtocols
         message.observedAddress = observed
         message.protocolVersion = host.configuration.protocolVersion

@@ -19,7 +19,8 @@ public struct PerfService: HostService {
 
     public func attach(to host: P2PHost) async throws {
         let maxDownload = self.maxDownload
-        try host.setStreamHandler(Self.protocolID) { stream in
+        // Bulk transfer: not over a relay's limited connection.
+        try host.setStreamHandler(Self.protocolID, allowOnLimitedConnections: false) { stream in
             let header = try await stream.readExactly(8)
             let requested = header.getInteger(at: header.readerIndex, as: UInt64.self)!
             guard requested <= maxDownload else {

@@ -24,6 +24,9 @@ public struct PubSubError: CodedError, Hashable {
         /// Fewer peers than required are known to subscribe to the topic: from `publish(_:_:minPeers:)`
         /// (nothing was sent) and `waitForPeers(topic:count:deadline:)` (not enough joined in time).
         case notEnoughPeers
+        /// A message to publish has the ID of a message seen within `seenTTL` (under StrictNoSign
+        /// with content IDs: the same bytes published again); nobody would take it.
+        case duplicateMessage
     }
 
     /// What kind of failure.
@@ -71,5 +74,9 @@ public struct PubSubError: CodedError, Hashable {
     /// `known` peers known in `topic`, `required` required.
     public static func notEnoughPeers(topic: String, known: Int, required: Int) -> Self {
         Self(.notEnoughPeers, "\(known) peers known in \(topic), \(required) required")
+    }
+    /// A message of `topic` to publish whose ID is in the seen cache.
+    public static func duplicateMessage(topic: String) -> Self {
+        Self(.duplicateMessage, "a message with the same ID was seen in \(topic) within the seen TTL")
     }
 }

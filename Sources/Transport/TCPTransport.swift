@@ -149,7 +149,8 @@ public struct TCPTransport: Transport {
         _ address: Multiaddr, options: DialOptions, initializer: @escaping ConnectionInitializer
     ) async throws -> any Channel {
         try await dial(
-            address, deadline: options.deadline, bindTo: options.sourceAddress, initializer: initializer)
+            address, deadline: options.deadline, bindTo: options.sourceAddress, localPort: options.localPort,
+            initializer: initializer)
     }
 
     /// ``listen(on:backlog:initializer:)``; the acceptor learns each connection's remote address
@@ -183,6 +184,10 @@ public struct TCPTransport: Transport {
         }
     }
 
+    /// SO_REUSEPORT (NIO names no constant for it): several sockets bound to one port, our
+    /// listener's and a hole-punching dial's.
+    static let reusePort = ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT))
+
     /// The only address family a `/dns4` (IPv4) or `/dns6` (IPv6) address may resolve to; nil for
     /// `/dns` (either) and IP addresses.
     static func addressFamily(_ address: Multiaddr) -> FamilyResolver.Family? {
@@ -205,6 +210,8 @@ public struct TCPTransport: Transport {
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: backlog)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                // Lets hole-punching dials leave from the listen port (as go-libp2p's reuseport).
+                .serverChannelOption(Self.reusePort, value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer(initializer)
@@ -226,17 +233,27 @@ public struct TCPTransport: Transport {
         _ address: Multiaddr,
         deadline: Deadline,
         bindTo sourceAddress: String? = nil,
+        localPort: UInt16? = nil,
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws -> Channel {
         var bootstrap = ClientBootstrap(group: group)
             .connectTimeout(deadline.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer(initializer)
-        if let sourceAddress {
+        if localPort != nil {
+            // Shares the port with our listener (which sets SO_REUSEPORT too).
+            bootstrap = bootstrap
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(Self.reusePort, value: 1)
+        }
+        if sourceAddress != nil || localPort != nil {
+            var ip = sourceAddress ?? "0.0.0.0"
+            if sourceAddress == nil, Self.addressFamily(address) == .ipv6 { ip = "::" }
+            if sourceAddress == nil, case .ip6 = address.components.first { ip = "::" }
             do {
-                bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddress, port: 0))
+                bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: ip, port: Int(localPort ?? 0)))
             } catch {
-                throw TransportError(.unsupportedAddress, "cannot dial from \(sourceAddress)", cause: error)
+                throw TransportError(.unsupportedAddress, "cannot dial from \(ip) port \(localPort ?? 0)", cause: error)
             }
         }
         do {

@@ -67,12 +67,23 @@ public struct DialOptions: Sendable {
     /// Where the transport charges what the new connection makes it buffer (its own handshake,
     /// frames); nil: nothing is charged (the transport's hard limits still apply).
     public var memory: TransportMemory?
+    /// The address as the caller gave it, with its trailing `/p2p/<peer>` (transports dial the
+    /// address without it): for a transport that must name the peer, as the circuit relay
+    /// transport names the target to the relay.
+    public var fullAddress: Multiaddr?
+    /// Dial from this local port, shared with our listener on it (SO_REUSEPORT), so that the
+    /// connection leaves through the same NAT mapping our listen address has: hole punching
+    /// (TCP simultaneous open). nil: an ephemeral port. Network transports only.
+    public var localPort: UInt16?
 
     /// Dial options.
-    public init(deadline: Deadline, sourceAddress: String? = nil, memory: TransportMemory? = nil) {
+    public init(
+        deadline: Deadline, sourceAddress: String? = nil, memory: TransportMemory? = nil, fullAddress: Multiaddr? = nil
+    ) {
         self.deadline = deadline
         self.sourceAddress = sourceAddress
         self.memory = memory
+        self.fullAddress = fullAddress
     }
 }
 

@@ -25,7 +25,7 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | stream | connect | rr | pubsub | dht | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp|nio] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub] [--protocol=1.1|1.2|both] [--message-size=BYTES] [--validate-ms=N]
+        usage: pointsub-bench [host | stream | connect | rr | pubsub | dht | relay | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp|nio] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub] [--protocol=1.1|1.2|both] [--message-size=BYTES] [--validate-ms=N]
           host                host-level figures (crypto, stream throughput, connect latency)
           stream              only the seal rate, raw TCP and single-stream throughput of `host`
           connect             only the connect + first stream + echo latencies of `host`
@@ -34,6 +34,8 @@ struct Bench {
           rr                  request/response: PointSub vs plain TCP (tasks, and pure NIO) with the same framing
           dht                 Kademlia: --nodes (default 200) in-process DHT nodes; lookups (found %, hops,
                               requests, latency), memory per node, then with a tenth of the nodes gone
+          relay               circuit relay v2 on 127.0.0.1: time to reservation, time to a relayed
+                              connection, ping and echo throughput relayed vs direct
           pubsub              broadcast: 50 in-process nodes on a random 6-regular graph, gossipsub
                               and floodsub, messages at a fixed rate; latency, copies, transmissions
           attack              attacks from 127.0.0.2 on a server process, an honest client on
@@ -134,7 +136,7 @@ struct Bench {
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })
         }
-        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "dht", "echo-server", "attack", "attack-server", "attack-honest"].contains($0) }) else {
+        guard commands.count <= 1, commands.allSatisfy({ ["host", "stream", "connect", "rr", "pubsub", "dht", "relay", "echo-server", "attack", "attack-server", "attack-honest"].contains($0) }) else {
             FileHandle.standardError.write(Data("pointsub-bench: unexpected arguments \(commands)\n\(usage)\n".utf8))
             exit(2)
         }
@@ -210,6 +212,10 @@ struct Bench {
             try await PubSubBench.run(quick: quick, options: pubsub)
         }
         // Not part of the default run (it builds a whole network): `dht [--nodes=N]`.
+        if command == "relay" {
+            try await RelayBench.run(quick: quick)
+            return
+        }
         if command == "dht" {
             try await DHTBench.run(nodes: values("--nodes")?.last ?? 200, lookups: quick ? 30 : 100)
         }

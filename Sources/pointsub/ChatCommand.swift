@@ -139,11 +139,12 @@ private struct ChatOutput: Sendable {
     }
 
     private struct Record: Encodable {
-        let from: String
+        /// nil for an unsigned (StrictNoSign) message.
+        let from: String?
         let topic: String
         /// A decimal string: seqnos are 64-bit (often nanoseconds since 1970, above 2^53), and
-        /// JSON readers that parse numbers as doubles would round them.
-        let seqno: String
+        /// JSON readers that parse numbers as doubles would round them. nil when unsigned.
+        let seqno: String?
         let data: String
     }
 
@@ -162,11 +163,13 @@ private struct ChatOutput: Sendable {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let record = Record(
-                from: message.from.b58String, topic: message.topic, seqno: String(message.seqno), data: message.text)
+                from: message.from?.b58String, topic: message.topic, seqno: message.seqno.map { String($0) },
+                data: message.text)
             guard let encoded = try? encoder.encode(record) else { return }
             line = String(decoding: encoded, as: UTF8.self)
         } else {
-            line = "\(message.from): \(message.text)"
+            // StrictNoSign messages have no author: the neighbour that passed it on stands in.
+            line = "\(message.from ?? message.receivedFrom): \(message.text)"
         }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             queue.async {

@@ -62,14 +62,14 @@ private func providerKey(_ text: String) throws -> [UInt8] {
     }
 }
 
-/// A record key as text: `/pk/<peer ID>` becomes `/pk/` and the peer ID's bytes (as go writes
-/// them); any other key is taken as its UTF-8 bytes.
+/// A record key as text: `/pk/<peer ID>` and `/ipns/<peer ID>` become the prefix and the peer
+/// ID's bytes (as go writes them); any other key is taken as its UTF-8 bytes.
 private func recordKey(_ text: String) throws -> [UInt8] {
-    if text.hasPrefix("/pk/") {
-        guard let peer = PeerID(String(text.dropFirst(4))) else {
-            throw ValidationError("a /pk key is /pk/<peer ID>; \(text.dropFirst(4)) is not a peer ID")
+    for prefix in ["/pk/", "/ipns/"] where text.hasPrefix(prefix) {
+        guard let peer = PeerID(String(text.dropFirst(prefix.count))) else {
+            throw ValidationError("a \(prefix) key is \(prefix)<peer ID>; \(text.dropFirst(prefix.count)) is not a peer ID")
         }
-        return Array("/pk/".utf8) + peer.bytes
+        return Array(prefix.utf8) + peer.bytes
     }
     return Array(text.utf8)
 }
@@ -89,7 +89,7 @@ struct DHTServeCommand: CLICommand {
         let dht = try options.dht(mode: .server)
         let config = identity.configuration(listen: try listenOptions.addresses(defaultPort: 0), services: [dht])
         try await withHost(identity: try identity.privateKey(), configuration: config) { host in
-            printListenAddresses(host)
+            await announce(host, listenOptions)
             if !options.bootstrap.isEmpty {
                 let answered = await dht.bootstrap()
                 printError("bootstrapped: \(answered) of \(options.bootstrap.count) peer(s) answered")
@@ -208,12 +208,12 @@ struct DHTFindProvidersCommand: CLICommand {
 struct DHTPutCommand: CLICommand {
     static let configuration = CommandConfiguration(
         commandName: "put",
-        abstract: "Store a record (validated by its namespace, e.g. /pk/<peer ID> → that peer's public key).")
+        abstract: "Store a record (validated by its namespace): /pk/<peer ID> → that peer's public key, or a signed IPNS record under /ipns/<peer ID>.")
 
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var options: DHTOptions
 
-    @Argument(help: "The key: /pk/<peer ID>, or /<namespace>/<text>.")
+    @Argument(help: "The key: /pk/<peer ID>, /ipns/<peer ID>, or /<namespace>/<text>.")
     var key: String
 
     @Argument(help: "A file with the value's bytes.")
@@ -222,12 +222,29 @@ struct DHTPutCommand: CLICommand {
     @Option(help: "Instead of a value file: the public key of this key file (the value of its /pk record).")
     var publicKeyOf: String?
 
+    @Option(help: "Instead of a value file: make an IPNS record signed with this key file (the key's peer ID is the name).")
+    var ipnsKey: String?
+
+    @Option(help: "With --ipns-key: what the name points at (a path such as /ipfs/<cid>).")
+    var value: String?
+
+    @Option(help: "With --ipns-key: the record's sequence number (higher replaces lower).")
+    var sequence: UInt64 = 0
+
+    @Option(help: "With --ipns-key: seconds the record stays valid (its EOL is now plus this; go's default 48 h).")
+    var lifetime: Int = 48 * 3600
+
+    @Option(help: "With --ipns-key: seconds resolvers may cache the record (its TTL).")
+    var ttl: Int = 3600
+
     var verbose: Bool { identity.verbose }
 
     func validate() throws {
-        guard (valueFile == nil) != (publicKeyOf == nil) else {
-            throw ValidationError("give a VALUE-FILE or --public-key-of KEYFILE")
-        }
+        let sources = [valueFile != nil, publicKeyOf != nil, ipnsKey != nil].filter { $0 }.count
+        guard sources == 1 else { throw ValidationError("give a VALUE-FILE, --public-key-of KEYFILE or --ipns-key KEYFILE") }
+        guard (ipnsKey == nil) == (value == nil) else { throw ValidationError("--ipns-key and --value go together") }
+        guard (1...365 * 86_400).contains(lifetime) else { throw ValidationError("--lifetime must be 1 to 31536000 seconds") }
+        guard (0...365 * 86_400).contains(ttl) else { throw ValidationError("--ttl must be 0 to 31536000 seconds") }
     }
 
     func execute() async throws {
@@ -235,6 +252,15 @@ struct DHTPutCommand: CLICommand {
         let data: Data
         if let publicKeyOf {
             data = Data(try KeyFile.read(path: publicKeyOf).publicKey.marshal())
+        } else if let ipnsKey, let value {
+            let signer = try KeyFile.read(path: ipnsKey)
+            guard keyBytes == IPNSRecord.routingKey(for: PeerID(publicKey: signer.publicKey)) else {
+                throw ValidationError("the key of \(ipnsKey) is \(PeerID(publicKey: signer.publicKey)): use /ipns/<that peer ID>")
+            }
+            let record = try IPNSRecord.make(
+                value: value, sequence: sequence, validity: Date().addingTimeInterval(Double(lifetime)),
+                ttl: .seconds(ttl), key: signer)
+            data = Data(record.encoded())
         } else if let valueFile, let contents = FileManager.default.contents(atPath: valueFile) {
             data = contents
         } else {
@@ -258,12 +284,13 @@ struct DHTPutCommand: CLICommand {
 
 struct DHTGetCommand: CLICommand {
     static let configuration = CommandConfiguration(
-        commandName: "get", abstract: "Read a record; prints its value (base64 with --json, raw bytes otherwise).")
+        commandName: "get",
+        abstract: "Read a record; prints its value (base64 with --json, raw bytes otherwise; an IPNS record decoded).")
 
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var options: DHTOptions
 
-    @Argument(help: "The key: /pk/<peer ID>, or /<namespace>/<text>.")
+    @Argument(help: "The key: /pk/<peer ID>, /ipns/<peer ID>, or /<namespace>/<text>.")
     var key: String
 
     var verbose: Bool { identity.verbose }
@@ -273,11 +300,30 @@ struct DHTGetCommand: CLICommand {
         let (json, key) = (options.json, key)
         try await withQueryNode(identity, options) { _, dht in
             let value = try await dht.getValue(keyBytes)
-            if json {
+            if key.hasPrefix("/ipns/") {
+                // Validated by the DHT already: decode it for display.
+                let record = try IPNSRecord(decoding: value)
+                let fields = ipnsFields(record)
+                if json {
+                    try printJSON(fields.merging(["key": key, "record_base64": Data(value).base64EncodedString()]) { a, _ in a })
+                } else {
+                    for name in ["value", "sequence", "validity", "ttl_seconds"] { print("\(name): \(fields[name] ?? "")") }
+                }
+            } else if json {
                 try printJSON(["key": key, "value_base64": Data(value).base64EncodedString()])
             } else {
                 FileHandle.standardOutput.write(Data(value))
             }
         }
     }
+}
+
+/// The signed fields of an IPNS record, for printing.
+private func ipnsFields(_ record: IPNSRecord) -> [String: String] {
+    [
+        "value": record.signedValue.map { String(decoding: $0, as: UTF8.self) } ?? "",
+        "sequence": record.signedSequence.map { String($0) } ?? "",
+        "validity": record.expiry?.rfc3339 ?? "",
+        "ttl_seconds": record.signedTTL.map { String(Double($0) / 1e9) } ?? "",
+    ]
 }

@@ -103,7 +103,7 @@ extension DemoCommand {
                 group.addTask {
                     var lines: [String] = []
                     for await message in subscription {
-                        lines.append(String(format: "\"%@\" from %@ via %@ after %.2f ms", message.text, name(message.from),
+                        lines.append(String(format: "\"%@\" from %@ via %@ after %.2f ms", message.text, name(message.from ?? message.receivedFrom),
                                             name(message.receivedFrom), (clock.now - published).milliseconds))
                         if lines.count == messages { break }
                     }

@@ -51,7 +51,7 @@ struct EchoCommand: CLICommand {
             let metrics = try await metricsOptions.start()
             let config = identity.configuration(listen: try listenOptions.addresses(), services: [EchoService()])
             try await withHost(identity: key, configuration: config) { host in
-                printListenAddresses(host)
+                await announce(host, listenOptions)
                 try await serveHost(host, metrics: metrics)
             }
         }

@@ -160,12 +160,41 @@ func withClientHost<T: Sendable>(
 }
 
 /// Connects to `address`, turning a failure into one line: what failed, then the root cause once.
+///
+/// A circuit address (`…/p2p-circuit/p2p/<peer>`) goes through the relay; the host first listens
+/// on a TCP port (hole punching dials from it), and then waits (at most 20 s) for DCUtR to make
+/// the connection direct, saying on stderr which it became: `direct via hole punching after N
+/// ms` or why not. The connection returned is the direct one when there is one.
 func connectPeer(_ host: P2PHost, to address: Multiaddr) async throws -> Connection {
+    let relayed = address.isCircuit
+    if relayed, !host.listenAddresses.contains(where: { $0.components.count == 2 && $0.tcpPort != nil }) {
+        _ = try? await host.listen(on: Multiaddr([.ip4(IPv4Address(0, 0, 0, 0)), .tcp(0)]))
+    }
+    let connection: Connection
     do {
-        return try await host.connect(to: address)
+        connection = try await host.connect(to: address)
     } catch let error as HostError where error.code != .shutDown {
         throw CLIError("cannot connect to \(address): \(rootCause(of: error))")
     }
+    guard relayed, connection.isLimited,
+          let dcutr = host.configuration.services.lazy.compactMap({ $0 as? DCUtRService }).first
+    else { return connection }
+    let peer = connection.remotePeer
+    let deadline = ContinuousClock.now + .seconds(20)
+    while ContinuousClock.now < deadline {
+        if let direct = host.connections(to: peer).first(where: { !$0.isLimited }) {
+            let outcome = dcutr.lastOutcome(for: peer)
+            printError("connection to \(peer): direct via hole punching\(outcome.map { String(format: " after %.0f ms", $0.elapsed.seconds * 1000) } ?? "")")
+            return direct
+        }
+        if let outcome = dcutr.lastOutcome(for: peer), !outcome.isDirect {
+            printError("connection to \(peer): relayed (\(outcome))")
+            return connection
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    printError("connection to \(peer): relayed (no hole punch within 20 s)")
+    return connection
 }
 
 /// An error the CLI reports as it is: one line, no "Error:" decoration beyond `error:`.

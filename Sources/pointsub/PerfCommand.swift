@@ -44,7 +44,7 @@ struct PerfCommand: CLICommand {
             let metrics = try await metricsOptions.start()
             let config = identity.configuration(listen: try listenOptions.addresses(), services: [PerfService(), EchoService()])
             try await withHost(identity: key, configuration: config) { host in
-                printListenAddresses(host)
+                await announce(host, listenOptions)
                 try await serveHost(host, metrics: metrics)
             }
             return

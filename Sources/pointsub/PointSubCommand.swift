@@ -59,7 +59,7 @@ struct PointSubCommand: AsyncParsableCommand {
         version: pointsubVersion,
         subcommands: [
             IDCommand.self, KeygenCommand.self, EchoCommand.self, PingCommand.self, PerfCommand.self,
-            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self, DHTCommand.self,
+            ServeCommand.self, SendCommand.self, DemoCommand.self, RouteCommand.self, ChatCommand.self, DHTCommand.self, RelayCommand.self,
         ]
     )
 }
@@ -81,8 +81,20 @@ struct IdentityOptions: ParsableArguments {
     @Flag(help: "Serving commands: do not announce and discover peers with mDNS on the local network.")
     var noMdns = false
 
+    @Flag(help: "Serving commands: do not run AutoNAT (ask peers to dial back; serve their requests).")
+    var noAutonat = false
+
+    @Option(help: "Serving commands: seconds before the first AutoNAT probe.")
+    var autonatBootDelay: Int = 15
+
+    @Option(help: "Serving commands: seconds between AutoNAT probes while the reachability is unknown.")
+    var autonatRetry: Int = 90
+
     func validate() throws {
         if seed != nil && key != nil { throw ValidationError("use --seed or --key, not both") }
+        guard autonatBootDelay >= 0, autonatRetry >= 1 else {
+            throw ValidationError("--autonat-boot-delay must be ≥ 0 and --autonat-retry ≥ 1")
+        }
         _ = try securityOptions()
     }
 
@@ -128,6 +140,17 @@ struct IdentityOptions: ParsableArguments {
         return MDNSService(configuration: configuration)
     }
 
+    /// AutoNAT for a serving command: probes connected peers and serves their requests; each
+    /// change of reachability is printed on stderr (`autonat: reachability private`).
+    func autonat() -> AutoNATService {
+        var configuration = AutoNATService.Configuration()
+        configuration.bootDelay = .seconds(autonatBootDelay)
+        configuration.retryInterval = .seconds(autonatRetry)
+        configuration.onReachabilityChange = { printError("autonat: reachability \($0.rawValue)") }
+        configuration.logger = CLILogging.logger(verbose: verbose)
+        return AutoNATService(configuration: configuration)
+    }
+
     /// Hosts made by the CLI let open streams finish for at most this long when a signal stops them.
     static let shutdownGracePeriod: Duration = .seconds(1)
 
@@ -140,6 +163,15 @@ struct IdentityOptions: ParsableArguments {
         c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
         if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
+        if !listen.isEmpty, !noAutonat { c.services.append(autonat()) }
+        // Every CLI host hole-punches relayed connections (DCUtR); outcomes go to stderr.
+        var dcutr = DCUtRService.Configuration()
+        dcutr.onOutcome = { printError("hole punching with \($0.peer): \($0)") }
+        dcutr.logger = CLILogging.logger(verbose: verbose)
+        c.services.append(DCUtRService(configuration: dcutr))
+        // Every CLI host dials circuit addresses (`…/p2p/<relay>/p2p-circuit/p2p/<peer>`) and
+        // accepts the relayed connections of relays it reserved on (`--relay`).
+        RelayClient().install(in: &c)
         c.shutdownGracePeriod = Self.shutdownGracePeriod
         c.logger = CLILogging.logger(verbose: verbose)
         return c
@@ -232,6 +264,15 @@ struct ListenOptions: ParsableArguments {
         help: "Listen on this multiaddr: TCP (/ip4/0.0.0.0/tcp/4001) or WebSocket (/ip4/127.0.0.1/tcp/0/ws); repeatable.")
     var listen: [String] = []
 
+    @Option(
+        name: .long,
+        help: "Reserve a slot on this relay (a multiaddr ending in /p2p/<relay id>) and print the /p2p-circuit address others reach this node on; repeatable.")
+    var relay: [String] = []
+
+    func validate() throws {
+        for text in relay { _ = try peerOf(try parseAddress(text)) }
+    }
+
     func addresses(defaultPort: Int? = nil) throws -> [Multiaddr] {
         var out = try listen.map { try Multiaddr($0) }
         if let port = l ?? (out.isEmpty ? defaultPort : nil) {
@@ -245,6 +286,24 @@ struct ListenOptions: ParsableArguments {
 func printListenAddresses(_ host: P2PHost) {
     for address in host.addresses { print(address) }
     fflush(nil)
+}
+
+/// Prints the listen addresses, then reserves on each `--relay` (keeping the reservation) and
+/// prints this node's circuit address there as soon as it is usable. A relay that refuses is
+/// reported on stderr; the node keeps serving on its other addresses.
+func announce(_ host: P2PHost, _ listen: ListenOptions) async {
+    printListenAddresses(host)
+    guard !listen.relay.isEmpty else { return }
+    guard let client = host.configuration.services.lazy.compactMap({ $0 as? RelayClient }).first else { return }
+    for text in listen.relay {
+        do {
+            let reservation = try await client.keepReservation(on: try parseAddress(text))
+            for address in reservation.circuitAddresses { print(address.appending(peerID: host.peerID)) }
+            fflush(nil)
+        } catch {
+            printError("relay \(text): no reservation: \(error)")
+        }
+    }
 }
 
 func parseAddress(_ text: String) throws -> Multiaddr {

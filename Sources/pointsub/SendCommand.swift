@@ -11,7 +11,11 @@ struct SendCommand: CLICommand {
         abstract: "Send PointSub requests: one prints the reply; --count N prints the rate and p50/p99 latency.",
         discussion: """
             With --json, stdout carries one JSON object: {"type":"reply",…} for one request, \
-            {"type":"final",…} for --count. Runs longer than a second print their progress on stderr.
+            {"type":"final",…} for --count. Runs longer than a second print their progress on stderr. \
+            With --closest-dht --bootstrap ADDR (and no ADDRESS), each request goes to the server nearest \
+            to its key (--closest-key, or the request's SHA-256) by XOR distance among the DHT's peers that serve \
+            the protocol (see `serve --dht`), failing over to the next nearest; the reply's "node" (or a \
+            line on stderr) names it.
             """)
 
     /// The largest request `--size` makes: PointSub's default block limit (servers refuse more).
@@ -19,8 +23,17 @@ struct SendCommand: CLICommand {
 
     @OptionGroup var identity: IdentityOptions
 
-    @Argument(help: "The server's multiaddr, ending in /p2p/<id>.")
-    var address: String
+    @Argument(help: "The server's multiaddr, ending in /p2p/<id> (not with --closest-dht).")
+    var address: String?
+
+    @Flag(help: "Send to the server nearest to the key in the Kademlia DHT (see `serve --dht`) instead of ADDRESS.")
+    var closestDht = false
+
+    @Option(help: "With --closest-dht: a DHT node to start from (a multiaddr ending in /p2p/<id>); repeatable.")
+    var bootstrap: [String] = []
+
+    @Option(help: "With --closest-dht: the key (text) that picks the server (default: the SHA-256 of the request).")
+    var closestKey: String?
 
     @Option(help: "The protocol ID, e.g. /kv/1.0.0.")
     var `protocol`: String
@@ -47,6 +60,15 @@ struct SendCommand: CLICommand {
 
     func validate() throws {
         guard (data == nil) != (size == nil) else { throw ValidationError("give exactly one of --data or --size") }
+        if closestDht {
+            guard address == nil else { throw ValidationError("give either ADDRESS or --closest-dht, not both") }
+            guard !bootstrap.isEmpty else { throw ValidationError("--closest-dht needs at least one --bootstrap peer") }
+        } else {
+            guard address != nil else { throw ValidationError("give the server's ADDRESS (or --closest-dht)") }
+            guard bootstrap.isEmpty, closestKey == nil else {
+                throw ValidationError("--bootstrap and --closest-key go with --closest-dht")
+            }
+        }
         guard count >= 1, concurrency >= 1 else { throw ValidationError("--count and --concurrency must be at least 1") }
         guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be positive and at most a day") }
         if let size, size.bytes > Self.maxRequestSize {
@@ -55,8 +77,6 @@ struct SendCommand: CLICommand {
     }
 
     func execute() async throws {
-        let target = try parseAddress(address)
-        let peer = try peerOf(target)
         let payload: ByteBuffer
         if let data {
             payload = ByteBuffer(string: data)
@@ -66,11 +86,41 @@ struct SendCommand: CLICommand {
         let protocolID = self.protocol
         let timeout = Duration.milliseconds(Int64(self.timeout * 1000))
         let command = self
-        try await withClientHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
-            _ = try await connectPeer(host, to: target)
+        guard closestDht else {
+            let target = try parseAddress(address ?? "")
+            let peer = try peerOf(target)
+            try await withClientHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
+                _ = try await connectPeer(host, to: target)
+                let client = try PointSubClient(host: host)
+                do {
+                    try await command.exchange(payload: payload, timeout: timeout) { request, deadline in
+                        (try await client.send(request, to: peer, protocol: protocolID, deadline: deadline), peer)
+                    }
+                    await client.close()
+                } catch {
+                    await client.close()
+                    throw error
+                }
+            }
+            return
+        }
+        // A DHT client node (it asks, it does not answer), bootstrapped; the DHT names the server.
+        var dhtConfiguration = KademliaDHT.Configuration()
+        dhtConfiguration.mode = .client
+        dhtConfiguration.bootstrapPeers = try bootstrap.map(parseAddress)
+        let dht = KademliaDHT(configuration: dhtConfiguration)
+        let key = closestKey.map { Array($0.utf8) }
+        try await withClientHost(
+            identity: try identity.privateKey(), configuration: identity.configuration(services: [dht])
+        ) { host in
+            defer { dht.stop() }
+            guard await dht.bootstrap() > 0 else { throw CLIError("no bootstrap peer answered") }
             let client = try PointSubClient(host: host)
+            client.setClosestNodeSource(try DHTClosestNodes(dht: dht, host: host), protocol: protocolID)
             do {
-                try await command.exchange(client: client, peer: peer, payload: payload, protocolID: protocolID, timeout: timeout)
+                try await command.exchange(payload: payload, timeout: timeout) { request, deadline in
+                    try await client.sendClosest(request, key: key, protocol: protocolID, deadline: deadline)
+                }
                 await client.close()
             } catch {
                 await client.close()
@@ -79,20 +129,22 @@ struct SendCommand: CLICommand {
         }
     }
 
+    /// Sends the request(s) with `send`, which returns the reply and the node that answered.
     private func exchange(
-        client: PointSubClient, peer: PeerID, payload: ByteBuffer, protocolID: String, timeout: Duration
+        payload: ByteBuffer, timeout: Duration,
+        send: @escaping @Sendable (ByteBuffer, Deadline) async throws -> (ByteBuffer, PeerID)
     ) async throws {
         let count = self.count
         let concurrency = min(self.concurrency, count)
         let clock = ContinuousClock()
         if count == 1 {
             let start = clock.now
-            let reply = try await client.send(payload, to: peer, protocol: protocolID, deadline: .after(timeout))
+            let (reply, node) = try await send(payload, .after(timeout))
             let elapsed = clock.now - start
             if json {
                 var object: [String: Any] = [
                     "type": "reply", "request_bytes": payload.readableBytes, "reply_bytes": reply.readableBytes,
-                    "seconds": elapsed.seconds,
+                    "seconds": elapsed.seconds, "node": node.description,
                 ]
                 if data != nil { object["reply"] = String(buffer: reply) }
                 try printJSON(object)
@@ -101,6 +153,7 @@ struct SendCommand: CLICommand {
             } else {
                 print("reply: \(reply.readableBytes) bytes")
             }
+            if closestDht, !json { printError("answered by \(node)") }
             return
         }
         let start = clock.now
@@ -118,7 +171,7 @@ struct SendCommand: CLICommand {
                     samples.reserveCapacity(share)
                     for _ in 0..<share {
                         let t0 = clock.now
-                        _ = try await client.send(payload, to: peer, protocol: protocolID, deadline: .after(timeout))
+                        _ = try await send(payload, .after(timeout))
                         samples.append((clock.now - t0).milliseconds)
                         done.withLockedValue { $0 += 1 }
                     }

@@ -29,17 +29,30 @@ struct ServeCommand: CLICommand {
     @Option(help: "What to answer: echo, reverse (byte order) or upper (ASCII upper case).")
     var handler: Handler = .echo
 
+    @Flag(help: "Also be a Kademlia DHT server (/ipfs/kad/1.0.0), so `send --closest-dht` finds this node.")
+    var dht = false
+
+    @Option(help: "With --dht: a DHT node to start from (a multiaddr ending in /p2p/<id>); repeatable.")
+    var bootstrap: [String] = []
+
     var verbose: Bool { identity.verbose }
 
     func validate() throws {
         if listenOptions.l == nil && listenOptions.listen.isEmpty {
             throw ValidationError("give --listen MULTIADDR or -l PORT")
         }
+        if !bootstrap.isEmpty && !dht { throw ValidationError("--bootstrap needs --dht") }
     }
 
     func execute() async throws {
         let metrics = try await metricsOptions.start()
-        let config = identity.configuration(listen: try listenOptions.addresses())
+        var dhtNode: KademliaDHT?
+        if dht {
+            var dhtConfiguration = KademliaDHT.Configuration()
+            dhtConfiguration.bootstrapPeers = try bootstrap.map(parseAddress)
+            dhtNode = KademliaDHT(configuration: dhtConfiguration)
+        }
+        let config = identity.configuration(listen: try listenOptions.addresses(), services: dhtNode.map { [$0] } ?? [])
         let protocolID = self.protocol
         let handler = self.handler
         // Made before the first request, so a scrape shows 0 rather than nothing.
@@ -59,7 +72,12 @@ struct ServeCommand: CLICommand {
                     return ByteBuffer(bytes: bytes.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 })
                 }
             }
-            printListenAddresses(host)
+            // After the handler: the peers met while bootstrapping learn from identify that we serve it.
+            if let dhtNode, !dhtNode.configuration.bootstrapPeers.isEmpty, await dhtNode.bootstrap() == 0 {
+                printError("dht: no bootstrap peer answered")
+            }
+            await announce(host, listenOptions)
+            defer { dhtNode?.stop() }
             try await serveHost(
                 host, metrics: metrics,
                 extra: [PointSubServerService(server: server, gracePeriod: IdentityOptions.shutdownGracePeriod)])

@@ -53,6 +53,31 @@ struct DHTCLITests {
         let get = try await CLI.run(["dht", "get", "/pk/\(id)", "--seed", "11", "--bootstrap", address, "--json"])
         #expect(get.status == 0, "\(get.stderr)")
         #expect(get.stdout.contains("value_base64"), "\(get.stdout)")
+        // An IPNS record signed with the key file, made by `put`, read back decoded by `get`; an
+        // older sequence is refused by the server that holds the newer one.
+        let published = try await CLI.run([
+            "dht", "put", "/ipns/\(id)", "--ipns-key", keyFile, "--value", "/ipfs/\(cid)", "--sequence", "5",
+            "--lifetime", "3600", "--seed", "13", "--bootstrap", address,
+        ])
+        #expect(published.status == 0, "\(published.stderr)")
+        #expect(published.stdout.contains("stored") && !published.stdout.contains("at 0 peer(s)"), "\(published.stdout)")
+        let resolved = try await CLI.run(["dht", "get", "/ipns/\(id)", "--seed", "14", "--bootstrap", address, "--json"])
+        #expect(resolved.status == 0, "\(resolved.stderr)")
+        #expect(resolved.stdout.contains("\"value\":\"/ipfs/\(cid)\""), "\(resolved.stdout)")
+        #expect(resolved.stdout.contains("\"sequence\":\"5\""), "\(resolved.stdout)")
+        let text = try await CLI.run(["dht", "get", "/ipns/\(id)", "--seed", "15", "--bootstrap", address])
+        #expect(text.stdout.contains("value: /ipfs/\(cid)"), "\(text.stdout)")
+        let older = try await CLI.run([
+            "dht", "put", "/ipns/\(id)", "--ipns-key", keyFile, "--value", "/ipfs/\(cid)", "--sequence", "4",
+            "--seed", "16", "--bootstrap", address,
+        ])
+        #expect(older.stdout.contains("at 0 peer(s)"), "\(older.stdout) \(older.stderr)")
+        let wrongKey = try await CLI.run([
+            "dht", "put", "/ipns/12D3KooWLnZUpcaBwbz9uD1XsyyHnbXUrJRmxnsMiRnuCmvPix67", "--ipns-key", keyFile, "--value", "/ipfs/x",
+            "--seed", "17", "--bootstrap", address,
+        ])
+        #expect(wrongKey.status != 0)
+
         // A record that its namespace does not accept is refused with a clear error.
         let bad = try await CLI.run(["dht", "put", "/other/key", "--public-key-of", keyFile, "--seed", "12", "--bootstrap", address])
         #expect(bad.status != 0)

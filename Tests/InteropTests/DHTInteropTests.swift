@@ -25,6 +25,8 @@ import Testing
 /// - A provider key is a CID's multihash (the daemon takes the binary CID: we use CIDv1 raw).
 /// - The `/pk/<peer ID bytes>` namespace is validated by go-libp2p-record's PublicKeyValidator:
 ///   the value must be a marshalled public key whose peer ID is the key's.
+/// - `/ipns/<peer ID bytes>` is validated by boxo's ipns.Validator (go-libp2p-kad-dht's default
+///   next to /pk; p2pd does not change it), and a PUT_VALUE older than the record held is refused.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct DHTInteropTests {
     static let agent = "pointsub-dht-interop/0.1.0"
@@ -120,6 +122,32 @@ struct DHTInteropTests {
                     // A client is not a DHT server: not in our table.
                     #expect(!dht.routingTablePeers.contains(goC.peerID))
                 }
+            }
+        }
+    }
+
+    /// Our run-time mode switch as go sees it: in client mode we stop advertising the protocol
+    /// (identify push), and go B (a server) drops us from its routing table; we still query B.
+    /// Back in server mode, B checks us again (FIND_NODE of our ID) and takes us back.
+    @Test func goFollowsOurModeSwitch() async throws {
+        try await withDaemon(seed: 160, ["-dhtServer"]) { goB in
+            try await Self.withDHTHost(seed: 260) { host, dht in
+                _ = try await host.connect(to: goB.fullAddress)
+                try await Self.until("go B in our routing table") { dht.routingTablePeers.contains(goB.peerID) }
+                try await Self.goKnows(goB, host.peerID)
+
+                try dht.setMode(.client)
+                _ = try await Self.eventually("go B dropping us from its routing table") { () -> Bool? in
+                    // With us gone, B's table is empty and its lookup fails at once.
+                    let peers = (try? await goB.closestPeers(key: Array("pointsub-dht-interop".utf8), timeout: 10)) ?? []
+                    return peers.contains(host.peerID) ? nil : true
+                }
+                #expect(!host.connections(to: goB.peerID).isEmpty, "the connection stays")
+                let asked = try await dht.closestPeers(to: Array("a key".utf8))
+                #expect(asked == [goB.peerID], "a client still queries")
+
+                try dht.setMode(.server)
+                try await Self.goKnows(goB, host.peerID)
             }
         }
     }
@@ -303,6 +331,66 @@ struct DHTInteropTests {
                         }
                         let read = try await otherDHT.getValue(goKey)
                         #expect(read == goValue)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `/ipns` records both ways: go-libp2p-kad-dht 0.25.1 registers boxo's ipns.Validator
+    /// next to /pk by default, and p2pd keeps the defaults. Ours: an IPNS record we sign for our
+    /// own name, put by us, is validated and stored by go B and read through go C. go's: go B
+    /// puts (after validating it itself) a record we made for another key; its PUT_VALUE reaches
+    /// our server, which validates and stores it; a client node of ours reads it. go's validation
+    /// is real: it refuses a record whose signed data was altered and one older than what it holds.
+    @Test func ipnsValuesBothWays() async throws {
+        try await withDaemon(seed: 150, ["-dhtServer"]) { goB in
+            try await withDaemon(seed: 151, ["-dhtClient"]) { goC in
+                try await Self.withDHTHost(seed: 250) { host, dht in
+                    _ = try await host.connect(to: goB.fullAddress)
+                    try await Self.until("go B in our routing table") { dht.routingTablePeers.contains(goB.peerID) }
+                    try await Self.goKnows(goB, host.peerID)
+                    let eol = Date().addingTimeInterval(3600)
+
+                    // Ours, read by go.
+                    let ourKey = IPNSRecord.routingKey(for: host.peerID)
+                    let ours = try IPNSRecord.make(
+                        value: "/ipfs/bafkqaaa", sequence: 3, validity: eol, ttl: .seconds(60), key: host.identity)
+                    #expect(try await dht.putValue(ours.encoded(), for: ourKey) == 1, "go B took our PUT_VALUE")
+                    #expect(try await goB.getValue(key: ourKey, timeout: 10) == ours.encoded())
+                    try await goC.connect(goB.peerID, [goB.address])
+                    let atC = try await Self.eventually("go C's GET_VALUE of our /ipns record") {
+                        try await goC.getValue(key: ourKey, timeout: 10)
+                    }
+                    #expect(atC == ours.encoded())
+
+                    // go validates: an older sequence and altered signed data are refused.
+                    let older = try IPNSRecord.make(
+                        value: "/ipfs/bafkqaaa", sequence: 2, validity: eol, ttl: .seconds(60), key: host.identity)
+                    await #expect(throws: (any Error).self) { try await goB.putValue(key: ourKey, value: older.encoded(), timeout: 10) }
+                    var altered = ours.encoded()
+                    altered[altered.count - 3] ^= 1
+                    await #expect(throws: (any Error).self) { try await goB.putValue(key: ourKey, value: altered, timeout: 10) }
+                    #expect(try await goB.getValue(key: ourKey, timeout: 10) == ours.encoded())
+
+                    // go's PUT_VALUE of a record (another key's), stored by our server.
+                    let otherKey = PrivateKey.ed25519(seed: 252)
+                    let otherName = PeerID(publicKey: otherKey.publicKey)
+                    let goKey = IPNSRecord.routingKey(for: otherName)
+                    let theirs = try IPNSRecord.make(
+                        value: "/ipfs/bafkqaab", sequence: 1, validity: eol, ttl: .seconds(60), key: otherKey)
+                    try await goB.putValue(key: goKey, value: theirs.encoded(), timeout: 20)
+                    try await Self.withDHTHost(seed: 251, mode: .client) { other, otherDHT in
+                        _ = try await other.connect(to: host.addresses[0])
+                        _ = try await other.connect(to: goB.fullAddress)
+                        let ourAnswer = try await otherDHT.request(KadMessage(type: .getValue, key: goKey), to: host.peerID)
+                        #expect(ourAnswer.record?.value == theirs.encoded())
+                        try await Self.until("our nodes in the client's routing table") {
+                            Set(otherDHT.routingTablePeers) == [host.peerID, goB.peerID]
+                        }
+                        let read = try IPNSRecord(decoding: try await otherDHT.getValue(goKey))
+                        #expect(read.signedValue == Array("/ipfs/bafkqaab".utf8))
+                        try read.validate(for: otherName)
                     }
                 }
             }

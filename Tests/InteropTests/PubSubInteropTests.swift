@@ -294,7 +294,7 @@ struct PubSubInteropTests {
                         let copies = received.filter { $0.seqno == event.seqno }
                         #expect(copies.count == 1)
                         #expect(copies.first?.text == event.data)
-                        #expect(copies.first?.from.b58String == py.peerID)
+                        #expect(copies.first?.from?.b58String == py.peerID)
                         #expect(copies.first?.receivedFrom.b58String == py.peerID)
                         #expect(copies.first?.topic == Self.topic)
                     }
@@ -419,7 +419,7 @@ struct PubSubInteropTests {
                         // peers outside the mesh only. It is not counted below.)
                         for py in [a, b] {
                             let ready = try await py.publish("ready \(py.peerID)")
-                            try await inbox.message("\(py.peerID) ready") { $0.seqno == ready.seqno && $0.from.b58String == py.peerID }
+                            try await inbox.message("\(py.peerID) ready") { $0.seqno == ready.seqno && $0.from?.b58String == py.peerID }
                         }
 
                         let texts = ["chain 1", "", "chain 3"]

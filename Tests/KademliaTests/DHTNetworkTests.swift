@@ -16,7 +16,8 @@ struct DHTNetworkTests {
     /// `size` hosts with a DHT server each, bootstrapped in a chain from node 0 (each knows only
     /// node 0's address), run `body`, shut down.
     static func withNetwork<T: Sendable>(
-        size: Int, seed: UInt64, _ body: ([P2PHost], [KademliaDHT]) async throws -> T
+        size: Int, seed: UInt64, configure: (Int, inout KademliaDHT.Configuration) -> Void = { _, _ in },
+        _ body: ([P2PHost], [KademliaDHT]) async throws -> T
     ) async throws -> T {
         var hosts: [P2PHost] = []
         var dhts: [KademliaDHT] = []
@@ -29,6 +30,7 @@ struct DHTNetworkTests {
             dhtConfiguration.refreshInterval = nil
             dhtConfiguration.requestTimeout = .seconds(5)
             if index > 0 { dhtConfiguration.bootstrapPeers = [hosts[0].addresses[0]] }
+            configure(index, &dhtConfiguration)
             let dht = KademliaDHT(configuration: dhtConfiguration)
             let host = P2PHost(
                 identity: .ed25519(seed: seed + UInt64(index)),

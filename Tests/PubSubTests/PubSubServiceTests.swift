@@ -7,7 +7,7 @@ import Testing
 
 /// A host without a pubsub service that speaks floodsub by hand: it writes whatever frames a test
 /// wants on its own stream and swallows what the node under test sends it.
-private struct RawPeer {
+struct RawPeer {
     let host: P2PHost
     let stream: P2PStream
 
@@ -160,7 +160,7 @@ struct PubSubServiceTests {
             #expect(at0.messages.first?.id == id)
             // Node 1 sends it back by hand, as a misbehaving relay would.
             let copy = try MessageSigning.signedMessage(
-                topic: "t", data: Array("mine".utf8), seqno: at0.messages[0].seqno, key: net.hosts[0].identity)
+                topic: "t", data: Array("mine".utf8), seqno: try #require(at0.messages[0].seqno), key: net.hosts[0].identity)
             #expect(PubSubConfiguration.fromAndSeqno(copy) == id)  // the default ID: from ‖ seqno
             try await RawPeer.with(connectingTo: net.hosts[0]) { raw in
                 try await raw.send(PubSubRPC(messages: [copy]))
@@ -194,7 +194,7 @@ struct PubSubServiceTests {
             #expect(at1.messages.first?.id == Array("same".utf8))
             #expect(net.counters[1].duplicates == 1)
             #expect(at2.messages[0].id != at2.messages[1].id)
-            #expect(at2.messages[1].seqno == at2.messages[0].seqno &+ 1)
+            #expect(at2.messages[1].seqno == at2.messages[0].seqno.map { $0 &+ 1 })
         }
     }
 

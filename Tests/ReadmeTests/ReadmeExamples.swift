@@ -28,7 +28,9 @@ try await withHost(identity: .ed25519(seed: 7), configuration: .defaults {
 }
 }
 
-func readmeRequestResponse(host: P2PHost, serverPeer: PeerID, nodeA: PeerID, request: ByteBuffer) async throws {
+func readmeRequestResponse(
+    host: P2PHost, serverPeer: PeerID, nodeA: PeerID, request: ByteBuffer, dht: KademliaDHT
+) async throws {
 @Sendable func handle(_ payload: ByteBuffer, from peer: PeerID) async throws -> ByteBuffer { payload }
 let server = try PointSubServer(host: host)                       // timeouts, 32 MiB limit, adaptive
 try server.start("/kv/1.0.0") { request in                        // concurrency limit, compression…
@@ -39,7 +41,9 @@ let reply = try await client.send(ByteBuffer(string: "get a"), to: serverPeer, p
 
 try client.addServerNode(nodeA, protocol: "/kv/1.0.0")            // node lists: the same request goes
 let (answer, node) = try await client.sendClosest(request, protocol: "/kv/1.0.0")  // to the same node
-    _ = (reply, answer, node)
+client.setClosestNodeSource(try DHTClosestNodes(dht: dht, host: host), protocol: "/kv/1.0.0")
+let (value, owner) = try await client.sendClosest(request, key: Array("user 42".utf8), protocol: "/kv/1.0.0")
+    _ = (reply, answer, node, value, owner)
 }
 
 func readmeRoutesAndBroadcast(host: P2PHost, request: ByteBuffer) async throws {
@@ -54,9 +58,24 @@ let results = try await routes.dispatchAll(request)               // [name: Resu
 try await withPubSub(host: host, router: try GossipSubRouter(configuration: .defaults)) { pubsub in
     let news = try pubsub.subscribe("news")                       // AsyncSequence of PubSubMessage
     try await pubsub.publish("news", Array("hello".utf8))         // signed (StrictSign), delivered once
-    for await message in news { print(message.from, message.text) }
+    for await message in news { print(message.from?.b58String ?? "-", message.text) }
 }
     _ = (answer, results)
+}
+
+func readmeRelay(relayAddress: Multiaddr) async throws {
+
+let relayClient = RelayClient()
+let autonat = AutoNATService()
+var configuration = P2PHost.Configuration.defaults
+configuration.listenAddresses = ["/ip4/0.0.0.0/tcp/4001"]
+configuration.services = [autonat]
+relayClient.install(in: &configuration)           // dial and accept …/p2p-circuit/… addresses
+try await withHost(configuration: configuration) { host in
+    try await relayClient.keepReservation(on: relayAddress)   // refreshed before it expires
+    print(relayClient.circuitAddresses)           // [/ip4/…/p2p/<relay>/p2p-circuit/p2p/<us>]
+    for await reachability in autonat.updates() { print(reachability) }   // unknown, then private
+}
 }
 
 func readmeLifecycle() async throws {
@@ -91,7 +110,7 @@ registry.emit(into: &text)                                         // what `--me
         let examples = text.components(separatedBy: "```swift\n").dropFirst().map {
             $0.components(separatedBy: "```")[0]
         }
-        #expect(examples.count == 4)
+        #expect(examples.count == 5)
         for example in examples {
             let lines = example.split(separator: "\n", omittingEmptySubsequences: false)
                 .filter { !$0.hasPrefix("import ") }

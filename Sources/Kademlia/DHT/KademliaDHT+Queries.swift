@@ -129,10 +129,36 @@ extension KademliaDHT {
         return PeerLookup(addresses: found, queries: lookup.queriesSent, hops: (lookup.hops(to: responder) ?? 0) + 1)
     }
 
-    /// Announces that we provide `key` (a CID's multihash) to the k closest peers and keeps the
-    /// record locally. Returns how many peers took it.
+    /// Announces that we provide `key` (a CID's multihash) to the k closest peers, keeps the
+    /// record locally, and remembers the key: it is announced again every
+    /// `providerRepublishInterval` until `stopProviding(key)` or `stop()`. Returns how many
+    /// peers took it. Throws `.limitExceeded` beyond `maxProvidedKeys` keys.
     @discardableResult
     public func provide(_ key: [UInt8]) async throws -> Int {
+        try withState { s throws(KademliaError) in
+            guard s.provided.contains(key) || s.provided.count < configuration.maxProvidedKeys else {
+                throw KademliaError(.limitExceeded, "we provide \(configuration.maxProvidedKeys) keys already")
+            }
+            s.provided.insert(key)
+        }
+        return try await announce(key)
+    }
+
+    /// Stops announcing `key` again (the records peers hold expire after `providerTTL`) and
+    /// drops our own record of it.
+    public func stopProviding(_ key: [UInt8]) {
+        let me = host?.peerID.bytes
+        state.withLockedValue { s in
+            s.provided.remove(key)
+            if let me { s.providers.remove(me, for: key) }
+        }
+    }
+
+    /// The keys we provide (and republish).
+    public var providedKeys: [[UInt8]] { state.withLockedValue { Array($0.provided) } }
+
+    /// One announcement of `key`: our own store, then ADD_PROVIDER to the k closest peers.
+    func announce(_ key: [UInt8]) async throws -> Int {
         let host = try requireHost()
         try withState { s throws(KademliaError) in try s.providers.add(host.peerID.bytes, for: key, now: .now) }
         let closest = try await closestPeers(to: key)
@@ -146,6 +172,25 @@ extension KademliaDHT {
             for await ok in group where ok { count += 1 }
             return count
         }
+    }
+
+    /// Announces every provided key again (the republish timer; go-libp2p-kad-dht's
+    /// reprovider does the same every 22 h). Keys go one after another, so a large set costs
+    /// one lookup at a time. Returns how many announcements peers took.
+    @discardableResult
+    public func republishProviders() async -> Int {
+        let keys = providedKeys
+        var took = 0
+        for key in keys {
+            guard !Task.isCancelled else { break }
+            // A key dropped meanwhile is not announced again.
+            guard state.withLockedValue({ $0.provided.contains(key) }) else { continue }
+            took += (try? await announce(key)) ?? 0
+        }
+        host?.configuration.logger.debug(
+            "DHT provider records republished", metadata: ["keys": "\(keys.count)", "announcements": "\(took)"])
+        emit(.republished(keys: keys.count, announcements: took))
+        return took
     }
 
     /// Up to `count` providers of `key` with their addresses: our own store first, then a lookup
@@ -178,12 +223,12 @@ extension KademliaDHT {
     }
 
     /// Stores `value` under `key` (validated by its namespace's validator) at the k closest peers
-    /// and locally. Returns how many peers took it.
+    /// and locally. Throws `.invalidRecord` when it does not validate or when we hold a newer
+    /// record for the key (the validator's `select` prefers ours). Returns how many peers took it.
     @discardableResult
     public func putValue(_ value: [UInt8], for key: [UInt8]) async throws -> Int {
         let record = KadMessage.Record(key: key, value: value)
-        try validate(record)
-        try withState { s throws(KademliaError) in try s.records.put(record, now: .now) }
+        try store(record, now: .now)
         let closest = try await closestPeers(to: key)
         let message = KadMessage(type: .putValue, key: key, record: record)
         return await withTaskGroup(of: Bool.self) { group in
@@ -196,10 +241,10 @@ extension KademliaDHT {
         }
     }
 
-    /// The best valid value under `key`: ours if we hold one, else from a lookup (stops at the
-    /// first valid record). Throws `.notFound`.
+    /// The best valid value under `key`: ours if we hold a valid one, else from a lookup (stops
+    /// at the first valid record). Throws `.notFound`.
     public func getValue(_ key: [UInt8]) async throws -> [UInt8] {
-        if let local = state.withLockedValue({ $0.records.get(key, now: .now) }) { return local.value }
+        if let local = storedRecord(key, now: .now) { return local.value }
         var values: [[UInt8]] = []
         _ = try await lookup(KadMessage(type: .getValue), key: key) { [self] _, response in
             guard let record = response.record, record.key == key, (try? validate(record)) != nil else { return false }

@@ -58,15 +58,14 @@ extension KademliaDHT {
             return KadMessage(type: .findNode, key: request.key, closerPeers: closer)
         case .getValue:
             guard !request.key.isEmpty else { throw KademliaError(.malformedMessage, "GET_VALUE without a key") }
-            let record = state.withLockedValue { $0.records.get(request.key, now: now) }
+            let record = storedRecord(request.key, now: now)
             return KadMessage(
                 type: .getValue, key: request.key, record: record, closerPeers: closerPeers(to: request.key, excluding: peer))
         case .putValue:
             guard let record = request.record, record.key == request.key, !record.key.isEmpty else {
                 throw KademliaError(.malformedMessage, "PUT_VALUE without a record for its key")
             }
-            try validate(record)
-            try withState { s throws(KademliaError) in try s.records.put(record, now: now) }
+            try store(record, now: now)
             // go echoes the request.
             return request
         case .addProvider:
@@ -104,6 +103,36 @@ extension KademliaDHT {
             throw KademliaError(.invalidRecord, "no validator for the record's namespace")
         }
         try validator.validate(key: record.key, value: record.value)
+    }
+
+    /// Validates `record` and stores it, unless we hold a valid record for its key that its
+    /// validator prefers (go refuses such a PUT_VALUE: "old record"). Throws `.invalidRecord`.
+    func store(_ record: KadMessage.Record, now: ContinuousClock.Instant) throws(KademliaError) {
+        try validate(record)
+        // Drops a stored record that is no longer valid (an IPNS record past its EOL) first.
+        _ = storedRecord(record.key, now: now)
+        guard let namespace = namespace(of: record.key), let validator = validators[namespace] else { return }
+        try withState { s throws(KademliaError) in
+            if let current = s.records.get(record.key, now: now), current.value != record.value,
+                validator.select(key: record.key, values: [record.value, current.value]) != 0
+            {
+                throw KademliaError(.invalidRecord, "the record is older than the one stored under its key")
+            }
+            try s.records.put(record, now: now)
+        }
+    }
+
+    /// The record stored under `key` if it is still valid (an IPNS record past its EOL is not):
+    /// an invalid one is dropped, as go does when it reads its datastore.
+    func storedRecord(_ key: [UInt8], now: ContinuousClock.Instant) -> KadMessage.Record? {
+        guard let record = state.withLockedValue({ $0.records.get(key, now: now) }) else { return nil }
+        guard (try? validate(record)) != nil else {
+            state.withLockedValue { s in
+                if s.records.get(key, now: now) == record { s.records.remove(key) }
+            }
+            return nil
+        }
+        return record
     }
 
     /// The k peers of our table closest to `key`, with addresses, without `excluded` (the asker).

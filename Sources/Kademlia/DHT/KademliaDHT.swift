@@ -10,9 +10,13 @@ import NIOCore
 /// `getValue`, checked by a `RecordValidator` per namespace).
 ///
 /// In server mode it answers the protocol (`/ipfs/kad/1.0.0` unless configured otherwise, e.g.
-/// `/<network>/kad/1.0.0`) and identify advertises it; in client mode it only asks. Peers enter
-/// the routing table when they answer a query or when identify says they serve the protocol
+/// `/<network>/kad/1.0.0`) and identify advertises it; in client mode it only asks. The mode
+/// can change at run time (`setMode`). Peers enter the routing table when they answer a query
+/// or when identify says they serve the protocol, and leave it when identify says they stopped
 /// (go-libp2p-kad-dht keeps only DHT servers in its table, and so do we).
+///
+/// What we provide is announced again every `providerRepublishInterval` (go: 22 h; the records
+/// live 48 h) until `stopProviding` or `stop`.
 ///
 /// What a peer can make us hold is bounded: the message size and lists (`KadMessage.Limits`),
 /// requests per peer per second, records, provider keys and providers per key, and the stream's
@@ -61,8 +65,14 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         /// How often the table is refreshed (a self lookup and random keys in the emptiest
         /// buckets); nil: only when `bootstrap()` is called.
         public var refreshInterval: Duration? = .seconds(600)
-        /// Record validators by namespace; `/pk` is always there.
+        /// Record validators by namespace; `/pk` and `/ipns` are always there (as in
+        /// go-libp2p-kad-dht); one given here for the same namespace replaces the default.
         public var validators: [any RecordValidator] = []
+        /// How often the keys we provide are announced again (go: 22 h, well within the 48 h
+        /// the records live); nil: only when `provide` is called.
+        public var providerRepublishInterval: Duration? = .seconds(22 * 3600)
+        /// Keys we provide and republish, at most (`provide` beyond it throws `.limitExceeded`).
+        public var maxProvidedKeys = 65_536
 
         /// The defaults.
         public init() {}
@@ -78,6 +88,24 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         /// Liveness checks in progress (a full bucket's oldest entry), so one runs per peer.
         var checking: Set<PeerID> = []
         var background: [Task<Void, Never>] = []
+        /// The mode now (`configuration.mode` until `setMode`).
+        var mode: Mode
+        /// The keys we provide (announced again every `providerRepublishInterval`).
+        var provided: Set<[UInt8]> = []
+        /// Subscribers to `events()`.
+        var subscribers: [UInt64: AsyncStream<Event>.Continuation] = [:]
+        var nextSubscriber: UInt64 = 0
+        /// `stop()` was called: new `events()` streams end at once.
+        var stopped = false
+    }
+
+    /// What the DHT reports to `events()` subscribers.
+    public enum Event: Sendable, Hashable {
+        /// The mode changed (by `setMode`).
+        case modeChanged(Mode)
+        /// The provided keys were announced again: how many keys, and how many announcements
+        /// peers took.
+        case republished(keys: Int, announcements: Int)
     }
 
     /// The settings.
@@ -88,15 +116,19 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     /// A DHT node with `configuration`; add it to a host's `services`.
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
-        var validators: [String: any RecordValidator] = ["pk": PublicKeyValidator()]
-        for validator in configuration.validators { validators[validator.namespace] = validator }
-        self.validators = validators
-        self.state = NIOLockedValueBox(
+        let state = NIOLockedValueBox(
             State(
                 records: RecordStore(maxRecords: configuration.maxRecords, ttl: configuration.recordTTL),
                 providers: ProviderStore(
                     maxKeys: configuration.maxProviderKeys, maxProvidersPerKey: configuration.maxProvidersPerKey,
-                    ttl: configuration.providerTTL)))
+                    ttl: configuration.providerTTL),
+                mode: configuration.mode))
+        self.state = state
+        // go's ipns.Validator asks the peerstore for keys a name does not inline (RSA).
+        let ipns = IPNSValidator(keyBook: { peer in state.withLockedValue { $0.host }?.peerstore.publicKey(for: peer) })
+        var validators: [String: any RecordValidator] = ["pk": PublicKeyValidator(), "ipns": ipns]
+        for validator in configuration.validators { validators[validator.namespace] = validator }
+        self.validators = validators
     }
 
     /// Registers the protocol (server mode), follows identify to fill the routing table, and
@@ -107,11 +139,7 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
             s.table = RoutingTable(local: host.peerID, bucketSize: configuration.k)
         }
         host.addPeerRouting(self)
-        if configuration.mode == .server {
-            try host.setStreamHandler(configuration.protocolID) { [weak self] stream in
-                try await self?.serve(stream)
-            }
-        }
+        if mode == .server { try handleProtocol(on: host) }
         let events = host.events()
         let protocolID = configuration.protocolID
         let follower = Task { [weak self] in
@@ -119,7 +147,12 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
                 guard let self else { return }
                 switch event {
                 case .peerIdentified(let peer):
-                    if host.peerstore.protocols(for: peer).contains(protocolID) { self.sawServer(peer) }
+                    // Also after an identify push: a peer that switched to client mode leaves.
+                    if host.peerstore.protocols(for: peer).contains(protocolID) {
+                        self.sawServer(peer)
+                    } else {
+                        self.failed(peer)
+                    }
                 case .peerDisconnected(let peer):
                     _ = self.state.withLockedValue { $0.rates.removeValue(forKey: peer) }
                 default:
@@ -137,16 +170,93 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
                 }
             })
         }
+        if let interval = configuration.providerRepublishInterval {
+            tasks.append(Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self, !Task.isCancelled else { return }
+                    await self.republishProviders()
+                }
+            })
+        }
         state.withLockedValue { $0.background += tasks }
     }
 
-    /// Stops the background tasks (the host's shutdown ends the streams).
+    private func handleProtocol(on host: P2PHost) throws {
+        // As go-libp2p-kad-dht: no DHT traffic over limited (relayed) connections.
+        try host.setStreamHandler(configuration.protocolID, allowOnLimitedConnections: false) { [weak self] stream in
+            try await self?.serve(stream)
+        }
+    }
+
+    /// The mode now.
+    public var mode: Mode { state.withLockedValue { $0.mode } }
+
+    /// Switches between client and server at run time (the hook NAT status drives: a node
+    /// others can reach serves). Server: the protocol is handled and identify advertises it
+    /// (the host pushes the new protocol list to connected peers, so their tables take us);
+    /// client: no longer handled nor advertised (peers drop us from their tables), lookups go on.
+    /// Streams being served finish. Before `attach`, sets the mode `attach` starts in.
+    public func setMode(_ mode: Mode) throws {
+        let (old, host) = state.withLockedValue { s -> (Mode, P2PHost?) in
+            defer { s.mode = mode }
+            return (s.mode, s.host)
+        }
+        guard old != mode else { return }
+        if let host {
+            switch mode {
+            case .server:
+                do {
+                    try handleProtocol(on: host)
+                } catch {
+                    state.withLockedValue { $0.mode = old }
+                    throw error
+                }
+            case .client:
+                host.removeStreamHandler(configuration.protocolID)
+            }
+            host.configuration.logger.info(
+                "DHT mode changed", metadata: ["mode": "\(mode)", "protocol": "\(configuration.protocolID)"])
+        }
+        emit(.modeChanged(mode))
+    }
+
+    /// A new subscription to the DHT's events (holds the newest 256 if not consumed).
+    public func events() -> AsyncStream<Event> {
+        let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(256))
+        let id = state.withLockedValue { s -> UInt64? in
+            guard !s.stopped else { return nil }
+            defer { s.nextSubscriber += 1 }
+            s.subscribers[s.nextSubscriber] = continuation
+            return s.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    func emit(_ event: Event) {
+        for subscriber in state.withLockedValue({ Array($0.subscribers.values) }) { subscriber.yield(event) }
+    }
+
+    /// Stops the background tasks, republishing among them (the host's shutdown ends the
+    /// streams), and ends the `events()` streams.
     public func stop() {
-        let tasks = state.withLockedValue { s in
-            defer { s.background = [] }
-            return s.background
+        let (tasks, subscribers) = state.withLockedValue { s in
+            defer {
+                s.background = []
+                s.subscribers = [:]
+                s.stopped = true
+            }
+            return (s.background, Array(s.subscribers.values))
         }
         for task in tasks { task.cancel() }
+        for subscriber in subscribers { subscriber.finish() }
     }
 
     var host: P2PHost? { state.withLockedValue { $0.host } }
@@ -166,6 +276,11 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     func requireHost() throws(KademliaError) -> P2PHost {
         guard let host else { throw KademliaError(.notFound, "the DHT is not attached to a host") }
         return host
+    }
+
+    /// What the stores hold now: records kept for others (and ours), keys with provider records.
+    public var storeSizes: (records: Int, providerKeys: Int) {
+        state.withLockedValue { ($0.records.count, $0.providers.keyCount) }
     }
 
     /// The peers in the routing table.

@@ -47,6 +47,11 @@ public struct RecordStore: Sendable {
         entries[record.key] = Entry(record: record, received: now)
     }
 
+    /// Drops the record under `key`.
+    public mutating func remove(_ key: [UInt8]) {
+        entries[key] = nil
+    }
+
     /// Drops expired records.
     public mutating func expire(now: ContinuousClock.Instant) {
         entries = entries.filter { now - $0.value.received < ttl }
@@ -95,6 +100,13 @@ public struct ProviderStore: Sendable {
         list.append(Provider(peer: peer, expires: now + ttl))
         if list.count > maxProvidersPerKey { list.removeFirst(list.count - maxProvidersPerKey) }
         providers[key] = list
+    }
+
+    /// Drops `peer`'s record for `key`.
+    public mutating func remove(_ peer: [UInt8], for key: [UInt8]) {
+        guard let list = providers[key] else { return }
+        let kept = list.filter { $0.peer != peer }
+        providers[key] = kept.isEmpty ? nil : kept
     }
 
     /// The unexpired providers of `key`, newest last.

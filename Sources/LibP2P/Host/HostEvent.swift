@@ -21,4 +21,7 @@ public enum HostEvent: Sendable {
     case peerIdentified(PeerID)
     /// An inbound connection failed its upgrade (bad handshake, timeout, protocol violation).
     case inboundUpgradeFailed(remoteAddress: Multiaddr?, error: any Error)
+    /// The addresses we advertise changed (`P2PHost.advertisedAddresses`), e.g. a relay
+    /// reservation was made or lost.
+    case addressesChanged([Multiaddr])
 }

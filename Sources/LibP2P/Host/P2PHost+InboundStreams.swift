@@ -18,7 +18,7 @@ extension P2PHost {
         connection.session.setInboundStreamHandler { [weak self] stream in
             guard let self else { return stream.reset() }
             connection.markStreamActivity()
-            var negotiator = MultistreamNegotiator(role: .listener(protocols: self.supportedProtocols))
+            var negotiator = MultistreamNegotiator(role: .listener(protocols: self.supportedProtocols(on: connection)))
             _ = negotiator.start()  // a listener sends nothing first
             if let early = stream.takeAvailable() {
                 do {

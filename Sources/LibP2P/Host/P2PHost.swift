@@ -74,6 +74,9 @@ public final class P2PHost: Sendable {
         var maintenance: Task<Void, Never>?
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
+        var addressSources: [@Sendable () -> [Multiaddr]] = []
+        var refusedOnLimited: Set<String> = []
+        var lastAdvertised: [Multiaddr] = []
         var handlerTasks: [UInt64: Task<Void, Never>] = [:]
         var routers: [any PeerRouting] = []
         var nextID: UInt64 = 1
@@ -187,6 +190,35 @@ public final class P2PHost: Sendable {
     /// addresses of this machine's interfaces.
     public var listenAddresses: [Multiaddr] { swarm.listenAddresses }
 
+    /// The addresses we tell peers about (identify, signed peer records): the listen addresses,
+    /// then those of the address sources (e.g. `/p2p/<relay>/p2p-circuit` addresses of the
+    /// relay reservations we hold), each once, without `/p2p/<our peer ID>`.
+    public var advertisedAddresses: [Multiaddr] {
+        let sources = state.withLockedValue { $0.addressSources }
+        var seen = Set<Multiaddr>()
+        return (listenAddresses + sources.flatMap { $0() }).filter { seen.insert($0).inserted }
+    }
+
+    /// Adds addresses to `advertisedAddresses` (a relay client adds its circuit addresses); call
+    /// `addressesChanged()` when what the source returns changes.
+    package func addAddressSource(_ source: @escaping @Sendable () -> [Multiaddr]) {
+        state.withLockedValue { $0.addressSources.append(source) }
+    }
+
+    /// Tells the host that `advertisedAddresses` may have changed: when it did, connected peers
+    /// get an identify push and subscribers an `.addressesChanged` event.
+    package func addressesChanged() {
+        let current = advertisedAddresses
+        let changed = state.withLockedValue { s -> Bool in
+            guard s.lastAdvertised != current else { return false }
+            s.lastAdvertised = current
+            return true
+        }
+        guard changed else { return }
+        emit(.addressesChanged(current))
+        notifyProtocolsChanged()
+    }
+
     /// Listen addresses ending in `/p2p/<our peer ID>`, ready to hand to another peer.
     public var addresses: [Multiaddr] {
         listenAddresses.map { $0.appending(peerID: peerID) }
@@ -201,12 +233,19 @@ public final class P2PHost: Sendable {
     // MARK: - Stream handlers
 
     /// Handles inbound streams for `protocolID`. Throws `.handlerExists` if one is set already.
-    public func setStreamHandler(_ protocolID: String, _ handler: @escaping StreamHandler) throws {
+    ///
+    /// `allowOnLimitedConnections: false` refuses the protocol on limited (relayed) connections,
+    /// as if we did not speak it there: for protocols whose traffic a relay's small time and data
+    /// allowance cannot carry, or that must not act on a relayed peer (bulk transfer, the DHT).
+    public func setStreamHandler(
+        _ protocolID: String, allowOnLimitedConnections: Bool = true, _ handler: @escaping StreamHandler
+    ) throws {
         try state.withLockedValue { s in
             guard s.handlers[protocolID] == nil else {
                 throw HostError(.handlerExists, "a handler for \(protocolID) is already set")
             }
             s.handlers[protocolID] = .task(handler)
+            if !allowOnLimitedConnections { s.refusedOnLimited.insert(protocolID) }
         }
         notifyProtocolsChanged()
     }
@@ -229,7 +268,10 @@ public final class P2PHost: Sendable {
     }
 
     public func removeStreamHandler(_ protocolID: String) {
-        let removed = state.withLockedValue { $0.handlers.removeValue(forKey: protocolID) != nil }
+        let removed = state.withLockedValue { s in
+            s.refusedOnLimited.remove(protocolID)
+            return s.handlers.removeValue(forKey: protocolID) != nil
+        }
         if removed { notifyProtocolsChanged() }
     }
 
@@ -238,11 +280,21 @@ public final class P2PHost: Sendable {
         state.withLockedValue { $0.handlers.keys.sorted() }
     }
 
+    /// The protocols inbound streams on `connection` may negotiate: all of them, but on a limited
+    /// (relayed) connection not those registered with `allowOnLimitedConnections: false`.
+    func supportedProtocols(on connection: Connection) -> [String] {
+        state.withLockedValue { s in
+            let all = s.handlers.keys.sorted()
+            return connection.isLimited ? all.filter { !s.refusedOnLimited.contains($0) } : all
+        }
+    }
+
     private func notifyProtocolsChanged() {
         for observer in state.withLockedValue({ $0.protocolObservers }) { observer() }
     }
 
-    /// Called (synchronously) when the set of supported protocols changes; identify push uses it.
+    /// Called (synchronously) when the set of supported protocols or the advertised addresses
+    /// change; identify push uses it.
     /// (Package-level: the built-in services need the synchronous call; users subscribe to `events()`.)
     package func addProtocolsObserver(_ observer: @escaping @Sendable () -> Void) {
         state.withLockedValue { $0.protocolObservers.append(observer) }
@@ -296,7 +348,9 @@ public final class P2PHost: Sendable {
     public func connect(to peer: PeerID, addresses: [Multiaddr] = []) async throws -> Connection {
         guard peer != peerID else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
         try checkRunning()
-        if let existing = connections(to: peer).first { return existing }
+        // A direct connection is used as it is; with only a relayed one, the swarm tries for a
+        // direct one first when an address allows (and falls back to the relayed one).
+        if let existing = connections(to: peer).first, !existing.isLimited { return existing }
         if !addresses.isEmpty { peerstore.addAddresses(addresses, for: peer, ttl: .temporary) }
         if peerstore.addresses(for: peer).isEmpty { try await route(peer) }
         return try await swarm.connect(to: peer)
@@ -334,6 +388,20 @@ public final class P2PHost: Sendable {
         }
         try checkRunning()
         return try await swarm.dial(address, expectedPeer: nil)
+    }
+
+    /// Dials `address` on a new connection even when there is one to `peer` already: AutoNAT's
+    /// dial-back must prove that the address is reachable, not reuse a connection.
+    ///
+    /// For hole punching: `localPort` dials from our listen port (SO_REUSEPORT), `asResponder`
+    /// runs security and muxer as the responder (in a TCP simultaneous open both ends dialed;
+    /// DCUtR gives the roles).
+    package func dialNewConnection(
+        to address: Multiaddr, expectedPeer: PeerID, localPort: UInt16? = nil, asResponder: Bool = false
+    ) async throws -> Connection {
+        try checkRunning()
+        return try await swarm.dial(
+            address.removingPeerID(), expectedPeer: expectedPeer, localPort: localPort, asResponder: asResponder)
     }
 
     /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it

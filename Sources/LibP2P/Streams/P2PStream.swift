@@ -256,13 +256,13 @@ public final class P2PStream: Sendable {
         }
     }
 
-    /// Abruptly ends both directions.
     /// Calls `watcher` once when the stream fails (reset by either side, or the connection
     /// ended), right away if it failed already; nil removes it. A FIN is not a failure.
     public func setFailureWatcher(_ watcher: (@Sendable () -> Void)?) {
         stream.setFailureWatcher(watcher)
     }
 
+    /// Abruptly ends both directions.
     public func reset() {
         stream.reset()
     }

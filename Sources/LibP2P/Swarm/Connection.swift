@@ -125,6 +125,10 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public static func == (lhs: Connection, rhs: Connection) -> Bool { lhs === rhs }
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 
+    /// Whether the connection runs through a relay (its remote address has `/p2p-circuit`):
+    /// such a connection is limited in time and data by the relay.
+    public var isLimited: Bool { remoteAddress.isCircuit }
+
     public var description: String {
         "Connection(\(id), \(direction.rawValue), \(remotePeer) at \(remoteAddress))"
     }

@@ -20,10 +20,10 @@ public struct DialRanker: Sendable, Hashable {
     public init() {}
 
     /// Where an address leads: dialed in this order.
-    enum Locality: Int, Comparable {
+    package enum Locality: Int, Comparable {
         case inProcess, loopback, privateNetwork, publicNetwork, name
 
-        static func < (lhs: Locality, rhs: Locality) -> Bool { lhs.rawValue < rhs.rawValue }
+        package static func < (lhs: Locality, rhs: Locality) -> Bool { lhs.rawValue < rhs.rawValue }
     }
 
     /// One address and when its dial may start, counted from the start of the whole dial.
@@ -37,7 +37,8 @@ public struct DialRanker: Sendable, Hashable {
     /// `addresses` best first, each with its start delay. Duplicates are dropped. Order: in-process
     /// (`/memory`), loopback, private networks, public addresses, then DNS names; within each, plain
     /// TCP before WebSocket (one handshake less) before secure WebSocket, IPv6 before IPv4 for the
-    /// same transport (Happy Eyeballs), otherwise as given.
+    /// same transport (Happy Eyeballs), otherwise as given; relayed (`/p2p-circuit`) addresses
+    /// come after all direct ones.
     public func rank(_ addresses: [Multiaddr]) -> [ScheduledDial] {
         var seen = Set<Multiaddr>()
         let unique = addresses.filter { seen.insert($0).inserted }
@@ -46,6 +47,8 @@ public struct DialRanker: Sendable, Hashable {
              family: Self.familyRank(of: address), index: index)
         }
         let sorted = keyed.sorted { a, b in
+            // Relayed (circuit) addresses after every direct one: a relay is the fallback.
+            if a.address.isCircuit != b.address.isCircuit { return !a.address.isCircuit }
             if a.locality != b.locality { return a.locality < b.locality }
             if a.transport != b.transport { return a.transport < b.transport }
             if a.family != b.family { return a.family < b.family }
@@ -62,7 +65,7 @@ public struct DialRanker: Sendable, Hashable {
         return out
     }
 
-    static func locality(of address: Multiaddr) -> Locality {
+    package static func locality(of address: Multiaddr) -> Locality {
         guard let first = address.components.first else { return .name }
         switch first {
         case .memory: return .inProcess

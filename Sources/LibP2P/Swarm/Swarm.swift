@@ -127,7 +127,9 @@ final class Swarm: Sendable {
     /// Bound listen addresses; wildcard addresses expanded to this machine's interfaces.
     var listenAddresses: [Multiaddr] {
         let bound = state.withLockedValue { $0.listeners.map(\.address) }
-        return bound.flatMap { Self.expandWildcard($0) }
+        // A bare `/p2p-circuit` listener (the relay client's) has no address of its own to give:
+        // its addresses are the reservations' (`<relay>/p2p-circuit`).
+        return bound.filter { $0.components.first != .p2pCircuit }.flatMap { Self.expandWildcard($0) }
     }
 
     private static func expandWildcard(_ address: Multiaddr) -> [Multiaddr] {
@@ -156,8 +158,11 @@ final class Swarm: Sendable {
 
     // MARK: - Registry
 
+    /// The open connections to `peer`, direct ones before limited (relayed) ones, so that a
+    /// stream goes over a direct connection whenever there is one.
     func connections(to peer: PeerID) -> [Connection] {
-        state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        let open = state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        return open.filter { !$0.isLimited } + open.filter(\.isLimited)
     }
 
     var connectedPeers: [PeerID] { state.withLockedValue { Array($0.connections.keys) } }
@@ -170,26 +175,36 @@ final class Swarm: Sendable {
     func connect(to peer: PeerID) async throws -> Connection {
         guard peer != localPeer else { throw HostError(.dialSelf, "refusing to dial ourselves (\(peer))") }
         try checkRunning()
-        if let existing = connections(to: peer).first { return existing }
+        let existing = connections(to: peer)
+        if let direct = existing.first, !direct.isLimited { return direct }
+        // Only a relayed connection: try for a direct one when we know a direct address (and
+        // fall back to the relayed one); a second circuit would gain nothing.
+        let relayed = existing.first
+        if relayed != nil, !peerstore.addresses(for: peer).contains(where: { !$0.isCircuit }) { return relayed! }
         let task = try state.withLockedValue { s -> Task<Connection, any Error> in
             guard !s.shuttingDown else { throw HostError(.shutDown, "the host is shut down") }
             if let inFlight = s.dials[peer] { return inFlight }
             // Owned by the registry: shutdown cancels it; it removes itself when done.
             let task = Task { [self] in
                 defer { _ = state.withLockedValue { $0.dials.removeValue(forKey: peer) } }
-                return try await dialRanked(peer)
+                return try await dialRanked(peer, directOnly: relayed != nil)
             }
             s.dials[peer] = task
             return task
         }
-        return try await task.value
+        do {
+            return try await task.value
+        } catch {
+            if let relayed, !relayed.isClosed { return relayed }
+            throw error
+        }
     }
 
     /// Dials `peer`'s known addresses, best first, staggered (see `DialRanker`): the first
     /// connection wins and the other attempts are cancelled (their channels closed at once).
-    private func dialRanked(_ peer: PeerID) async throws -> Connection {
+    private func dialRanked(_ peer: PeerID, directOnly: Bool = false) async throws -> Connection {
         let candidates = await resolveDNSAddr(peerstore.addresses(for: peer), for: peer).filter { address in
-            transports.contains { $0.canDial(address) }
+            (!directOnly || !address.isCircuit) && transports.contains { $0.canDial(address) }
         }
         guard !candidates.isEmpty else {
             throw HostError(.noAddresses, "no dialable address known for \(peer)")
@@ -270,13 +285,18 @@ final class Swarm: Sendable {
 
     /// Dials one address and upgrades the connection; registers it. Cancelling the calling task
     /// closes the channel, which ends the connect or the upgrade at once.
-    func dial(_ address: Multiaddr, expectedPeer: PeerID?) async throws -> Connection {
+    /// `localPort` dials from that port (shared with our listener: hole punching); `asResponder`
+    /// runs the upgrade as the responder although we dialed (a TCP simultaneous open, where
+    /// DCUtR decides the roles), and then requires the remote to be `expectedPeer`.
+    func dial(
+        _ address: Multiaddr, expectedPeer: PeerID?, localPort: UInt16? = nil, asResponder: Bool = false
+    ) async throws -> Connection {
         if case .dnsaddr = address.components.first {
             // Only through `connect(to:)` without a peer ID: the first address it resolves to.
             guard let resolved = await resolveDNSAddr([address], for: address.peerID).first else {
                 throw HostError(.noAddresses, "\(address) resolved to no address")
             }
-            return try await dial(resolved, expectedPeer: expectedPeer)
+            return try await dial(resolved, expectedPeer: expectedPeer, localPort: localPort, asResponder: asResponder)
         }
         let plain = address.removingPeerID()
         guard let transport = transports.first(where: { $0.canDial(plain) }) else {
@@ -298,15 +318,16 @@ final class Swarm: Sendable {
         }
         let channel: Channel
         do {
-            let options = DialOptions(
-                deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope))
+            var options = DialOptions(
+                deadline: deadline, sourceAddress: configuration.dialSourceAddress, memory: TransportMemory(scope),
+                fullAddress: address.peerID == nil ? expectedPeer.map { address.appending(peerID: $0) } ?? address : address)
+            options.localPort = localPort
+            let role: Upgrader.Role = asResponder ? .responder : .initiator(expectedPeer: expectedPeer)
             channel = try await withTaskCancellationHandler {
                 try await transport.dial(plain, options: options) { channel in
                     cancellation.attach(channel)
                     upgrade.withLockedValue {
-                        $0 = upgrader.upgrade(
-                            channel: channel, role: .initiator(expectedPeer: expectedPeer), deadline: deadline,
-                            resourceScope: scope)
+                        $0 = upgrader.upgrade(channel: channel, role: role, deadline: deadline, resourceScope: scope)
                     }
                     return channel.eventLoop.makeSucceededVoidFuture()
                 }
@@ -353,6 +374,11 @@ final class Swarm: Sendable {
             scope.done()
             channel.close(promise: nil)
             throw HostError(.dialSelf, "\(address) is ourselves")
+        }
+        if asResponder, let expectedPeer, result.remote.remotePeer != expectedPeer {
+            scope.done()
+            channel.close(promise: nil)
+            throw HostError(.upgradeFailed, "\(address) is \(result.remote.remotePeer), not \(expectedPeer)")
         }
         do {
             try scope.setPeer(result.remote.remotePeer.description)

@@ -34,6 +34,9 @@ extension PointSubClient {
         /// Read buffers kept for reuse, and the largest one kept.
         public var bufferPoolSize = 64
         public var bufferPoolMaxBufferSize = 1024 * 1024
+        /// Nodes one `sendClosest` tries at most when a `ClosestNodeSource` names them (the
+        /// protocol's hand-made node list is always tried in full).
+        public var closestNodeLimit = 8
 
         public init() {}
 
@@ -55,6 +58,7 @@ extension PointSubClient {
             guard maxDecompressedBytesInFlight > 0 else { throw fail("maxDecompressedBytesInFlight must be positive") }
             guard bufferPoolSize >= 0 else { throw fail("bufferPoolSize must not be negative") }
             guard bufferPoolMaxBufferSize > 0 else { throw fail("bufferPoolMaxBufferSize must be positive") }
+            guard closestNodeLimit >= 1 else { throw fail("closestNodeLimit must be at least 1 (is \(closestNodeLimit))") }
         }
     }
 

@@ -1,4 +1,5 @@
 import Basics
+import Crypto
 import Identity
 import LibP2P
 import Multiformats
@@ -60,6 +61,19 @@ import NIOCore
 /// `.allNodesFailed` when every node failed, with each node's error in `nodeFailures`, in the
 /// order tried; `.timeout(requestSent:)` (also with `nodeFailures`) if the time ran out before
 /// every node was tried (at once, trying none, for a deadline that has passed).
+///
+/// **Node sources (e.g. the DHT).** With a `ClosestNodeSource` set for the protocol
+/// (`setClosestNodeSource(_:protocol:)`), the node list is not used: the source names the nodes
+/// that serve the protocol nearest to the request's *key*, and they are tried in that order (by
+/// XOR distance; `.roundTripTime` is refused with `.invalidConfiguration`). The key is `key` if
+/// given, else the SHA-256 of the request (32 bytes: a DHT lookup carries the key, and a request
+/// may be megabytes). `DHTClosestNodes` hashes the key once more, as the kad-dht spec hashes
+/// every key: the node chosen is the serving peer whose SHA-256(peer ID) is nearest by XOR to
+/// SHA-256(key). The source is asked for at most `configuration.closestNodeLimit` nodes, and
+/// asked again (the tried ones excluded) when all it gave have failed, until that many were tried.
+/// A node that fails is reported to the source (`nodeFailed`), which stops offering it from its
+/// cache. `.noServerNodes` when the source knows no serving node; the source's errors otherwise
+/// (`.timeout` with `nodeFailures` when the time ran out while it looked).
 extension PointSubClient {
     /// How `sendClosest` orders the nodes of a protocol.
     public enum NodeOrdering: Sendable, Hashable {
@@ -113,14 +127,49 @@ extension PointSubClient {
         case .xorDistance:
             return nodeList.orderedByXOR(request: request, protocol: protocolID)
         case .roundTripTime:
-            let order = nodeList.orderedByRTT(request: request.readableBytesView, protocol: protocolID)
-            // If the first is cooling, all are, sorted by when they become available: keep that.
-            guard let first = order.first, nodeList.status(of: first, protocol: protocolID)?.availableAt == nil else {
-                return order
-            }
-            let measured = Set(order.filter { nodeList.rtt(of: $0) != nil })
-            return order.filter { !measured.contains($0) } + order.filter { measured.contains($0) }
+            return rttOrder(
+                nodeList.orderedByRTT(request: request.readableBytesView, protocol: protocolID), protocol: protocolID)
         }
+    }
+
+    /// The RTT order with the unmeasured nodes first.
+    private func rttOrder(_ order: [PeerID], protocol protocolID: String) -> [PeerID] {
+        // If the first is cooling, all are, sorted by when they become available: keep that.
+        guard let first = order.first, nodeList.status(of: first, protocol: protocolID)?.availableAt == nil else {
+            return order
+        }
+        let measured = Set(order.filter { nodeList.rtt(of: $0) != nil })
+        return order.filter { !measured.contains($0) } + order.filter { measured.contains($0) }
+    }
+
+    /// `serverNodeOrder(for:protocol:ordering:)` measured from SHA-256(`point`) instead of the request's hash.
+    func serverNodeOrder(point: [UInt8], protocol protocolID: String, ordering: NodeOrdering) -> [PeerID] {
+        switch ordering {
+        case .xorDistance:
+            return nodeList.orderedByXOR(request: point, protocol: protocolID)
+        case .roundTripTime:
+            return rttOrder(nodeList.orderedByRTT(request: point, protocol: protocolID), protocol: protocolID)
+        }
+    }
+
+    // MARK: - Node sources
+
+    /// Makes `sendClosest` for `protocolID` ask `source` for the nodes instead of using the node
+    /// list (see the notes on this extension); nil goes back to the node list. A call under way
+    /// keeps the source it started with.
+    public func setClosestNodeSource(_ source: (any ClosestNodeSource)?, protocol protocolID: String) {
+        nodeSources.withLockedValue { $0[protocolID] = source }
+    }
+
+    /// The node source of `protocolID`, if one is set.
+    public func closestNodeSource(protocol protocolID: String) -> (any ClosestNodeSource)? {
+        nodeSources.withLockedValue { $0[protocolID] }
+    }
+
+    /// The key a node source is asked about for `request` when `sendClosest` is given none:
+    /// the SHA-256 of the request's bytes.
+    public static func closestNodeKey(for request: ByteBuffer) -> [UInt8] {
+        Array(request.withUnsafeReadableBytes { SHA256.hash(data: $0) })
     }
 
     // MARK: - Sending
@@ -129,9 +178,12 @@ extension PointSubClient {
     /// extension), failing over down the list, and returns the response with the node that
     /// answered. `deadline` (default: `requestTimeout` from now) bounds the whole call and is
     /// shared out among the rounds still to go.
+    ///
+    /// `key` (default: the request itself for node lists, its SHA-256 for a node source) is what
+    /// "closest" is measured from; with a key, both kinds of node sets use the point SHA-256(key).
     public func sendClosest(
-        _ request: ByteBuffer, protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
-        fanout: Int = 1, deadline: Deadline? = nil
+        _ request: ByteBuffer, key: [UInt8]? = nil, protocol protocolID: String,
+        ordering: NodeOrdering = .xorDistance, fanout: Int = 1, deadline: Deadline? = nil
     ) async throws(PointSubError) -> (response: ByteBuffer, node: PeerID) {
         let deadline = deadline ?? .after(configuration.requestTimeout)
         guard fanout >= 1 else { throw PointSubError(.invalidConfiguration, "fanout must be at least 1 (is \(fanout))") }
@@ -141,7 +193,21 @@ extension PointSubClient {
                 "request of \(request.readableBytes) bytes exceeds the maximum block size of \(configuration.maxBlockSize)")
         }
         guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
-        let nodes = serverNodeOrder(for: request, protocol: protocolID, ordering: ordering)
+        if let source = closestNodeSource(protocol: protocolID) {
+            guard ordering == .xorDistance else {
+                throw PointSubError(
+                    .invalidConfiguration, "\(protocolID) has a node source, which orders by XOR distance only")
+            }
+            return try await sendClosest(
+                request, key: key ?? Self.closestNodeKey(for: request), protocolID: protocolID, source: source,
+                fanout: fanout, deadline: deadline)
+        }
+        let nodes: [PeerID]
+        if let key {
+            nodes = serverNodeOrder(point: key, protocol: protocolID, ordering: ordering)
+        } else {
+            nodes = serverNodeOrder(for: request, protocol: protocolID, ordering: ordering)
+        }
         guard !nodes.isEmpty else { throw PointSubError(.noServerNodes, "no server nodes for \(protocolID)") }
 
         var failures: [PointSubError.NodeFailure] = []
@@ -159,7 +225,7 @@ extension PointSubClient {
             }
             let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
             next += batch.count
-            switch await round(request, nodes: batch, protocolID: protocolID, deadline: .after(share)) {
+            switch await round(request, nodes: batch, protocolID: protocolID, source: nil, deadline: .after(share)) {
             case .answered(let response, let node):
                 return (response, node)
             case .final(let error):
@@ -175,12 +241,87 @@ extension PointSubClient {
 
     /// `sendClosest` with plain bytes.
     public func sendClosest(
-        _ request: [UInt8], protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
+        _ request: [UInt8], key: [UInt8]? = nil, protocol protocolID: String, ordering: NodeOrdering = .xorDistance,
         fanout: Int = 1, deadline: Deadline? = nil
     ) async throws(PointSubError) -> (response: [UInt8], node: PeerID) {
         let (response, node) = try await sendClosest(
-            ByteBuffer(bytes: request), protocol: protocolID, ordering: ordering, fanout: fanout, deadline: deadline)
+            ByteBuffer(bytes: request), key: key, protocol: protocolID, ordering: ordering, fanout: fanout,
+            deadline: deadline)
         return (Array(response.readableBytesView), node)
+    }
+
+    /// `sendClosest` with the nodes from `source`: asks for a batch, tries it round by round,
+    /// asks for the next batch (the tried nodes excluded) when it is used up.
+    private func sendClosest(
+        _ request: ByteBuffer, key: [UInt8], protocolID: String, source: any ClosestNodeSource, fanout: Int,
+        deadline: Deadline
+    ) async throws(PointSubError) -> (response: ByteBuffer, node: PeerID) {
+        guard !isClosed else { throw PointSubError(.clientClosed, "the client is closed") }
+        let limit = configuration.closestNodeLimit
+        var tried = Set<PeerID>()
+        var failures: [PointSubError.NodeFailure] = []
+        var nodes: [PeerID] = []
+        var next = 0
+        while true {
+            guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
+            if next == nodes.count {
+                let wanted = limit - tried.count
+                guard wanted > 0 else { break }
+                do {
+                    nodes = try await source.closestNodes(
+                        to: key, protocol: protocolID, count: wanted, excluding: tried, deadline: deadline)
+                } catch {
+                    switch error.code {
+                    case .cancelled, .clientClosed:
+                        throw error
+                    case .timeout:
+                        var error = error
+                        error.nodeFailures = failures
+                        throw error
+                    default:
+                        guard !failures.isEmpty else { throw error }
+                        var failed = PointSubError(
+                            .allNodesFailed,
+                            "all \(failures.count) nodes of \(protocolID) tried failed, and finding more failed",
+                            cause: error)
+                        failed.nodeFailures = failures
+                        throw failed
+                    }
+                }
+                // Whatever the source does, a node is tried once and never ourselves.
+                let local = host.peerID
+                var seen = Set<PeerID>()
+                nodes = Array(nodes.filter { $0 != local && !tried.contains($0) && seen.insert($0).inserted }.prefix(wanted))
+                next = 0
+                guard !nodes.isEmpty else { break }
+            }
+            let roundsLeft = (nodes.count - next + fanout - 1) / fanout
+            let share = deadline.remaining / roundsLeft
+            guard share > .zero else {
+                var error = PointSubError(
+                    .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
+                    "no answer from the nodes of \(protocolID) by the deadline; \(nodes.count - next) not tried")
+                error.nodeFailures = failures
+                throw error
+            }
+            let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
+            next += batch.count
+            tried.formUnion(batch)
+            switch await round(request, nodes: batch, protocolID: protocolID, source: source, deadline: .after(share)) {
+            case .answered(let response, let node):
+                return (response, node)
+            case .final(let error):
+                throw error
+            case .failed(let roundFailures):
+                failures += roundFailures
+            }
+        }
+        guard !failures.isEmpty else {
+            throw PointSubError(.noServerNodes, "no node serving \(protocolID) found for the key")
+        }
+        var error = PointSubError(.allNodesFailed, "all \(failures.count) nodes of \(protocolID) tried failed")
+        error.nodeFailures = failures
+        throw error
     }
 
     // MARK: - Rounds
@@ -201,14 +342,16 @@ extension PointSubClient {
         case failover(PointSubError)
     }
 
-    /// Sends to every node of `nodes` at once; the first answer wins.
+    /// Sends to every node of `nodes` at once; the first answer wins. Failed nodes are reported
+    /// to `source`, if any.
     private func round(
-        _ request: ByteBuffer, nodes: [PeerID], protocolID: String, deadline: Deadline
+        _ request: ByteBuffer, nodes: [PeerID], protocolID: String, source: (any ClosestNodeSource)?,
+        deadline: Deadline
     ) async -> RoundOutcome {
         if nodes.count == 1 {
             let node = nodes[0]
             let result = await attempt(request, node: node, protocolID: protocolID, deadline: deadline)
-            switch judge(result, node: node, protocolID: protocolID) {
+            switch judge(result, node: node, protocolID: protocolID, source: source) {
             case .answer(let response): return .answered(response, node)
             case .final(let error): return .final(error)
             case .failover(let error): return .failed([.init(node: node, error: error)])
@@ -220,7 +363,7 @@ extension PointSubClient {
             }
             var failures: [PointSubError.NodeFailure] = []
             for await (node, result) in group {
-                switch judge(result, node: node, protocolID: protocolID) {
+                switch judge(result, node: node, protocolID: protocolID, source: source) {
                 case .answer(let response):
                     // The losers' sends return at once when cancelled (their streams are reset).
                     group.cancelAll()
@@ -251,7 +394,9 @@ extension PointSubClient {
     }
 
     /// Classifies an attempt's result and updates the node's health accordingly.
-    private func judge(_ result: Result<ByteBuffer, PointSubError>, node: PeerID, protocolID: String) -> Verdict {
+    private func judge(
+        _ result: Result<ByteBuffer, PointSubError>, node: PeerID, protocolID: String, source: (any ClosestNodeSource)?
+    ) -> Verdict {
         switch result {
         case .success(let response):
             nodeList.markSuccess(node, protocol: protocolID)
@@ -268,6 +413,7 @@ extension PointSubClient {
                 return .final(error)
             default:
                 nodeList.markFailure(node, protocol: protocolID)
+                source?.nodeFailed(node, protocol: protocolID)
                 return .failover(error)
             }
         }

@@ -127,6 +127,8 @@ public final class PointSubClient: Sendable {
     private let state = NIOLockedValueBox(State())
     /// The server nodes per protocol for `sendClosest` (PointSubClient+Closest.swift).
     let nodeList: NodeList
+    /// The protocols whose `sendClosest` nodes come from a source (e.g. the DHT) instead.
+    let nodeSources = NIOLockedValueBox<[String: any ClosestNodeSource]>([:])
 
     /// Throws `.invalidConfiguration` for an unusable configuration.
     public convenience init(host: P2PHost, configuration: Configuration = .defaults) throws(PointSubError) {
@@ -158,6 +160,9 @@ public final class PointSubClient: Sendable {
     deinit {
         state.withLockedValue { $0.cleanupTask?.cancel() }
     }
+
+    /// Whether `close()` was called.
+    var isClosed: Bool { state.withLockedValue { $0.closed } }
 
     // MARK: - Sending
 

@@ -1,6 +1,20 @@
 import Basics
 import Identity
 
+/// How a topic's messages are signed and checked (spec `pubsub/README.md`, "Signature Policy
+/// Options"). Set per service (`PubSubConfiguration.signaturePolicy`) and per topic
+/// (`PubSubConfiguration.topics`).
+public enum MessageSignaturePolicy: String, Sendable, Hashable, CaseIterable {
+    /// Messages carry `from`, `seqno`, `signature` (and `key` when the peer ID does not inline
+    /// it); a received message without them, or whose signature does not verify, is rejected.
+    case strictSign
+    /// Messages carry none of `from`, `seqno`, `signature`, `key` (absent from the protobuf, not
+    /// empty); a received message with any of them is rejected. The message ID cannot use the
+    /// author and must come from the content (`PubSubConfiguration.unsignedMessageID`). Ethereum
+    /// consensus gossip uses this policy.
+    case strictNoSign
+}
+
 /// StrictSign (spec `pubsub/README.md`, "Message Signing"): every message carries its author in
 /// `from`, a sequence number, and a signature by the author's key over `"libp2p-pubsub:"` followed
 /// by the message protobuf without `signature` and `key`. `key` holds the author's marshaled public
@@ -28,13 +42,17 @@ public enum MessageSigning {
             case keyNotRecoverable
             /// The signature does not verify.
             case badSignature
+            /// StrictNoSign: the message has a signature.
+            case unexpectedSignature
+            /// StrictNoSign: the message has a `from`, a `seqno` or a `key`.
+            case unexpectedAuthor
         }
 
         /// What kind of failure.
         public var code: Code
         /// The same, for people.
         public var message: String
-        /// None: StrictSign is checked here.
+        /// None: the policy is checked here.
         public var cause: (any Error)? { nil }
 
         /// A failure of kind `code`.
@@ -62,12 +80,50 @@ public enum MessageSigning {
         public static let keyNotRecoverable = Failure(.keyNotRecoverable, "no key, and from does not inline one")
         /// The signature does not verify.
         public static let badSignature = Failure(.badSignature, "signature does not verify")
+        /// A signature on a StrictNoSign topic.
+        public static let unexpectedSignature = Failure(.unexpectedSignature, "signed message on a StrictNoSign topic")
+        /// `from`, `seqno` or `key` on a StrictNoSign topic.
+        public static let unexpectedAuthor = Failure(
+            .unexpectedAuthor, "message with from, seqno or key on a StrictNoSign topic")
     }
 
     /// The author and sequence number of a message that passed `verify`.
     public struct Author: Sendable, Equatable {
+        /// The verified author (`from`).
         public var peer: PeerID
+        /// The message's sequence number.
         public var seqno: UInt64
+    }
+
+    /// A StrictNoSign message: topic and data only (no `from`, `seqno`, `signature` or `key`).
+    public static func unsignedMessage(topic: String, data: [UInt8]) -> PubSubRPC.Message {
+        PubSubRPC.Message(data: data, topic: topic)
+    }
+
+    /// The checks of `policy` that need no cryptography, made before the seen cache is consulted
+    /// (as go-libp2p-pubsub's `checkSigningPolicy`): StrictSign needs a signature, StrictNoSign
+    /// allows none of `signature`, `from`, `seqno`, `key`. nil when the message passes them.
+    public static func precheck(_ message: PubSubRPC.Message, policy: MessageSignaturePolicy) -> Failure? {
+        switch policy {
+        case .strictSign:
+            return message.signature == nil ? .missingSignature : nil
+        case .strictNoSign:
+            if message.signature != nil { return .unexpectedSignature }
+            if message.from != nil || message.seqno != nil || message.key != nil { return .unexpectedAuthor }
+            return nil
+        }
+    }
+
+    /// Checks `message` under `policy`: StrictSign verifies it (`verify`) and returns its author;
+    /// StrictNoSign returns nil for a message without author fields.
+    public static func check(_ message: PubSubRPC.Message, policy: MessageSignaturePolicy) -> Result<Author?, Failure> {
+        switch policy {
+        case .strictSign:
+            return verify(message).map { Optional($0) }
+        case .strictNoSign:
+            if let failure = precheck(message, policy: .strictNoSign) { return .failure(failure) }
+            return .success(nil)
+        }
     }
 
     /// A signed message from `key`'s peer with sequence number `seqno`.

@@ -1,3 +1,4 @@
+import Crypto
 import LibP2P
 import Logging
 
@@ -37,9 +38,21 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     public var seenCacheCapacity = 131_072
     /// How long a topic validator may take; a late verdict counts as `.ignore`.
     public var validationTimeout: Duration = .seconds(5)
-    /// The message-ID function; both ends of a link may use different ones (they only decide what
-    /// counts as a duplicate locally). Default: `from ‖ seqno`, as go-libp2p's default.
+    /// The message-ID function of StrictSign topics without their own (`topics[topic].messageID`).
+    /// Both ends of a link may use different ones (they decide what counts as a duplicate
+    /// locally), but gossip (IHAVE/IWANT) only finds messages when they agree. Default:
+    /// `from ‖ seqno`, as go-libp2p's default. Compute IDs with `messageID(of:)`, which picks
+    /// the function of the message's topic.
     public var messageID: MessageIDFunction = PubSubConfiguration.fromAndSeqno
+    /// The message-ID function of StrictNoSign topics without their own: such messages have no
+    /// `from` or `seqno`, so the ID must come from the content. Default: `dataSHA256`.
+    public var unsignedMessageID: MessageIDFunction = PubSubConfiguration.dataSHA256
+    /// The signature policy of topics without their own (`topics[topic].signaturePolicy`); what
+    /// we publish is signed (or not) and what we receive is checked accordingly.
+    public var signaturePolicy = MessageSignaturePolicy.strictSign
+    /// Settings of single topics, overriding the service-wide ones. Ethereum-style gossip, for
+    /// example: `topics["blocks"] = .init(signaturePolicy: .strictNoSign, messageID: myID)`.
+    public var topics: [String: PubSubTopicOptions] = [:]
     /// Whether our own published messages are delivered to our own subscriptions.
     public var deliverOwnMessages = false
     /// Leave out a queued copy of a message when the peer it is for sends us that message before
@@ -50,13 +63,51 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     /// best — turn this off if that window is wide and P₃ weighs heavily. A gossipsub v1.2
     /// IDONTWANT from the peer leaves out queued copies the same way (also counted in `suppressed`).
     public var leaveOutCopiesPeersHave = true
+    /// Peer exchange (gossipsub v1.1 PRUNE; the router decides whose offers to take,
+    /// `GossipSubConfiguration.thresholds.acceptPX`): at most this many connections to offered
+    /// peers are being made at once (go-libp2p-pubsub runs 8 connectors).
+    public var peerExchangeConcurrency = 8
+    /// Peer exchange: offered peers waiting for a connection attempt; further offers are dropped
+    /// and counted (`PubSubCounters.peerExchangeDropped`), as go-libp2p-pubsub's 128 pending.
+    public var peerExchangeMaxPending = 128
+    /// Peer exchange: how long one connection attempt to an offered peer may take (go: 30 s).
+    public var peerExchangeConnectTimeout: Duration = .seconds(30)
+    /// Where the service logs (nothing by default).
     public var logger = Logger(label: "pointsub.pubsub", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// The defaults (see each property).
     public init() {}
 
     /// The default message ID: the author's peer ID bytes followed by the seqno bytes.
     public static let fromAndSeqno: MessageIDFunction = { message in
         (message.from ?? []) + (message.seqno ?? [])
+    }
+
+    /// The default message ID of StrictNoSign topics: the SHA-256 digest of `data` (32 bytes).
+    /// js-libp2p-gossipsub uses the same by default for StrictNoSign, and py-libp2p's
+    /// `ContentAddressedMessageIDGenerator` hashes the same way (but sends the digest base64
+    /// encoded). go-libp2p-pubsub has no default (`WithMessageIdFn` is required); Ethereum
+    /// consensus uses its own (`SHA-256(domain ‖ snappy-decompressed data)[:20]`), set per topic.
+    public static let dataSHA256: MessageIDFunction = { message in
+        Array(SHA256.hash(data: message.data))
+    }
+
+    /// The signature policy of `topic`: its own, else `signaturePolicy`.
+    public func signaturePolicy(of topic: String) -> MessageSignaturePolicy {
+        topics[topic]?.signaturePolicy ?? signaturePolicy
+    }
+
+    /// The ID of `message`: its topic's own function, else `unsignedMessageID` for a
+    /// StrictNoSign topic and `messageID` for a StrictSign one. The one place the engine (seen
+    /// cache, router, outbound queue) computes message IDs.
+    public func messageID(of message: PubSubRPC.Message) -> MessageID {
+        guard !topics.isEmpty || signaturePolicy != .strictSign else { return messageID(message) }
+        let options = topics[message.topic]
+        if let own = options?.messageID { return own(message) }
+        switch options?.signaturePolicy ?? signaturePolicy {
+        case .strictSign: return messageID(message)
+        case .strictNoSign: return unsignedMessageID(message)
+        }
     }
 
     /// Throws `.invalidConfiguration` naming the first bad value.
@@ -65,10 +116,14 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
             ("maxRPCSize", maxRPCSize), ("maxQueuedRPCsPerPeer", maxQueuedRPCsPerPeer),
             ("maxQueuedBytesPerPeer", maxQueuedBytesPerPeer), ("maxTopicsPerPeer", maxTopicsPerPeer),
             ("subscriptionBufferSize", subscriptionBufferSize), ("seenCacheCapacity", seenCacheCapacity),
+            ("peerExchangeConcurrency", peerExchangeConcurrency), ("peerExchangeMaxPending", peerExchangeMaxPending),
         ] where value <= 0 {
             throw .invalidConfiguration("\(name) must be positive (is \(value))")
         }
-        for (name, value) in [("seenTTL", seenTTL), ("validationTimeout", validationTimeout)] where value <= .zero {
+        for (name, value) in [
+            ("seenTTL", seenTTL), ("validationTimeout", validationTimeout),
+            ("peerExchangeConnectTimeout", peerExchangeConnectTimeout),
+        ] where value <= .zero {
             throw .invalidConfiguration("\(name) must be positive (is \(value))")
         }
     }

@@ -20,7 +20,9 @@ public struct PubSubCounters: Sendable, Equatable {
     /// (it has it; ours would only be a duplicate there). `forwarded + suppressed` is what the
     /// router asked for.
     public var suppressed = 0
-    /// Messages that failed StrictSign or that a validator rejected.
+    /// Messages that failed their topic's signature policy (StrictSign: unsigned or badly
+    /// signed; StrictNoSign: carrying a signature, `from`, `seqno` or `key`) or that a validator
+    /// rejected.
     public var rejected = 0
     /// Messages a validator ignored or did not judge in time, and messages claiming to be ours
     /// that we did not publish (a stale copy whose seen entry expired).
@@ -49,4 +51,15 @@ public struct PubSubCounters: Sendable, Equatable {
     /// Gossipsub v1.2: message copies (forwarded or asked for with IWANT) not sent to a peer
     /// because it had sent us IDONTWANT for the message.
     public var idontwantLeftOut = 0
+    /// Peer exchange: signed peer records in PRUNEs that failed verification (bad envelope or
+    /// signature, wrong payload type, or about another peer than the one offered); the offer
+    /// was ignored.
+    public var peerExchangeInvalidRecords = 0
+    /// Peer exchange: connection attempts to offered peers.
+    public var peerExchangeDials = 0
+    /// Peer exchange: attempts that ended with a connection.
+    public var peerExchangeConnected = 0
+    /// Peer exchange: offered peers not tried because `peerExchangeMaxPending` were waiting (or
+    /// one PRUNE offered more than that).
+    public var peerExchangeDropped = 0
 }

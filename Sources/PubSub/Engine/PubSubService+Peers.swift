@@ -398,8 +398,9 @@ extension PubSubService {
 
     /// Handles an RPC without suspending, in as few turns of the engine's lock as it can: one for
     /// the graylist check, the subscriptions and the seen check of every message (duplicates end
-    /// there; the router hears of the new ones, `receivedNew`), one per new message after its signature check (marked seen and, without a topic
-    /// validator, delivered and routed), one for the control part. Returns where it stopped when a
+    /// there; the router hears of the new ones, `receivedNew`), one per new message after its
+    /// signature check (marked seen and, without a topic validator, delivered and routed), one for
+    /// the control part. Returns where it stopped when a
     /// message waits for a topic validator (`finish` takes it from there).
     ///
     /// No suspension point between a message's seen check and its insertion: a nonisolated async
@@ -407,8 +408,14 @@ extension PubSubService {
     /// and other copies of the message, read by other tasks meanwhile, would all pass the check and
     /// be verified too.
     func handle(_ rpc: PubSubRPC, from peer: PeerID) -> PendingValidation? {
-        let ids = rpc.messages.map { configuration.messageID($0) }
+        let ids = rpc.messages.map { configuration.messageID(of: $0) }
         let keys = ids.map(MessageKey.init)
+        // The policy checks that need no cryptography come first, before the seen cache (as
+        // go-libp2p-pubsub does): a copy breaking its topic's policy is rejected (and scored)
+        // even when a valid copy came first.
+        let violations = rpc.messages.map {
+            MessageSigning.precheck($0, policy: configuration.signaturePolicy(of: $0.topic))
+        }
         let first = state.withLockedValue { s -> (fresh: [Int], queue: OutboundQueue?, actions: [PubSubRouterAction])? in
             // gossipsub v1.1: RPCs of a peer whose score fell below the graylist threshold are ignored.
             if s.router.isGraylisted(peer) {
@@ -425,7 +432,10 @@ extension PubSubService {
             var fresh: [Int] = []
             for (index, message) in rpc.messages.enumerated() {
                 s.counters.received += 1
-                if s.seen.contains(keys[index], now: now) {
+                if violations[index] != nil {
+                    s.counters.rejected += 1
+                    s.router.invalidMessage(message, from: peer, now: now)
+                } else if s.seen.contains(keys[index], now: now) {
                     s.counters.duplicates += 1
                     s.router.duplicateMessage(message, id: ids[index], from: peer, now: now)
                 } else {
@@ -448,9 +458,15 @@ extension PubSubService {
                 metadata: ["peer": "\(peer)"])
             return nil
         }
+        if let violation = violations.lazy.compactMap({ $0 }).first {
+            let count = violations.count(where: { $0 != nil })
+            metrics.rejected.increment(by: count)
+            peerLog.log(.debug, key: "pubsub message rejected", "pubsub message rejected",
+                metadata: ["peer": "\(peer)", "reason": "\(violation.message)", "count": "\(count)"])
+        }
         if !rpc.messages.isEmpty {
             metrics.received.increment(by: rpc.messages.count)
-            let duplicates = rpc.messages.count - first.fresh.count
+            let duplicates = rpc.messages.count - first.fresh.count - violations.count(where: { $0 != nil })
             if duplicates > 0 { metrics.duplicates.increment(by: duplicates) }
         }
         execute(first.actions)
@@ -485,13 +501,15 @@ extension PubSubService {
             }
         }
         if let control = progress.rpc.control, !control.isEmpty {
-            let actions = state.withLockedValue { s -> [PubSubRouterAction] in
-                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return [] }
+            let (actions, offers) = state.withLockedValue { s -> ([PubSubRouterAction], [PubSubRPC.Prune.PeerInfo]) in
+                guard s.phase == .running, s.sessions[peer]?.inRouter == true else { return ([], []) }
                 let now = ContinuousClock.now
                 let seen = s.seen  // a copy-on-write snapshot: the router mutates while it asks
-                return s.router.handleControl(control, from: peer, now: now) { seen.contains($0, now: now) }
+                let actions = s.router.handleControl(control, from: peer, now: now) { seen.contains($0, now: now) }
+                return (actions, control.prune.isEmpty ? [] : s.router.takePeerExchangeOffers())
             }
             execute(actions)
+            if !offers.isEmpty { takePeerExchange(offers, from: peer) }
         }
         return nil
     }
@@ -520,23 +538,24 @@ extension PubSubService {
         }
     }
 
-    /// A message that was not in the seen cache: StrictSign, our own message, then marks it seen,
-    /// and delivers and routes it — or returns what its topic's validator needs. The signature is
-    /// checked before the ID is marked seen, so a forged copy cannot shadow the real message.
+    /// A message that was not in the seen cache: its topic's signature policy (StrictSign: the
+    /// signature), our own message, then marks it seen, and delivers and routes it — or returns
+    /// what its topic's validator needs. The signature is checked before the ID is marked seen,
+    /// so a forged copy cannot shadow the real message.
     private func handleNew(
         _ message: PubSubRPC.Message, id: MessageID, key: MessageKey, from peer: PeerID
     ) -> (received: PubSubMessage, validator: Validator, timeout: Duration)? {
-        let author: MessageSigning.Author
-        switch MessageSigning.verify(message) {
+        let author: MessageSigning.Author?
+        switch MessageSigning.check(message, policy: configuration.signaturePolicy(of: message.topic)) {
         case .failure(let failure):
-            reject(message, id: id, from: peer, reason: failure.message)
+            reject(message, id: id, from: peer, reason: failure.message, tracked: false)
             return nil
         case .success(let verified):
             author = verified
         }
         // go-libp2p does the same: a message claiming to be ours that we do not remember (its seen
         // entry expired) is dropped, never delivered or forwarded again.
-        if author.peer == host.peerID {
+        if author?.peer == host.peerID {
             state.withLockedValue { $0.counters.ignored += 1 }
             return nil
         }
@@ -559,7 +578,7 @@ extension PubSubService {
             return route(message, id: id, from: peer, now: now, in: &s).map(Next.routed) ?? .done
         }
         let received = PubSubMessage(
-            topic: message.topic, data: message.data, from: author.peer, seqno: author.seqno, id: id, receivedFrom: peer)
+            topic: message.topic, data: message.data, from: author?.peer, seqno: author?.seqno, id: id, receivedFrom: peer)
         switch next {
         case .done:
             return nil
@@ -588,10 +607,16 @@ extension PubSubService {
         return (subscribers, s.router.route(message, id: id, from: peer, now: now))
     }
 
-    private func reject(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, reason: String) {
+    /// Counts and scores a rejected message. `tracked`: the router records the ID as invalid (a
+    /// validator's verdict); false for a signature-policy failure (`PubSubRouter.invalidMessage`).
+    private func reject(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID, reason: String, tracked: Bool = true) {
         state.withLockedValue { s in
             s.counters.rejected += 1
-            s.router.messageRejected(message, id: id, from: peer, now: .now)
+            if tracked {
+                s.router.messageRejected(message, id: id, from: peer, now: .now)
+            } else {
+                s.router.invalidMessage(message, from: peer, now: .now)
+            }
         }
         metrics.rejected.increment()
         peerLog.log(.debug, key: "pubsub message rejected", "pubsub message rejected",
@@ -655,7 +680,10 @@ extension PubSubService {
         // Routers send one RPC to many peers (floodsub: the same message to every neighbour).
         var last: (rpc: PubSubRPC, frame: OutboundFrame?)?
         for (action, queue) in zip(actions, queues) {
-            guard case .send(_, let rpc) = action, let queue else { continue }
+            guard case .send(_, var rpc) = action, let queue else { continue }
+            if rpc.control.map({ !$0.prune.isEmpty }) == true {
+                rpc = PeerExchange.attachingRecords(to: rpc) { host.peerstore.signedRecord(for: $0) }
+            }
             let frame: OutboundFrame?
             if let last, last.rpc == rpc {
                 frame = last.frame
@@ -665,7 +693,7 @@ extension PubSubService {
                 frame = bytes.count <= configuration.maxRPCSize
                     ? OutboundFrame(
                         bytes: Self.frame(bytes), messageCount: rpc.messages.count,
-                        messageID: single ? MessageKey(configuration.messageID(rpc.messages[0])) : nil,
+                        messageID: single ? MessageKey(configuration.messageID(of: rpc.messages[0])) : nil,
                         urgent: Self.isIDontWantOnly(rpc))
                     : nil
                 last = (rpc, frame)

@@ -97,6 +97,13 @@ public final class PubSubService: Sendable {
         var openFailed: Set<PeerID> = []
         /// `run()` calls waiting for `stop()`.
         var stopWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        /// Peer exchange: offered peers waiting for a connection attempt (at most
+        /// `peerExchangeMaxPending`), oldest first.
+        var exchangeQueue: [PeerID] = []
+        /// Peer exchange: peers queued or being dialed (an offer of one of them is not queued again).
+        var exchangePending: Set<PeerID> = []
+        /// Peer exchange: connector tasks running (at most `peerExchangeConcurrency`).
+        var exchangeConnectors = 0
 
         mutating func takeID() -> UInt64 {
             defer { nextID += 1 }
@@ -244,6 +251,8 @@ public final class PubSubService: Sendable {
                 s.openFailed = []
                 s.eventSubscribers = [:]
                 s.stopWaiters = [:]
+                s.exchangeQueue = []
+                s.exchangePending = []
                 peersChanged(&s)
             }
             return (
@@ -373,16 +382,20 @@ public final class PubSubService: Sendable {
 
     // MARK: - Publishing
 
-    /// Signs `data` as a new message of `topic` and sends it to the peers the router picks. We
-    /// need not subscribe to the topic. `minPeers`: the message is sent only if at least that
-    /// many peers are known to subscribe to the topic (`peers(topic:)`); otherwise nothing is
-    /// sent and `.notEnoughPeers` is thrown — `publish` returning means the message went to
-    /// somebody (without it, a publish with nobody to send to succeeds quietly). Throws
-    /// `.notRunning`, `.notEnoughPeers`, `.messageTooLarge` (it would not fit in `maxRPCSize`),
-    /// `.publishRejected` (our validator did not accept it).
+    /// Publishes `data` as a new message of `topic` and sends it to the peers the router picks:
+    /// signed, with our peer ID and a new seqno, under StrictSign; with neither under StrictNoSign
+    /// (the topic's policy, `configuration.signaturePolicy(of:)`). We need not subscribe to the
+    /// topic. `minPeers`: the message is sent only if at least that many peers are known to
+    /// subscribe to the topic (`peers(topic:)`); otherwise nothing is sent and `.notEnoughPeers`
+    /// is thrown — `publish` returning means the message went to somebody (without it, a publish
+    /// with nobody to send to succeeds quietly). Throws `.notRunning`, `.notEnoughPeers`,
+    /// `.messageTooLarge` (it would not fit in `maxRPCSize`), `.publishRejected` (our validator
+    /// did not accept it), `.duplicateMessage` (its ID was seen within `seenTTL`: with content
+    /// IDs, the same bytes published again — every peer would drop it).
     @discardableResult
     public func publish(_ topic: String, _ data: some Collection<UInt8>, minPeers: Int = 0) async throws(PubSubError) -> MessageID {
-        let checked = state.withLockedValue { s -> Result<UInt64, PubSubError> in
+        let policy = configuration.signaturePolicy(of: topic)
+        let checked = state.withLockedValue { s -> Result<UInt64?, PubSubError> in
             guard s.phase == .running else { return .failure(.notRunning) }
             if minPeers > 0 {
                 let known = s.router.peers(subscribedTo: topic).count
@@ -390,15 +403,20 @@ public final class PubSubService: Sendable {
                     return .failure(.notEnoughPeers(topic: topic, known: known, required: minPeers))
                 }
             }
+            guard policy == .strictSign else { return .success(nil) }
             defer { s.seqno &+= 1 }
             return .success(s.seqno)
         }
         let seqno = try checked.get()
         let message: PubSubRPC.Message
-        do {
-            message = try MessageSigning.signedMessage(topic: topic, data: Array(data), seqno: seqno, key: host.identity)
-        } catch {
-            throw PubSubError(.signingFailed, "signing the message failed", cause: error)
+        if let seqno {
+            do {
+                message = try MessageSigning.signedMessage(topic: topic, data: Array(data), seqno: seqno, key: host.identity)
+            } catch {
+                throw PubSubError(.signingFailed, "signing the message failed", cause: error)
+            }
+        } else {
+            message = MessageSigning.unsignedMessage(topic: topic, data: Array(data))
         }
         // The RPC carrying it alone: field tag, length, message.
         let messageSize = message.encoded().count
@@ -406,18 +424,19 @@ public final class PubSubService: Sendable {
         guard rpcSize <= configuration.maxRPCSize else {
             throw .messageTooLarge(size: rpcSize, limit: configuration.maxRPCSize)
         }
-        let id = configuration.messageID(message)
+        let id = configuration.messageID(of: message)
         let local = PubSubMessage(
-            topic: topic, data: message.data, from: host.peerID, seqno: seqno, id: id, receivedFrom: host.peerID)
+            topic: topic, data: message.data, from: seqno == nil ? nil : host.peerID, seqno: seqno, id: id,
+            receivedFrom: host.peerID)
         let verdict = await validate(local)
         guard verdict == .accept else { throw .publishRejected(topic: topic, verdict) }
         let deliverOwn = configuration.deliverOwnMessages
-        let routed = state.withLockedValue { s -> (subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction])? in
-            guard s.phase == .running else { return nil }
+        let routed = state.withLockedValue { s -> Result<(subscribers: [AsyncStream<PubSubMessage>.Continuation], actions: [PubSubRouterAction]), PubSubError> in
+            guard s.phase == .running else { return .failure(.notRunning) }
             let now = ContinuousClock.now
             // Our own message coming back from a peer is then a duplicate: never delivered or
             // routed again.
-            s.seen.insert(id, now: now)
+            guard s.seen.insert(MessageKey(id), now: now) else { return .failure(.duplicateMessage(topic: topic)) }
             s.counters.published += 1
             s.counters.routed += 1
             metrics.published.increment()
@@ -426,11 +445,11 @@ public final class PubSubService: Sendable {
                 s.counters.delivered += 1
                 metrics.delivered.increment()
             }
-            return (subscribers, s.router.route(message, id: id, from: nil, now: now))
+            return .success((subscribers, s.router.route(message, id: id, from: nil, now: now)))
         }
-        guard let routed else { throw .notRunning }
-        deliver(local, to: routed.subscribers)
-        execute(routed.actions)
+        let sent = try routed.get()
+        deliver(local, to: sent.subscribers)
+        execute(sent.actions)
         return id
     }
 

@@ -310,6 +310,13 @@ public struct GossipSubRouter: PubSubRouter {
         promises.fulfil(id)
     }
 
+    /// P₄ for `peer` in the message's topic, without a delivery record and without fulfilling a
+    /// gossip promise (a bad copy must not keep the promise of the real message).
+    public mutating func invalidMessage(_ message: PubSubRPC.Message, from peer: PeerID,
+                                        now: ContinuousClock.Instant) {
+        scores.invalidMessage(topic: message.topic, from: peer)
+    }
+
     public mutating func duplicateMessage(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
                                           now: ContinuousClock.Instant) {
         scores.duplicateDelivered(id: id, topic: message.topic, from: peer, now: now)
@@ -433,10 +440,18 @@ public struct GossipSubRouter: PubSubRouter {
             }
             addBackoff(peer, topic: topic, duration, now: now)
             guard !prune.peers.isEmpty, score(of: peer) >= configuration.thresholds.acceptPX else { continue }
-            for info in prune.peers.prefix(configuration.prunePeers) {
+            // As go-libp2p-pubsub (pxConnect): more peers than `prunePeers` are sampled down at
+            // random. Peers we have a pubsub stream with, and peers whose (retained) score is
+            // negative, are left out.
+            var offered = prune.peers
+            if offered.count > configuration.prunePeers {
+                offered.shuffle(using: &random)
+                offered = Array(offered.prefix(configuration.prunePeers))
+            }
+            for info in offered {
                 guard peerExchangeOffers.count < Self.maxPeerExchangeOffers,
-                      let bytes = info.peerID, let offered = try? PeerID(bytes: bytes),
-                      !membership.contains(offered) else { continue }
+                      let bytes = info.peerID, let candidate = try? PeerID(bytes: bytes),
+                      !membership.contains(candidate), scores.score(of: candidate) >= 0 else { continue }
                 peerExchangeOffers.append(info)
             }
         }

@@ -243,6 +243,15 @@ struct PeerScore: Sendable {
         }
     }
 
+    /// A message from `peer` that broke its topic's signature policy: P₄ counts it, but no
+    /// delivery record is kept (go-libp2p-pubsub: "we don't track those messages") — the ID of
+    /// a forged or unsigned copy says nothing about the real message with that ID, and with
+    /// content IDs a bad copy would otherwise mark the good message invalid for the peers that
+    /// bring it later.
+    mutating func invalidMessage(topic: String, from peer: PeerID) {
+        markInvalidDelivery(peer, topic: topic)
+    }
+
     private mutating func markInvalidDelivery(_ peer: PeerID, topic: String) {
         withTopicStats(peer, topic) { t, _ in t.invalidMessageDeliveries += 1 }
     }

@@ -56,6 +56,12 @@ public protocol PubSubRouter: Sendable {
     mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
                                   now: ContinuousClock.Instant)
 
+    /// A message from `peer` broke its topic's signature policy (unsigned or badly signed under
+    /// StrictSign; signed or with author fields under StrictNoSign). Unlike `messageRejected`
+    /// its ID is not recorded: routers with scoring penalise `peer` only (go-libp2p-pubsub does
+    /// the same for its signature rejections).
+    mutating func invalidMessage(_ message: PubSubRPC.Message, from peer: PeerID, now: ContinuousClock.Instant)
+
     mutating func heartbeat(now: ContinuousClock.Instant) -> [PubSubRouterAction]
 
     /// Peers known to subscribe to `topic` (for `PubSub.peers(topic:)`).
@@ -76,6 +82,11 @@ public protocol PubSubRouter: Sendable {
     /// Whether the engine should drop every RPC from `peer` unprocessed (gossipsub v1.1: the peer's
     /// score fell below the graylist threshold).
     func isGraylisted(_ peer: PeerID) -> Bool
+
+    /// Peers offered by peer exchange (gossipsub v1.1 PRUNE) that the router accepted since the
+    /// last call, returned once: the engine verifies their signed peer records and connects to
+    /// them. Called after `handleControl`.
+    mutating func takePeerExchangeOffers() -> [PubSubRPC.Prune.PeerInfo]
 }
 
 extension PubSubRouter {
@@ -83,6 +94,8 @@ extension PubSubRouter {
     public mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
                                          now: ContinuousClock.Instant) {}
     public mutating func heartbeat(now: ContinuousClock.Instant) -> [PubSubRouterAction] { [] }
+    public mutating func invalidMessage(_ message: PubSubRPC.Message, from peer: PeerID,
+                                        now: ContinuousClock.Instant) {}
     public mutating func handleControl(_ control: PubSubRPC.Control, from peer: PeerID,
                                        now: ContinuousClock.Instant,
                                        isSeen: (MessageID) -> Bool) -> [PubSubRouterAction] { [] }
@@ -96,4 +109,5 @@ extension PubSubRouter {
     public mutating func receivedNew(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
                                      now: ContinuousClock.Instant) -> [PubSubRouterAction] { [] }
     public func addCounters(to counters: inout PubSubCounters) {}
+    public mutating func takePeerExchangeOffers() -> [PubSubRPC.Prune.PeerInfo] { [] }
 }

@@ -1,0 +1,65 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `pointsub` processes across real NATs (network namespaces, `NATNetwork`): a relay on the
+/// "public" bridge, two nodes each behind its own masquerading NAT.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct NATCLITests {
+    /// A serving command in `namespace`, stderr captured.
+    static func start(_ namespace: String, _ arguments: [String]) throws -> ChildProcess.Running {
+        let ip = try #require(NATNetwork.ip, "iproute2 is needed; scripts/setup-interop.sh installs it")
+        return try ChildProcess.Running(
+            URL(fileURLWithPath: ip), NATNetwork.exec(in: namespace, [try CLI.binary.path] + arguments), captureStderr: true)
+    }
+
+    /// Waits until `process` printed a stderr line containing `text`.
+    static func awaitError(_ process: ChildProcess.Running, _ text: String, timeout: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !process.errorLines.contains(where: { $0.contains(text) }) {
+            guard ContinuousClock.now < deadline else {
+                throw ChildProcess.Failure("no \"\(text)\" on stderr within \(timeout): \(process.errorLines.suffix(20))")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// (c) AutoNAT tells the two NATed nodes they are private and the relay that it is public;
+    /// the nodes reserve on the relay and one reaches the other through it (relayed traffic
+    /// crosses both NATs).
+    @Test func autonatAndRelayAcrossNATs() async throws {
+        try await NATNetwork.with(mappings: [.endpointIndependent, .endpointIndependent]) { net in
+            let autonat = ["--autonat-boot-delay", "1", "--autonat-retry", "2", "--no-mdns"]
+            let relay = try Self.start(
+                net.publicNamespace, ["relay", "--seed", "31", "--listen", "/ip4/\(net.publicAddress)/tcp/4001"] + autonat)
+            var processes = [relay]
+            defer { for process in processes { Task { _ = try? await process.stop(signal: SIGKILL) } } }
+            let relayAddress = try await relay.firstLine(timeout: .seconds(30)) { $0.contains("/p2p/") }
+            #expect(relayAddress.hasPrefix("/ip4/198.51.100.1/tcp/4001/p2p/"))
+
+            var circuits: [String] = []
+            for (index, seed) in [32, 33].enumerated() {
+                let node = try Self.start(net.privateNamespaces[index], [
+                    "echo", "--seed", "\(seed)", "--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", relayAddress,
+                ] + autonat)
+                processes.append(node)
+                circuits.append(try await node.firstLine(timeout: .seconds(30)) { $0.contains("/p2p-circuit/") })
+            }
+            // The relay learns it is public from the nodes' dial-backs (through their NATs,
+            // outward); each node learns it is private: the relay's dial-back to the NAT's
+            // address finds no mapping.
+            try await Self.awaitError(processes[1], "autonat: reachability private")
+            try await Self.awaitError(processes[2], "autonat: reachability private")
+            try await Self.awaitError(relay, "autonat: reachability public")
+
+            // Node 1 pings node 0 through the relay, across both NATs.
+            let ip = try #require(NATNetwork.ip)
+            let ping = try await ChildProcess.run(
+                URL(fileURLWithPath: ip),
+                NATNetwork.exec(in: net.privateNamespaces[1], [try CLI.binary.path, "ping", circuits[0], "--count", "3", "--seed", "34", "--json"]),
+                timeout: 30)
+            #expect(ping.status == 0, "\(ping.stderr)")
+            #expect(ping.stdout.contains("\"type\":\"final\""), "\(ping.stdout)")
+        }
+    }
+}
