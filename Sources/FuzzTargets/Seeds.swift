@@ -150,10 +150,12 @@ extension FuzzTargets {
             let message = PubSubRPC.Message(
                 from: SeedKeys.ed25519.peerID.bytes, data: Array("payload".utf8), seqno: [0, 0, 0, 1], topic: "t",
                 signature: [UInt8](repeating: 1, count: 64), key: nil)
-            return [[0] + rpcSeed(), [1] + message.encoded(), [0] + PubSubRPC().encoded()]
+            return [[0] + rpcSeed(), [1] + message.encoded(), [0] + PubSubRPC().encoded(), [0] + idontwantSeed()]
         case .pubsubFrames:
             var buffer = ByteBuffer()
-            for rpc in [rpcSeed(), PubSubRPC(subscriptions: [.init(subscribe: false, topic: "x")]).encoded()] {
+            for rpc in [
+                rpcSeed(), PubSubRPC(subscriptions: [.init(subscribe: false, topic: "x")]).encoded(), idontwantSeed(),
+            ] {
                 buffer.writeVarint(UInt64(rpc.count))
                 buffer.writeBytes(rpc)
             }
@@ -274,8 +276,16 @@ extension FuzzTargets {
             control: .init(
                 ihave: [.init(topic: "news", messageIDs: [[1, 2, 3]])], iwant: [.init(messageIDs: [[4, 5]])],
                 graft: [.init(topic: "news")],
-                prune: [.init(topic: "old", peers: [.init(peerID: SeedKeys.ed25519.peerID.bytes)], backoff: 60)])
+                prune: [.init(topic: "old", peers: [.init(peerID: SeedKeys.ed25519.peerID.bytes)], backoff: 60)],
+                idontwant: [.init(messageIDs: [SeedKeys.ed25519.peerID.bytes + [0, 0, 0, 7], [9]])])
         ).encoded()
+    }
+
+    /// Gossipsub v1.2: an RPC carrying only IDONTWANTs (one of them empty), as a mesh peer sends them.
+    private static func idontwantSeed() -> [UInt8] {
+        PubSubRPC(control: .init(idontwant: [
+            .init(messageIDs: [SeedKeys.ed25519.peerID.bytes + [0, 0, 0, 1], [0xff, 0, 0xff]]), .init(messageIDs: []),
+        ])).encoded()
     }
 }
 

@@ -25,7 +25,7 @@ import PointSub
 @main
 struct Bench {
     static let usage = """
-        usage: pointsub-bench [host | stream | connect | rr | pubsub | dht | relay | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp|nio] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub]
+        usage: pointsub-bench [host | stream | connect | rr | pubsub | dht | relay | attack] [--quick] [--default-executor] [--iterations=N] [--two-processes] [--no-compression] [--size=BYTES] [--in-flight=N] [--only=pointsub|tcp|nio] [--payload=random|text] [--raw-streams] [--rate=N] [--nodes=N] [--degree=N] [--seconds=N] [--router=gossipsub|floodsub] [--protocol=1.1|1.2|both] [--message-size=BYTES] [--validate-ms=N]
           host                host-level figures (crypto, stream throughput, connect latency)
           stream              only the seal rate, raw TCP and single-stream throughput of `host`
           connect             only the connect + first stream + echo latencies of `host`
@@ -59,6 +59,9 @@ struct Bench {
           --degree=N          pubsub: links per node (default 6)
           --seconds=N         pubsub: measured seconds (default 10, --quick 3)
           --router=NAME       pubsub: only gossipsub or only floodsub
+          --protocol=V        pubsub: gossipsub v1.2 (default, IDONTWANT), 1.1, or both (1.2 then 1.1)
+          --message-size=N    pubsub: bytes of data per message (default 128; IDONTWANT from 1024)
+          --validate-ms=N     pubsub: every node's topic validator takes N ms per message (default none)
         """
 
     static func main() async throws {
@@ -112,8 +115,23 @@ struct Bench {
             }
             pubsub.routers = [router]
         }
+        if let version = arguments.last(where: { $0.hasPrefix("--protocol=") })?.dropFirst("--protocol=".count) {
+            let gossip: [PubSubBench.Router]
+            switch version {
+            case "1.2": gossip = [.gossipsub]
+            case "1.1": gossip = [.gossipsub11]
+            case "both": gossip = [.gossipsub, .gossipsub11]
+            default:
+                FileHandle.standardError.write(Data("pointsub-bench: --protocol takes 1.1, 1.2 or both\n".utf8))
+                exit(2)
+            }
+            pubsub.routers = pubsub.routers.flatMap { $0 == .gossipsub ? gossip : [$0] }
+        }
+        if let size = values("--message-size")?.last { pubsub.payloadSize = size }
+        if let milliseconds = values("--validate-ms")?.last { pubsub.validation = .milliseconds(milliseconds) }
         let valueOptions = [
             "--attack=", "--budget=", "--address=", "--size=", "--in-flight=", "--only=", "--payload=", "--iterations=", "--rate=", "--nodes=", "--degree=", "--seconds=", "--router=",
+            "--protocol=", "--message-size=", "--validate-ms=",
         ]
         let commands = arguments.filter { argument in
             !flags.contains(argument) && !valueOptions.contains(where: { argument.hasPrefix($0) })

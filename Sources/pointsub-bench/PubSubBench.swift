@@ -7,15 +7,21 @@ import PubSub
 /// `pointsub-bench pubsub`: a broadcast network in this process — 50 hosts on loopback (Noise +
 /// Yamux over TCP), each with a `PubSubService`, linked as a random 6-regular graph from a fixed
 /// seed, all subscribed to one topic. Messages are published at a fixed rate from random nodes;
-/// every node timestamps what it receives. Gossipsub with its defaults (1 s heartbeat), then
+/// every node timestamps what it receives. Gossipsub with its defaults (1 s heartbeat; v1.2,
+/// or v1.1 with `--protocol=1.1`, or both one after the other with `--protocol=both`), then
 /// floodsub, on the same graph.
 ///
 /// Figures per router: delivery latency (publish → delivery at each subscriber, one clock) p50,
 /// p99 and max; deliveries per second; copies received per node per message and transmissions per
-/// message (from the engines' counters); whether every node got every message exactly once.
+/// message (from the engines' counters); duplicate bytes received per message (all nodes) and the
+/// v1.2 IDONTWANT figures; whether every node got every message exactly once.
 enum PubSubBench {
     enum Router: String, CaseIterable {
-        case gossipsub, floodsub
+        /// Gossipsub v1.2 (`/meshsub/1.2.0`, IDONTWANT): the default.
+        case gossipsub
+        /// Gossipsub limited to v1.1 (`GossipSubConfiguration.meshsubV12` off).
+        case gossipsub11 = "gossipsub-1.1"
+        case floodsub
     }
 
     struct Options {
@@ -26,8 +32,11 @@ enum PubSubBench {
         var measure: Duration?
         var warmUp: Duration = .seconds(1)
         var payloadSize = 128
+        /// A topic validator that takes this long per message (as large messages take to check:
+        /// blocks, blobs); nil: none.
+        var validation: Duration?
         var seed: UInt64 = 1
-        var routers = Router.allCases
+        var routers: [Router] = [.gossipsub, .floodsub]
     }
 
     static let topic = "bench"
@@ -49,6 +58,15 @@ enum PubSubBench {
         var transmissionsPerMessage: Double
         /// Transmissions the engine left out because the peer had sent us the message meanwhile.
         var suppressedPerMessage: Double
+        /// Bytes of duplicate copies received per message, all nodes together (copies × the
+        /// message's framed RPC size, which is the same for every message of a run).
+        var duplicateBytesPerMessage: Double
+        /// Gossipsub v1.2: IDONTWANT message IDs sent per message, and copies not sent per message
+        /// because the peer had sent IDONTWANT.
+        var idontwantPerMessage: Double
+        /// Bytes of those IDONTWANTs per message (each a framed RPC of its own).
+        var idontwantBytesPerMessage: Double
+        var idontwantLeftOutPerMessage: Double
         var cpuPercent: Double
         /// Process CPU time per message (all nodes), ms.
         var cpuPerMessage: Double
@@ -70,14 +88,16 @@ enum PubSubBench {
             + "\(options.degree)-regular graph (seed \(options.seed); \(graph.count) links, degree "
             + (degrees.min() == degrees.max() ? "\(degrees.min()!)" : "\(degrees.min()!)–\(degrees.max()!)")
             + "), all subscribed to one topic")
+        if let validation = options.validation { print("every node validates each message for \(validation) (a topic validator that sleeps)") }
         print("\(options.rate) messages/s of \(options.payloadSize) bytes from random publishers for \(options.measure!) "
             + "after \(options.warmUp) of warm-up; gossipsub with its defaults (D = 6, heartbeat 1 s)")
         print("latency: publish call → delivery to each subscriber (same clock); copies: messages received per node "
             + "per message (duplicates included); tx: transmissions per message; CPU: of \(ProcessInfo.processInfo.activeProcessorCount * 100) %")
         print("started \(Date()), load average at start: \(RequestResponseBench.loadAverage())")
         let columns: [(String, Int)] = [
-            ("router", 10), ("msgs", 6), ("deliv/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("max ms", 8),
-            ("copies", 7), ("dups", 6), ("tx/msg", 8), ("left out", 9), ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("waited %", 9), ("lag ms", 7), ("complete", 10),
+            ("router", 13), ("msgs", 6), ("deliv/s", 9), ("p50 ms", 8), ("p99 ms", 8), ("max ms", 8),
+            ("copies", 7), ("dups", 6), ("dup KiB", 8), ("tx/msg", 8), ("left out", 9), ("IDW", 6), ("IDW KiB", 8), ("IDW out", 8),
+            ("mesh", 5), ("CPU %", 6), ("CPU ms/msg", 11), ("waited %", 9), ("lag ms", 7), ("complete", 10),
         ]
         let header = columns.enumerated().map { i, c in RequestResponseBench.pad(c.0, c.1, right: i > 0) }.joined(separator: " ")
         print(String(repeating: "-", count: header.count))
@@ -91,7 +111,10 @@ enum PubSubBench {
                 router.rawValue, "\(result.messages)", String(format: "%.0f", result.deliveriesPerSecond),
                 String(format: "%.2f", result.p50), String(format: "%.2f", result.p99), String(format: "%.1f", result.max),
                 String(format: "%.2f", result.copiesPerNodePerMessage), String(format: "%.2f", result.duplicatesPerNodePerMessage),
+                String(format: "%.0f", result.duplicateBytesPerMessage / 1024),
                 String(format: "%.1f", result.transmissionsPerMessage), String(format: "%.1f", result.suppressedPerMessage),
+                String(format: "%.1f", result.idontwantPerMessage), String(format: "%.1f", result.idontwantBytesPerMessage / 1024),
+                String(format: "%.1f", result.idontwantLeftOutPerMessage),
                 result.meshDegree.map { String(format: "%.1f", $0) } ?? "-",
                 String(format: "%.0f", result.cpuPercent), String(format: "%.2f", result.cpuPerMessage),
                 String(format: "%.0f", result.cpuWaitPercent),
@@ -105,7 +128,11 @@ enum PubSubBench {
             }
         }
         print(String(repeating: "-", count: header.count))
-        print("left out: transmissions per message not made because the peer had sent us the message meanwhile;")
+        print("dup KiB: bytes of duplicate copies received per message, all nodes (copies × the framed RPC);")
+        print("left out: transmissions per message not made because the peer had sent us the message (or, v1.2,")
+        print("IDONTWANT for it) while ours was queued; IDW: IDONTWANT IDs sent per message (IDW KiB: their bytes,")
+        print("one framed RPC each); IDW out: copies per message")
+        print("the routers did not send because the peer had sent IDONTWANT;")
         print("mesh: average gossipsub mesh size; lag: how late the publisher was against its schedule, at most;")
         print("waited: time our threads were ready but had no core (other processes), share of wall time")
         print("load average at end: \(RequestResponseBench.loadAverage())")
@@ -144,6 +171,9 @@ enum PubSubBench {
                     switch router {
                     case .floodsub: FloodSubRouter()
                     case .gossipsub: try GossipSubRouter(seed: options.seed &+ UInt64(index))
+                    case .gossipsub11:
+                        try GossipSubRouter(configuration: .defaults { $0.meshsubV12 = false },
+                                            seed: options.seed &+ UInt64(index))
                     }
                 let service = try PubSubService(host: host, router: pubsubRouter)
                 services.append(service)
@@ -161,6 +191,12 @@ enum PubSubBench {
             defer { consumers.forEach { $0.cancel() } }
             for node in 0..<n {
                 let subscription = try services[node].subscribe(topic)
+                if let validation = options.validation {
+                    services[node].setValidator(topic) { _ in
+                        try? await Task.sleep(for: validation)
+                        return .accept
+                    }
+                }
                 let box = samples[node]
                 consumers.append(Task {
                     for await message in subscription {
@@ -177,7 +213,7 @@ enum PubSubBench {
                 }
             }
             var meshDegree: Double?
-            if router == .gossipsub {
+            if router != .floodsub {
                 let dLow = GossipSubConfiguration().dLow
                 let peerIndex = Dictionary(uniqueKeysWithValues: hosts.enumerated().map { ($1.peerID, $0) })
                 func meshes() -> [Set<Int>] {
@@ -264,6 +300,7 @@ enum PubSubBench {
             func total(_ key: KeyPath<PubSubCounters, Int>) -> Int {
                 zip(before, after).reduce(0) { $0 + $1.1[keyPath: key] - $1.0[keyPath: key] }
             }
+            let duplicateBytes = Double(total(\.duplicates) * messageWireSize(payload: options.payloadSize))
             let result = Result(
                 router: router, messages: messages, deliveries: deliveries, expectedDeliveries: expected,
                 duplicateDeliveries: duplicateDeliveries, p50: percentile(0.5), p99: percentile(0.99),
@@ -272,6 +309,10 @@ enum PubSubBench {
                 duplicatesPerNodePerMessage: Double(total(\.duplicates)) / Double(messages * n),
                 transmissionsPerMessage: Double(total(\.forwarded)) / Double(messages),
                 suppressedPerMessage: Double(total(\.suppressed)) / Double(messages),
+                duplicateBytesPerMessage: duplicateBytes / Double(messages),
+                idontwantPerMessage: Double(total(\.idontwantSent)) / Double(messages),
+                idontwantBytesPerMessage: Double(total(\.idontwantSent) * idontwantWireSize) / Double(messages),
+                idontwantLeftOutPerMessage: Double(total(\.idontwantLeftOut)) / Double(messages),
                 cpuPercent: cpuSeconds / (lastPublish - measureStart).seconds * 100,
                 cpuPerMessage: cpuSeconds * 1000 / Double(messages),
                 cpuWaitPercent: waited / measuredWall * 100,
@@ -298,6 +339,22 @@ enum PubSubBench {
         }
         return nanoseconds / 1e9
     }
+
+    /// Bytes of one framed RPC carrying one message of the run: StrictSign with an Ed25519 author
+    /// (38-byte peer ID, no `key`), 8-byte seqno, 64-byte signature, the topic, `payload` bytes.
+    static func messageWireSize(payload: Int) -> Int {
+        let message = PubSubRPC.Message(
+            from: [UInt8](repeating: 1, count: 38), data: [UInt8](repeating: 0, count: max(12, payload)),
+            seqno: [UInt8](repeating: 1, count: 8), topic: topic, signature: [UInt8](repeating: 1, count: 64))
+        let rpc = PubSubRPC(messages: [message]).encoded().count
+        return Varint.encodedLength(UInt64(rpc)) + rpc
+    }
+
+    /// Bytes of one framed IDONTWANT RPC with one message ID of the run (author ‖ seqno, 46 bytes).
+    static let idontwantWireSize: Int = {
+        let rpc = PubSubRPC(control: .init(idontwant: [.init(messageIDs: [[UInt8](repeating: 1, count: 38 + 8)])])).encoded()
+        return Varint.encodedLength(UInt64(rpc.count)) + rpc.count
+    }()
 
     /// Every copy written has been read: Σ received = Σ forwarded.
     static func quiet(_ services: [PubSubService]) -> Bool {

@@ -22,7 +22,10 @@ import Testing
         try c.validate()
         let router = try GossipSubRouter()
         #expect(router.heartbeatInterval == .seconds(1))
-        #expect(router.protocols == ["/meshsub/1.1.0", "/meshsub/1.0.0", "/floodsub/1.0.0"])
+        #expect(router.protocols == ["/meshsub/1.2.0", "/meshsub/1.1.0", "/meshsub/1.0.0", "/floodsub/1.0.0"])
+        // v1.2: go-libp2p-pubsub's IDONTWANT defaults (the spec leaves them open).
+        #expect(c.meshsubV12 && c.idontwantMessageThreshold == 1024 && c.idontwantTTL == 3)
+        #expect(c.maxIDontWantLength == 10 && c.maxIDontWantMessages == 1000)
     }
 
     @Test func rejectsInconsistentMeshDegrees() {
@@ -33,6 +36,8 @@ import Testing
         #expect(failure { $0.dOut = 3; $0.d = 5; $0.dLow = 4 }?.parameter == "dOut")  // above D/2
         #expect(failure { $0.gossipFactor = 1.5 }?.parameter == "gossipFactor")
         #expect(failure { $0.historyGossip = 6 }?.parameter == "historyGossip")
+        #expect(failure { $0.idontwantTTL = 0 }?.parameter == "idontwantTTL")
+        #expect(failure { $0.maxIDontWantIDsPerPeer = -1 }?.parameter == "maxIDontWantIDsPerPeer")
         #expect(failure { $0.heartbeatInterval = .zero }?.parameter == "heartbeatInterval")
         // A bootstrapper without a mesh (v1.1 "Recommendations for Network Operators") is valid.
         #expect(failure { $0.d = 0; $0.dLow = 0; $0.dHigh = 0; $0.dOut = 0; $0.dScore = 0 } == nil)

@@ -26,6 +26,25 @@ struct OutboundQueueTests {
         #expect(queue.take(maxBytes: 100) == nil)
     }
 
+    /// Gossipsub v1.2 IDONTWANT frames overtake the frames waiting, in their own order.
+    @Test func urgentFramesGoFirst() throws {
+        let queue = OutboundQueue(capacity: 10)
+        for text in ["aa", "bb"] { _ = queue.yield(Self.frame(text)) }
+        var urgent = Self.frame("U1", messages: 0)
+        urgent.urgent = true
+        _ = queue.yield(urgent)
+        _ = queue.yield(Self.frame("cc"))
+        urgent.bytes = ByteBuffer(string: "U2")
+        _ = queue.yield(urgent)
+        let batch = try #require(queue.take(maxBytes: 100))
+        #expect(String(buffer: batch.bytes) == "U1U2aabbcc")
+        #expect(batch.messageCount == 3)
+        let idontwant = PubSubRPC(control: .init(idontwant: [.init(messageIDs: [[1]])]))
+        #expect(PubSubService.isIDontWantOnly(idontwant))
+        #expect(!PubSubService.isIDontWantOnly(PubSubRPC(control: .init(graft: [.init(topic: "t")], idontwant: [.init(messageIDs: [[1]])]))))
+        #expect(!PubSubService.isIDontWantOnly(PubSubRPC(subscriptions: [.init(subscribe: true, topic: "t")])))
+    }
+
     @Test func aFrameLargerThanTheLimitGoesAlone() throws {
         let queue = OutboundQueue(capacity: 10)
         _ = queue.yield(Self.frame("0123456789"))

@@ -10,6 +10,8 @@ import NIOCore
 /// writes complete at once. While a write waits (the peer's receive window is full), frames queue
 /// up and go out together when it completes.
 ///
+/// Frames marked `urgent` (gossipsub v1.2 IDONTWANT) go before the others waiting.
+///
 /// The queue also remembers which messages the peer sent us lately (`peerSent`): a frame that
 /// carries only such a message is left out, when queued or when its turn comes — the peer has
 /// the message, another copy would only be a duplicate there. In a flood most copies are
@@ -132,7 +134,12 @@ final class OutboundQueue: Sendable {
                 return (.dropped(.full), nil)
             }
             if let id = frame.messageID, s.peerHas.contains(id) { return (.suppressed, nil) }
-            s.frames.append(frame)
+            if frame.urgent {
+                // Behind the urgent frames already queued (they stay in order), before the rest.
+                s.frames.insert(frame, at: s.frames.firstIndex { !$0.urgent } ?? s.frames.endIndex)
+            } else {
+                s.frames.append(frame)
+            }
             s.queuedBytes += size
             return (.queued, s.drainDue())
         }

@@ -60,7 +60,8 @@ public struct PubSubConfiguration: Sendable, DefaultsConfigurable {
     /// `PubSubCounters.suppressed`. Saves transmissions in floods, more the busier the node. With
     /// gossipsub scoring, a peer counts only the copies it gets (P₃ mesh deliveries); a copy left
     /// out this way would have reached it after its own, within `meshMessageDeliveriesWindow` at
-    /// best — turn this off if that window is wide and P₃ weighs heavily.
+    /// best — turn this off if that window is wide and P₃ weighs heavily. A gossipsub v1.2
+    /// IDONTWANT from the peer leaves out queued copies the same way (also counted in `suppressed`).
     public var leaveOutCopiesPeersHave = true
     /// Peer exchange (gossipsub v1.1 PRUNE; the router decides whose offers to take,
     /// `GossipSubConfiguration.thresholds.acceptPX`): at most this many connections to offered

@@ -41,6 +41,16 @@ public struct PubSubCounters: Sendable, Equatable {
     public var badRPCs = 0
     /// RPCs ignored because the router graylisted their sender (gossipsub peer score).
     public var graylistedRPCs = 0
+    /// Gossipsub v1.2: message IDs we sent in IDONTWANTs, once per ID per peer.
+    public var idontwantSent = 0
+    /// Gossipsub v1.2: message IDs received in IDONTWANTs and remembered.
+    public var idontwantReceived = 0
+    /// Gossipsub v1.2: message IDs received in IDONTWANTs and ignored, over the limits per RPC,
+    /// per heartbeat or per peer (`GossipSubConfiguration.maxIDontWant…`).
+    public var idontwantIgnored = 0
+    /// Gossipsub v1.2: message copies (forwarded or asked for with IWANT) not sent to a peer
+    /// because it had sent us IDONTWANT for the message.
+    public var idontwantLeftOut = 0
     /// Peer exchange: signed peer records in PRUNEs that failed verification (bad envelope or
     /// signature, wrong payload type, or about another peer than the one offered); the offer
     /// was ignored.

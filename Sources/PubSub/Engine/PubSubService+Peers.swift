@@ -382,6 +382,11 @@ extension PubSubService {
         var next = 0
     }
 
+    /// Most IDONTWANT message IDs of one RPC that leave out copies already queued for the peer
+    /// (go-libp2p-pubsub takes 10 IDs per RPC), and the longest such ID.
+    static let maxIDontWantLeftOutPerRPC = 10
+    static let maxIDontWantLeftOutIDLength = 128
+
     /// An RPC whose handling waits for a topic validator's verdict on one of its messages.
     struct PendingValidation {
         var progress: RPCProgress
@@ -393,8 +398,9 @@ extension PubSubService {
 
     /// Handles an RPC without suspending, in as few turns of the engine's lock as it can: one for
     /// the graylist check, the subscriptions and the seen check of every message (duplicates end
-    /// there), one per new message after its signature check (marked seen and, without a topic
-    /// validator, delivered and routed), one for the control part. Returns where it stopped when a
+    /// there; the router hears of the new ones, `receivedNew`), one per new message after its
+    /// signature check (marked seen and, without a topic validator, delivered and routed), one for
+    /// the control part. Returns where it stopped when a
     /// message waits for a topic validator (`finish` takes it from there).
     ///
     /// No suspension point between a message's seen check and its insertion: a nonisolated async
@@ -434,6 +440,14 @@ extension PubSubService {
                     s.router.duplicateMessage(message, id: ids[index], from: peer, now: now)
                 } else {
                     fresh.append(index)
+                    // Before the signature check and validation: gossipsub v1.2 tells its mesh
+                    // peers at once that we have the message (IDONTWANT), as go-libp2p-pubsub does.
+                    // The price: a forged copy with a real message's ID keeps our mesh peers from
+                    // sending us the real one for the IDONTWANT's TTL (3 heartbeats); it still comes
+                    // from peers that were not told (gossip from non-mesh peers, the author's flood publish).
+                    if s.phase == .running {
+                        actions += s.router.receivedNew(message, id: ids[index], from: peer, now: now)
+                    }
                 }
             }
             return (fresh, s.sessions[peer]?.queue, actions)
@@ -459,6 +473,15 @@ extension PubSubService {
         // The peer has these messages: what we queued for it with only one of them can stay here.
         if configuration.leaveOutCopiesPeersHave, let queue = first.queue {
             for key in keys { queue.peerSent(key) }
+            // Gossipsub v1.2: an IDONTWANT says the same of the messages it names (the router keeps
+            // them from being queued; these are queued already). The first few IDs of short length
+            // only: they go into the queue's small table of recent IDs.
+            if let idontwants = rpc.control?.idontwant, !idontwants.isEmpty {
+                for id in idontwants.lazy.flatMap(\.messageIDs).prefix(Self.maxIDontWantLeftOutPerRPC)
+                where id.count <= Self.maxIDontWantLeftOutIDLength {
+                    queue.peerSent(MessageKey(id))
+                }
+            }
         }
         return proceed(RPCProgress(rpc: rpc, ids: ids, keys: keys, fresh: first.fresh), from: peer)
     }
@@ -670,7 +693,8 @@ extension PubSubService {
                 frame = bytes.count <= configuration.maxRPCSize
                     ? OutboundFrame(
                         bytes: Self.frame(bytes), messageCount: rpc.messages.count,
-                        messageID: single ? MessageKey(configuration.messageID(of: rpc.messages[0])) : nil)
+                        messageID: single ? MessageKey(configuration.messageID(of: rpc.messages[0])) : nil,
+                        urgent: Self.isIDontWantOnly(rpc))
                     : nil
                 last = (rpc, frame)
             }
@@ -711,6 +735,13 @@ extension PubSubService {
             metrics.dropped.increment(by: dropped)
         }
         if suppressed > 0 { transmissions.withLockedValue { $0.suppressed += suppressed } }
+    }
+
+    /// An RPC carrying IDONTWANTs and nothing else: queued as urgent.
+    static func isIDontWantOnly(_ rpc: PubSubRPC) -> Bool {
+        guard rpc.messages.isEmpty, rpc.subscriptions.isEmpty, let control = rpc.control else { return false }
+        return !control.idontwant.isEmpty && control.ihave.isEmpty && control.iwant.isEmpty && control.graft.isEmpty
+            && control.prune.isEmpty
     }
 
     static func frame(_ rpc: [UInt8]) -> ByteBuffer {

@@ -47,6 +47,11 @@ public final class PubSubService: Sendable {
         /// Set when the RPC is exactly one message and nothing else: the frame is left out if the
         /// peer sends us that message before it goes out.
         var messageID: MessageKey?
+        /// Goes out before the frames already queued that are not urgent: gossipsub v1.2 IDONTWANT,
+        /// which is worth something only if it gets there before the copies it is about (go-libp2p-
+        /// pubsub has an urgent queue for it too). It changes nothing another RPC depends on, so
+        /// it can overtake them.
+        var urgent = false
     }
 
     /// Our side of one pubsub peer.
@@ -342,7 +347,11 @@ public final class PubSubService: Sendable {
     }
 
     public var counters: PubSubCounters {
-        var counters = state.withLockedValue { $0.counters }
+        var counters = state.withLockedValue { s in
+            var counters = s.counters
+            s.router.addCounters(to: &counters)
+            return counters
+        }
         let transmissions = transmissions.withLockedValue { $0 }
         counters.forwarded = transmissions.forwarded
         counters.suppressed = transmissions.suppressed

@@ -6,7 +6,7 @@ import Multiformats
 public typealias MessageID = [UInt8]
 
 /// The pubsub RPC protobuf (libp2p pubsub spec, `pubsub/README.md`; gossipsub control messages from
-/// `pubsub/gossipsub/gossipsub-v1.0.md` / `-v1.1.md`):
+/// `pubsub/gossipsub/gossipsub-v1.0.md` / `-v1.1.md`, IDONTWANT from `-v1.2.md`):
 ///
 ///     message RPC { repeated SubOpts subscriptions = 1; repeated Message publish = 2;
 ///                   optional ControlMessage control = 3; }
@@ -14,7 +14,9 @@ public typealias MessageID = [UInt8]
 ///     message Message { optional bytes from = 1; optional bytes data = 2; optional bytes seqno = 3;
 ///                       optional string topic = 4; optional bytes signature = 5; optional bytes key = 6; }
 ///     message ControlMessage { repeated ControlIHave ihave = 1; repeated ControlIWant iwant = 2;
-///                              repeated ControlGraft graft = 3; repeated ControlPrune prune = 4; }
+///                              repeated ControlGraft graft = 3; repeated ControlPrune prune = 4;
+///                              repeated ControlIDontWant idontwant = 5; }
+///     message ControlIDontWant { repeated bytes messageIDs = 1; }
 ///
 /// Decoding skips unknown fields everywhere: py-libp2p 0.8.1 puts a non-standard field 4 in the
 /// first RPC it sends on a stream.
@@ -143,18 +145,32 @@ public struct PubSubRPC: Sendable, Equatable {
         }
     }
 
+    /// Gossipsub v1.2 IDONTWANT (`ControlIDontWant`, control field 5): the sender has these
+    /// messages (or is about to), so copies of them need not be sent to it. Only `/meshsub/1.2.0`
+    /// peers send and receive it.
+    public struct IDontWant: Sendable, Equatable, Hashable {
+        public var messageIDs: [MessageID]
+        public init(messageIDs: [MessageID]) { self.messageIDs = messageIDs }
+    }
+
     public struct Control: Sendable, Equatable {
         public var ihave: [IHave] = []
         public var iwant: [IWant] = []
         public var graft: [Graft] = []
         public var prune: [Prune] = []
-        public init(ihave: [IHave] = [], iwant: [IWant] = [], graft: [Graft] = [], prune: [Prune] = []) {
+        /// Gossipsub v1.2 (control field 5).
+        public var idontwant: [IDontWant] = []
+        public init(ihave: [IHave] = [], iwant: [IWant] = [], graft: [Graft] = [], prune: [Prune] = [],
+                    idontwant: [IDontWant] = []) {
             self.ihave = ihave
             self.iwant = iwant
             self.graft = graft
             self.prune = prune
+            self.idontwant = idontwant
         }
-        public var isEmpty: Bool { ihave.isEmpty && iwant.isEmpty && graft.isEmpty && prune.isEmpty }
+        public var isEmpty: Bool {
+            ihave.isEmpty && iwant.isEmpty && graft.isEmpty && prune.isEmpty && idontwant.isEmpty
+        }
     }
 
     public var subscriptions: [SubOpts] = []
@@ -214,6 +230,11 @@ public struct PubSubRPC: Sendable, Equatable {
             if let backoff = prune.backoff { m.writeVarintField(3, backoff) }
             w.writeBytesField(4, m.bytes)
         }
+        for idontwant in control.idontwant {
+            var m = ProtobufWriter()
+            for id in idontwant.messageIDs { m.writeBytesField(1, id) }
+            w.writeBytesField(5, m.bytes)
+        }
         return w.bytes
     }
 
@@ -243,6 +264,7 @@ public struct PubSubRPC: Sendable, Equatable {
                     existing.iwant += decoded.iwant
                     existing.graft += decoded.graft
                     existing.prune += decoded.prune
+                    existing.idontwant += decoded.idontwant
                     control = existing
                 } else {
                     control = decoded
@@ -294,6 +316,14 @@ public struct PubSubRPC: Sendable, Equatable {
                     }
                 }
                 if let topic { control.prune.append(Prune(topic: topic, peers: peers, backoff: backoff)) }
+            case 5:
+                // How many IDs a peer may make us remember is the router's business (per RPC and
+                // per peer); here the frame size bounds them.
+                var ids: [MessageID] = []
+                try forEachField(body) { f, v throws(PubSubError) in
+                    if f == 1 { ids.append(try Self.bytes(v, "idontwant id")) }
+                }
+                control.idontwant.append(IDontWant(messageIDs: ids))
             default:
                 break
             }

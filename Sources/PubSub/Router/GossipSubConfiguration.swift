@@ -3,7 +3,8 @@ import LibP2P
 
 /// Parameters of `GossipSubRouter`. Defaults follow the gossipsub v1.0 and v1.1 specs
 /// (`pubsub/gossipsub/gossipsub-v1.0.md` "Parameters", `gossipsub-v1.1.md` "Overview of New Parameters")
-/// except `dLow`, which is 4 here.
+/// except `dLow`, which is 4 here; the v1.2 (IDONTWANT) ones, which the spec leaves open, are
+/// go-libp2p-pubsub's.
 ///
 ///     let router = try GossipSubRouter(configuration: .defaults { $0.floodPublish = false })
 public struct GossipSubConfiguration: Sendable, DefaultsConfigurable {
@@ -74,6 +75,28 @@ public struct GossipSubConfiguration: Sendable, DefaultsConfigurable {
     public var opportunisticGraftTicks = 60
     public var opportunisticGraftPeers = 2
 
+    // MARK: Gossipsub v1.2 (IDONTWANT)
+
+    /// Speak `/meshsub/1.2.0` (offered first): IDONTWANT to and from v1.2 peers. false: 1.1 at most.
+    public var meshsubV12 = true
+    /// A new message whose data has at least this many bytes makes us send IDONTWANT with its ID to
+    /// our v1.2 mesh peers of the topic (but the one it came from), before it is validated. The
+    /// spec leaves the policy open; go-libp2p-pubsub's default is 1 KiB. Smaller messages cost
+    /// less to receive twice than the IDONTWANTs would.
+    public var idontwantMessageThreshold = 1024
+    /// Heartbeats an IDONTWANT received is remembered (go-libp2p-pubsub: 3).
+    public var idontwantTTL = 3
+    /// Most message IDs taken from one RPC's IDONTWANTs; the rest are ignored (and counted).
+    /// go-libp2p-pubsub: 10.
+    public var maxIDontWantLength = 10
+    /// Most IDONTWANT-bearing RPCs from one peer looked at per heartbeat (the spec's
+    /// `max_idontwant_messages`; go-libp2p-pubsub: 1000); later ones are ignored (and counted).
+    public var maxIDontWantMessages = 1000
+    /// Most message IDs remembered from one peer's IDONTWANTs; beyond it new ones are ignored (and
+    /// counted) until old ones expire. Worst case per peer within the other limits would be
+    /// `maxIDontWantLength × maxIDontWantMessages × idontwantTTL`; this caps the memory below that.
+    public var maxIDontWantIDsPerPeer = 5000
+
     // MARK: Scoring
 
     public var score = PeerScoreParameters.defaults
@@ -109,6 +132,11 @@ public struct GossipSubConfiguration: Sendable, DefaultsConfigurable {
         try check(prunePeers >= 0, "prunePeers", "must not be negative")
         try check(opportunisticGraftTicks >= 1, "opportunisticGraftTicks", "must be at least 1")
         try check(opportunisticGraftPeers >= 0, "opportunisticGraftPeers", "must not be negative")
+        try check(idontwantMessageThreshold >= 0, "idontwantMessageThreshold", "must not be negative")
+        try check(idontwantTTL >= 1, "idontwantTTL", "must be at least 1")
+        try check(maxIDontWantLength >= 0, "maxIDontWantLength", "must not be negative")
+        try check(maxIDontWantMessages >= 0, "maxIDontWantMessages", "must not be negative")
+        try check(maxIDontWantIDsPerPeer >= 0, "maxIDontWantIDsPerPeer", "must not be negative")
         try thresholds.validate()
         try score.validate()
     }

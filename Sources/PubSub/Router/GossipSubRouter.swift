@@ -1,13 +1,22 @@
+import Crypto
 import Identity
 
-/// Gossipsub v1.1 (`/meshsub/1.1.0`, also speaking `/meshsub/1.0.0` and serving `/floodsub/1.0.0`
-/// peers) as a value-type state machine: see `PubSubRouter` for the division of labour with the
-/// engine, `GossipSubConfiguration` for the parameters.
+/// Gossipsub v1.2 (`/meshsub/1.2.0`, also speaking `/meshsub/1.1.0` and `/meshsub/1.0.0`, and
+/// serving `/floodsub/1.0.0` peers) as a value-type state machine: see `PubSubRouter` for the
+/// division of labour with the engine, `GossipSubConfiguration` for the parameters.
+///
+/// v1.2 adds IDONTWANT (`gossipsub-v1.2.md`): a new message of at least
+/// `idontwantMessageThreshold` bytes of data makes us tell our other v1.2 mesh peers of the topic
+/// at once (before validation, in an RPC of its own) that we have it; the IDs v1.2 peers send us
+/// that way are remembered for `idontwantTTL` heartbeats, and those messages are neither forwarded
+/// nor given in answer to IWANT to them.
 ///
 /// State (`gossipsub-v1.0.md` "Router State"): `mesh[topic]` for the topics we joined, `fanout[topic]`
 /// for topics we publish to without joining, the message cache, PRUNE backoffs, peer scores.
 /// Peer selection is random through a generator seeded at `init`, so tests can be reproducible.
 public struct GossipSubRouter: PubSubRouter {
+    /// Gossipsub v1.2: v1.1 with IDONTWANT.
+    public static let meshsubV12 = "/meshsub/1.2.0"
     public static let meshsubV11 = "/meshsub/1.1.0"
     public static let meshsubV10 = "/meshsub/1.0.0"
     public static let floodsub = "/floodsub/1.0.0"
@@ -30,11 +39,28 @@ public struct GossipSubRouter: PubSubRouter {
     private var heartbeatTicks = 0
     private var random: SplitMix64
     private var peerExchangeOffers: [PubSubRPC.Prune.PeerInfo] = []
+    /// v1.2: per peer, the IDs it sent IDONTWANT for (`dontWantKey`) → heartbeats left.
+    private var dontSend: [PeerID: [MessageKey: Int]] = [:]
+    /// v1.2: IDONTWANT-bearing RPCs received per peer this heartbeat.
+    private var idontwantsReceived: [PeerID: Int] = [:]
+    /// v1.2: IDs we sent IDONTWANT for lately → heartbeats left, so that copies of one message
+    /// arriving together (all new until one is validated) make one IDONTWANT, not one each.
+    private var idontwantAnnounced: [MessageKey: Int] = [:]
+    private var idontwantCounts = IDontWantCounts()
+
+    private struct IDontWantCounts: Sendable {
+        var sent = 0, received = 0, ignored = 0, leftOut = 0
+    }
 
     /// Most peer-exchange offers kept until the engine takes them.
     static let maxPeerExchangeOffers = 128
     /// Longest backoff we honour from a PRUNE (the field is a peer-chosen UInt64 of seconds).
     static let maxPruneBackoff: Duration = .seconds(24 * 60 * 60)
+    /// Most IDs remembered in `idontwantAnnounced` (beyond it a message could get IDONTWANT twice).
+    static let maxAnnouncedIDontWants = 65_536
+    /// Longer message IDs are remembered by their SHA-256 (as go-libp2p-pubsub does): a peer's IDs
+    /// are its choice, and must not make us hold their length.
+    static let maxRememberedIDLength = 32
 
     /// - Parameter seed: seeds peer selection; nil draws a seed from the system generator.
     public init(configuration: GossipSubConfiguration = GossipSubConfiguration(), seed: UInt64? = nil)
@@ -48,7 +74,12 @@ public struct GossipSubRouter: PubSubRouter {
         random = SplitMix64(seed: seed ?? system.next())
     }
 
-    public var protocols: [String] { [Self.meshsubV11, Self.meshsubV10, Self.floodsub] }
+    /// `/meshsub/1.2.0` first unless `configuration.meshsubV12` is off, then 1.1.0, 1.0.0, floodsub.
+    public var protocols: [String] {
+        configuration.meshsubV12
+            ? [Self.meshsubV12, Self.meshsubV11, Self.meshsubV10, Self.floodsub]
+            : [Self.meshsubV11, Self.meshsubV10, Self.floodsub]
+    }
 
     public var heartbeatInterval: Duration? { configuration.heartbeatInterval }
 
@@ -68,6 +99,25 @@ public struct GossipSubRouter: PubSubRouter {
     public func isBackingOff(_ peer: PeerID, topic: String, now: ContinuousClock.Instant) -> Bool {
         guard let end = backoff[topic]?[peer] else { return false }
         return now < end
+    }
+
+    /// The protocol of `peer`'s pubsub stream (e.g. `/meshsub/1.2.0`), nil for a peer we do not have.
+    public func protocolOf(_ peer: PeerID) -> String? { membership.protocolOf[peer] }
+
+    /// How many message IDs from `peer`'s IDONTWANTs are remembered now.
+    public func dontWantCount(of peer: PeerID) -> Int { dontSend[peer]?.count ?? 0 }
+
+    /// Whether `peer` sent IDONTWANT for `id` and it is still remembered.
+    public func peerDoesNotWant(_ id: MessageID, _ peer: PeerID) -> Bool {
+        dontSend[peer]?[Self.dontWantKey(id)] != nil
+    }
+
+    /// Adds the IDONTWANT counters (`idontwantSent`, `…Received`, `…Ignored`, `…LeftOut`).
+    public func addCounters(to counters: inout PubSubCounters) {
+        counters.idontwantSent += idontwantCounts.sent
+        counters.idontwantReceived += idontwantCounts.received
+        counters.idontwantIgnored += idontwantCounts.ignored
+        counters.idontwantLeftOut += idontwantCounts.leftOut
     }
 
     /// Peers offered by peer exchange in PRUNEs from peers scoring at least `thresholds.acceptPX`;
@@ -98,6 +148,8 @@ public struct GossipSubRouter: PubSubRouter {
         for topic in Array(fanout.keys) { fanout[topic]!.remove(peer) }
         ihavesReceived[peer] = nil
         idsAsked[peer] = nil
+        dontSend[peer] = nil
+        idontwantsReceived[peer] = nil
         // Applies the mesh failure penalty of the meshes it was in; keeps a non-positive score.
         scores.removePeer(peer, now: now)
         return []
@@ -217,11 +269,39 @@ public struct GossipSubRouter: PubSubRouter {
                 }
             }
         }
-        // Never back to the peer it came from, nor to its author; in peer order, so that a run is
-        // reproducible. The message alone: one RPC for every recipient.
+        // Never back to the peer it came from, nor to its author, nor (v1.2) to a peer that sent
+        // IDONTWANT for it; in peer order, so that a run is reproducible. The message alone: one
+        // RPC for every recipient.
         let author = message.from
+        var chosen = recipients.filter { $0 != source && $0.bytes != author }
+        if !dontSend.isEmpty {
+            let key = Self.dontWantKey(id)
+            let before = chosen.count
+            chosen = chosen.filter { dontSend[$0]?[key] == nil }
+            idontwantCounts.leftOut += before - chosen.count
+        }
         let rpc = PubSubRPC(messages: [message])
-        return recipients.filter { $0 != source && $0.bytes != author }.sorted().map { .send(to: $0, rpc) }
+        return chosen.sorted().map { .send(to: $0, rpc) }
+    }
+
+    /// v1.2: IDONTWANT with the message's ID, in an RPC of its own (the spec: "immediately
+    /// broadcasts (not queue for later piggybacking)"), to the mesh peers of its topic that speak
+    /// v1.2 — but the peer it came from and its author —, once per message, when its data has at
+    /// least `idontwantMessageThreshold` bytes. Before validation, as go-libp2p-pubsub does: a
+    /// message that then fails validation cost an IDONTWANT, a duplicate would have cost more.
+    public mutating func receivedNew(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                     now: ContinuousClock.Instant) -> [PubSubRouterAction] {
+        guard configuration.meshsubV12, message.data.count >= configuration.idontwantMessageThreshold,
+              let peers = mesh[message.topic], !peers.isEmpty else { return [] }
+        let key = MessageKey(id)
+        guard idontwantAnnounced[key] == nil else { return [] }
+        let author = message.from
+        let recipients = peers.filter { $0 != peer && $0.bytes != author && speaksV12($0) }.sorted()
+        guard !recipients.isEmpty else { return [] }
+        if idontwantAnnounced.count < Self.maxAnnouncedIDontWants { idontwantAnnounced[key] = configuration.idontwantTTL }
+        idontwantCounts.sent += recipients.count
+        let rpc = PubSubRPC(control: PubSubRPC.Control(idontwant: [PubSubRPC.IDontWant(messageIDs: [id])]))
+        return recipients.map { .send(to: $0, rpc) }
     }
 
     public mutating func messageRejected(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
@@ -254,6 +334,7 @@ public struct GossipSubRouter: PubSubRouter {
         handleIWant(control.iwant, from: peer, into: &outbox)
         handleGraft(control.graft, from: peer, now: now, into: &outbox)
         handlePrune(control.prune, from: peer, now: now)
+        handleIDontWant(control.idontwant, from: peer)
         return outbox.actions
     }
 
@@ -289,6 +370,11 @@ public struct GossipSubRouter: PubSubRouter {
         var answered: Set<MessageID> = []
         for iwant in iwants {
             for id in iwant.messageIDs where answered.insert(id).inserted {
+                // v1.2: it said it does not want it (an IWANT it could not cancel in time).
+                if dontSend[peer]?[Self.dontWantKey(id)] != nil {
+                    idontwantCounts.leftOut += 1
+                    continue
+                }
                 guard let (message, count) = messageCache.get(id, for: peer),
                       count <= configuration.gossipRetransmission else { continue }
                 outbox.message(peer, message)
@@ -371,6 +457,41 @@ public struct GossipSubRouter: PubSubRouter {
         }
     }
 
+    /// v1.2 IDONTWANT from a v1.2 peer: its IDs are remembered for `idontwantTTL` heartbeats. At
+    /// most `maxIDontWantMessages` such RPCs per heartbeat and `maxIDontWantLength` IDs per RPC are
+    /// looked at, and at most `maxIDontWantIDsPerPeer` IDs kept per peer; the rest is ignored and
+    /// counted. (The spec: a receiver may ignore IDONTWANT; it only saves bandwidth.)
+    private mutating func handleIDontWant(_ idontwants: [PubSubRPC.IDontWant], from peer: PeerID) {
+        guard !idontwants.isEmpty else { return }
+        let total = idontwants.reduce(0) { $0 + $1.messageIDs.count }
+        let rpcs = idontwantsReceived[peer, default: 0] + 1
+        idontwantsReceived[peer] = rpcs
+        guard speaksV12(peer), rpcs <= configuration.maxIDontWantMessages else {
+            idontwantCounts.ignored += total
+            return
+        }
+        var remembered = dontSend.removeValue(forKey: peer) ?? [:]
+        var taken = 0
+        for id in idontwants.lazy.flatMap(\.messageIDs).prefix(configuration.maxIDontWantLength) {
+            taken += 1
+            let key = Self.dontWantKey(id)
+            if remembered[key] == nil && remembered.count >= configuration.maxIDontWantIDsPerPeer {
+                idontwantCounts.ignored += 1
+                continue
+            }
+            remembered[key] = configuration.idontwantTTL
+            idontwantCounts.received += 1
+        }
+        idontwantCounts.ignored += total - taken
+        if !remembered.isEmpty { dontSend[peer] = remembered }
+    }
+
+    /// How a message ID is kept in `dontSend`: itself, or its SHA-256 when longer than
+    /// `maxRememberedIDLength`.
+    static func dontWantKey(_ id: MessageID) -> MessageKey {
+        id.count <= maxRememberedIDLength ? MessageKey(id) : MessageKey(Array(SHA256.hash(data: id)))
+    }
+
     // MARK: - Heartbeat
 
     /// v1.0 "Heartbeat" with the v1.1 additions: score refresh, backoff expiry and broken promises;
@@ -384,6 +505,7 @@ public struct GossipSubRouter: PubSubRouter {
         for (peer, broken) in promises.removeBroken(now: now) { scores.addPenalty(peer, broken) }
         ihavesReceived = [:]
         idsAsked = [:]
+        expireIDontWants()
 
         var outbox = Outbox()
         for topic in mesh.keys.sorted() {
@@ -530,12 +652,28 @@ public struct GossipSubRouter: PubSubRouter {
         for peer in chosen { outbox.ihave(peer, PubSubRPC.IHave(topic: topic, messageIDs: ids)) }
     }
 
+    /// v1.2: one heartbeat less for every remembered IDONTWANT (received and sent); the IDONTWANT
+    /// RPC counts start again.
+    private mutating func expireIDontWants() {
+        idontwantsReceived = [:]
+        func tick(_ entries: [MessageKey: Int]) -> [MessageKey: Int] {
+            entries.compactMapValues { $0 > 1 ? $0 - 1 : nil }
+        }
+        if !idontwantAnnounced.isEmpty { idontwantAnnounced = tick(idontwantAnnounced) }
+        for peer in Array(dontSend.keys) {
+            let left = tick(dontSend[peer]!)
+            dontSend[peer] = left.isEmpty ? nil : left
+        }
+    }
+
     // MARK: - Helpers
 
     private func isMeshCapable(_ peer: PeerID) -> Bool {
         let p = membership.protocolOf[peer]
-        return p == Self.meshsubV11 || p == Self.meshsubV10
+        return p == Self.meshsubV12 || p == Self.meshsubV11 || p == Self.meshsubV10
     }
+
+    private func speaksV12(_ peer: PeerID) -> Bool { membership.protocolOf[peer] == Self.meshsubV12 }
 
     private func isFloodsub(_ peer: PeerID) -> Bool { membership.protocolOf[peer] == Self.floodsub }
 
@@ -577,12 +715,13 @@ public struct GossipSubRouter: PubSubRouter {
         }
     }
 
-    /// A PRUNE for `peer`. `/meshsub/1.0.0` peers get the bare v1.0 form; v1.1 peers get the backoff
+    /// A PRUNE for `peer`. `/meshsub/1.0.0` peers get the bare v1.0 form; v1.1 and v1.2 peers get the backoff
     /// (whole seconds, rounded up) and, with `peerExchange` on and `exchangePeers`, up to
     /// `prunePeers` other topic peers with score ≥ 0 — unless `peer` itself scores below 0.
     private mutating func makePrune(for peer: PeerID, topic: String, exchangePeers: Bool,
                                     backoff duration: Duration) -> PubSubRPC.Prune {
-        guard membership.protocolOf[peer] == Self.meshsubV11 else { return PubSubRPC.Prune(topic: topic) }
+        let protocolID = membership.protocolOf[peer]
+        guard protocolID == Self.meshsubV11 || protocolID == Self.meshsubV12 else { return PubSubRPC.Prune(topic: topic) }
         let (seconds, fraction) = duration.components
         let backoffSeconds = UInt64(max(0, seconds)) + (fraction > 0 ? 1 : 0)
         var exchanged: [PubSubRPC.Prune.PeerInfo] = []

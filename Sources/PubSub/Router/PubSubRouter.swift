@@ -37,6 +37,16 @@ public protocol PubSubRouter: Sendable {
     mutating func route(_ message: PubSubRPC.Message, id: MessageID, from source: PeerID?,
                         now: ContinuousClock.Instant) -> [PubSubRouterAction]
 
+    /// A message from `peer` that is not in the seen cache, before its signature check and
+    /// validation (possibly more than once, when copies arrive together). Gossipsub v1.2 sends
+    /// IDONTWANT for it from here: the earlier mesh peers learn we have it, the fewer copies they
+    /// send (`gossipsub-v1.2.md`: "prior to the message validation").
+    mutating func receivedNew(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                              now: ContinuousClock.Instant) -> [PubSubRouterAction]
+
+    /// Adds what the router counts itself (gossipsub v1.2: the IDONTWANT counters) to `counters`.
+    func addCounters(to counters: inout PubSubCounters)
+
     /// Gossip control messages from a peer. `isSeen` tells whether a message ID is in the engine's
     /// seen cache (IHAVE for a seen message needs no IWANT).
     mutating func handleControl(_ control: PubSubRPC.Control, from peer: PeerID, now: ContinuousClock.Instant,
@@ -96,5 +106,8 @@ extension PubSubRouter {
     public mutating func duplicateMessage(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
                                           now: ContinuousClock.Instant) {}
     public func isGraylisted(_ peer: PeerID) -> Bool { false }
+    public mutating func receivedNew(_ message: PubSubRPC.Message, id: MessageID, from peer: PeerID,
+                                     now: ContinuousClock.Instant) -> [PubSubRouterAction] { [] }
+    public func addCounters(to counters: inout PubSubCounters) {}
     public mutating func takePeerExchangeOffers() -> [PubSubRPC.Prune.PeerInfo] { [] }
 }
