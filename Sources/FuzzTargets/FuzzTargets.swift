@@ -65,6 +65,8 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case relayMessage = "relay-message"
     /// An AutoNAT v1 message (dial request or response).
     case autonatMessage = "autonat-message"
+    /// A DCUtR hole-punching message (CONNECT or SYNC with addresses).
+    case dcutrMessage = "dcutr-message"
     /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
     /// policy, either role, random chunks, fuzzed frame and memory limits.
     case webSocketFrames = "websocket-frames"
@@ -142,6 +144,7 @@ public enum FuzzTargets {
         case .dnsMessage: try fuzzDNSMessage(input, &check)
         case .relayMessage: try fuzzRelayMessage(input, &check)
         case .autonatMessage: try fuzzAutoNATMessage(input, &check)
+        case .dcutrMessage: try fuzzHolePunchMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING
                 switch target {

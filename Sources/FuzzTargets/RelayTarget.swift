@@ -28,3 +28,11 @@ extension FuzzTargets {
         try check((try? AutoNATMessage(decoding: message.encoded())) == message, "AutoNAT message round trip differs")
     }
 }
+
+extension FuzzTargets {
+    /// A DCUtR message: whatever decodes re-encodes to a message that decodes the same.
+    static func fuzzHolePunchMessage(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
+        guard let message = try? HolePunchMessage(decoding: input) else { return }
+        try check((try? HolePunchMessage(decoding: message.encoded())) == message, "DCUtR message round trip differs")
+    }
+}

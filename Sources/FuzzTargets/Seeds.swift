@@ -188,6 +188,12 @@ extension FuzzTargets {
                 KadMessage(type: .getProviders, key: [0x12, 0x20] + [UInt8](repeating: 7, count: 32),
                     providerPeers: [.init(id: peer, addresses: [address])]).encoded(),
             ]
+        case .dcutrMessage:
+            let addresses = [Multiaddr("/ip4/198.51.100.2/tcp/4001"), Multiaddr("/ip6/2001:db8::1/tcp/4001")]
+            return [
+                HolePunchMessage(type: .connect, addresses: addresses).encoded(),
+                HolePunchMessage(type: .sync).encoded(),
+            ]
         case .autonatMessage:
             let peer = PeerID(publicKey: SeedKeys.ed25519.publicKey)
             let address = Multiaddr("/ip4/1.2.3.4/tcp/4001")

@@ -147,6 +147,25 @@ public struct ProtobufReader: Sendable {
         }
     }
 
+    /// Calls `body` with each field of `bytes` in order; malformed protobuf throws what
+    /// `malformed` makes of the reader's error (each protocol reports it in its own error type).
+    public static func forEachField<E: Error>(
+        in bytes: some Collection<UInt8>, malformed: (MultiformatsError) -> E,
+        _ body: (Int, ProtobufValue) throws(E) -> Void
+    ) throws(E) {
+        var reader = ProtobufReader(bytes)
+        while true {
+            let next: (field: Int, value: ProtobufValue)?
+            do {
+                next = try reader.next()
+            } catch {
+                throw malformed(error)
+            }
+            guard let (field, value) = next else { return }
+            try body(field, value)
+        }
+    }
+
     private mutating func take(_ n: Int) throws(MultiformatsError) -> [UInt8] {
         guard n <= input.count - offset else { throw .invalidProtobuf("truncated field") }
         defer { offset += n }

@@ -263,3 +263,20 @@ func serveHost(_ host: P2PHost, metrics: MetricsServer?, extra: [any Service] = 
     services += extra
     try await serve(services)
 }
+
+/// For `--json`: how a connection made to a circuit address ended up, as one JSON object
+/// (`{"type":"connection","direct":true,"hole_punch":"direct after 5 ms (1 attempt)",…}`);
+/// nil for a direct address.
+func connectionRecord(_ host: P2PHost, _ connection: Connection, address: Multiaddr) -> [String: Any]? {
+    guard address.isCircuit else { return nil }
+    let outcome = host.configuration.services.lazy.compactMap { $0 as? DCUtRService }.first?
+        .lastOutcome(for: connection.remotePeer)
+    var record: [String: Any] = [
+        "type": "connection", "peer": connection.remotePeer.b58String, "relayed": true, "direct": !connection.isLimited,
+    ]
+    if let outcome {
+        record["hole_punch"] = outcome.description
+        if outcome.isDirect { record["hole_punch_ms"] = outcome.elapsed.seconds * 1000 }
+    }
+    return record
+}

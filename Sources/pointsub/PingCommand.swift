@@ -7,7 +7,8 @@ struct PingCommand: CLICommand {
         commandName: "ping", abstract: "Ping a peer with /ipfs/ping/1.0.0 and print each round-trip time.",
         discussion: """
             With --json, stdout carries one JSON object per line: {"type":"ping","seq":N,"rtt_ms":…} \
-            for each ping, then {"type":"final",…} with min, median and max.
+            for each ping, then {"type":"final",…} with min, median and max; for a circuit address \
+            first {"type":"connection","direct":…,"hole_punch":…}.
             """)
 
     @OptionGroup var identity: IdentityOptions
@@ -36,7 +37,8 @@ struct PingCommand: CLICommand {
         let peer = try peerOf(address)
         let (count, interval, json) = (self.count, self.interval, self.json)
         try await withClientHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
-            _ = try await connectPeer(host, to: address)
+            let connection = try await connectPeer(host, to: address)
+            if json, let record = connectionRecord(host, connection, address: address) { try printJSON(record) }
             let pinger = try await PingService.pinger(host: host, peer: peer)
             var rtts: [Double] = []
             for i in 1...count {

@@ -100,9 +100,10 @@ extension NATCLITests {
                 for n in 0..<20 {
                     let ping = try await ChildProcess.run(
                         URL(fileURLWithPath: ip),
-                        NATNetwork.exec(in: net.privateNamespaces[1], [try CLI.binary.path, "ping", circuit, "--count", "1", "--seed", "\(100 + n)"]),
+                        NATNetwork.exec(in: net.privateNamespaces[1], [try CLI.binary.path, "ping", circuit, "--count", "1", "--seed", "\(100 + n)", "--json"]),
                         timeout: 60)
                     #expect(ping.stderr.contains("direct via hole punching"), "peer \(n): \(ping.stderr)")
+                    #expect(ping.stdout.contains("\"direct\":true"), "peer \(n): \(ping.stdout)")
                 }
             } else {
                 #expect(echo.stderr.contains("relayed (failed: dialsFailed"), "\(echo.stderr)")

@@ -117,27 +117,6 @@ final class PyRelayPeer: Sendable {
 struct PyRelayInteropTests {
     static let echoSize = 256 * 1024
 
-    /// A started host on 127.0.0.1 TCP with identify, echo and ping, plus `services`, and a relay
-    /// client installed when given (a host dials circuit addresses only with one: its transport);
-    /// shut down (client and services stopped) after `body`.
-    static func withRelayHost<T: Sendable>(
-        seed: UInt64, services: [any HostService] = [], client: RelayClient? = nil, _ body: (P2PHost) async throws -> T
-    ) async throws -> T {
-        var configuration = P2PHost.Configuration.defaults {
-            $0.agentVersion = "pointsub-relay-interop/0.1.0"
-            $0.services = [IdentifyService(), EchoService(), PingService()] + services
-            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
-        }
-        client?.install(in: &configuration)
-        return try await withHost(identity: .ed25519(seed: seed), configuration: configuration) { host in
-            defer {
-                client?.stop()
-                for case let relay as RelayService in services { relay.stop() }
-            }
-            return try await body(host)
-        }
-    }
-
     /// `host`'s TCP address ending in `/p2p/<id>`.
     static func tcpAddress(_ host: P2PHost) throws -> Multiaddr {
         let address = try #require(host.addresses.first { !$0.isCircuit && $0.description.contains("/tcp/") })
@@ -164,8 +143,8 @@ struct PyRelayInteropTests {
     @Test func swiftPeersRelayThroughPy() async throws {
         try await PyRelayPeer.with(seed: 301, role: .relay, ["--limit-duration", "600", "--limit-data", "\(8 << 20)"]) { py in
             let aClient = RelayClient()
-            try await Self.withRelayHost(seed: 401, client: aClient) { a in
-                try await Self.withRelayHost(seed: 402, client: RelayClient()) { b in
+            try await RelayInteropTests.withRelayHost(seed: 401, client: aClient) { a in
+                try await RelayInteropTests.withRelayHost(seed: 402, client: RelayClient()) { b in
                     let reservation = try await aClient.reserve(on: py.address, deadline: .after(.seconds(20)))
                     #expect(reservation.relay == py.peerID)
                     let left = reservation.expiration.timeIntervalSinceNow
@@ -210,8 +189,8 @@ struct PyRelayInteropTests {
     @Test func pyRelayEndsACircuitAtItsDataLimit() async throws {
         try await PyRelayPeer.with(seed: 304, role: .relay, ["--limit-duration", "600", "--limit-data", "65536"]) { py in
             let aClient = RelayClient()
-            try await Self.withRelayHost(seed: 407, client: aClient) { a in
-                try await Self.withRelayHost(seed: 408, client: RelayClient()) { b in
+            try await RelayInteropTests.withRelayHost(seed: 407, client: aClient) { a in
+                try await RelayInteropTests.withRelayHost(seed: 408, client: RelayClient()) { b in
                     let reservation = try await aClient.reserve(on: py.address, deadline: .after(.seconds(20)))
                     #expect(reservation.limit == RelayLimit(duration: 600, data: 65536))
                     let circuit = try #require(aClient.circuitAddresses.first)
@@ -260,8 +239,8 @@ struct PyRelayInteropTests {
     @Test func relayedConnectionEndsPromptlyWhenPyResetsTheCircuit() async throws {
         try await PyRelayPeer.with(seed: 306, role: .relay, ["--limit-duration", "600", "--limit-data", "65536"]) { py in
             let aClient = RelayClient()
-            try await Self.withRelayHost(seed: 414, client: aClient) { a in
-                try await Self.withRelayHost(seed: 415, client: RelayClient()) { b in
+            try await RelayInteropTests.withRelayHost(seed: 414, client: aClient) { a in
+                try await RelayInteropTests.withRelayHost(seed: 415, client: RelayClient()) { b in
                     try await aClient.reserve(on: py.address, deadline: .after(.seconds(20)))
                     let circuit = try #require(aClient.circuitAddresses.first)
                     for round in 1...5 {
@@ -300,7 +279,7 @@ struct PyRelayInteropTests {
     /// dial fails with that status.
     @Test func pyRelayRefusesAnUnreservedTarget() async throws {
         try await PyRelayPeer.with(seed: 302, role: .relay) { py in
-            try await Self.withRelayHost(seed: 403, client: RelayClient()) { b in
+            try await RelayInteropTests.withRelayHost(seed: 403, client: RelayClient()) { b in
                 let nobody = PeerID(publicKey: PrivateKey.ed25519(seed: 404).publicKey)
                 let circuit = Multiaddr(py.address.components + [.p2pCircuit]).appending(peerID: nobody)
                 do {
@@ -322,8 +301,8 @@ struct PyRelayInteropTests {
     @Test func pyRelayAnswersBadHopMessagesAndKeepsWorking() async throws {
         try await PyRelayPeer.with(seed: 303, role: .relay) { py in
             let aClient = RelayClient()
-            try await Self.withRelayHost(seed: 405, client: aClient) { a in
-                try await Self.withRelayHost(seed: 406, client: RelayClient()) { b in
+            try await RelayInteropTests.withRelayHost(seed: 405, client: aClient) { a in
+                try await RelayInteropTests.withRelayHost(seed: 406, client: RelayClient()) { b in
                     let bad: [(String, [UInt8])] = [
                         ("an unknown type", [0x08, 0x09]),
                         ("bytes that are no protobuf", [0xff, 0xff, 0xff, 0xff]),
@@ -361,7 +340,7 @@ struct PyRelayInteropTests {
     @Test func keptReservationOnPyIsRefreshed() async throws {
         try await PyRelayPeer.with(seed: 305, role: .relay, ["--ttl", "4"]) { py in
             let aClient = RelayClient()
-            try await Self.withRelayHost(seed: 409, client: aClient) { a in
+            try await RelayInteropTests.withRelayHost(seed: 409, client: aClient) { a in
                 let first = try await aClient.keepReservation(on: py.address, deadline: .after(.seconds(20)))
                 #expect(first.expiration.timeIntervalSinceNow <= 4.5)
                 try await Self.until("our refresh of the reservation on py", timeout: .seconds(20)) {
@@ -375,7 +354,7 @@ struct PyRelayInteropTests {
                 // Past the first reservation's end, py still relays to A.
                 let wait = first.expiration.timeIntervalSinceNow + 0.5
                 if wait > 0 { try await Task.sleep(for: .seconds(wait)) }
-                try await Self.withRelayHost(seed: 413, client: RelayClient()) { b in
+                try await RelayInteropTests.withRelayHost(seed: 413, client: RelayClient()) { b in
                     let circuit = try #require(aClient.circuitAddresses.first)
                     let connection = try await b.connect(to: circuit)
                     #expect(connection.remotePeer == a.peerID)
@@ -396,7 +375,7 @@ struct PyRelayInteropTests {
         var relayConfiguration = RelayService.Configuration()
         relayConfiguration.circuitLimit = RelayLimit(duration: 120, data: 4 << 20)
         let relay = RelayService(configuration: relayConfiguration)
-        try await Self.withRelayHost(seed: 410, services: [relay]) { r in
+        try await RelayInteropTests.withRelayHost(seed: 410, services: [relay]) { r in
             let relayAddress = try Self.tcpAddress(r)
             try await PyRelayPeer.with(seed: 310, role: .client) { py in
                 let reserved = try await py.command("reserve", relayAddress.description)
@@ -412,7 +391,7 @@ struct PyRelayInteropTests {
                 #expect(relay.counters.reservationsAccepted == 1)
 
                 // Our B reaches py through our relay.
-                try await Self.withRelayHost(seed: 411, client: RelayClient()) { b in
+                try await RelayInteropTests.withRelayHost(seed: 411, client: RelayClient()) { b in
                     let circuit = relayAddress.appending(.p2pCircuit).appending(peerID: py.peerID)
                     let connection = try await b.connect(to: circuit)
                     #expect(connection.remotePeer == py.peerID)
@@ -432,7 +411,7 @@ struct PyRelayInteropTests {
 
                 // py dials our A through our relay.
                 let aClient = RelayClient()
-                try await Self.withRelayHost(seed: 412, client: aClient) { a in
+                try await RelayInteropTests.withRelayHost(seed: 412, client: aClient) { a in
                     try await aClient.reserve(on: relayAddress, deadline: .after(.seconds(20)))
                     #expect(relay.reservationCount == 2)
                     let circuit = try #require(aClient.circuitAddresses.first)
@@ -460,7 +439,7 @@ struct PyRelayInteropTests {
     /// still serves py's reservation afterwards.
     @Test func swiftRelayAnswersPyBadHopMessages() async throws {
         let relay = RelayService()
-        try await Self.withRelayHost(seed: 420, services: [relay]) { r in
+        try await RelayInteropTests.withRelayHost(seed: 420, services: [relay]) { r in
             let relayAddress = try Self.tcpAddress(r)
             try await PyRelayPeer.with(seed: 320, role: .client) { py in
                 // py needs a connection first: its reservation opens it.

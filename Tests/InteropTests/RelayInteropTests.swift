@@ -24,7 +24,9 @@ import Testing
 struct RelayInteropTests {
     static let timeout: Duration = .seconds(45)
 
-    /// A TCP host on 127.0.0.1 with identify, echo, ping and the given services, plus a relay client.
+    /// A started host on 127.0.0.1 TCP with identify, echo and ping, plus `services`, and a relay
+    /// client installed when given (a host dials circuit addresses only with one: its transport);
+    /// shut down (client and relay services stopped) after `body`.
     static func withRelayHost<T: Sendable>(
         seed: UInt64, services: [any HostService] = [], client: RelayClient? = nil, _ body: (P2PHost) async throws -> T
     ) async throws -> T {
@@ -35,7 +37,10 @@ struct RelayInteropTests {
         }
         client?.install(in: &configuration)
         return try await withHost(identity: .ed25519(seed: seed), configuration: configuration) { host in
-            defer { client?.stop() }
+            defer {
+                client?.stop()
+                for case let relay as RelayService in services { relay.stop() }
+            }
             return try await body(host)
         }
     }

@@ -255,3 +255,26 @@ extension RelayNetworkTests {
         }
     }
 }
+
+extension RelayNetworkTests {
+    /// A relayed connection that outlives the relay's duration limit is ended by the relay (both
+    /// halves reset), and both ends see the connection close.
+    @Test func durationLimitEndsTheCircuit() async throws {
+        var configuration = RelayService.Configuration()
+        configuration.circuitLimit = RelayLimit(duration: 1, data: 0)
+        try await Self.withNetwork(relay: configuration) { net in
+            let reservation = try await net.aClient.reserve(on: net.relay.addresses[0])
+            #expect(reservation.limit?.duration == 1)
+            let circuit = try #require(net.aClient.circuitAddresses.first)
+            let connection = try await net.b.connect(to: circuit)
+            #expect(connection.isLimited)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !connection.isClosed, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(connection.isClosed)
+            #expect(net.relayService.counters.circuitsEnded["durationLimit"] == 1)
+            #expect(net.relayService.circuitCount == 0)
+        }
+    }
+}

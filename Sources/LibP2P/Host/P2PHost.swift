@@ -29,6 +29,14 @@ public final class P2PHost: Sendable {
         public var protocolVersion = "ipfs/0.1.0"
         /// TCP connect plus the whole upgrade, per address tried.
         public var dialTimeout: Duration = .seconds(15)
+        /// Addresses to advertise instead of the listen addresses (e.g. a public address that a
+        /// port forward leads to); empty: the listen addresses.
+        public var announceAddresses: [Multiaddr] = []
+        /// Addresses never advertised (e.g. a private interface), with or without `/p2p/`.
+        public var noAnnounceAddresses: [Multiaddr] = []
+        /// Distinct observation groups (reporters' source IPs) that must report an observed
+        /// address of ours before we advertise it (go-libp2p activates one at 4).
+        public var observedAddressActivation = 4
         /// The order in which a peer's addresses are dialed and the delays between starting them
         /// (staggered parallel dials).
         public var dialRanker = DialRanker()
@@ -190,13 +198,17 @@ public final class P2PHost: Sendable {
     /// addresses of this machine's interfaces.
     public var listenAddresses: [Multiaddr] { swarm.listenAddresses }
 
-    /// The addresses we tell peers about (identify, signed peer records): the listen addresses,
-    /// then those of the address sources (e.g. `/p2p/<relay>/p2p-circuit` addresses of the
-    /// relay reservations we hold), each once, without `/p2p/<our peer ID>`.
+    /// The addresses we tell peers about (identify, signed peer records): the listen addresses
+    /// (or `announceAddresses` when set), the observed addresses that enough distinct peers
+    /// confirmed (`observedAddressActivation` groups), then those of the address sources (e.g.
+    /// the `/p2p/<relay>/p2p-circuit` addresses of the relay reservations we hold), each once,
+    /// without `/p2p/<our peer ID>`, none of `noAnnounceAddresses`.
     public var advertisedAddresses: [Multiaddr] {
         let sources = state.withLockedValue { $0.addressSources }
-        var seen = Set<Multiaddr>()
-        return (listenAddresses + sources.flatMap { $0() }).filter { seen.insert($0).inserted }
+        let base = configuration.announceAddresses.isEmpty ? listenAddresses : configuration.announceAddresses
+        let confirmed = observedAddresses.all.filter { $0.groups >= configuration.observedAddressActivation }.map(\.address)
+        var seen = Set(configuration.noAnnounceAddresses.map { $0.removingPeerID() })
+        return (base + confirmed + sources.flatMap { $0() }).map { $0.removingPeerID() }.filter { seen.insert($0).inserted }
     }
 
     /// Adds addresses to `advertisedAddresses` (a relay client adds its circuit addresses); call

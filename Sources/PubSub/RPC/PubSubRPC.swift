@@ -334,13 +334,7 @@ public struct PubSubRPC: Sendable, Equatable {
     static func forEachField(
         _ bytes: [UInt8], _ body: (Int, ProtobufValue) throws(PubSubError) -> Void
     ) throws(PubSubError) {
-        var reader = ProtobufReader(bytes)
-        while true {
-            let next: (field: Int, value: ProtobufValue)?
-            do { next = try reader.next() } catch { throw .malformedRPC("not valid protobuf", cause: error) }
-            guard let (field, value) = next else { return }
-            try body(field, value)
-        }
+        try ProtobufReader.forEachField(in: bytes, malformed: { .malformedRPC("not valid protobuf", cause: $0) }, body)
     }
 
     static func bytes(_ value: ProtobufValue, _ what: String) throws(PubSubError) -> [UInt8] {

@@ -160,17 +160,8 @@ public struct AutoNATMessage: Sendable, Hashable {
     private static func fields(
         _ bytes: some Collection<UInt8>, _ what: String, _ body: (Int, ProtobufValue) throws(AutoNATError) -> Void
     ) throws(AutoNATError) {
-        var reader = ProtobufReader(bytes)
-        while true {
-            let next: (field: Int, value: ProtobufValue)?
-            do {
-                next = try reader.next()
-            } catch {
-                throw AutoNATError(.malformedMessage, "AutoNAT \(what) is not valid protobuf", cause: error)
-            }
-            guard let (field, value) = next else { return }
-            try body(field, value)
-        }
+        try ProtobufReader.forEachField(
+            in: bytes, malformed: { AutoNATError(.malformedMessage, "AutoNAT \(what) is not valid protobuf", cause: $0) }, body)
     }
 
     private static func bytes(_ value: ProtobufValue, _ what: String) throws(AutoNATError) -> [UInt8] {

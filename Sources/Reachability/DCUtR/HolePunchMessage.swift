@@ -43,17 +43,11 @@ public struct HolePunchMessage: Sendable, Hashable {
         guard bytes.count <= Self.maxMessageSize else {
             throw HolePunchError(.limitExceeded, "DCUtR message of \(bytes.count) bytes (limit \(Self.maxMessageSize))")
         }
-        var reader = ProtobufReader(bytes)
         var type: Kind?
         var addresses: [Multiaddr] = []
-        while true {
-            let next: (field: Int, value: ProtobufValue)?
-            do {
-                next = try reader.next()
-            } catch {
-                throw HolePunchError(.malformedMessage, "DCUtR message is not valid protobuf", cause: error)
-            }
-            guard let (field, value) = next else { break }
+        try ProtobufReader.forEachField(
+            in: bytes, malformed: { HolePunchError(.malformedMessage, "DCUtR message is not valid protobuf", cause: $0) }
+        ) { (field, value) throws(HolePunchError) in
             switch field {
             case 1:
                 guard let raw = value.varintValue, let kind = Kind(rawValue: raw) else {

@@ -218,17 +218,8 @@ public enum RelayWire {
         _ bytes: some Collection<UInt8>, _ what: String,
         _ body: (Int, ProtobufValue) throws(RelayError) -> Void
     ) throws(RelayError) {
-        var reader = ProtobufReader(bytes)
-        while true {
-            let next: (field: Int, value: ProtobufValue)?
-            do {
-                next = try reader.next()
-            } catch {
-                throw RelayError(.malformedMessage, "\(what) is not valid protobuf", cause: error)
-            }
-            guard let (field, value) = next else { return }
-            try body(field, value)
-        }
+        try ProtobufReader.forEachField(
+            in: bytes, malformed: { RelayError(.malformedMessage, "\(what) is not valid protobuf", cause: $0) }, body)
     }
 
     static func enumValue<E>(_ value: ProtobufValue, _ make: (UInt64) -> E?, _ what: String) throws(RelayError) -> E {
