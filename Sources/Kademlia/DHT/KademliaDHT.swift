@@ -90,6 +90,9 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         var background: [Task<Void, Never>] = []
         /// The mode now (`configuration.mode` until `setMode`).
         var mode: Mode
+        /// Inbound DHT streams being served (go keeps one open per peer and reuses it), so that
+        /// switching to client mode can end them.
+        var serving: [ObjectIdentifier: P2PStream] = [:]
         /// The keys we provide (announced again every `providerRepublishInterval`).
         var provided: Set<[UInt8]> = []
         /// Subscribers to `events()`.
@@ -185,7 +188,11 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     private func handleProtocol(on host: P2PHost) throws {
         // As go-libp2p-kad-dht: no DHT traffic over limited (relayed) connections.
         try host.setStreamHandler(configuration.protocolID, allowOnLimitedConnections: false) { [weak self] stream in
-            try await self?.serve(stream)
+            guard let self else { return }
+            let id = ObjectIdentifier(stream)
+            self.state.withLockedValue { $0.serving[id] = stream }
+            defer { _ = self.state.withLockedValue { $0.serving.removeValue(forKey: id) } }
+            try await self.serve(stream)
         }
     }
 
@@ -214,6 +221,13 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
                 }
             case .client:
                 host.removeStreamHandler(configuration.protocolID)
+                // go reuses an open DHT stream for later queries: end the ones we serve, or a
+                // client would go on answering on them (and go would keep it in its table).
+                let open = state.withLockedValue { s in
+                    defer { s.serving = [:] }
+                    return Array(s.serving.values)
+                }
+                open.forEach { $0.reset() }
             }
             host.configuration.logger.info(
                 "DHT mode changed", metadata: ["mode": "\(mode)", "protocol": "\(configuration.protocolID)"])

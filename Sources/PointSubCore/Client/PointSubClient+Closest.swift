@@ -214,15 +214,8 @@ extension PointSubClient {
         var next = 0
         while next < nodes.count {
             guard !Task.isCancelled else { throw PointSubError(.cancelled, "the send was cancelled") }
-            let roundsLeft = (nodes.count - next + fanout - 1) / fanout
-            let share = deadline.remaining / roundsLeft
-            guard share > .zero else {
-                var error = PointSubError(
-                    .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
-                    "no answer from the nodes of \(protocolID) by the deadline; \(nodes.count - next) not tried")
-                error.nodeFailures = failures
-                throw error
-            }
+            let share = try Self.roundShare(
+                of: deadline, left: nodes.count - next, fanout: fanout, protocolID: protocolID, failures: failures)
             let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
             next += batch.count
             switch await round(request, nodes: batch, protocolID: protocolID, source: nil, deadline: .after(share)) {
@@ -295,15 +288,8 @@ extension PointSubClient {
                 next = 0
                 guard !nodes.isEmpty else { break }
             }
-            let roundsLeft = (nodes.count - next + fanout - 1) / fanout
-            let share = deadline.remaining / roundsLeft
-            guard share > .zero else {
-                var error = PointSubError(
-                    .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
-                    "no answer from the nodes of \(protocolID) by the deadline; \(nodes.count - next) not tried")
-                error.nodeFailures = failures
-                throw error
-            }
+            let share = try Self.roundShare(
+                of: deadline, left: nodes.count - next, fanout: fanout, protocolID: protocolID, failures: failures)
             let batch = Array(nodes[next..<min(next + fanout, nodes.count)])
             next += batch.count
             tried.formUnion(batch)
@@ -429,5 +415,24 @@ extension PointSubError {
         case .protocolViolation, .messageTooLarge: true
         default: false
         }
+    }
+}
+
+extension PointSubClient {
+    /// The time one round of `fanout` nodes gets when `left` nodes remain: an equal share of
+    /// what is left before `deadline`. Throws the timeout (with the failures so far) when none is.
+    static func roundShare(
+        of deadline: Deadline, left: Int, fanout: Int, protocolID: String, failures: [PointSubError.NodeFailure]
+    ) throws(PointSubError) -> Duration {
+        let roundsLeft = (left + fanout - 1) / fanout
+        let share = deadline.remaining / roundsLeft
+        guard share > .zero else {
+            var error = PointSubError(
+                .timeout(requestSent: failures.contains { $0.error.requestMaybeProcessed }),
+                "no answer from the nodes of \(protocolID) by the deadline; \(left) not tried")
+            error.nodeFailures = failures
+            throw error
+        }
+        return share
     }
 }
