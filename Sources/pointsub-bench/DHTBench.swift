@@ -10,7 +10,7 @@ import PointSub
 enum DHTBench {
     static func run(nodes: Int, lookups: Int = 100) async throws {
         print("Kademlia DHT: \(nodes) in-process nodes (in-memory transport, Noise + Yamux), k = 20, α = 3")
-        print("load average at start: \(loadAverage())")
+        print("load average at start: \(RequestResponseBench.loadAverage())")
         let residentBefore = residentBytes()
         var hosts: [P2PHost] = []
         var dhts: [KademliaDHT] = []
@@ -57,7 +57,7 @@ enum DHTBench {
         for index in gone { dhts[index].stop(); await hosts[index].shutdown(gracePeriod: .zero) }
         let alive = (0..<nodes).filter { !gone.contains($0) }
         try await measure("after \(gone.count) nodes shut down", hosts: hosts, dhts: dhts, alive: alive, lookups: lookups, generator: &generator)
-        print("load average at end: \(loadAverage())")
+        print("load average at end: \(RequestResponseBench.loadAverage())")
         for index in alive { dhts[index].stop(); await hosts[index].shutdown(gracePeriod: .zero) }
     }
 
@@ -102,9 +102,5 @@ enum DHTBench {
             let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
         else { return 0 }
         return pages * 4096
-    }
-
-    static func loadAverage() -> String {
-        ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
     }
 }

@@ -13,7 +13,7 @@ enum RelayBench {
         let pings = quick ? 200 : 1000
         let bytes = quick ? 8 << 20 : 64 << 20
         print("circuit relay v2 over TCP on 127.0.0.1 (Noise + Yamux), all in this process")
-        print("load average at start: \(DHTBench.loadAverage())")
+        print("load average at start: \(RequestResponseBench.loadAverage())")
         var relayConfiguration = RelayService.Configuration()
         relayConfiguration.circuitLimit = nil  // measure the relay, not its limits
         relayConfiguration.limits.maxReservationsPerSource = samples + 8
@@ -86,7 +86,7 @@ enum RelayBench {
             let counters = relayService.counters
             print("relay: \(counters.reservationsAccepted) reservations, \(counters.circuitsOpened) circuits")
         }
-        print("load average at end: \(DHTBench.loadAverage())")
+        print("load average at end: \(RequestResponseBench.loadAverage())")
     }
 
     /// Writes `bytes` and reads them back at the same time.
