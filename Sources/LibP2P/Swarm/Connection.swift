@@ -20,6 +20,8 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
     public let direction: Direction
     public let localAddress: Multiaddr?
     public let remoteAddress: Multiaddr
+    /// `remoteAddress` has `/p2p-circuit` (worked out once: streams ask on their way).
+    private let limited: Bool
     public let openedAt: ContinuousClock.Instant
     /// The security protocol negotiated ("/noise", "/tls/1.0.0").
     public let security: String
@@ -45,6 +47,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
         self.direction = direction
         self.localAddress = localAddress
         self.remoteAddress = remoteAddress
+        self.limited = remoteAddress.isCircuit
         self.openedAt = .now
         self.session = session
         self.negotiationTimeout = negotiationTimeout
@@ -127,7 +130,7 @@ public final class Connection: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether the connection runs through a relay (its remote address has `/p2p-circuit`):
     /// such a connection is limited in time and data by the relay.
-    public var isLimited: Bool { remoteAddress.isCircuit }
+    public var isLimited: Bool { limited }
 
     public var description: String {
         "Connection(\(id), \(direction.rawValue), \(remotePeer) at \(remoteAddress))"

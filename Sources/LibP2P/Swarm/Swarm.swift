@@ -162,6 +162,8 @@ final class Swarm: Sendable {
     /// stream goes over a direct connection whenever there is one.
     func connections(to peer: PeerID) -> [Connection] {
         let open = state.withLockedValue { $0.connections[peer] ?? [] }.filter { !$0.isClosed }
+        // On every stream's path: reorder only when a relayed connection is there.
+        guard open.count > 1, open.contains(where: \.isLimited) else { return open }
         return open.filter { !$0.isLimited } + open.filter(\.isLimited)
     }
 
