@@ -120,6 +120,9 @@ public struct IdentifyService: HostService {
         if let observed = message.observedAddress {
             do {
                 try host.observedAddresses.record(observed, on: connection)
+                // The report may have activated an address (enough distinct observers): then
+                // peers hear of it by a push, as go-libp2p's address manager does.
+                host.addressesChanged()
             } catch {
                 host.configuration.logger.debug(
                     "ignoring an observed address",

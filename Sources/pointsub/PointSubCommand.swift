@@ -81,7 +81,7 @@ struct IdentityOptions: ParsableArguments {
     @Flag(help: "Serving commands: do not announce and discover peers with mDNS on the local network.")
     var noMdns = false
 
-    @Flag(help: "Serving commands: do not run AutoNAT (ask peers to dial back; serve their requests).")
+    @Flag(help: "Serving commands: do not run AutoNAT v1 and v2 (ask peers to dial back; serve their requests).")
     var noAutonat = false
 
     @Option(help: "Serving commands: seconds before the first AutoNAT probe.")
@@ -140,15 +140,23 @@ struct IdentityOptions: ParsableArguments {
         return MDNSService(configuration: configuration)
     }
 
-    /// AutoNAT for a serving command: probes connected peers and serves their requests; each
-    /// change of reachability is printed on stderr (`autonat: reachability private`).
-    func autonat() -> AutoNATService {
-        var configuration = AutoNATService.Configuration()
-        configuration.bootDelay = .seconds(autonatBootDelay)
-        configuration.retryInterval = .seconds(autonatRetry)
-        configuration.onReachabilityChange = { printError("autonat: reachability \($0.rawValue)") }
-        configuration.logger = CLILogging.logger(verbose: verbose)
-        return AutoNATService(configuration: configuration)
+    /// AutoNAT v1 and v2 for a serving command: they probe connected peers and serve their
+    /// requests. Each change is printed on stderr: the node's reachability from v1
+    /// (`autonat: reachability private`), each address's from v2
+    /// (`autonat v2: /ip4/…/tcp/4001 private`).
+    func autonat() -> [any HostService] {
+        var v1 = AutoNATService.Configuration()
+        v1.bootDelay = .seconds(autonatBootDelay)
+        v1.retryInterval = .seconds(autonatRetry)
+        v1.onReachabilityChange = { printError("autonat: reachability \($0.rawValue)") }
+        v1.logger = CLILogging.logger(verbose: verbose)
+        var v2 = AutoNATv2Service.Configuration()
+        v2.bootDelay = .seconds(autonatBootDelay)
+        v2.retryInterval = .seconds(autonatRetry)
+        v2.roundInterval = .seconds(min(autonatRetry, 10))
+        v2.onAddressReachabilityChange = { printError("autonat v2: \($0) \($1.rawValue)") }
+        v2.logger = CLILogging.logger(verbose: verbose)
+        return [AutoNATService(configuration: v1), AutoNATv2Service(configuration: v2)]
     }
 
     /// Hosts made by the CLI let open streams finish for at most this long when a signal stops them.
@@ -163,7 +171,7 @@ struct IdentityOptions: ParsableArguments {
         c.security = (try? securityOptions()) ?? [.noise]
         c.services = services
         if !listen.isEmpty, !noMdns { c.services.append(Self.mdns(for: listen)) }
-        if !listen.isEmpty, !noAutonat { c.services.append(autonat()) }
+        if !listen.isEmpty, !noAutonat { c.services += autonat() }
         // Every CLI host hole-punches relayed connections (DCUtR); outcomes go to stderr.
         var dcutr = DCUtRService.Configuration()
         dcutr.onOutcome = { printError("hole punching with \($0.peer): \($0)") }

@@ -83,6 +83,7 @@ public final class P2PHost: Sendable {
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
         var addressSources: [@Sendable () -> [Multiaddr]] = []
+        var addressVerdict: (@Sendable (Multiaddr) -> Bool?)?
         var refusedOnLimited: Set<String> = []
         var lastAdvertised: [Multiaddr] = []
         var handlerTasks: [UInt64: Task<Void, Never>] = [:]
@@ -152,6 +153,9 @@ public final class P2PHost: Sendable {
         guard first else { return }
         for service in configuration.services { try await service.attach(to: self) }
         for address in configuration.listenAddresses { _ = try await listen(on: address) }
+        // What peers learn in their first identify: later changes are compared with it.
+        let advertised = advertisedAddresses
+        state.withLockedValue { $0.lastAdvertised = advertised }
         if maintenance { startMaintenance() }
     }
 
@@ -200,15 +204,27 @@ public final class P2PHost: Sendable {
 
     /// The addresses we tell peers about (identify, signed peer records): the listen addresses
     /// (or `announceAddresses` when set), the observed addresses that enough distinct peers
-    /// confirmed (`observedAddressActivation` groups), then those of the address sources (e.g.
-    /// the `/p2p/<relay>/p2p-circuit` addresses of the relay reservations we hold), each once,
-    /// without `/p2p/<our peer ID>`, none of `noAnnounceAddresses`.
+    /// confirmed (`observedAddressActivation` groups) or that a dial-back proved reachable, then
+    /// those of the address sources (e.g. the `/p2p/<relay>/p2p-circuit` addresses of the relay
+    /// reservations we hold), each once, without `/p2p/<our peer ID>`, none of
+    /// `noAnnounceAddresses` and none that dial-backs proved unreachable (AutoNAT v2).
     public var advertisedAddresses: [Multiaddr] {
-        let sources = state.withLockedValue { $0.addressSources }
+        let (sources, verdict) = state.withLockedValue { ($0.addressSources, $0.addressVerdict) }
         let base = configuration.announceAddresses.isEmpty ? listenAddresses : configuration.announceAddresses
-        let confirmed = observedAddresses.all.filter { $0.groups >= configuration.observedAddressActivation }.map(\.address)
+        let confirmed = observedAddresses.all.filter {
+            $0.groups >= configuration.observedAddressActivation || verdict?($0.address) == true
+        }.map(\.address)
         var seen = Set(configuration.noAnnounceAddresses.map { $0.removingPeerID() })
-        return (base + confirmed + sources.flatMap { $0() }).map { $0.removingPeerID() }.filter { seen.insert($0).inserted }
+        return (base + confirmed + sources.flatMap { $0() }).map { $0.removingPeerID() }.filter {
+            verdict?($0) != false && seen.insert($0).inserted
+        }
+    }
+
+    /// Sets what dial-backs proved about our addresses: `true` reachable (advertised even when
+    /// few peers observed it), `false` unreachable (not advertised), `nil` not known. Call
+    /// `addressesChanged()` when a verdict changes.
+    package func setAddressVerdict(_ verdict: @escaping @Sendable (Multiaddr) -> Bool?) {
+        state.withLockedValue { $0.addressVerdict = verdict }
     }
 
     /// Adds addresses to `advertisedAddresses` (a relay client adds its circuit addresses); call

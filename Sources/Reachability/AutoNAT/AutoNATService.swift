@@ -14,7 +14,7 @@ import NIOCore
 /// defence against making us attack a third party), never over a relayed connection, on a new
 /// connection (reusing one would prove nothing), within per-peer and global rate limits, and
 /// answers with the first address that worked.
-public final class AutoNATService: HostService, Sendable {
+public final class AutoNATService: HostService, ReachabilityReporting, Sendable {
     /// The settings.
     public struct Configuration: Sendable {
         /// Serve dial-back requests (a node behind a NAT should not: its dials prove nothing).
@@ -64,22 +64,21 @@ public final class AutoNATService: HostService, Sendable {
     private struct State {
         var host: P2PHost?
         var tracker = ReachabilityTracker()
-        var peerRates: [PeerID: TokenBucket] = [:]
-        var globalRate: TokenBucket?
+        var limiter: RequestRateLimiter
         var counters = Counters()
-        var subscribers: [UInt64: AsyncStream<Reachability>.Continuation] = [:]
-        var nextSubscriber: UInt64 = 0
         var prober: Task<Void, Never>?
     }
 
     /// The settings.
     public let configuration: Configuration
     private let state: NIOLockedValueBox<State>
+    private let subscribers = ReachabilityUpdates()
 
     /// An AutoNAT service with `configuration`; add it to the host's services.
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
-        self.state = NIOLockedValueBox(State())
+        self.state = NIOLockedValueBox(State(limiter: RequestRateLimiter(
+            perPeerPerMinute: configuration.requestsPerPeerPerMinute, totalPerMinute: configuration.requestsPerMinute)))
     }
 
     /// What the service has learned about our reachability.
@@ -91,17 +90,7 @@ public final class AutoNATService: HostService, Sendable {
 
     /// Each change of ``reachability`` from now on (the current status first).
     public func updates() -> AsyncStream<Reachability> {
-        let (stream, continuation) = AsyncStream<Reachability>.makeStream(bufferingPolicy: .bufferingNewest(8))
-        let (id, current) = state.withLockedValue { s in
-            defer { s.nextSubscriber += 1 }
-            s.subscribers[s.nextSubscriber] = continuation
-            return (s.nextSubscriber, s.tracker.status)
-        }
-        continuation.yield(current)
-        continuation.onTermination = { [weak self] _ in
-            _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
+        subscribers.subscribe(current: reachability)
     }
 
     /// Serves the protocol (when `serve`) and starts the automatic probes (when asked).
@@ -128,12 +117,12 @@ public final class AutoNATService: HostService, Sendable {
 
     /// Stops the automatic probes and ends the update streams.
     public func stop() {
-        let (prober, subscribers) = state.withLockedValue { s in
-            defer { s.prober = nil; s.subscribers = [:] }
-            return (s.prober, Array(s.subscribers.values))
+        let prober = state.withLockedValue { s in
+            defer { s.prober = nil }
+            return s.prober
         }
         prober?.cancel()
-        subscribers.forEach { $0.finish() }
+        subscribers.finish()
     }
 
     // MARK: - Client
@@ -188,7 +177,7 @@ public final class AutoNATService: HostService, Sendable {
     }
 
     private func record(_ response: AutoNATMessage.DialResponse, from server: PeerID) {
-        let (changed, status, subscribers) = state.withLockedValue { s -> (Bool, Reachability, [AsyncStream<Reachability>.Continuation]) in
+        let (changed, status) = state.withLockedValue { s -> (Bool, Reachability) in
             s.counters.probes[response.status, default: 0] += 1
             var changed = false
             switch response.status {
@@ -196,13 +185,13 @@ public final class AutoNATService: HostService, Sendable {
             case .dialError: changed = s.tracker.record(dialedBack: false)
             default: break  // a refusal says nothing about our reachability
             }
-            return (changed, s.tracker.status, Array(s.subscribers.values))
+            return (changed, s.tracker.status)
         }
         configuration.logger.debug(
             "AutoNAT answer", metadata: ["server": "\(server)", "status": "\(response.status)", "reachability": "\(status)"])
         if changed {
             configuration.logger.info("reachability changed", metadata: ["reachability": "\(status)"])
-            subscribers.forEach { $0.yield(status) }
+            subscribers.yield(status)
             configuration.onReachabilityChange?(status)
         }
     }
@@ -281,51 +270,18 @@ public final class AutoNATService: HostService, Sendable {
     }
 
     private func admit(_ peer: PeerID) -> Bool {
-        let now = ContinuousClock.now
-        let perPeer = Double(configuration.requestsPerPeerPerMinute)
-        let global = Double(configuration.requestsPerMinute)
-        return state.withLockedValue { s in
-            var globalBucket = s.globalRate ?? TokenBucket(burst: global, now: now)
-            var peerBucket = s.peerRates[peer] ?? TokenBucket(burst: perPeer, now: now)
-            // Check both before taking from either: a refused request costs nothing.
-            var globalProbe = globalBucket, peerProbe = peerBucket
-            guard globalProbe.take(rate: global / 60, burst: global, now: now),
-                  peerProbe.take(rate: perPeer / 60, burst: perPeer, now: now)
-            else {
-                s.globalRate = globalBucket
-                s.peerRates[peer] = peerBucket
-                return false
-            }
-            globalBucket = globalProbe
-            peerBucket = peerProbe
-            s.globalRate = globalBucket
-            // Bounded: the table forgets peers whose bucket is full again.
-            if s.peerRates.count > 4096 { s.peerRates = s.peerRates.filter { $0.value.tokens < perPeer } }
-            s.peerRates[peer] = peerBucket
-            return true
-        }
+        state.withLockedValue { $0.limiter.admit(peer) }
     }
 
     /// The addresses to dial back: on the observed IP only (never a third party's), TCP-like
     /// addresses with an IP (no DNS names, no relays), public ones unless private ones are
     /// allowed; each once, at most `maxAddresses`.
     func dialableAddresses(_ addresses: [Multiaddr], observedAt observed: Multiaddr) -> [Multiaddr] {
-        guard let observedIP = observed.components.first, observedIP.isIPAddress else { return [] }
         var seen = Set<Multiaddr>()
-        return addresses.filter { address in
-            let plain = address.removingPeerID()
-            guard let first = plain.components.first, first == observedIP, !plain.isCircuit else { return false }
-            guard configuration.allowPrivateAddresses || DialRanker.locality(of: plain) == .publicNetwork else { return false }
-            return seen.insert(plain).inserted
-        }.prefix(AutoNATMessage.maxAddresses).map { $0.removingPeerID() }
-    }
-}
-
-extension Multiaddr.Component {
-    var isIPAddress: Bool {
-        switch self {
-        case .ip4, .ip6: return true
-        default: return false
-        }
+        return addresses.map { $0.removingPeerID() }.filter { address in
+            DialBackPolicy.sameIP(observed, address)
+                && DialBackPolicy.isDialable(address, allowPrivateAddresses: configuration.allowPrivateAddresses)
+                && seen.insert(address).inserted
+        }.prefix(AutoNATMessage.maxAddresses).map { $0 }
     }
 }
