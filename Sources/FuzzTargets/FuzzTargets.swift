@@ -65,6 +65,9 @@ public enum FuzzTarget: String, CaseIterable, ErrorCode {
     case relayMessage = "relay-message"
     /// An AutoNAT v1 message (dial request or response).
     case autonatMessage = "autonat-message"
+    /// AutoNAT v2: a dial-request stream message, a dial-back or a dial-back response (first
+    /// byte picks which).
+    case autonatV2Message = "autonat-v2-message"
     /// A DCUtR hole-punching message (CONNECT or SYNC with addresses).
     case dcutrMessage = "dcutr-message"
     /// The WebSocket frame path: NIO's frame decoder between our frame accounting and our frame
@@ -144,6 +147,7 @@ public enum FuzzTargets {
         case .dnsMessage: try fuzzDNSMessage(input, &check)
         case .relayMessage: try fuzzRelayMessage(input, &check)
         case .autonatMessage: try fuzzAutoNATMessage(input, &check)
+        case .autonatV2Message: try fuzzAutoNATv2Message(input, &check)
         case .dcutrMessage: try fuzzHolePunchMessage(input, &check)
         case .noise, .yamuxSession, .pubsubFrames, .webSocketFrames, .webSocketUpgrade:
             #if DEBUG || FUZZING

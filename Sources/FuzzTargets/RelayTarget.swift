@@ -30,6 +30,26 @@ extension FuzzTargets {
 }
 
 extension FuzzTargets {
+    /// AutoNAT v2 input: byte 0 picks a `Message` (0), a `DialBack` (1) or a `DialBackResponse`
+    /// (2). Messages that decode re-encode to the same value; a dial-back's nonce survives a
+    /// round trip.
+    static func fuzzAutoNATv2Message(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
+        guard let kind = input.first else { return }
+        let body = Array(input.dropFirst())
+        switch kind % 3 {
+        case 0:
+            guard let message = try? AutoNATv2Message(decoding: body) else { return }
+            try check((try? AutoNATv2Message(decoding: message.encoded())) == message, "AutoNAT v2 message round trip differs")
+        case 1:
+            guard let nonce = try? AutoNATv2DialBack.decodeNonce(body) else { return }
+            try check((try? AutoNATv2DialBack.decodeNonce(AutoNATv2DialBack.encode(nonce: nonce))) == nonce, "dial-back nonce differs")
+        default:
+            _ = try? AutoNATv2DialBack.decodeResponse(body)
+        }
+    }
+}
+
+extension FuzzTargets {
     /// A DCUtR message: whatever decodes re-encodes to a message that decodes the same.
     static func fuzzHolePunchMessage(_ input: [UInt8], _ check: inout Checker) throws(FuzzInvariantFailure) {
         guard let message = try? HolePunchMessage(decoding: input) else { return }

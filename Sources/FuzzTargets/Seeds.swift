@@ -202,6 +202,16 @@ extension FuzzTargets {
                 AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .ok, address: address)).encoded(),
                 AutoNATMessage(type: .dialResponse, dialResponse: .init(status: .dialError, statusText: "dial failed")).encoded(),
             ]
+        case .autonatV2Message:
+            let address = Multiaddr("/ip4/1.2.3.4/tcp/4001")
+            return [
+                [0] + AutoNATv2Message.dialRequest(.init(addresses: [address, Multiaddr("/ip6/2001:db8::1/tcp/4001")], nonce: 42)).encoded(),
+                [0] + AutoNATv2Message.dialResponse(.init(status: .ok, addressIndex: 1, dialStatus: .dialError)).encoded(),
+                [0] + AutoNATv2Message.dialDataRequest(.init(addressIndex: 0, byteCount: 30_000)).encoded(),
+                [0] + AutoNATv2Message.dialDataResponse(.init(count: 64)).encoded(),
+                [1] + AutoNATv2DialBack.encode(nonce: 42),
+                [2] + AutoNATv2DialBack.encodeResponse(),
+            ]
         case .relayMessage:
             let key = SeedKeys.ed25519
             let peer = PeerID(publicKey: key.publicKey)

@@ -205,7 +205,8 @@ public enum AutoNATv2Message: Sendable, Hashable {
             case 1:
                 let raw = try Self.bytes(value, "address")
                 guard slots.count < maxAddresses else { return }
-                slots.append(try? Multiaddr(bytes: raw))
+                // An empty address is no address (and would not survive a round trip as one).
+                slots.append(raw.isEmpty ? nil : try? Multiaddr(bytes: raw))
             case 2: nonce = try fixed64(value, "nonce")
             default: break
             }

@@ -30,8 +30,8 @@ public final class AutoNATv2Service: HostService, ReachabilityReporting, Sendabl
         /// Dial (as a server) and test (as a client) private-network and loopback addresses too:
         /// for test networks and LANs. On the internet only public addresses are, as the spec asks.
         public var allowPrivateAddresses = false
-        /// How long the server's dial-back may take, connection and nonce (go-libp2p: 15 s).
-        public var dialTimeout: Duration = .seconds(15)
+        /// How long the server's dial-back may take, connection and nonce (go-libp2p: 10 s).
+        public var dialTimeout: Duration = .seconds(10)
         /// How long a whole request may take, on either side, dial-back included.
         public var requestTimeout: Duration = .seconds(60)
         /// Requests served per peer per minute (go-libp2p: 12).
