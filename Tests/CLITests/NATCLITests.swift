@@ -13,10 +13,12 @@ struct NATCLITests {
             URL(fileURLWithPath: ip), NATNetwork.exec(in: namespace, [try CLI.binary.path] + arguments), captureStderr: true)
     }
 
-    /// Waits until `process` printed a stderr line containing `text`.
-    static func awaitError(_ process: ChildProcess.Running, _ text: String, timeout: Duration = .seconds(60)) async throws {
+    /// Waits until `process` printed a stderr line containing `text`, and each of `also`.
+    static func awaitError(
+        _ process: ChildProcess.Running, _ text: String, also: [String] = [], timeout: Duration = .seconds(60)
+    ) async throws {
         let deadline = ContinuousClock.now + timeout
-        while !process.errorLines.contains(where: { $0.contains(text) }) {
+        while !process.errorLines.contains(where: { line in ([text] + also).allSatisfy { line.contains($0) } }) {
             guard ContinuousClock.now < deadline else {
                 throw ChildProcess.Failure("no \"\(text)\" on stderr within \(timeout): \(process.errorLines.suffix(20))")
             }
@@ -24,7 +26,8 @@ struct NATCLITests {
         }
     }
 
-    /// (c) AutoNAT tells the two NATed nodes they are private and the relay that it is public;
+    /// (c) AutoNAT tells the two NATed nodes they are private and the relay that it is public
+    /// (v1 for the node, v2 for each address);
     /// the nodes reserve on the relay and one reaches the other through it (relayed traffic
     /// crosses both NATs).
     @Test func autonatAndRelayAcrossNATs() async throws {
@@ -51,6 +54,13 @@ struct NATCLITests {
             try await Self.awaitError(processes[1], "autonat: reachability private")
             try await Self.awaitError(processes[2], "autonat: reachability private")
             try await Self.awaitError(relay, "autonat: reachability public")
+            // AutoNAT v2, per address: the relay's listen address is public (the nodes dialed
+            // it back, outward through their NATs, and delivered the nonce); node 0's address
+            // as the relay observes it (the NAT's, with the port of node 0's connection) is
+            // private: three dial-backs to it found no mapping.
+            try await Self.awaitError(relay, "autonat v2: /ip4/198.51.100.1/tcp/4001 public")
+            try await Self.awaitError(
+                processes[1], "autonat v2: /ip4/\(net.natAddress(0))/tcp/", also: [" private"], timeout: .seconds(90))
 
             // Node 1 pings node 0 through the relay, across both NATs.
             let ip = try #require(NATNetwork.ip)
