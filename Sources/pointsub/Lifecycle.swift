@@ -164,7 +164,7 @@ func withClientHost<T: Sendable>(
 /// A circuit address (`…/p2p-circuit/p2p/<peer>`) goes through the relay; the host first listens
 /// on a TCP port (hole punching dials from it), and then waits (at most 20 s) for DCUtR to make
 /// the connection direct, saying on stderr which it became: `direct via hole punching after N
-/// ms` or why not. The connection returned is the direct one when there is one.
+/// ms`, `direct (the peer dialed our public address)` or why not. The connection returned is the direct one when there is one.
 func connectPeer(_ host: P2PHost, to address: Multiaddr) async throws -> Connection {
     let relayed = address.isCircuit
     if relayed, !host.listenAddresses.contains(where: { $0.components.count == 2 && $0.tcpPort != nil }) {
@@ -183,8 +183,13 @@ func connectPeer(_ host: P2PHost, to address: Multiaddr) async throws -> Connect
     let deadline = ContinuousClock.now + .seconds(20)
     while ContinuousClock.now < deadline {
         if let direct = host.connections(to: peer).first(where: { !$0.isLimited }) {
-            let outcome = dcutr.lastOutcome(for: peer)
-            printError("connection to \(peer): direct via hole punching\(outcome.map { String(format: " after %.0f ms", $0.elapsed.seconds * 1000) } ?? "")")
+            // Our DCUtR side records an outcome only when the peer hole-punched with us; a peer
+            // that simply dialed our public address (the unilateral upgrade) leaves none.
+            if let outcome = dcutr.lastOutcome(for: peer) {
+                printError(String(format: "connection to \(peer): direct via hole punching after %.0f ms", outcome.elapsed.seconds * 1000))
+            } else {
+                printError("connection to \(peer): direct (the peer dialed our public address)")
+            }
             return direct
         }
         if let outcome = dcutr.lastOutcome(for: peer), !outcome.isDirect {

@@ -121,3 +121,35 @@ extension NATCLITests {
         }
     }
 }
+
+extension NATCLITests {
+    /// The unilateral upgrade: B is on the public network, A behind a NAT. B dials A's circuit
+    /// address; A sees in identify that B has a public address and simply dials it (outward
+    /// through its NAT): direct without a hole punch, and the ping runs over it.
+    @Test func publicPeerIsDialedDirectly() async throws {
+        try await NATNetwork.with(mappings: [.endpointIndependent]) { net in
+            let quiet = ["--no-mdns", "--no-autonat"]
+            let relay = try Self.start(
+                net.publicNamespace, ["relay", "--seed", "51", "--listen", "/ip4/\(net.publicAddress)/tcp/4001"] + quiet)
+            var processes = [relay]
+            defer { for process in processes { Task { _ = try? await process.stop(signal: SIGKILL) } } }
+            let relayAddress = try await relay.firstLine(timeout: .seconds(30)) { $0.contains("/p2p/") }
+            let a = try Self.start(net.privateNamespaces[0], [
+                "echo", "--seed", "52", "--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", relayAddress,
+            ] + quiet)
+            processes.append(a)
+            let circuit = try await a.firstLine(timeout: .seconds(30)) { $0.contains("/p2p-circuit/") }
+
+            let ip = try #require(NATNetwork.ip)
+            let ping = try await ChildProcess.run(
+                URL(fileURLWithPath: ip),
+                NATNetwork.exec(in: net.publicNamespace, [try CLI.binary.path, "ping", circuit, "--count", "3", "--seed", "53", "--json"]),
+                timeout: 60)
+            #expect(ping.status == 0, "\(ping.stderr)")
+            #expect(ping.stderr.contains("direct (the peer dialed our public address)"), "\(ping.stderr)")
+            #expect(ping.stdout.contains("\"direct\":true"), "\(ping.stdout)")
+            #expect(ping.stdout.contains("\"type\":\"final\""), "\(ping.stdout)")
+            try await Self.awaitError(a, "dialed its public address")
+        }
+    }
+}

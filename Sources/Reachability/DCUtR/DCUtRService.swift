@@ -26,6 +26,9 @@ public final class DCUtRService: HostService, Sendable {
         public var dialTimeout: Duration = .seconds(5)
         /// How long reading a message may take.
         public var streamTimeout: Duration = .seconds(30)
+        /// How long the side that received the relayed connection waits for identify over it
+        /// (to see whether the peer has public addresses it can simply dial).
+        public var identifyWait: Duration = .seconds(3)
         /// Offer and dial private-network addresses too (LAN tests); by default only addresses
         /// that can be on the internet.
         public var allowPrivateAddresses = false
@@ -40,10 +43,12 @@ public final class DCUtRService: HostService, Sendable {
 
     /// Counts of hole punches.
     public struct Counters: Sendable, Hashable {
-        /// Hole punches started (by either side).
+        /// Upgrades started (by either side): hole punches, and direct dials to public peers.
         public var attempts = 0
         /// Hole punches that ended with a direct connection.
         public var successes = 0
+        /// Upgrades that needed no hole punch: the peer's public address answered a plain dial.
+        public var directDials = 0
         /// Failures by reason (`noAddresses`, `dialsFailed`, `protocol`, …).
         public var failures: [String: Int] = [:]
     }
@@ -112,6 +117,13 @@ public final class DCUtRService: HostService, Sendable {
             return s.host
         }) else { return finish(.init(peer: peer, result: .failure("already in progress"), attempts: 0, elapsed: .zero)) }
         defer { _ = state.withLockedValue { $0.inProgress.remove(peer) } }
+        // The spec's unilateral upgrade: when identify (over the relayed connection) says the
+        // peer has public addresses, dial them first; no hole punch is needed for a peer that
+        // is not behind a NAT.
+        let advertised = await identifiedAddresses(of: peer, host: host)
+        if !advertised.isEmpty, (try? await dialDirectly(peer, at: advertised, host: host)) != nil {
+            return finish(.init(peer: peer, result: .dialedDirectly, attempts: 0, elapsed: .now - started))
+        }
         var attempts = 0
         do {
             let stream = try await connection.newStream(protocols: [HolePunchMessage.protocolID])
@@ -195,6 +207,7 @@ public final class DCUtRService: HostService, Sendable {
             s.outcomes[outcome.peer] = outcome
             switch outcome.result {
             case .direct: s.counters.successes += 1
+            case .dialedDirectly: s.counters.directDials += 1
             case .failure(let reason): s.counters.failures[reason, default: 0] += 1
             }
         }
@@ -228,6 +241,51 @@ public final class DCUtRService: HostService, Sendable {
             try await stream.readLengthPrefixed(maxLength: HolePunchMessage.maxMessageSize)
         }
         return try frame.map { try HolePunchMessage(decoding: $0.readableBytesView) }
+    }
+
+    /// The peer's dialable addresses as identify gave them, waiting at most `identifyWait` for
+    /// identify to finish when it has not yet.
+    private func identifiedAddresses(of peer: PeerID, host: P2PHost) async -> [Multiaddr] {
+        let events = host.events()
+        if host.peerstore.protocols(for: peer).isEmpty {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await event in events {
+                        if case .peerIdentified(let identified) = event, identified == peer { return }
+                    }
+                }
+                group.addTask { [configuration] in try? await Task.sleep(for: configuration.identifyWait) }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        return host.peerstore.addresses(for: peer).filter(isDialable)
+    }
+
+    /// Dials `peer` on `addresses` at once from ordinary ports (a plain dial, no simultaneous
+    /// open); returns when one connected.
+    private func dialDirectly(_ peer: PeerID, at addresses: [Multiaddr], host: P2PHost) async throws {
+        let deadline = Deadline.after(configuration.dialTimeout)
+        let connected = await withTaskGroup(of: Bool.self) { group in
+            for address in addresses.prefix(4) {
+                group.addTask {
+                    let connection = try? await withDeadline(
+                        deadline, on: host.eventLoopGroup.next(),
+                        onTimeout: { HolePunchError(.dialsFailed, "direct dial timed out") },
+                        discard: { connection in Task { await connection.close() } }
+                    ) {
+                        try await host.dialNewConnection(to: address, expectedPeer: peer)
+                    }
+                    return connection != nil
+                }
+            }
+            for await success in group where success {
+                group.cancelAll()
+                return true
+            }
+            return false
+        }
+        guard connected else { throw HolePunchError(.dialsFailed, "no direct dial to \(peer) worked") }
     }
 
     /// Dials `peer` on its TCP addresses at once from our TCP listen port; returns when one
@@ -311,6 +369,9 @@ public struct HolePunchOutcome: Sendable, CustomStringConvertible {
     public enum Result: Sendable {
         /// A direct connection exists; `rtt` is the relayed round trip the starting side measured.
         case direct(rtt: Duration?)
+        /// The peer has a public address and the starting side dialed it: no hole punch needed
+        /// (the spec's unilateral connection upgrade).
+        case dialedDirectly
         /// No direct connection (`noAddresses`, `dialsFailed`, `protocol`, …).
         case failure(String)
     }
@@ -326,15 +387,19 @@ public struct HolePunchOutcome: Sendable, CustomStringConvertible {
 
     /// Whether a direct connection came of it.
     public var isDirect: Bool {
-        if case .direct = result { return true }
-        return false
+        switch result {
+        case .direct, .dialedDirectly: return true
+        case .failure: return false
+        }
     }
 
-    /// E.g. `direct after 123 ms (1 attempt)` or `failed: dialsFailed (3 attempts)`.
+    /// E.g. `direct after 123 ms (1 attempt)`, `direct after 4 ms (dialed its public address)` or
+    /// `failed: dialsFailed (3 attempts)`.
     public var description: String {
         let rounds = "\(attempts) attempt\(attempts == 1 ? "" : "s")"
         switch result {
         case .direct: return String(format: "direct after %.0f ms (%@)", elapsed.seconds * 1000, rounds)
+        case .dialedDirectly: return String(format: "direct after %.0f ms (dialed its public address)", elapsed.seconds * 1000)
         case .failure(let reason): return "failed: \(reason) (\(rounds))"
         }
     }
