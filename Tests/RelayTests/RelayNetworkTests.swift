@@ -278,3 +278,71 @@ extension RelayNetworkTests {
         }
     }
 }
+
+extension RelayNetworkTests {
+    /// A reservation flood over TCP: twelve peer IDs dialing from one IP (127.0.0.2) get the per-source
+    /// share and no more, each refusal typed; an honest peer from 127.0.0.1 still reserves; the
+    /// relay's memory account holds the reservations granted, and falls back to zero when the
+    /// peers leave.
+    @Test func reservationFloodFromOneAddressLeavesRoomForOthers() async throws {
+        var relayConfiguration = RelayService.Configuration()
+        relayConfiguration.limits.maxReservationsPerSource = 3
+        let relayService = RelayService(configuration: relayConfiguration)
+        let relay = P2PHost(identity: .ed25519(seed: 7101), configuration: .defaults {
+            $0.listenAddresses = [Multiaddr("/ip4/0.0.0.0/tcp/0")]
+            $0.services = [IdentifyService(), relayService]
+        })
+        try await relay.start()
+        defer { relayService.stop() }
+        let port = try #require(relay.listenAddresses.first?.tcpPort)
+        let relayAddress = try Multiaddr("/ip4/127.0.0.1/tcp/\(port)/p2p/\(relay.peerID)")
+        var clients: [(P2PHost, RelayClient)] = []
+        var granted = 0
+        var refusals: [RelayError] = []
+        for seed in 0..<12 {
+            let client = RelayClient()
+            var configuration = P2PHost.Configuration.defaults {
+                $0.services = [IdentifyService()]
+                $0.dialSourceAddress = "127.0.0.2"
+            }
+            client.install(in: &configuration)
+            let host = P2PHost(identity: .ed25519(seed: 7110 + UInt64(seed)), configuration: configuration)
+            try await host.start()
+            clients.append((host, client))
+            do {
+                _ = try await client.reserve(on: relayAddress)
+                granted += 1
+            } catch let error as RelayError {
+                refusals.append(error)
+            }
+        }
+        #expect(granted == 3)
+        #expect(refusals.count == 9)
+        // RESERVATION_REFUSED, as go-libp2p answers a reservation its constraints refuse.
+        #expect(refusals.allSatisfy { $0.code == .refused && $0.status == .reservationRefused }, "\(refusals)")
+        #expect(relayService.counters.reservationsRefused == 9)
+
+        let honestClient = RelayClient()
+        var honestConfiguration = P2PHost.Configuration.defaults { $0.services = [IdentifyService()] }
+        honestClient.install(in: &honestConfiguration)
+        let honest = P2PHost(identity: .ed25519(seed: 7199), configuration: honestConfiguration)
+        try await honest.start()
+        clients.append((honest, honestClient))
+        _ = try await honestClient.reserve(on: relayAddress)
+        #expect(relayService.reservationCount == 4)
+        // The reservations are charged (hop streams still closing may add their buffers).
+        #expect(relay.resourceManager.usage(ofService: "relay").memory >= 4 * relayConfiguration.memoryPerReservation)
+
+        for (host, client) in clients {
+            client.stop()
+            await host.shutdown(gracePeriod: .zero)
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while relayService.reservationCount > 0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(relayService.reservationCount == 0)
+        #expect(relay.resourceManager.usage(ofService: "relay").memory == 0)
+        await relay.shutdown(gracePeriod: .zero)
+    }
+}
