@@ -8,7 +8,8 @@ import Testing
 
 // The README's Swift examples, line for line (without their imports), in functions that are
 // compiled but never run: if an example stops compiling, this file stops compiling. The test at
-// the bottom checks that every example in README.md appears here verbatim, so the two cannot drift.
+// the bottom checks that every example in README.md and in the DocC articles appears here
+// verbatim, so they cannot drift.
 // The names an example uses but does not define are the functions' parameters.
 
 func readmeLibrary(someAddress: Multiaddr) async throws {
@@ -78,6 +79,23 @@ try await withHost(configuration: configuration) { host in
 }
 }
 
+func articleReachable(relayAddress: Multiaddr) async throws {
+let relayClient = RelayClient()
+let autonat = AutoNATv2Service()
+let dht = KademliaDHT()
+var configuration = P2PHost.Configuration.defaults
+configuration.listenAddresses = ["/ip4/0.0.0.0/tcp/4001"]
+configuration.services = [AutoNATService(), autonat, DCUtRService(), dht]
+relayClient.install(in: &configuration)                        // dial and accept circuit addresses
+try await withHost(configuration: configuration) { host in
+    try await relayClient.keepReservation(on: relayAddress)   // refreshed before it expires
+    dht.followReachability(of: autonat)                        // DHT server while an address is public
+    for await reachability in autonat.updates() {
+        print(reachability, autonat.addressReachability)       // each tested address: public or private
+    }
+}
+}
+
 func readmeLifecycle() async throws {
 
 let registry = PrometheusCollectorRegistry()                       // swift-metrics → Prometheus text
@@ -101,21 +119,43 @@ registry.emit(into: &text)                                         // what `--me
 }
 
 @Suite struct ReadmeExampleTests {
-    @Test func everyReadmeExampleIsCompiledHere() throws {
-        let here = URL(fileURLWithPath: #filePath)
-        let readme = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("README.md")
-        let text = try String(contentsOf: readme, encoding: .utf8)
+    static let here = URL(fileURLWithPath: #filePath)
+    static let root = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The Swift code blocks of the Markdown file at `path` (from the repository's root).
+    static func examples(in path: String) throws -> [String] {
+        let text = try String(contentsOf: root.appendingPathComponent(path), encoding: .utf8)
+        return text.components(separatedBy: "```swift\n").dropFirst().map { $0.components(separatedBy: "```")[0] }
+    }
+
+    static func expectCompiled(_ examples: [String], from file: String) throws {
         let compiled = try String(contentsOf: here, encoding: .utf8)
-        let examples = text.components(separatedBy: "```swift\n").dropFirst().map {
-            $0.components(separatedBy: "```")[0]
-        }
-        #expect(examples.count == 5)
         for example in examples {
             let lines = example.split(separator: "\n", omittingEmptySubsequences: false)
                 .filter { !$0.hasPrefix("import ") }
             let body = lines.joined(separator: "\n").trimmingCharacters(in: .newlines)
-            #expect(compiled.contains(body), "README example not compiled here:\n\(body)")
+            #expect(compiled.contains(body), "\(file) example not compiled here:\n\(body)")
         }
+    }
+
+    @Test func everyReadmeExampleIsCompiledHere() throws {
+        let examples = try Self.examples(in: "README.md")
+        #expect(examples.count == 5)
+        try Self.expectCompiled(examples, from: "README.md")
+    }
+
+    /// The DocC catalog's articles: their examples are compiled here too.
+    @Test func everyArticleExampleIsCompiledHere() throws {
+        let catalog = "Sources/PointSub/PointSub.docc"
+        let articles = try FileManager.default.contentsOfDirectory(atPath: Self.root.appendingPathComponent(catalog).path)
+            .filter { $0.hasSuffix(".md") }
+        #expect(articles.contains("GettingStarted.md"))
+        var count = 0
+        for article in articles {
+            let examples = try Self.examples(in: "\(catalog)/\(article)")
+            count += examples.count
+            try Self.expectCompiled(examples, from: article)
+        }
+        #expect(count == 4)
     }
 }
