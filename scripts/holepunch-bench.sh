@@ -5,7 +5,8 @@
 # identity each time) dials A's circuit address and DCUtR tries to make it direct. Prints the
 # success rate and the time from the relayed connection to the direct one (A's side: from the
 # DCUtR stream to the direct connection). Usage: scripts/holepunch-bench.sh [attempts] [mapping]
-# (mapping: eim = endpoint-independent, default; symmetric). Everything is removed at the end.
+# (mapping: eim = endpoint-independent, default; symmetric; public = the dialing nodes run on the
+# public bridge, so A dials them directly without a hole punch). Everything is removed at the end.
 set -euo pipefail
 attempts=${1:-50}
 mapping=${2:-eim}
@@ -46,9 +47,11 @@ for _ in $(seq 100); do grep -q p2p-circuit "$out/a" && break; sleep 0.1; done
 circuit=$(grep -m1 p2p-circuit "$out/a")
 echo "hole punching, $attempts attempts, NAT mapping: $mapping; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 direct=0
+dialer="${tag}priv1"; success="direct via hole punching"
+[ "$mapping" = public ] && { dialer="$pub"; success="direct (the peer dialed our public address)"; }
 for n in $(seq "$attempts"); do
-    err=$(ip netns exec "${tag}priv1" timeout 60 "$bin" ping "$circuit" --count 1 --seed $((1000 + n)) 2>&1 >/dev/null || true)
-    if grep -q "direct via hole punching" <<<"$err"; then direct=$((direct + 1)); else [ -n "${HPB_VERBOSE:-}" ] && echo "attempt $n: $err" >&2; fi
+    err=$(ip netns exec "$dialer" timeout 60 "$bin" ping "$circuit" --count 1 --seed $((1000 + n)) 2>&1 >/dev/null || true)
+    if grep -qF "$success" <<<"$err"; then direct=$((direct + 1)); else [ -n "${HPB_VERBOSE:-}" ] && echo "attempt $n: $err" >&2; fi
 done
 # A's side logs each outcome: "hole punching with <peer>: direct after N ms (k attempts)".
 grep -o "direct after [0-9]* ms" "$out/a.err" | awk '{print $3}' | sort -n >"$out/ms" || true
