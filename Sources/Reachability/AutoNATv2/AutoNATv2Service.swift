@@ -198,12 +198,14 @@ public final class AutoNATv2Service: HostService, ReachabilityReporting, Sendabl
 
     // MARK: - Client
 
-    /// Our addresses worth testing: listen and observed addresses (public ones unless private
-    /// ones are allowed), without relayed ones, each once.
+    /// Our addresses worth testing: listen addresses, each observed IP with our TCP listen port
+    /// (what a port-preserving or forwarding NAT gives our listener), and the observed addresses
+    /// themselves; public ones unless private ones are allowed, without relayed ones, each once.
     public var candidateAddresses: [Multiaddr] {
         guard let host = state.withLockedValue({ $0.host }) else { return [] }
         var seen = Set<Multiaddr>()
-        return (host.listenAddresses + host.observedAddresses.all.map(\.address)).map { $0.removingPeerID() }.filter {
+        let all = host.listenAddresses + ListenPortMapping.predictedAddresses(host) + host.observedAddresses.all.map(\.address)
+        return all.map { $0.removingPeerID() }.filter {
             DialBackPolicy.isDialable($0, allowPrivateAddresses: configuration.allowPrivateAddresses) && seen.insert($0).inserted
         }
     }

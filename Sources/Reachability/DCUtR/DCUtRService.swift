@@ -293,7 +293,7 @@ public final class DCUtRService: HostService, Sendable {
     private func dial(_ peer: PeerID, at addresses: [Multiaddr], host: P2PHost, asResponder: Bool) async throws {
         let targets = addresses.filter(isDialable).prefix(8)
         guard !targets.isEmpty else { throw HolePunchError(.noAddresses, "the peer gave no dialable address") }
-        let port = Self.tcpListenPort(host)
+        let port = ListenPortMapping.tcpListenPort(host)
         let deadline = Deadline.after(configuration.dialTimeout)
         let connected = await withTaskGroup(of: Bool.self) { group in
             for address in targets {
@@ -335,31 +335,13 @@ public final class DCUtRService: HostService, Sendable {
         return locality == .publicNetwork || (configuration.allowPrivateAddresses && locality == .privateNetwork)
     }
 
-    /// What we tell the other side: the addresses peers observed us at, and for each observed
-    /// IP our TCP listen port (the mapping a port-preserving NAT gives the dial from that port).
+    /// What we tell the other side: for each IP peers observed us at our TCP listen port (the
+    /// mapping a port-preserving NAT gives the dial from that port), then the observed and
+    /// listen addresses themselves; dialable ones only, each once.
     func ownAddresses(_ host: P2PHost) -> [Multiaddr] {
         var seen = Set<Multiaddr>()
-        var out: [Multiaddr] = []
-        let observed = host.observedAddresses.all.map(\.address)
-        if let port = Self.tcpListenPort(host) {
-            for address in observed {
-                guard let ip = address.components.first, ip.isIPAddress else { continue }
-                let predicted = Multiaddr([ip, .tcp(port)])
-                if isDialable(predicted), seen.insert(predicted).inserted { out.append(predicted) }
-            }
-        }
-        for address in observed + host.listenAddresses where isDialable(address) && seen.insert(address).inserted {
-            out.append(address)
-        }
-        return Array(out.prefix(HolePunchMessage.maxAddresses))
-    }
-
-    /// The port of our first TCP listen address.
-    static func tcpListenPort(_ host: P2PHost) -> UInt16? {
-        for address in host.listenAddresses where !address.isCircuit {
-            if address.components.count == 2, case .tcp(let port) = address.components[1] { return port }
-        }
-        return nil
+        let candidates = ListenPortMapping.predictedAddresses(host) + host.observedAddresses.all.map(\.address) + host.listenAddresses
+        return Array(candidates.filter { isDialable($0) && seen.insert($0).inserted }.prefix(HolePunchMessage.maxAddresses))
     }
 }
 
