@@ -96,8 +96,6 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         /// The keys we provide (announced again every `providerRepublishInterval`).
         var provided: Set<[UInt8]> = []
         /// Subscribers to `events()`.
-        var subscribers: [UInt64: AsyncStream<Event>.Continuation] = [:]
-        var nextSubscriber: UInt64 = 0
         /// `stop()` was called: new `events()` streams end at once.
         var stopped = false
     }
@@ -115,6 +113,7 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
     public let configuration: Configuration
     let validators: [String: any RecordValidator]
     let state: NIOLockedValueBox<State>
+    private let eventSubscribers = EventBroadcaster<Event>(bufferingNewest: 256)
 
     /// A DHT node with `configuration`; add it to a host's `services`.
     public init(configuration: Configuration = Configuration()) {
@@ -235,42 +234,28 @@ public final class KademliaDHT: HostService, PeerRouting, Sendable {
         emit(.modeChanged(mode))
     }
 
-    /// A new subscription to the DHT's events (holds the newest 256 if not consumed).
+    /// A new subscription to the DHT's events (holds the newest 256 if not consumed); ends when
+    /// the DHT stops (at once if it has).
     public func events() -> AsyncStream<Event> {
-        let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(256))
-        let id = state.withLockedValue { s -> UInt64? in
-            guard !s.stopped else { return nil }
-            defer { s.nextSubscriber += 1 }
-            s.subscribers[s.nextSubscriber] = continuation
-            return s.nextSubscriber
-        }
-        guard let id else {
-            continuation.finish()
-            return stream
-        }
-        continuation.onTermination = { [weak self] _ in
-            _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
+        eventSubscribers.subscribe()
     }
 
     func emit(_ event: Event) {
-        for subscriber in state.withLockedValue({ Array($0.subscribers.values) }) { subscriber.yield(event) }
+        eventSubscribers.yield(event)
     }
 
     /// Stops the background tasks, republishing among them (the host's shutdown ends the
     /// streams), and ends the `events()` streams.
     public func stop() {
-        let (tasks, subscribers) = state.withLockedValue { s in
+        let tasks = state.withLockedValue { s in
             defer {
                 s.background = []
-                s.subscribers = [:]
                 s.stopped = true
             }
-            return (s.background, Array(s.subscribers.values))
+            return s.background
         }
         for task in tasks { task.cancel() }
-        for subscriber in subscribers { subscriber.finish() }
+        eventSubscribers.finish()
     }
 
     var host: P2PHost? { state.withLockedValue { $0.host } }

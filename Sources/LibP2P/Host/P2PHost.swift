@@ -78,7 +78,6 @@ public final class P2PHost: Sendable {
         var started = false
         var shuttingDown = false
         var handlers: [String: InboundHandler] = [:]
-        var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
         var maintenance: Task<Void, Never>?
         var connectionObservers: [@Sendable (Connection) -> Void] = []
         var protocolObservers: [@Sendable () -> Void] = []
@@ -115,6 +114,7 @@ public final class P2PHost: Sendable {
     /// Lines a remote can cause at will (failed stream negotiations), at a bounded rate.
     let remoteLog: RateLimitedLogger
     let state = NIOLockedValueBox(State())
+    private let eventSubscribers = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
     var logger: Logger { configuration.logger }
 
     /// `eventLoopGroup`: where connections run; NIO's shared singleton group by default. The host
@@ -169,12 +169,9 @@ public final class P2PHost: Sendable {
         if alreadyDown { return }
         state.withLockedValue { $0.maintenance }?.cancel()
         await swarm.shutdown(grace: gracePeriod ?? configuration.shutdownGracePeriod)
-        let (tasks, subscribers) = state.withLockedValue { s in
-            defer {
-                s.handlerTasks = [:]
-                s.subscribers = [:]
-            }
-            return (Array(s.handlerTasks.values), Array(s.subscribers.values))
+        let tasks = state.withLockedValue { s in
+            defer { s.handlerTasks = [:] }
+            return Array(s.handlerTasks.values)
         }
         for task in tasks { task.cancel() }
         // Cancelled tasks end quickly now that their connections are closed; wait for them (bounded)
@@ -185,7 +182,7 @@ public final class P2PHost: Sendable {
         ) {
             for task in tasks { await task.value }
         }
-        for subscriber in subscribers { subscriber.finish() }
+        eventSubscribers.finish()
     }
 
     // MARK: - Listening
@@ -335,28 +332,15 @@ public final class P2PHost: Sendable {
 
     // MARK: - Events
 
-    /// A new subscription to host events. Holds the newest 1024 events if not consumed.
+    /// A new subscription to host events. Holds the newest 1024 events if not consumed; ends
+    /// when the host shuts down (at once if it has).
     public func events() -> AsyncStream<HostEvent> {
-        let (stream, continuation) = AsyncStream<HostEvent>.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        let id = state.withLockedValue { s -> UInt64? in
-            guard !s.shuttingDown else { return nil }
-            let id = s.takeID()
-            s.subscribers[id] = continuation
-            return id
-        }
-        guard let id else {
-            continuation.finish()
-            return stream
-        }
-        continuation.onTermination = { [weak self] _ in
-            _ = self?.state.withLockedValue { $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
+        eventSubscribers.subscribe()
     }
 
     /// Delivers an event to every subscriber (services post their own, e.g. `.peerIdentified`).
     public func emit(_ event: HostEvent) {
-        for subscriber in state.withLockedValue({ Array($0.subscribers.values) }) { subscriber.yield(event) }
+        eventSubscribers.yield(event)
     }
 
     // MARK: - Connections

@@ -72,7 +72,7 @@ public final class AutoNATService: HostService, ReachabilityReporting, Sendable 
     /// The settings.
     public let configuration: Configuration
     private let state: NIOLockedValueBox<State>
-    private let subscribers = ReachabilityUpdates()
+    private let subscribers = EventBroadcaster<Reachability>(bufferingNewest: 8)
 
     /// An AutoNAT service with `configuration`; add it to the host's services.
     public init(configuration: Configuration = Configuration()) {
@@ -90,7 +90,7 @@ public final class AutoNATService: HostService, ReachabilityReporting, Sendable 
 
     /// Each change of ``reachability`` from now on (the current status first).
     public func updates() -> AsyncStream<Reachability> {
-        subscribers.subscribe(current: reachability)
+        subscribers.subscribe(first: reachability)
     }
 
     /// Serves the protocol (when `serve`) and starts the automatic probes (when asked).

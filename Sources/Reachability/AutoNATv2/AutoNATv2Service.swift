@@ -123,7 +123,7 @@ public final class AutoNATv2Service: HostService, ReachabilityReporting, Sendabl
     /// The settings.
     public let configuration: Configuration
     private let state: NIOLockedValueBox<State>
-    private let subscribers = ReachabilityUpdates()
+    private let subscribers = EventBroadcaster<Reachability>(bufferingNewest: 8)
 
     /// An AutoNAT v2 service with `configuration`; add it to the host's services.
     public init(configuration: Configuration = Configuration()) {
@@ -148,7 +148,7 @@ public final class AutoNATv2Service: HostService, ReachabilityReporting, Sendabl
 
     /// Each change of ``reachability`` from now on (the current status first).
     public func updates() -> AsyncStream<Reachability> {
-        subscribers.subscribe(current: reachability)
+        subscribers.subscribe(first: reachability)
     }
 
     /// Serves the protocols and starts the automatic rounds (when asked).
