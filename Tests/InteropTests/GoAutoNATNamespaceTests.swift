@@ -83,6 +83,9 @@ struct GoAutoNATNamespaceTests {
                     "echo", "--seed", "262", "--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", go.fullAddress.description,
                 ] + Self.autonat
                 try await Self.withNode(net.privateNamespaces[0], arguments) { node in
+                    // The reservation on go: the connection to go is up.
+                    let circuit = try await node.firstLine(timeout: .seconds(30)) { $0.contains("/p2p-circuit/") }
+                    #expect(circuit.hasPrefix(go.fullAddress.description), "\(circuit)")
                     // go's dial-back waits out its 15 s timeout.
                     try await Self.awaitError(node, "autonat: reachability private", timeout: .seconds(45))
                     #expect(!node.errorLines.contains { $0.contains("reachability public") }, "\(node.errorLines)")
