@@ -537,7 +537,8 @@ final class P2PDaemon: Sendable {
     ///
     /// `namespace`: run it inside that network namespace (`ip netns exec`, which execs p2pd in
     /// place, so signals reach it), listening on `ip` there. Its control socket is a unix path,
-    /// which network namespaces do not separate: we drive it from ours.
+    /// which network namespaces do not separate: we drive it from ours. (Not with `metrics`: that
+    /// port would be on the namespace's 127.0.0.1.)
     static func start(
         seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, namespace: String? = nil, ip: String = "127.0.0.1"
     ) async throws -> P2PDaemon {
@@ -549,6 +550,7 @@ final class P2PDaemon: Sendable {
         key: PrivateKey, _ arguments: [String] = [], metrics: Bool = false, namespace: String? = nil, ip: String = "127.0.0.1"
     ) async throws -> P2PDaemon {
         try P2PD.checkInstalled()
+        if namespace != nil, metrics { throw ChildProcess.Failure("p2pd's metrics are not reachable in another network namespace") }
         let n = counter.withLockedValue { $0 += 1; return $0 }
         let directory = "/tmp/pointsub-p2pd-\(getpid())-\(n)"
         try? FileManager.default.removeItem(atPath: directory)
