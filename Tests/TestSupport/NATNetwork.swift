@@ -61,10 +61,10 @@ public struct NATNetwork: Sendable {
     public static func with<T: Sendable>(
         mappings: [Mapping], publicPrefix: String = "198.51.100", _ body: (NATNetwork) async throws -> T
     ) async throws -> T {
-        // Unique per network: the test targets share one process, whose suites may run at once.
-        // (Interface names derived from it must stay within 15 bytes.)
-        let n = counter.withLockedValue { $0 += 1; return $0 % 100 }
-        let tag = "ps\(getpid() % 100_000)\(n)"
+        // Unique per network: the test targets share one process, whose suites may run at once;
+        // a letter after the pid (interface names derived from the tag must stay within 15 bytes).
+        let n = counter.withLockedValue { $0 += 1; return $0 % 26 }
+        let tag = "ps\(getpid() % 100_000)\(Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(n))))"
         let network = NATNetwork(
             publicNamespace: "\(tag)pub",
             privateNamespaces: mappings.indices.map { "\(tag)priv\($0)" },
