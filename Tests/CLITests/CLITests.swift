@@ -5,13 +5,7 @@ import Testing
 /// Runs the built `pointsub` binary the way a user would.
 enum CLI {
     static var binary: URL {
-        get throws {
-            for config in ["debug", "release"] {
-                let url = ChildProcess.repoRoot.appendingPathComponent(".build/\(config)/pointsub")
-                if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-            }
-            throw ChildProcess.Failure("pointsub is not built (swift build --build-tests builds it)")
-        }
+        get throws { try ChildProcess.pointsubBinary }
     }
 
     static func run(_ arguments: [String], timeout: TimeInterval = 60) async throws -> ChildProcess.Output {

@@ -510,7 +510,7 @@ final class P2PDaemon: Sendable {
     let controlPath: String
     /// The daemon's peer ID (from its key, checked against IDENTIFY).
     let peerID: PeerID
-    /// Its TCP listen address on 127.0.0.1 (from IDENTIFY).
+    /// Its TCP listen address on 127.0.0.1, or the `ip` it was started with (from IDENTIFY).
     let address: Multiaddr
     /// Where it serves its metrics (`start(metrics: true)`).
     let metricsPort: Int?
@@ -534,13 +534,23 @@ final class P2PDaemon: Sendable {
     /// Starts `p2pd` with the Ed25519 key of `seed` (written as a libp2p PrivateKey protobuf file,
     /// as `pointsub keygen` does), listening on 127.0.0.1 only, plus `arguments` (e.g. `-pubsub`).
     /// With `metrics`, it serves go-libp2p's Prometheus metrics on a free 127.0.0.1 port.
-    static func start(seed: UInt64, _ arguments: [String] = [], metrics: Bool = false) async throws -> P2PDaemon {
-        try await start(key: PrivateKey.ed25519(seed: seed), arguments, metrics: metrics)
+    ///
+    /// `namespace`: run it inside that network namespace (`ip netns exec`, which execs p2pd in
+    /// place, so signals reach it), listening on `ip` there. Its control socket is a unix path,
+    /// which network namespaces do not separate: we drive it from ours. (Not with `metrics`: that
+    /// port would be on the namespace's 127.0.0.1.)
+    static func start(
+        seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, namespace: String? = nil, ip: String = "127.0.0.1"
+    ) async throws -> P2PDaemon {
+        try await start(key: PrivateKey.ed25519(seed: seed), arguments, metrics: metrics, namespace: namespace, ip: ip)
     }
 
     /// Starts `p2pd` with `key` (any key type go-libp2p reads from a key file), as `start(seed:)`.
-    static func start(key: PrivateKey, _ arguments: [String] = [], metrics: Bool = false) async throws -> P2PDaemon {
+    static func start(
+        key: PrivateKey, _ arguments: [String] = [], metrics: Bool = false, namespace: String? = nil, ip: String = "127.0.0.1"
+    ) async throws -> P2PDaemon {
         try P2PD.checkInstalled()
+        if namespace != nil, metrics { throw ChildProcess.Failure("p2pd's metrics are not reachable in another network namespace") }
         let n = counter.withLockedValue { $0 += 1; return $0 }
         let directory = "/tmp/pointsub-p2pd-\(getpid())-\(n)"
         try? FileManager.default.removeItem(atPath: directory)
@@ -555,15 +565,23 @@ final class P2PDaemon: Sendable {
             metricsPort = probe.localAddress?.port
             try await probe.close()
         }
-        let running = try ChildProcess.Running(
-            P2PD.binary,
-            [
-                "-listen", "/unix\(controlPath)", "-id", "\(directory)/key",
-                "-hostAddrs", "/ip4/127.0.0.1/tcp/0",
-                // Keep it to loopback TCP: no relay service/client, no NAT port mapping.
-                "-relay=false",
-            ] + (metricsPort.map { ["-metricsAddr", "127.0.0.1:\($0)"] } ?? []) + arguments,
-            captureStderr: true)
+        let daemonArguments = [
+            "-listen", "/unix\(controlPath)", "-id", "\(directory)/key",
+            "-hostAddrs", "/ip4/\(ip)/tcp/0",
+            // Keep it to TCP on `ip`: no relay service/client, no NAT port mapping.
+            "-relay=false",
+        ] + (metricsPort.map { ["-metricsAddr", "127.0.0.1:\($0)"] } ?? []) + arguments
+        let running: ChildProcess.Running
+        if let namespace {
+            guard let ipCommand = NATNetwork.ip else {
+                throw ChildProcess.Failure("iproute2 (the ip command) is needed; scripts/setup-interop.sh installs it")
+            }
+            running = try ChildProcess.Running(
+                URL(fileURLWithPath: ipCommand), NATNetwork.exec(in: namespace, [P2PD.binary.path] + daemonArguments),
+                captureStderr: true)
+        } else {
+            running = try ChildProcess.Running(P2PD.binary, daemonArguments, captureStderr: true)
+        }
         do {
             // p2pd prints "Peer ID: …" once its control socket listens.
             _ = try await running.firstLine(timeout: .seconds(30)) { $0.hasPrefix("Peer ID: ") }
@@ -571,8 +589,8 @@ final class P2PDaemon: Sendable {
             guard let (id, addresses) = identify.identify else { throw ChildProcess.Failure("IDENTIFY without identify") }
             let expected = PeerID(publicKey: key.publicKey)
             guard id == expected else { throw ChildProcess.Failure("p2pd runs as \(id), not \(expected) of its key file") }
-            guard let address = addresses.first(where: { $0.tcpPort != nil && $0.ipAddress?.description == "127.0.0.1" }) else {
-                throw ChildProcess.Failure("p2pd has no 127.0.0.1 TCP address: \(addresses)")
+            guard let address = addresses.first(where: { $0.tcpPort != nil && $0.ipAddress?.description == ip }) else {
+                throw ChildProcess.Failure("p2pd has no \(ip) TCP address: \(addresses)")
             }
             return P2PDaemon(
                 running: running, directory: directory, controlPath: controlPath, peerID: id, address: address,
@@ -795,9 +813,10 @@ final class DaemonSubscription: Sendable {
 
 /// Runs `body` with a started daemon; stops it afterwards. A failure carries its stderr.
 func withDaemon<T: Sendable>(
-    seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, _ body: (P2PDaemon) async throws -> T
+    seed: UInt64, _ arguments: [String] = [], metrics: Bool = false, namespace: String? = nil, ip: String = "127.0.0.1",
+    _ body: (P2PDaemon) async throws -> T
 ) async throws -> T {
-    let daemon = try await P2PDaemon.start(seed: seed, arguments, metrics: metrics)
+    let daemon = try await P2PDaemon.start(seed: seed, arguments, metrics: metrics, namespace: namespace, ip: ip)
     do {
         let result = try await body(daemon)
         await daemon.stop()

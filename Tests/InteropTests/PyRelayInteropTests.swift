@@ -7,7 +7,8 @@ import Testing
 
 /// A long-running `Interop/relay_peer.py`: py-libp2p 0.8.1's Circuit Relay v2 (`CircuitV2Protocol`
 /// as a hop relay, or as a client with its `CircuitV2Transport`), driven by numbered commands on
-/// stdin and answered by one JSON line each.
+/// stdin and answered by one JSON line each. Also drives other Interop peers of the same command
+/// protocol (`start(script:_:)`: autonat_peer.py).
 final class PyRelayPeer: Sendable {
     enum Role: String { case relay, client }
 
@@ -17,28 +18,36 @@ final class PyRelayPeer: Sendable {
     /// Its full address, `/ip4/127.0.0.1/tcp/P/p2p/ID`.
     let address: Multiaddr
     let peerID: PeerID
+    /// The script's file name, for messages.
+    let name: String
     private let next = NIOLockedValueBox(0)
 
-    private init(running: ChildProcess.Running, address: Multiaddr, peerID: PeerID) {
+    private init(running: ChildProcess.Running, name: String, address: Multiaddr, peerID: PeerID) {
         self.running = running
+        self.name = name
         self.address = address
         self.peerID = peerID
     }
 
     /// Starts `relay_peer.py --seed seed --role role extra…` and waits (60 s at most) for its address.
     static func start(seed: UInt64, role: Role, _ extra: [String] = []) async throws -> PyRelayPeer {
+        try await start(script: script, ["--seed", "\(seed)", "--role", role.rawValue, "--lifetime", "170"] + extra)
+    }
+
+    /// Starts `script` with `arguments`: relay_peer.py, or another Interop peer speaking the same
+    /// command protocol (`LISTEN <address>` first, then numbered commands each answered by a JSON
+    /// line), such as autonat_peer.py. Waits (60 s at most) for its address.
+    static func start(script: URL, _ arguments: [String]) async throws -> PyRelayPeer {
         try PyPeer.checkInstalled()
-        let running = try ChildProcess.Running(
-            PyPeer.python, [script.path, "--seed", "\(seed)", "--role", role.rawValue, "--lifetime", "170"] + extra,
-            captureStderr: true)
+        let running = try ChildProcess.Running(PyPeer.python, [script.path] + arguments, captureStderr: true)
         do {
             let line = try await running.firstLine(timeout: .seconds(60)) { $0.hasPrefix("LISTEN ") }
             let address = try Multiaddr(String(line.dropFirst("LISTEN ".count)))
             guard let peerID = address.peerID else { throw ChildProcess.Failure("no peer ID in \(line)") }
-            return PyRelayPeer(running: running, address: address, peerID: peerID)
+            return PyRelayPeer(running: running, name: script.lastPathComponent, address: address, peerID: peerID)
         } catch {
             _ = try? await running.stop(signal: SIGKILL)
-            throw ChildProcess.Failure("relay_peer.py did not start: \(error)\n\(running.errorLines.suffix(30).joined(separator: "\n"))")
+            throw ChildProcess.Failure("\(script.lastPathComponent) did not start: \(error)\n\(running.errorLines.suffix(30).joined(separator: "\n"))")
         }
     }
 
@@ -47,7 +56,7 @@ final class PyRelayPeer: Sendable {
     func command(_ word: String, _ arguments: String...) async throws -> [String: Any] {
         let answer = try await attempt(word, arguments)
         guard answer["ok"] as? Bool == true else {
-            throw ChildProcess.Failure("relay_peer.py \(word) failed: \(answer)\n\(stderrTail)")
+            throw ChildProcess.Failure("\(name) \(word) failed: \(answer)\n\(stderrTail)")
         }
         return answer
     }
@@ -69,7 +78,7 @@ final class PyRelayPeer: Sendable {
         do {
             line = try await running.firstLine(timeout: .seconds(45)) { parse($0) != nil }
         } catch {
-            throw ChildProcess.Failure("relay_peer.py did not answer \(word): \(error)\n\(stderrTail)")
+            throw ChildProcess.Failure("\(name) did not answer \(word): \(error)\n\(stderrTail)")
         }
         return parse(line)!
     }
@@ -85,7 +94,17 @@ final class PyRelayPeer: Sendable {
     static func with<T: Sendable>(
         seed: UInt64, role: Role, _ extra: [String] = [], _ body: (PyRelayPeer) async throws -> T
     ) async throws -> T {
-        let peer = try await start(seed: seed, role: role, extra)
+        try await with(try await start(seed: seed, role: role, extra), body)
+    }
+
+    /// Runs `body` with `script` started (see `start(script:_:)`) and stops it afterwards.
+    static func with<T: Sendable>(
+        script: URL, _ arguments: [String], _ body: (PyRelayPeer) async throws -> T
+    ) async throws -> T {
+        try await with(try await start(script: script, arguments), body)
+    }
+
+    private static func with<T: Sendable>(_ peer: PyRelayPeer, _ body: (PyRelayPeer) async throws -> T) async throws -> T {
         do {
             let result = try await body(peer)
             await peer.stop()
@@ -93,7 +112,7 @@ final class PyRelayPeer: Sendable {
         } catch {
             let tail = peer.stderrTail
             await peer.stop()
-            throw ChildProcess.Failure("\(error)\n--- relay_peer.py stderr ---\n\(tail)")
+            throw ChildProcess.Failure("\(error)\n--- \(peer.name) stderr ---\n\(tail)")
         }
     }
 }

@@ -1,12 +1,14 @@
 import Foundation
+import NIOConcurrencyHelpers
 
 /// Real NATs on this machine, built from Linux network namespaces (iproute2, iptables), for the
-/// reachability tests: a "public" namespace whose bridge carries 198.51.100.0/24 (the internet;
-/// nothing leaves the machine), and private hosts each behind a NAT namespace of their own that
-/// masquerades its LAN (10.0.N.0/24) onto the public bridge.
+/// reachability tests: a "public" namespace whose bridge carries a /24 (198.51.100.0/24 unless
+/// `publicPrefix` says otherwise; the internet: nothing leaves the machine), and private hosts
+/// each behind a NAT namespace of their own that masquerades its LAN (10.0.N.0/24) onto the
+/// public bridge.
 ///
 /// ```
-/// pub (198.51.100.1, bridge) ── natN (wan 198.51.100.(N+1), MASQUERADE) ── privN (10.0.N.2)
+/// pub (P.1, bridge) ── natN (wan P.(N+2), MASQUERADE) ── privN (10.0.(N+1).2)      P = publicPrefix
 /// ```
 ///
 /// `NATNetwork.with` removes every namespace (and so every link and rule) at the end, also when
@@ -28,11 +30,13 @@ public struct NATNetwork: Sendable {
     public let privateNamespaces: [String]
     /// The NAT namespaces, in order.
     public let natNamespaces: [String]
+    /// The first three octets of the public /24 (e.g. "198.51.100").
+    public let publicPrefix: String
     /// The public namespace's address on the bridge.
-    public let publicAddress = "198.51.100.1"
+    public var publicAddress: String { "\(publicPrefix).1" }
 
     /// The public (WAN) address of NAT `index`.
-    public func natAddress(_ index: Int) -> String { "198.51.100.\(index + 2)" }
+    public func natAddress(_ index: Int) -> String { "\(publicPrefix).\(index + 2)" }
     /// The LAN address of private host `index`.
     public func privateAddress(_ index: Int) -> String { "10.0.\(index + 1).2" }
 
@@ -51,14 +55,21 @@ public struct NATNetwork: Sendable {
     }
 
     /// Builds the network with one private host per entry of `mappings`, runs `body`, removes it.
+    /// `publicPrefix`: the first three octets of the public /24. The default, 198.51.100
+    /// (TEST-NET-2), is one that go-libp2p calls unroutable (its AutoNAT server never dials it);
+    /// tests with go pass a prefix it calls public.
     public static func with<T: Sendable>(
-        mappings: [Mapping], _ body: (NATNetwork) async throws -> T
+        mappings: [Mapping], publicPrefix: String = "198.51.100", _ body: (NATNetwork) async throws -> T
     ) async throws -> T {
-        let tag = "ps\(getpid() % 100_000)"
+        // Unique per network: the test targets share one process, whose suites may run at once;
+        // a letter after the pid (interface names derived from the tag must stay within 15 bytes).
+        let n = counter.withLockedValue { $0 += 1; return $0 % 26 }
+        let tag = "ps\(getpid() % 100_000)\(Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(n))))"
         let network = NATNetwork(
             publicNamespace: "\(tag)pub",
             privateNamespaces: mappings.indices.map { "\(tag)priv\($0)" },
-            natNamespaces: mappings.indices.map { "\(tag)nat\($0)" })
+            natNamespaces: mappings.indices.map { "\(tag)nat\($0)" },
+            publicPrefix: publicPrefix)
         let all = [network.publicNamespace] + network.natNamespaces + network.privateNamespaces
         do {
             try await network.build(mappings)
@@ -70,6 +81,8 @@ public struct NATNetwork: Sendable {
             throw error
         }
     }
+
+    private static let counter = NIOLockedValueBox(0)
 
     private static func remove(_ namespaces: [String]) async {
         for namespace in namespaces { try? await ipCommand(["netns", "del", namespace]) }
@@ -111,6 +124,12 @@ public struct NATNetwork: Sendable {
             if case .symmetric = mapping { masquerade.append("--random-fully") }
             try await run(masquerade)
         }
+    }
+
+    /// Adds `address` (in the public /24) to the public namespace's bridge: a second public host
+    /// in that namespace (removed with the namespace).
+    public func addPublicAddress(_ address: String) async throws {
+        try await Self.ipCommand(["-n", publicNamespace, "addr", "add", "\(address)/24", "dev", "br0"])
     }
 
     /// Arguments that run `command` inside `namespace` (for `ChildProcess` with `NATNetwork.ip`).
