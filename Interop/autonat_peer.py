@@ -227,25 +227,7 @@ async def run(args: argparse.Namespace) -> int:
         P.emit(f"LISTEN {addrs[0]}/p2p/{host.get_id()}")
         async with trio.open_nursery() as nursery:
             peer.nursery = nursery
-            reader = K.LineReader()
-            with trio.move_on_after(args.lifetime):
-                while True:
-                    line = await trio.to_thread.run_sync(reader.next_line, abandon_on_cancel=True)
-                    if line is None:
-                        break
-                    parts = line.split()
-                    if len(parts) < 2:
-                        continue
-                    n, word, rest = parts[0], parts[1], parts[2:]
-                    if word == "quit":
-                        P.emit_json({"n": n, "ok": True})
-                        break
-                    try:
-                        with trio.fail_after(COMMAND_TIMEOUT):
-                            result = await peer.command(word, rest)
-                        P.emit_json({"n": n, "ok": True, **result})
-                    except Exception as e:  # noqa: BLE001 - one bad command must not end the peer
-                        P.emit_json({"n": n, "ok": False, "error": K.describe(e)})
+            await K.serve_commands(args.lifetime, COMMAND_TIMEOUT, lambda word, rest: peer.command(word, rest))
             nursery.cancel_scope.cancel()
         with trio.move_on_after(5) as cs:
             cs.shield = True

@@ -72,6 +72,32 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+async def serve_commands(lifetime: float, timeout: float, handle: Any) -> None:
+    """Answers `<n> word args…` lines from stdin, one JSON line each (`ok` with the fields
+    `handle(word, args)` returns, or `error`), until EOF, `quit` or `lifetime` seconds. Each
+    command is bounded to `timeout` seconds; one bad command never ends the peer."""
+    trio = P.trio
+    reader = LineReader()
+    with trio.move_on_after(lifetime):
+        while True:
+            line = await trio.to_thread.run_sync(reader.next_line, abandon_on_cancel=True)
+            if line is None:
+                break
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            n, word, rest = parts[0], parts[1], parts[2:]
+            if word == "quit":
+                P.emit_json({"n": n, "ok": True})
+                break
+            try:
+                with trio.fail_after(timeout):
+                    result = await handle(word, rest)
+                P.emit_json({"n": n, "ok": True, **result})
+            except Exception as e:  # noqa: BLE001 - one bad command must not end the peer
+                P.emit_json({"n": n, "ok": False, "error": describe(e)})
+
+
 async def command(host: Any, dht: Any, word: str, args: list[str]) -> dict[str, Any]:
     from libp2p.peer.id import ID
 
@@ -122,24 +148,7 @@ async def run(args: argparse.Namespace) -> int:
             if not addrs:
                 raise RuntimeError(f"could not listen on {listen}")
             P.emit(f"LISTEN {addrs[0]}/p2p/{host.get_id()}")
-            reader = LineReader()
-            with trio.move_on_after(args.lifetime):
-                while True:
-                    line = await trio.to_thread.run_sync(reader.next_line, abandon_on_cancel=True)
-                    if line is None:
-                        break
-                    parts = line.split()
-                    if len(parts) < 2:
-                        continue
-                    n, word, rest = parts[0], parts[1], parts[2:]
-                    if word == "quit":
-                        P.emit_json({"n": n, "ok": True})
-                        break
-                    try:
-                        result = await command(host, dht, word, rest)
-                        P.emit_json({"n": n, "ok": True, **result})
-                    except Exception as e:  # noqa: BLE001 - one bad command must not end the peer
-                        P.emit_json({"n": n, "ok": False, "error": describe(e)})
+            await serve_commands(args.lifetime, 60, lambda word, rest: command(host, dht, word, rest))
         with trio.move_on_after(5) as cs:
             cs.shield = True
             await host.close()

@@ -218,25 +218,7 @@ async def run(args: argparse.Namespace) -> int:
             if not addrs:
                 raise RuntimeError(f"could not listen on {listen}")
             P.emit(f"LISTEN {addrs[0]}/p2p/{host.get_id()}")
-            reader = K.LineReader()
-            with trio.move_on_after(args.lifetime):
-                while True:
-                    line = await trio.to_thread.run_sync(reader.next_line, abandon_on_cancel=True)
-                    if line is None:
-                        break
-                    parts = line.split()
-                    if len(parts) < 2:
-                        continue
-                    n, word, rest = parts[0], parts[1], parts[2:]
-                    if word == "quit":
-                        P.emit_json({"n": n, "ok": True})
-                        break
-                    try:
-                        with trio.fail_after(COMMAND_TIMEOUT):
-                            result = await command(host, relay, transport, word, rest)
-                        P.emit_json({"n": n, "ok": True, **result})
-                    except Exception as e:  # noqa: BLE001 - one bad command must not end the peer
-                        P.emit_json({"n": n, "ok": False, "error": K.describe(e)})
+            await K.serve_commands(args.lifetime, COMMAND_TIMEOUT, lambda word, rest: command(host, relay, transport, word, rest))
         with trio.move_on_after(5) as cs:
             cs.shield = True
             await host.close()

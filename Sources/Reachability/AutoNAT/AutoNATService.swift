@@ -102,14 +102,9 @@ public final class AutoNATService: HostService, ReachabilityReporting, Sendable 
             }
         }
         if configuration.probeAutomatically {
-            let prober = Task { [weak self, configuration] in
-                guard (try? await Task.sleep(for: configuration.bootDelay)) != nil else { return }
-                while !Task.isCancelled {
-                    guard let self else { return }
-                    await self.probeRound()
-                    let wait = self.reachability == .unknown ? configuration.retryInterval : configuration.probeInterval
-                    guard (try? await Task.sleep(for: wait)) != nil else { return }
-                }
+            let prober = periodicRounds(of: self, bootDelay: configuration.bootDelay) { [configuration] service in
+                await service.probeRound()
+                return service.reachability == .unknown ? configuration.retryInterval : configuration.probeInterval
             }
             state.withLockedValue { $0.prober = prober }
         }

@@ -174,13 +174,9 @@ public final class AutoNATv2Service: HostService, ReachabilityReporting, Sendabl
             }
         }
         if configuration.probeAutomatically {
-            let prober = Task { [weak self, configuration] in
-                guard (try? await Task.sleep(for: configuration.bootDelay)) != nil else { return }
-                while !Task.isCancelled {
-                    guard let self else { return }
-                    await self.probeRound()
-                    guard (try? await Task.sleep(for: configuration.roundInterval)) != nil else { return }
-                }
+            let prober = periodicRounds(of: self, bootDelay: configuration.bootDelay) { [configuration] service in
+                await service.probeRound()
+                return configuration.roundInterval
             }
             state.withLockedValue { $0.prober = prober }
         }
