@@ -29,9 +29,12 @@ public final class DCUtRService: HostService, Sendable {
         /// How long the side that received the relayed connection waits for identify over it
         /// (to see whether the peer has public addresses it can simply dial).
         public var identifyWait: Duration = .seconds(3)
-        /// Offer and dial private-network addresses too (LAN tests); by default only addresses
-        /// that can be on the internet.
+        /// Offer and dial private-network and loopback addresses too (LAN and loopback tests);
+        /// by default only addresses that can be on the internet.
         public var allowPrivateAddresses = false
+        /// Dial a peer directly when identify lists dialable addresses for it, before any hole
+        /// punch (the spec's unilateral upgrade).
+        public var dialDirectlyFirst = true
         /// Called with each finished attempt's outcome.
         public var onOutcome: (@Sendable (HolePunchOutcome) -> Void)?
         /// Where the service logs.
@@ -120,7 +123,7 @@ public final class DCUtRService: HostService, Sendable {
         // The spec's unilateral upgrade: when identify (over the relayed connection) says the
         // peer has public addresses, dial them first; no hole punch is needed for a peer that
         // is not behind a NAT.
-        let advertised = await identifiedAddresses(of: peer, host: host)
+        let advertised = configuration.dialDirectlyFirst ? await identifiedAddresses(of: peer, host: host) : []
         if !advertised.isEmpty, (try? await dialDirectly(peer, at: advertised, host: host)) != nil {
             return finish(.init(peer: peer, result: .dialedDirectly, attempts: 0, elapsed: .now - started))
         }
@@ -332,7 +335,8 @@ public final class DCUtRService: HostService, Sendable {
         let plain = address.removingPeerID()
         guard !plain.isCircuit, plain.components.count == 2, case .tcp = plain.components[1] else { return false }
         let locality = DialRanker.locality(of: plain)
-        return locality == .publicNetwork || (configuration.allowPrivateAddresses && locality == .privateNetwork)
+        return locality == .publicNetwork
+            || (configuration.allowPrivateAddresses && (locality == .privateNetwork || locality == .loopback))
     }
 
     /// What we tell the other side: for each IP peers observed us at our TCP listen port (the
