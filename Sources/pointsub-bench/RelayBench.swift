@@ -6,7 +6,7 @@ import PointSub
 /// reservation (fresh node: connect, Noise, Yamux, identify-free hop RESERVE), the time to a
 /// relayed connection (B: its connection to R, hop CONNECT, stop CONNECT, then Noise and Yamux
 /// inside the circuit), ping round trips and echo throughput through the relay next to the same
-/// over a direct connection.
+/// over a direct connection; then the time AutoNAT v2 takes to verify one address.
 enum RelayBench {
     static func run(quick: Bool) async throws {
         let samples = quick ? 20 : 100
@@ -86,7 +86,54 @@ enum RelayBench {
             let counters = relayService.counters
             print("relay: \(counters.reservationsAccepted) reservations, \(counters.circuitsOpened) circuits")
         }
+        try await autonatV2(samples: samples)
         print("load average at end: \(RequestResponseBench.loadAverage())")
+    }
+
+    /// AutoNAT v2 on loopback: the time a client waits for one verified address (request, the
+    /// server's dial-back on a new connection with Noise and Yamux, the nonce, the answer), for
+    /// an address on the IP the server sees it at and for one on another IP (30–100 kB of dial
+    /// data first).
+    static func autonatV2(samples: Int) async throws {
+        func service(serve: Bool) -> AutoNATv2Service {
+            var configuration = AutoNATv2Service.Configuration()
+            configuration.serve = serve
+            configuration.allowPrivateAddresses = true
+            configuration.probeAutomatically = false
+            configuration.requestsPerPeerPerMinute = 4 * samples
+            configuration.requestsPerMinute = 4 * samples
+            configuration.dialDataRequestsPerMinute = 4 * samples
+            return AutoNATv2Service(configuration: configuration)
+        }
+        let server = service(serve: true), client = service(serve: false)
+        let serverConfiguration = P2PHost.Configuration.defaults {
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+            $0.services = [server]
+        }
+        let clientConfiguration = P2PHost.Configuration.defaults {
+            $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.2/tcp/0")]
+            $0.services = [client]
+        }
+        try await withHost(identity: .ed25519(seed: 903), configuration: serverConfiguration) { serverHost in
+            defer { server.stop() }
+            try await withHost(identity: .ed25519(seed: 904), configuration: clientConfiguration) { clientHost in
+                defer { client.stop() }
+                _ = try await clientHost.connect(to: serverHost.addresses[0])
+                for (label, prefix) in [("same IP", "/ip4/127.0.0.1/"), ("other IP, with dial data", "/ip4/127.0.0.2/")] {
+                    guard let address = clientHost.listenAddresses.first(where: { $0.description.hasPrefix(prefix) }) else { continue }
+                    var times: [Double] = []
+                    for _ in 0..<samples {
+                        let start = ContinuousClock.now
+                        let result = try await client.probe([address], using: serverHost.peerID)
+                        guard result.reachable == true else { throw AutoNATError(.refused, "probe of \(address): \(result)") }
+                        times.append((ContinuousClock.now - start).seconds * 1000)
+                    }
+                    print(String(format: "AutoNAT v2, one address verified (%@, %d samples): p50 %.2f ms, p99 %.2f ms",
+                                 label, samples, percentile(times, 0.5), percentile(times, 0.99)))
+                }
+                print("AutoNAT v2 server: \(server.counters.dialBacks[.ok] ?? 0) dial-backs, \(server.counters.dialDataRequested) asked for dial data")
+            }
+        }
     }
 
     /// Writes `bytes` and reads them back at the same time.
