@@ -144,3 +144,46 @@ struct DHTNetworkTests {
         }
     }
 }
+
+extension DHTNetworkTests {
+    /// Our own provider records carry the addresses we advertise (announced, confirmed observed,
+    /// circuit addresses), not our raw listen addresses: a node behind a NAT is found where it
+    /// can be reached.
+    @Test func ownProviderRecordCarriesTheAdvertisedAddresses() async throws {
+        let announced = Multiaddr("/ip4/203.0.113.9/tcp/4001")
+        var hosts: [P2PHost] = []
+        var dhts: [KademliaDHT] = []
+        defer {
+            let (hosts, dhts) = (hosts, dhts)
+            Task {
+                for dht in dhts { dht.stop() }
+                for host in hosts { await host.shutdown(gracePeriod: .zero) }
+            }
+        }
+        for index in 0..<2 {
+            var dhtConfiguration = KademliaDHT.Configuration()
+            dhtConfiguration.refreshInterval = nil
+            if index > 0 { dhtConfiguration.bootstrapPeers = [hosts[0].addresses[0]] }
+            let dht = KademliaDHT(configuration: dhtConfiguration)
+            let host = P2PHost(identity: .ed25519(seed: 7500 + UInt64(index)), configuration: .defaults {
+                $0.transports = [.memory]
+                $0.listenAddresses = [Multiaddr("/memory/0")]
+                if index == 0 { $0.announceAddresses = [announced] }
+                $0.services = [IdentifyService(), dht]
+            })
+            try await host.start()
+            hosts.append(host)
+            dhts.append(dht)
+        }
+        await dhts[1].bootstrap()
+        let key = Array("behind a NAT".utf8)
+        _ = try await dhts[0].provide(key)
+        // Asked directly, the provider answers with itself at what it advertises (a lookup
+        // would merge in the addresses the asker knows from elsewhere).
+        let answer = try await dhts[1].request(KadMessage(type: .getProviders, key: key), to: hosts[0].peerID)
+        #expect(answer.providerPeers.map(\.id) == [hosts[0].peerID.bytes])
+        #expect(answer.providerPeers.first?.addresses == [announced])
+        let found = try await dhts[1].findProviders(key)
+        #expect(found.first?.addresses.contains(announced) == true)
+    }
+}

@@ -162,7 +162,9 @@ extension KademliaDHT {
         let host = try requireHost()
         try withState { s throws(KademliaError) in try s.providers.add(host.peerID.bytes, for: key, now: .now) }
         let closest = try await closestPeers(to: key)
-        let me = KadMessage.Peer(id: host.peerID.bytes, addresses: host.listenAddresses)
+        // What we advertise (listen, confirmed observed and circuit addresses), as go puts its
+        // host's addresses in provider records.
+        let me = KadMessage.Peer(id: host.peerID.bytes, addresses: host.advertisedAddresses)
         let announcement = KadMessage(type: .addProvider, key: key, providerPeers: [me])
         return await withTaskGroup(of: Bool.self) { group in
             for peer in closest {
@@ -205,7 +207,7 @@ extension KademliaDHT {
         }
         for id in state.withLockedValue({ $0.providers.providers(of: key, now: .now) }) {
             guard let peer = try? PeerID(bytes: id) else { continue }
-            note(peer, peer == host.peerID ? host.listenAddresses : host.peerstore.addresses(for: peer))
+            note(peer, peer == host.peerID ? host.advertisedAddresses : host.peerstore.addresses(for: peer))
         }
         if order.count < count {
             _ = try await lookup(KadMessage(type: .getProviders), key: key) { _, response in

@@ -53,7 +53,7 @@ extension KademliaDHT {
             // go answers a lookup of its own ID with itself.
             if let host, request.key == host.peerID.bytes {
                 closer.insert(
-                    KadMessage.Peer(id: host.peerID.bytes, addresses: host.listenAddresses, connection: .connected), at: 0)
+                    KadMessage.Peer(id: host.peerID.bytes, addresses: host.advertisedAddresses, connection: .connected), at: 0)
             }
             return KadMessage(type: .findNode, key: request.key, closerPeers: closer)
         case .getValue:
@@ -85,9 +85,9 @@ extension KademliaDHT {
             let ids = state.withLockedValue { $0.providers.providers(of: request.key, now: now) }
             let providers = ids.compactMap { id -> KadMessage.Peer? in
                 guard let provider = try? PeerID(bytes: id) else { return nil }
-                // Our own record: our listen addresses (the peerstore has none of ours).
+                // Our own record: the addresses we advertise (the peerstore has none of ours).
                 if let host, provider == host.peerID {
-                    return KadMessage.Peer(id: id, addresses: host.listenAddresses, connection: .connected)
+                    return KadMessage.Peer(id: id, addresses: host.advertisedAddresses, connection: .connected)
                 }
                 return KadMessage.Peer(id: id, addresses: addresses(of: provider), connection: connectionType(of: provider))
             }

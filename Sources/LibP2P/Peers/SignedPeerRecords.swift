@@ -4,12 +4,12 @@ import Metrics
 import Multiformats
 
 extension P2PHost {
-    /// Our signed peer record (RFC 0003) for our current listen addresses, to send in identify
-    /// (and later in peer exchange). Signed once per set of addresses: the same record (same seq)
+    /// Our signed peer record (RFC 0003) for the addresses we advertise (`advertisedAddresses`),
+    /// as identify sends it, for peer exchange. Signed once per set of addresses: the same record (same seq)
     /// while they do not change, a new one with a greater seq when they do. Nil only if the record
     /// would be over the envelope limits.
     public var signedPeerRecord: SignedPeerRecord? {
-        peerstore.localSignedRecord(addresses: listenAddresses, key: identity)
+        peerstore.localSignedRecord(addresses: advertisedAddresses, key: identity)
     }
 
     /// Verifies and stores a signed peer record that `sender` sent us (in identify, or passed on in
