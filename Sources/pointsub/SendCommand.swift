@@ -11,7 +11,8 @@ struct SendCommand: CLICommand {
         abstract: "Send PointSub requests: one prints the reply; --count N prints the rate and p50/p99 latency.",
         discussion: """
             With --json, stdout carries one JSON object: {"type":"reply",…} for one request, \
-            {"type":"final",…} for --count. Runs longer than a second print their progress on stderr. \
+            {"type":"final",…} for --count; for a circuit address first \
+            {"type":"connection","direct":…,"hole_punch":…}. Runs longer than a second print their progress on stderr. \
             With --closest-dht --bootstrap ADDR (and no ADDRESS), each request goes to the server nearest \
             to its key (--closest-key, or the request's SHA-256) by XOR distance among the DHT's peers that serve \
             the protocol (see `serve --dht`), failing over to the next nearest; the reply's "node" (or a \
@@ -90,7 +91,8 @@ struct SendCommand: CLICommand {
             let target = try parseAddress(address ?? "")
             let peer = try peerOf(target)
             try await withClientHost(identity: try identity.privateKey(), configuration: identity.configuration()) { host in
-                _ = try await connectPeer(host, to: target)
+                let connection = try await connectPeer(host, to: target)
+                if command.json, let record = connectionRecord(host, connection, address: target) { try printJSON(record) }
                 let client = try PointSubClient(host: host)
                 do {
                     try await command.exchange(payload: payload, timeout: timeout) { request, deadline in

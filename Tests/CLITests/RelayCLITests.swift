@@ -21,6 +21,21 @@ struct RelayCLITests {
         #expect(ping.status == 0, "\(ping.stderr)")
         #expect(ping.stdout.contains("\"type\":\"final\""), "\(ping.stdout)")
 
+        // send --json through the relay: first how the connection ended up, then the reply.
+        // (Whether it became direct depends on this machine: the sender listens on 0.0.0.0 for
+        // the hole punch, and an interface address that looks public is simply dialed.)
+        let kv = try ChildProcess.Running(try CLI.binary, [
+            "serve", "--seed", "26", "-l", "0", "--no-mdns", "--relay", relayAddress, "--protocol", "/kv/1.0.0", "--handler", "reverse",
+        ])
+        defer { Task { _ = try? await kv.stop(signal: SIGKILL) } }
+        let kvCircuit = try await kv.firstLine(timeout: .seconds(30)) { $0.contains("/p2p-circuit/") }
+        let send = try await CLI.run(["send", kvCircuit, "--protocol", "/kv/1.0.0", "--data", "abc", "--seed", "27", "--json"])
+        #expect(send.status == 0, "\(send.stderr)")
+        let lines = send.stdout.split(separator: "\n")
+        #expect(lines.count == 2, "\(send.stdout)")
+        #expect(lines.first?.contains("\"type\":\"connection\"") == true && lines.first?.contains("\"relayed\":true") == true, "\(send.stdout)")
+        #expect(lines.last?.contains("\"type\":\"reply\"") == true, "\(send.stdout)")
+
         // A relay that is not there: the server says so and keeps serving on its own address.
         let lonely = try ChildProcess.Running(
             try CLI.binary, ["echo", "--seed", "24", "-l", "0", "--no-mdns", "--relay", "/ip4/127.0.0.1/tcp/1/p2p/\(relayAddress.split(separator: "/").last!)"],
