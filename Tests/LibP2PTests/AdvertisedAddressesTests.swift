@@ -32,3 +32,38 @@ struct AdvertisedAddressesTests {
         }
     }
 }
+
+extension AdvertisedAddressesTests {
+    /// An observed address that identify activates (here one observer is enough) is pushed to
+    /// the peers already connected, with an `.addressesChanged` event.
+    @Test func activatedObservedAddressIsPushed() async throws {
+        let tcp = P2PHost.Configuration.defaults { $0.listenAddresses = [Multiaddr("/ip4/127.0.0.1/tcp/0")] }
+        var hostConfiguration = tcp
+        hostConfiguration.observedAddressActivation = 1
+        try await withHost(identity: .ed25519(seed: 811), configuration: hostConfiguration) { host in
+            let events = host.events()
+            try await withHost(identity: .ed25519(seed: 812), configuration: tcp) { watcher in
+                try await withHost(identity: .ed25519(seed: 813), configuration: tcp) { observer in
+                    _ = try await watcher.connect(to: host.addresses[0])
+                    // Our dial to the observer: it reports the ephemeral port it sees us at.
+                    let outbound = try await host.connect(to: observer.addresses[0])
+                    let observed = try #require(outbound.localAddress)
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    while !watcher.peerstore.addresses(for: host.peerID).contains(observed), ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    #expect(host.advertisedAddresses.contains(observed))
+                    #expect(watcher.peerstore.addresses(for: host.peerID).contains(observed))
+                    var changed = false
+                    for await event in events {
+                        if case .addressesChanged(let addresses) = event, addresses.contains(observed) {
+                            changed = true
+                            break
+                        }
+                    }
+                    #expect(changed)
+                }
+            }
+        }
+    }
+}
