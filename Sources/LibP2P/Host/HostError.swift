@@ -29,8 +29,11 @@ public struct HostError: CodedError {
         case handlerExists
         /// The address cannot be used (no /p2p/ part where one is needed, unsupported transport…).
         case invalidAddress
-        /// A message on a stream broke its protocol (too long, malformed).
+        /// A message on a stream broke its protocol (malformed, unexpected).
         case protocolViolation
+        /// A length-prefixed message declared more bytes than the reader's limit (refused before
+        /// anything was buffered).
+        case messageTooLarge
         /// The stream ended before the expected data arrived.
         case unexpectedEOF
         /// The stream was reset, by the remote or by us.

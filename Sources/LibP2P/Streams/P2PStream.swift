@@ -159,7 +159,7 @@ public final class P2PStream: Sendable {
             }
             guard let (length, prefixLength) = parsed else { continue }
             guard length <= UInt64(maxLength) else {
-                throw HostError(.protocolViolation, "message of \(length) bytes exceeds the limit of \(maxLength)")
+                throw HostError(.messageTooLarge, "message of \(length) bytes exceeds the limit of \(maxLength)")
             }
             header.moveReaderIndex(forwardBy: prefixLength)
             unread(header)

@@ -13,10 +13,13 @@ import NIOCore
 /// `CONNECT` with its addresses and times the answer (`CONNECT` with the other side's), sends
 /// `SYNC` and dials after half the round trip; the other side dials as soon as `SYNC` arrives.
 /// Both dial from their TCP listen port (shared with the listener, SO_REUSEPORT), so each NAT
-/// has a mapping for the other's packets when they arrive. The starting side runs security and
-/// muxer as the initiator, the other as the responder, whichever socket connected first. Up to
-/// `maxAttempts` rounds on the same stream (the spec: 3). Once a direct connection exists,
-/// streams prefer it (the relayed connection stays, unused, as a fallback until it ends).
+/// has a mapping for the other's packets when they arrive. The side that receives `SYNC` runs
+/// security and muxer as the initiator (client), the starting side as the responder (server),
+/// whichever socket connected first: the spec's roles, as rust-libp2p and py-libp2p have them
+/// (go-libp2p's legacy default is the other way round: its issue 3171). Up to `maxAttempts` rounds on the same stream (the spec:
+/// 3; a new stream when the peer ended the old one, as py does after each round). Once a direct
+/// connection exists, streams prefer it (the relayed connection stays, unused, as a fallback
+/// until it ends).
 public final class DCUtRService: HostService, Sendable {
     /// The settings.
     public struct Configuration: Sendable {
@@ -128,23 +131,27 @@ public final class DCUtRService: HostService, Sendable {
             return finish(.init(peer: peer, result: .dialedDirectly, attempts: 0, elapsed: .now - started))
         }
         var attempts = 0
+        var streams: [P2PStream] = []
+        defer { for stream in streams { Task { await stream.close() } } }
         do {
-            let stream = try await connection.newStream(protocols: [HolePunchMessage.protocolID])
-            defer { Task { await stream.close() } }
+            streams.append(try await connection.newStream(protocols: [HolePunchMessage.protocolID]))
             var lastError: (any Error)?
             while attempts < configuration.maxAttempts {
                 attempts += 1
-                let sent = ContinuousClock.now
-                try await write(HolePunchMessage(type: .connect, addresses: ownAddresses(host)), on: stream)
-                let answer = try await read(from: stream)
-                guard answer.type == .connect else {
-                    throw HolePunchError(.malformedMessage, "expected CONNECT, got \(answer.type)")
+                var round = try await connectRound(on: streams[streams.count - 1], host: host)
+                if round == nil, attempts > 1 {
+                    // The spec retries on the same stream; py-libp2p 0.8.1 answers one round per
+                    // stream and then closes it, so a retry it ended goes on a new stream.
+                    streams.append(try await connection.newStream(protocols: [HolePunchMessage.protocolID]))
+                    round = try await connectRound(on: streams[streams.count - 1], host: host)
                 }
-                let rtt = ContinuousClock.now - sent
-                try await write(HolePunchMessage(type: .sync), on: stream)
+                guard let (answer, rtt) = round else { throw HolePunchError(.malformedMessage, "the DCUtR stream ended") }
+                try await write(HolePunchMessage(type: .sync), on: streams[streams.count - 1])
                 try await Task.sleep(for: rtt / 2)
                 do {
-                    try await dial(peer, at: answer.addresses, host: host, asResponder: false)
+                    // The side that starts is the server of the direct connection (the spec, as
+                    // rust-libp2p and py-libp2p read it; go-libp2p's legacy default is the reverse).
+                    try await dial(peer, at: answer.addresses, host: host, asResponder: true)
                     return finish(.init(peer: peer, result: .direct(rtt: rtt), attempts: attempts, elapsed: .now - started))
                 } catch {
                     lastError = error
@@ -155,6 +162,22 @@ public final class DCUtRService: HostService, Sendable {
         } catch {
             return finish(.init(peer: peer, result: .failure(reason(error)), attempts: attempts, elapsed: .now - started))
         }
+    }
+
+    /// One CONNECT exchange: ours out, theirs back, timed. Nil when the stream ended (or could
+    /// not be written) before the answer.
+    private func connectRound(on stream: P2PStream, host: P2PHost) async throws -> (HolePunchMessage, Duration)? {
+        let sent = ContinuousClock.now
+        do {
+            try await write(HolePunchMessage(type: .connect, addresses: ownAddresses(host)), on: stream)
+        } catch {
+            return nil
+        }
+        guard let answer = try await readOrEnd(from: stream) else { return nil }
+        guard answer.type == .connect else {
+            throw HolePunchError(.malformedMessage, "expected CONNECT, got \(answer.type)")
+        }
+        return (answer, ContinuousClock.now - sent)
     }
 
     // MARK: - The side that dialed through the relay
@@ -180,15 +203,22 @@ public final class DCUtRService: HostService, Sendable {
                 break
             }
             attempts += 1
-            try await write(HolePunchMessage(type: .connect, addresses: ownAddresses(host)), on: stream)
-            let sync = try await read(from: stream)
+            let sync: HolePunchMessage
+            do {
+                try await write(HolePunchMessage(type: .connect, addresses: ownAddresses(host)), on: stream)
+                sync = try await read(from: stream)
+            } catch {
+                lastError = error
+                break
+            }
             guard sync.type == .sync else {
                 lastError = HolePunchError(.malformedMessage, "expected SYNC, got \(sync.type)")
                 break
             }
             do {
-                // At once: the other side waits half a round trip, so both SYNs cross.
-                try await dial(peer, at: connect.addresses, host: host, asResponder: true)
+                // At once: the other side waits half a round trip, so both SYNs cross. The side
+                // that receives SYNC is the client of the direct connection.
+                try await dial(peer, at: connect.addresses, host: host, asResponder: false)
                 finish(.init(peer: peer, result: .direct(rtt: nil), attempts: attempts, elapsed: .now - started))
                 return
             } catch {
@@ -221,6 +251,7 @@ public final class DCUtRService: HostService, Sendable {
 
     private func reason(_ error: (any Error)?) -> String {
         if let error = error as? HolePunchError { return error.code.rawValue }
+        if let error = error as? HostError, error.code == .messageTooLarge { return HolePunchError.Code.limitExceeded.rawValue }
         if error is HostError { return "protocol" }
         return error == nil ? "stream ended" : "protocol"
     }
