@@ -144,6 +144,11 @@ async def run(args: argparse.Namespace) -> int:
         DCUtRProtocol._auto_drive_loop = no_auto_drive  # type: ignore[method-assign]
 
     host = P.make_host(args.seed)
+    # Room for the relayed connection and both hole-punch connections: on loopback there is no
+    # NAT, so the dial of the side that starts lands on py's listener (both ends then run Noise as
+    # the responder and that connection stalls) while py's own dial, as the client, succeeds;
+    # with peer.py's one connection per peer, py would keep only the stalled one.
+    host.get_network().connection_config.max_connections_per_peer = 4
     listen = P.L.multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
     async with host.run(listen_addrs=[listen]):
         await P.stop_auto_connector(host)

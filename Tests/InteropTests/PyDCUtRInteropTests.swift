@@ -25,12 +25,13 @@ import Testing
 ///   plain dial); py starts only on the `punch` command.
 /// - py advertises in CONNECT the IP its observers saw with its TCP listen port
 ///   (`_get_observed_addrs`), and binds its hole-punch dials to that port.
-/// - py's hole-punch dials take the spec's roles: the side that got SYNC runs security as the
-///   initiator, the starting side as the responder (`dial_addr_as_responder`). Ours are the
-///   opposite (see `rolesIssue`): when we start, both dial as initiators and whichever connects
-///   works; when py starts, both dial as responders and no handshake completes.
+/// - py's hole-punch dials take the spec's roles, as ours do: the side that got SYNC runs
+///   security as the initiator, the starting side as the responder (`dial_addr_as_responder`).
+///   On loopback (no NAT) the starting side's dial lands on the other's listener, where both
+///   ends are responders and that connection stalls; the other dial makes the direct
+///   connection. dcutr_peer.py lets py hold more than one connection per peer for it.
 /// - py answers one round of CONNECT and SYNC per stream and then closes it (the spec retries
-///   on the same stream), so a second round of ours ends with "the DCUtR stream ended".
+///   on the same stream); our retries open a new stream when the peer ended the old one.
 /// - py closes the relayed connection 60 s after a hole punch it took part in (past these tests).
 @Suite(.serialized, .timeLimit(.minutes(1)))
 struct PyDCUtRInteropTests {
@@ -47,6 +48,9 @@ struct PyDCUtRInteropTests {
         var configuration = DCUtRService.Configuration()
         configuration.allowPrivateAddresses = true
         configuration.dialDirectlyFirst = false
+        // No NAT on loopback: when we start, py's dial (Python, after reading SYNC) must reach
+        // our listener before ours reaches py's (see the quirks above).
+        configuration.minimumDialDelay = .milliseconds(100)
         return DCUtRService(configuration: configuration)
     }
 
@@ -140,26 +144,10 @@ struct PyDCUtRInteropTests {
 
     // MARK: - py starts
 
-    /// The known issue of `pyStartsHolePunchWithSwift`: the roles of the hole-punch dials. With
-    /// the two `asResponder:` values swapped, that test passed 5 runs of 5 here; but then our
-    /// own starts (`swiftStartsHolePunchWithPy`, the last step of
-    /// `pyBadDCUtRMessagesFailOneAttemptOnly`) failed in 1 and 3 runs of 5 on loopback: when
-    /// our dial (half a round trip after SYNC) reaches py's listener before py's reaches ours,
-    /// both ends are responders; the round times out and the next one finds the stream closed
-    /// (py answers one round per stream).
-    static let rolesIssue = """
-        DCUtRService gives the hole-punch dials go-libp2p's legacy roles (the side that starts \
-        runs security as the initiator, the side that gets SYNC as the responder: \
-        DCUtRService.swift, initiate() and respond(), `asResponder:`), the opposite of the spec \
-        (A, which gets SYNC, is the client; B, which starts, the server; go-libp2p issue 3171) \
-        and of py 0.8.1. Both ends of the one TCP connection then run Noise as the responder, \
-        and the handshake times out.
-        """
-
     /// py reserves on our relay; our B dials py's circuit address; py starts DCUtR with B and our
-    /// `DCUtRService` answers (CONNECT, SYNC, one attempt). Then, once our roles follow the
-    /// spec (see `rolesIssue`): B's dial on SYNC gives a direct connection between the listen
-    /// ports, B records the hole punch, and an echo runs over it.
+    /// `DCUtRService` answers (CONNECT, SYNC, one attempt); B's dial on SYNC, as the client,
+    /// gives a direct connection between the listen ports, B records the hole punch, and an echo
+    /// runs over it.
     @Test func pyStartsHolePunchWithSwift() async throws {
         try await Self.withRelay(seed: 611) { relayAddress in
             try await Self.withPy(seed: 613) { py in
@@ -181,13 +169,11 @@ struct PyDCUtRInteropTests {
                     #expect(outcome.attempts == 1, "\(outcome)")
                     #expect(dcutr.counters.attempts == 1)
                     #expect(relayed.isLimited && !relayed.isClosed)
-                    await withKnownIssue(Comment(rawValue: Self.rolesIssue)) {
-                        #expect(punched["result"] as? Bool == true, "py: \(punched)")
-                        #expect(punched["direct"] as? Bool == true, "py: \(punched)")
-                        #expect(Self.isHolePunch(outcome), "B's outcome: \(outcome)")
-                        #expect(dcutr.counters.successes == 1)
-                        try await Self.checkDirect(b, py: py, seed: 62)
-                    }
+                    #expect(punched["result"] as? Bool == true, "py: \(punched)")
+                    #expect(punched["direct"] as? Bool == true, "py: \(punched)")
+                    #expect(Self.isHolePunch(outcome), "B's outcome: \(outcome)")
+                    #expect(dcutr.counters.successes == 1)
+                    try await Self.checkDirect(b, py: py, seed: 62)
                 }
             }
         }
@@ -197,8 +183,8 @@ struct PyDCUtRInteropTests {
 
     /// py sends our B bad DCUtR messages on raw streams over the relayed connection: bytes that
     /// are no protobuf, an unknown type, SYNC before CONNECT, a length prefix over 4 KiB, and a
-    /// CONNECT followed by garbage where SYNC belongs. Each ends our side of the stream, and
-    /// (but the last, a known issue) fails that attempt with a typed reason (B's
+    /// CONNECT followed by garbage where SYNC belongs. Each ends our side of the stream and
+    /// fails that attempt with a typed reason (B's
     /// `counters.failures`, `lastOutcome`); the relayed connection then still carries pings both
     /// ways, and an honest hole punch on it (B starts, py answers) gives a direct connection.
     @Test func pyBadDCUtRMessagesFailOneAttemptOnly() async throws {
@@ -216,9 +202,8 @@ struct PyDCUtRInteropTests {
                         ("no protobuf", ["04ffffffff"], ["malformedMessage"]),
                         ("unknown type 9", ["020809"], ["malformedMessage"]),
                         ("SYNC before CONNECT", ["0308ac02"], ["malformedMessage"]),
-                        // uvarint 5000 > 4096: our stream reader refuses it before the body, as a
-                        // HostError (reason "protocol"; limitExceeded would be more precise).
-                        ("a 5000-byte message", ["8827" + String(repeating: "00", count: 16)], ["limitExceeded", "protocol"]),
+                        // uvarint 5000 > 4096: our stream reader refuses it before the body.
+                        ("a 5000-byte message", ["8827" + String(repeating: "00", count: 16)], ["limitExceeded"]),
                     ]
                     for (index, (what, frames, reasons)) in cases.enumerated() {
                         try await Self.sendRaw(py, to: b, frames, what)
@@ -236,16 +221,15 @@ struct PyDCUtRInteropTests {
                     #expect(dcutr.counters.failures.values.reduce(0, +) == cases.count, "\(dcutr.counters.failures)")
 
                     // CONNECT (no addresses), our CONNECT back, then garbage where SYNC belongs: our
-                    // side resets the stream, but the failed read escapes respond() without a
-                    // recorded outcome.
+                    // side resets the stream and records the failed attempt.
                     try await Self.sendRaw(py, to: b, ["020864", "04ffffffff"], "CONNECT, then garbage for SYNC")
-                    await withKnownIssue("""
-                        DCUtRService.respond(): an error writing our CONNECT or reading SYNC is thrown out of \
-                        the loop, so finish() never records it (no counters.failures, no lastOutcome)
-                        """) {
-                        try await PyRelayInteropTests.until("the last failure counted", timeout: .seconds(3)) {
-                            dcutr.counters.failures.values.reduce(0, +) > cases.count
-                        }
+                    try await PyRelayInteropTests.until("the last failure counted") {
+                        dcutr.counters.failures.values.reduce(0, +) > cases.count
+                    }
+                    if case .failure(let reason) = dcutr.lastOutcome(for: py.peerID)?.result {
+                        #expect(reason == "malformedMessage")
+                    } else {
+                        Issue.record("CONNECT, then garbage: \(String(describing: dcutr.lastOutcome(for: py.peerID)))")
                     }
                     #expect(dcutr.counters.successes == 0)
 

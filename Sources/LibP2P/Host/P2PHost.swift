@@ -418,6 +418,18 @@ public final class P2PHost: Sendable {
             address.removingPeerID(), expectedPeer: expectedPeer, localPort: localPort, asResponder: asResponder)
     }
 
+    /// Runs `body` while inbound connections from `addresses` are upgraded with us as the
+    /// initiator of the handshake, expecting `peer` (hole punching: the client of the direct
+    /// connection stays the client when the other side's dial arrives through our listener).
+    package func withInboundAsInitiator<T>(
+        from addresses: [Multiaddr], peer: PeerID, _ body: () async throws -> T
+    ) async rethrows -> T {
+        let plain = addresses.map { $0.removingPeerID() }
+        swarm.expectInboundAsInitiator(from: plain, peer: peer)
+        defer { swarm.endInboundAsInitiator(from: plain) }
+        return try await body()
+    }
+
     /// Opens a stream to `peer`, connecting first if needed, speaking the first of `protocols` it
     /// supports. When identify already told us which of them the peer supports, that one is proposed
     /// lazily (no round trip before the stream is returned; go-libp2p does the same).

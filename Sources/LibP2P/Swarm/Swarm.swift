@@ -33,6 +33,10 @@ final class Swarm: Sendable {
         var dials: [PeerID: Task<Connection, any Error>] = [:]
         var nextConnectionID: UInt64 = 1
         var lastTrimCheck: ContinuousClock.Instant?
+        /// Remote addresses whose inbound connections run the handshake as the initiator, with
+        /// the peer expected there, and how many expectations hold each (see
+        /// `expectInboundAsInitiator`).
+        var inboundAsInitiator: [Multiaddr: (peer: PeerID, holds: Int)] = [:]
 
         var connectionCount: Int { connections.values.reduce(0) { $0 + $1.count } }
     }
@@ -412,6 +416,29 @@ final class Swarm: Sendable {
 
     // MARK: - Accepting
 
+    /// Until `end` is called, inbound connections from `addresses` (exact transport addresses,
+    /// without `/p2p/`) run the security handshake as the initiator and must be `peer`. For a
+    /// hole punch: the side that is the client of the direct connection may see the other
+    /// side's dial arrive through its listener (no NAT in between), and must still be the client.
+    func expectInboundAsInitiator(from addresses: [Multiaddr], peer: PeerID) {
+        state.withLockedValue { s in
+            for address in addresses {
+                let holds = s.inboundAsInitiator[address]?.holds ?? 0
+                s.inboundAsInitiator[address] = (peer, holds + 1)
+            }
+        }
+    }
+
+    /// Ends one `expectInboundAsInitiator(from:peer:)` for `addresses`.
+    func endInboundAsInitiator(from addresses: [Multiaddr]) {
+        state.withLockedValue { s in
+            for address in addresses {
+                guard let entry = s.inboundAsInitiator[address] else { continue }
+                s.inboundAsInitiator[address] = entry.holds > 1 ? (entry.peer, entry.holds - 1) : nil
+            }
+        }
+    }
+
     /// Runs on the accepted channel's event loop, before it is active. The connection is
     /// accounted before a byte is read: per source address (pending handshakes, connections,
     /// memory), then per peer once the security handshake names it.
@@ -431,7 +458,9 @@ final class Swarm: Sendable {
         // From here on the transport's buffers (WebSocket frames) count against this connection.
         channel.pipeline.syncOperations.fireUserInboundEventTriggered(TransportMemory.Assignment(TransportMemory(scope)))
         let remoteText = remote.map { "\($0)" } ?? "unknown"
-        upgrader.upgrade(channel: channel, role: .responder, resourceScope: scope).whenComplete { [self] result in
+        let expected = remote.flatMap { address in state.withLockedValue { $0.inboundAsInitiator[address]?.peer } }
+        let role: Upgrader.Role = expected.map { .initiator(expectedPeer: $0) } ?? .responder
+        upgrader.upgrade(channel: channel, role: role, resourceScope: scope).whenComplete { [self] result in
             switch result {
             case .success(let upgraded):
                 let peer = upgraded.remote.remotePeer

@@ -38,6 +38,13 @@ public final class DCUtRService: HostService, Sendable {
         /// Dial a peer directly when identify lists dialable addresses for it, before any hole
         /// punch (the spec's unilateral upgrade).
         public var dialDirectlyFirst = true
+        /// The least the starting side waits after `SYNC` before it dials (the spec: half the
+        /// round trip). Through NATs the other side's early SYN is dropped and its dial still
+        /// meets ours, so any wait within the dial timeout works; without a NAT (a LAN, loopback)
+        /// an early dial of ours lands on the other's listener, where both ends would be the
+        /// server of the handshake. A floor of a few tens of milliseconds lets a slow peer's dial
+        /// arrive first there.
+        public var minimumDialDelay: Duration = .zero
         /// Called with each finished attempt's outcome.
         public var onOutcome: (@Sendable (HolePunchOutcome) -> Void)?
         /// Where the service logs.
@@ -147,7 +154,7 @@ public final class DCUtRService: HostService, Sendable {
                 }
                 guard let (answer, rtt) = round else { throw HolePunchError(.malformedMessage, "the DCUtR stream ended") }
                 try await write(HolePunchMessage(type: .sync), on: streams[streams.count - 1])
-                try await Task.sleep(for: rtt / 2)
+                try await Task.sleep(for: max(rtt / 2, configuration.minimumDialDelay))
                 do {
                     // The side that starts is the server of the direct connection (the spec, as
                     // rust-libp2p and py-libp2p read it; go-libp2p's legacy default is the reverse).
@@ -217,8 +224,11 @@ public final class DCUtRService: HostService, Sendable {
             }
             do {
                 // At once: the other side waits half a round trip, so both SYNs cross. The side
-                // that receives SYNC is the client of the direct connection.
-                try await dial(peer, at: connect.addresses, host: host, asResponder: false)
+                // that receives SYNC is the client of the direct connection, also when the other
+                // side's dial reaches our listener rather than our dialing socket (no NAT here).
+                try await host.withInboundAsInitiator(from: connect.addresses, peer: peer) {
+                    try await dial(peer, at: connect.addresses, host: host, asResponder: false)
+                }
                 finish(.init(peer: peer, result: .direct(rtt: nil), attempts: attempts, elapsed: .now - started))
                 return
             } catch {
