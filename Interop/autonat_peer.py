@@ -229,9 +229,7 @@ async def run(args: argparse.Namespace) -> int:
             peer.nursery = nursery
             await K.serve_commands(args.lifetime, COMMAND_TIMEOUT, lambda word, rest: peer.command(word, rest))
             nursery.cancel_scope.cancel()
-        with trio.move_on_after(5) as cs:
-            cs.shield = True
-            await host.close()
+        await K.close_host(host)
     return 0
 
 
@@ -239,10 +237,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=P.parse_seed, required=True)
     parser.add_argument("--lifetime", type=float, default=180)
-    args = parser.parse_args()
-    P.logging.basicConfig(level=P.logging.WARNING, stream=sys.stderr)
-    P._import_libp2p()
-    return P.trio.run(run, args)
+    return K.run_main(run, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -168,9 +168,7 @@ async def run(args: argparse.Namespace) -> int:
             await K.serve_commands(
                 args.lifetime, COMMAND_TIMEOUT, lambda word, rest: command(host, relay, transport, dcutr, word, rest)
             )
-        with trio.move_on_after(5) as cs:
-            cs.shield = True
-            await host.close()
+        await K.close_host(host)
     return 0
 
 

@@ -72,6 +72,20 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+async def close_host(host: Any) -> None:
+    """Closes `host`, giving it at most 5 s (shielded from the enclosing cancellation)."""
+    with P.trio.move_on_after(5) as cs:
+        cs.shield = True
+        await host.close()
+
+
+def run_main(run: Any, args: argparse.Namespace) -> int:
+    """Runs `run(args)` under trio with py-libp2p imported and warnings logged to stderr."""
+    P.logging.basicConfig(level=P.logging.WARNING, stream=sys.stderr)
+    P._import_libp2p()
+    return P.trio.run(run, args)
+
+
 async def serve_commands(lifetime: float, timeout: float, handle: Any) -> None:
     """Answers `<n> word args…` lines from stdin, one JSON line each (`ok` with the fields
     `handle(word, args)` returns, or `error`), until EOF, `quit` or `lifetime` seconds. Each
@@ -149,9 +163,7 @@ async def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"could not listen on {listen}")
             P.emit(f"LISTEN {addrs[0]}/p2p/{host.get_id()}")
             await serve_commands(args.lifetime, 60, lambda word, rest: command(host, dht, word, rest))
-        with trio.move_on_after(5) as cs:
-            cs.shield = True
-            await host.close()
+        await close_host(host)
     return 0
 
 
@@ -160,10 +172,7 @@ def main() -> int:
     parser.add_argument("--seed", type=P.parse_seed, required=True)
     parser.add_argument("--mode", choices=["server", "client"], default="server")
     parser.add_argument("--lifetime", type=float, default=180)
-    args = parser.parse_args()
-    P.logging.basicConfig(level=P.logging.WARNING, stream=sys.stderr)
-    P._import_libp2p()
-    return P.trio.run(run, args)
+    return run_main(run, parser.parse_args())
 
 
 if __name__ == "__main__":

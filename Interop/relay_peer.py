@@ -219,9 +219,7 @@ async def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"could not listen on {listen}")
             P.emit(f"LISTEN {addrs[0]}/p2p/{host.get_id()}")
             await K.serve_commands(args.lifetime, COMMAND_TIMEOUT, lambda word, rest: command(host, relay, transport, word, rest))
-        with trio.move_on_after(5) as cs:
-            cs.shield = True
-            await host.close()
+        await K.close_host(host)
     return 0
 
 
@@ -233,10 +231,7 @@ def main() -> int:
     parser.add_argument("--limit-data", type=int, default=8 << 20)
     parser.add_argument("--ttl", type=int, default=3600)
     parser.add_argument("--lifetime", type=float, default=180)
-    args = parser.parse_args()
-    P.logging.basicConfig(level=P.logging.WARNING, stream=sys.stderr)
-    P._import_libp2p()
-    return P.trio.run(run, args)
+    return K.run_main(run, parser.parse_args())
 
 
 if __name__ == "__main__":
