@@ -248,14 +248,23 @@ struct PubSubServiceTests {
         // afterwards the stream is read as before, until a bad frame still ends the peer.
         try await PubSubTestNetwork.with(nodes: 1, edges: []) { net in
             let service = net.services[0]
-            service.setValidator("v", timeout: .seconds(5), { message in
+            // What the service received and delivered while each validation ran: nothing, when
+            // reading the stream waits for the verdict. (Counted in the service, not by the
+            // subscribers: the two topics' subscriber tasks may record in either order.)
+            let during = NIOLockedValueBox<[String]>([])
+            service.setValidator("v", timeout: .seconds(5), { [service] message in
+                let before = service.counters
                 try? await Task.sleep(for: .milliseconds(50))
+                let after = service.counters
+                during.withLockedValue {
+                    $0.append("\(message.text): +\(after.received - before.received) received, +\(after.delivered - before.delivered) delivered")
+                }
                 return message.text.hasPrefix("bad") ? .reject : .accept
             })
-            let order = NIOLockedValueBox<[String]>([])
+            let order = NIOLockedValueBox<[String: [String]]>([:])
             let tasks = try ["v", "t"].map { topic in
                 let subscription = try service.subscribe(topic)
-                return Task { for await message in subscription { order.withLockedValue { $0.append(message.text) } } }
+                return Task { for await message in subscription { order.withLockedValue { $0[topic, default: []].append(message.text) } } }
             }
             defer { for task in tasks { task.cancel() } }
             try await RawPeer.with(connectingTo: net.hosts[0]) { raw in
@@ -270,15 +279,23 @@ struct PubSubServiceTests {
                     both.writeBytes(bytes)
                 }
                 try await raw.stream.write(both)
-                try await net.waitUntil("the first write is handled") { order.withLockedValue { $0 } == ["v1", "t1", "t2"] }
+                try await net.waitUntil("the first write is handled") {
+                    order.withLockedValue { $0 } == ["v": ["v1"], "t": ["t1", "t2"]]
+                }
                 // Later writes: the stream is read again (on the loop), validated or not.
                 try await raw.send(PubSubRPC(messages: [try raw.signed("bad", topic: "v", seqno: 4)]))
                 try await raw.send(PubSubRPC(messages: [try raw.signed("t3", seqno: 5)]))
                 try await raw.send(PubSubRPC(messages: [try raw.signed("v2", topic: "v", seqno: 6)]))
                 try await raw.send(PubSubRPC(messages: [try raw.signed("t4", seqno: 7)]))
-                try await net.waitUntil("the later writes are handled") {
-                    order.withLockedValue { $0 } == ["v1", "t1", "t2", "t3", "v2", "t4"]
+                do {
+                    try await net.waitUntil("the later writes are handled") {
+                        order.withLockedValue { $0 } == ["v": ["v1", "v2"], "t": ["t1", "t2", "t3", "t4"]]
+                    }
+                } catch {
+                    Issue.record("delivered: \(order.withLockedValue { $0 }), counters: \(net.counters[0])")
+                    throw error
                 }
+                #expect(during.withLockedValue { $0 } == ["v1", "bad", "v2"].map { "\($0): +0 received, +0 delivered" })
                 #expect(net.counters[0].rejected == 1)
                 // Only a length prefix over the limit: the peer is dropped, the node stays.
                 var prefix = ByteBuffer()
