@@ -141,15 +141,15 @@ public struct AutoNATMessage: Sendable, Hashable {
         var type: Kind?
         var dial: Dial?
         var response: DialResponse?
-        try Self.fields(bytes, "message") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT message") { (field, value) throws(AutoNATError) in
             switch field {
             case 1:
                 guard let raw = value.varintValue, let kind = Kind(rawValue: raw) else {
                     throw AutoNATError(.malformedMessage, "unknown AutoNAT message type")
                 }
                 type = kind
-            case 2: dial = try Self.decodeDial(try Self.bytes(value, "dial"))
-            case 3: response = try Self.decodeResponse(try Self.bytes(value, "dial response"))
+            case 2: dial = try Self.decodeDial(try AutoNATWire.bytes(value, "dial"))
+            case 3: response = try Self.decodeResponse(try AutoNATWire.bytes(value, "dial response"))
             default: break
             }
         }
@@ -157,27 +157,15 @@ public struct AutoNATMessage: Sendable, Hashable {
         self.init(type: type, dial: dial, dialResponse: response)
     }
 
-    private static func fields(
-        _ bytes: some Collection<UInt8>, _ what: String, _ body: (Int, ProtobufValue) throws(AutoNATError) -> Void
-    ) throws(AutoNATError) {
-        try ProtobufReader.forEachField(
-            in: bytes, malformed: { AutoNATError(.malformedMessage, "AutoNAT \(what) is not valid protobuf", cause: $0) }, body)
-    }
-
-    private static func bytes(_ value: ProtobufValue, _ what: String) throws(AutoNATError) -> [UInt8] {
-        guard let bytes = value.bytesValue else { throw AutoNATError(.malformedMessage, "\(what) is not length-delimited") }
-        return bytes
-    }
-
     private static func decodeDial(_ bytes: [UInt8]) throws(AutoNATError) -> Dial {
         var dial = Dial(peerID: nil, addresses: [])
-        try fields(bytes, "dial") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT dial") { (field, value) throws(AutoNATError) in
             guard field == 1 else { return }
-            try fields(try Self.bytes(value, "peer info"), "peer info") { (field, value) throws(AutoNATError) in
+            try AutoNATWire.fields(try AutoNATWire.bytes(value, "peer info"), "AutoNAT peer info") { (field, value) throws(AutoNATError) in
                 switch field {
-                case 1: dial.peerID = try Self.bytes(value, "peer id")
+                case 1: dial.peerID = try AutoNATWire.bytes(value, "peer id")
                 case 2:
-                    let raw = try Self.bytes(value, "address")
+                    let raw = try AutoNATWire.bytes(value, "address")
                     if dial.addresses.count < maxAddresses, let address = try? Multiaddr(bytes: raw) {
                         dial.addresses.append(address)
                     }
@@ -192,7 +180,7 @@ public struct AutoNATMessage: Sendable, Hashable {
         var status: Status?
         var text: String?
         var address: Multiaddr?
-        try fields(bytes, "dial response") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT dial response") { (field, value) throws(AutoNATError) in
             switch field {
             case 1:
                 guard let raw = value.varintValue, let known = Status(rawValue: raw) else {
@@ -200,7 +188,7 @@ public struct AutoNATMessage: Sendable, Hashable {
                 }
                 status = known
             case 2: text = value.stringValue
-            case 3: address = try? Multiaddr(bytes: try Self.bytes(value, "address"))
+            case 3: address = try? Multiaddr(bytes: try AutoNATWire.bytes(value, "address"))
             default: break
             }
         }

@@ -150,17 +150,17 @@ public enum AutoNATv2Message: Sendable, Hashable {
             throw AutoNATError(.limitExceeded, "AutoNAT v2 message of \(bytes.count) bytes (limit \(Self.maxMessageSize))")
         }
         var message: AutoNATv2Message?
-        try Self.fields(bytes, "message") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT v2 message") { (field, value) throws(AutoNATError) in
             guard (1...4).contains(field) else { return }
-            let body = try Self.bytes(value, "message body")
+            let body = try AutoNATWire.bytes(value, "message body")
             switch field {
             case 1: message = .dialRequest(try Self.decodeRequest(body))
             case 2: message = .dialResponse(try Self.decodeResponse(body))
             case 3: message = .dialDataRequest(try Self.decodeDataRequest(body))
             default:
                 var count = 0
-                try Self.fields(body, "dial data") { (field, value) throws(AutoNATError) in
-                    if field == 1 { count = try Self.bytes(value, "dial data").count }
+                try AutoNATWire.fields(body, "AutoNAT v2 dial data") { (field, value) throws(AutoNATError) in
+                    if field == 1 { count = try AutoNATWire.bytes(value, "dial data").count }
                 }
                 message = .dialDataResponse(DialDataResponse(count: count))
             }
@@ -169,30 +169,8 @@ public enum AutoNATv2Message: Sendable, Hashable {
         self = message
     }
 
-    static func fields(
-        _ bytes: some Collection<UInt8>, _ what: String, _ body: (Int, ProtobufValue) throws(AutoNATError) -> Void
-    ) throws(AutoNATError) {
-        try ProtobufReader.forEachField(
-            in: bytes, malformed: { AutoNATError(.malformedMessage, "AutoNAT v2 \(what) is not valid protobuf", cause: $0) }, body)
-    }
-
-    private static func bytes(_ value: ProtobufValue, _ what: String) throws(AutoNATError) -> [UInt8] {
-        guard let bytes = value.bytesValue else { throw AutoNATError(.malformedMessage, "\(what) is not length-delimited") }
-        return bytes
-    }
-
-    static func varint(_ value: ProtobufValue, _ what: String) throws(AutoNATError) -> UInt64 {
-        guard let raw = value.varintValue else { throw AutoNATError(.malformedMessage, "\(what) is not a varint") }
-        return raw
-    }
-
-    static func fixed64(_ value: ProtobufValue, _ what: String) throws(AutoNATError) -> UInt64 {
-        guard case .fixed64(let raw) = value else { throw AutoNATError(.malformedMessage, "\(what) is not a fixed64") }
-        return raw
-    }
-
     private static func index(_ value: ProtobufValue) throws(AutoNATError) -> Int {
-        let raw = try varint(value, "address index")
+        let raw = try AutoNATWire.varint(value, "address index")
         guard raw <= UInt64(UInt32.max) else { throw AutoNATError(.malformedMessage, "address index beyond uint32") }
         return Int(raw)
     }
@@ -200,14 +178,14 @@ public enum AutoNATv2Message: Sendable, Hashable {
     private static func decodeRequest(_ bytes: [UInt8]) throws(AutoNATError) -> DialRequest {
         var slots: [Multiaddr?] = []
         var nonce: UInt64?
-        try fields(bytes, "dial request") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT v2 dial request") { (field, value) throws(AutoNATError) in
             switch field {
             case 1:
-                let raw = try Self.bytes(value, "address")
+                let raw = try AutoNATWire.bytes(value, "address")
                 guard slots.count < maxAddresses else { return }
                 // An empty address is no address (and would not survive a round trip as one).
                 slots.append(raw.isEmpty ? nil : try? Multiaddr(bytes: raw))
-            case 2: nonce = try fixed64(value, "nonce")
+            case 2: nonce = try AutoNATWire.fixed64(value, "nonce")
             default: break
             }
         }
@@ -218,16 +196,16 @@ public enum AutoNATv2Message: Sendable, Hashable {
     private static func decodeResponse(_ bytes: [UInt8]) throws(AutoNATError) -> DialResponse {
         // proto3: absent fields are zero (status 0 = E_INTERNAL_ERROR, dial status 0 = UNUSED).
         var response = DialResponse(status: .internalError)
-        try fields(bytes, "dial response") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT v2 dial response") { (field, value) throws(AutoNATError) in
             switch field {
             case 1:
-                guard let status = ResponseStatus(rawValue: try varint(value, "status")) else {
+                guard let status = ResponseStatus(rawValue: try AutoNATWire.varint(value, "status")) else {
                     throw AutoNATError(.malformedMessage, "unknown AutoNAT v2 response status")
                 }
                 response.status = status
             case 2: response.addressIndex = try index(value)
             case 3:
-                guard let status = DialStatus(rawValue: try varint(value, "dial status")) else {
+                guard let status = DialStatus(rawValue: try AutoNATWire.varint(value, "dial status")) else {
                     throw AutoNATError(.malformedMessage, "unknown AutoNAT v2 dial status")
                 }
                 response.dialStatus = status
@@ -239,10 +217,10 @@ public enum AutoNATv2Message: Sendable, Hashable {
 
     private static func decodeDataRequest(_ bytes: [UInt8]) throws(AutoNATError) -> DialDataRequest {
         var request = DialDataRequest(addressIndex: 0, byteCount: 0)
-        try fields(bytes, "dial data request") { (field, value) throws(AutoNATError) in
+        try AutoNATWire.fields(bytes, "AutoNAT v2 dial data request") { (field, value) throws(AutoNATError) in
             switch field {
             case 1: request.addressIndex = try index(value)
-            case 2: request.byteCount = try varint(value, "byte count")
+            case 2: request.byteCount = try AutoNATWire.varint(value, "byte count")
             default: break
             }
         }
@@ -266,8 +244,8 @@ public enum AutoNATv2DialBack {
             throw AutoNATError(.limitExceeded, "dial-back of \(bytes.count) bytes")
         }
         var nonce: UInt64?
-        try AutoNATv2Message.fields(bytes, "dial-back") { (field, value) throws(AutoNATError) in
-            if field == 1 { nonce = try AutoNATv2Message.fixed64(value, "nonce") }
+        try AutoNATWire.fields(bytes, "AutoNAT v2 dial-back") { (field, value) throws(AutoNATError) in
+            if field == 1 { nonce = try AutoNATWire.fixed64(value, "nonce") }
         }
         guard let nonce else { throw AutoNATError(.malformedMessage, "dial-back without a nonce") }
         return nonce
@@ -282,8 +260,8 @@ public enum AutoNATv2DialBack {
         guard bytes.count <= AutoNATv2Message.maxMessageSize else {
             throw AutoNATError(.limitExceeded, "dial-back response of \(bytes.count) bytes")
         }
-        try AutoNATv2Message.fields(bytes, "dial-back response") { (field, value) throws(AutoNATError) in
-            if field == 1, try AutoNATv2Message.varint(value, "dial-back status") != 0 {
+        try AutoNATWire.fields(bytes, "AutoNAT v2 dial-back response") { (field, value) throws(AutoNATError) in
+            if field == 1, try AutoNATWire.varint(value, "dial-back status") != 0 {
                 throw AutoNATError(.malformedMessage, "unknown dial-back status")
             }
         }
